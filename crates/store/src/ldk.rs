@@ -1,0 +1,480 @@
+//! LDK's `KVStore` and `KVStoreSync` on top of a fenced [`StateStore`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lightning::io;
+use lightning::util::persist::{KVStore, KVStoreSync};
+
+use crate::{BatchOp, FenceSource, FencingToken, Namespace, StateStore, StoreError, StoreKey};
+
+/// The last version written to one key, behind the lock that orders writes to it.
+type KeySlot = Arc<tokio::sync::Mutex<u64>>;
+
+/// LDK's key-value store traits over a [`StateStore`], bound to the current leadership.
+///
+/// Every mutation takes its fencing token from the [`FenceSource`] at the moment it runs,
+/// so once the leadership lapses locally no further write is even sent; a write the store
+/// refuses as fenced is reported back to the source, which then treats the leadership as
+/// lost.
+///
+/// # Ordering
+/// LDK requires that writes and removals of one key take effect in the order of the calls
+/// that created their futures, however the futures are polled. Each call takes a version
+/// number when it is made; the futures of one key run one at a time, and a future whose
+/// version is older than the last one applied to its key completes without writing (its
+/// value was superseded), as LDK's own filesystem store does.
+///
+/// # Blocking use
+/// [`KVStoreSync`] runs each operation on `runtime` (which must be a multi-threaded
+/// runtime, or a runtime other than the caller's) and blocks the calling thread until it
+/// finishes. Called from a worker of a multi-threaded runtime it uses
+/// `tokio::task::block_in_place` so other tasks keep running.
+#[derive(Clone)]
+pub struct LdkKvStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn StateStore>,
+    fence: Arc<dyn FenceSource>,
+    runtime: tokio::runtime::Handle,
+    next_version: AtomicU64,
+    slots: Mutex<HashMap<StoreKey, KeySlot>>,
+}
+
+impl LdkKvStore {
+    /// Wraps `store`, writing with tokens from `fence`, running blocking calls on `runtime`.
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        fence: Arc<dyn FenceSource>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                fence,
+                runtime,
+                next_version: AtomicU64::new(1),
+                slots: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The store underneath.
+    pub fn state_store(&self) -> &Arc<dyn StateStore> {
+        &self.inner.store
+    }
+
+    fn mutation(
+        &self,
+        key: Result<StoreKey, StoreError>,
+        value: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<(), io::Error>> + 'static + Send {
+        // The version and the slot are taken now, at call time: that is what fixes the
+        // order of writes to one key.
+        let prepared = key.map(|key| {
+            let version = self.inner.next_version.fetch_add(1, Ordering::Relaxed);
+            let slot = self.inner.slot(&key);
+            (key, version, slot)
+        });
+        let inner = Arc::clone(&self.inner);
+        async move {
+            let (key, version, slot) = prepared?;
+            let result = inner.run_mutation(&key, version, &slot, value).await;
+            inner.release_slot(&key, slot);
+            result.map_err(io::Error::from)
+        }
+    }
+
+    fn block_on<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, io::Error>> + Send + 'static,
+    ) -> Result<T, io::Error> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        self.inner.runtime.spawn(async move {
+            let _ = sender.send(future.await);
+        });
+        let wait = move || {
+            receiver.recv().unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::Other,
+                    "the store's runtime stopped before the operation finished",
+                ))
+            })
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+}
+
+impl Inner {
+    fn slot(&self, key: &StoreKey) -> KeySlot {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(slots.entry(key.clone()).or_default())
+    }
+
+    /// Drops the slot of a key nobody else is writing, so the map does not grow forever.
+    fn release_slot(&self, key: &StoreKey, slot: KeySlot) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // Two references: the map's and ours. Anyone else who took the slot holds a
+        // third, and new takers need the map lock we hold.
+        if Arc::strong_count(&slot) == 2 {
+            slots.remove(key);
+        }
+    }
+
+    async fn run_mutation(
+        &self,
+        key: &StoreKey,
+        version: u64,
+        slot: &KeySlot,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let mut last_applied = slot.lock().await;
+        if *last_applied > version {
+            // A later call to this key already took effect; this one is superseded.
+            return Ok(());
+        }
+        let token = self.fence.current_token()?;
+        let op = match value {
+            Some(value) => BatchOp::Put {
+                key: key.clone(),
+                value,
+            },
+            None => BatchOp::Delete { key: key.clone() },
+        };
+        match self.store.apply(token, vec![op]).await {
+            Ok(()) => {
+                *last_applied = version;
+                Ok(())
+            }
+            Err(err) => {
+                self.note_failure(token, key, &err);
+                Err(err)
+            }
+        }
+    }
+
+    fn note_failure(&self, token: FencingToken, key: &StoreKey, err: &StoreError) {
+        if err.is_fenced() {
+            self.fence.report_fenced(token, &err.to_string());
+        }
+        tracing::error!(epoch = %token.epoch(), %key, error = %err.report(), "store mutation failed");
+    }
+}
+
+impl KVStore for LdkKvStore {
+    fn read(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<u8>, io::Error>> + 'static + Send {
+        let key = StoreKey::new(primary_namespace, secondary_namespace, key);
+        let store = Arc::clone(&self.inner.store);
+        async move { Ok(store.read(&key?).await?) }
+    }
+
+    fn write(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+        buf: Vec<u8>,
+    ) -> impl Future<Output = Result<(), io::Error>> + 'static + Send {
+        self.mutation(
+            StoreKey::new(primary_namespace, secondary_namespace, key),
+            Some(buf),
+        )
+    }
+
+    fn remove(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+        _lazy: bool,
+    ) -> impl Future<Output = Result<(), io::Error>> + 'static + Send {
+        // Removals are always applied eagerly: simpler, and never lost on a crash.
+        self.mutation(
+            StoreKey::new(primary_namespace, secondary_namespace, key),
+            None,
+        )
+    }
+
+    fn list(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+    ) -> impl Future<Output = Result<Vec<String>, io::Error>> + 'static + Send {
+        let namespace = Namespace::new(primary_namespace, secondary_namespace);
+        let store = Arc::clone(&self.inner.store);
+        async move { Ok(store.list(&namespace?).await?) }
+    }
+}
+
+impl KVStoreSync for LdkKvStore {
+    fn read(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, io::Error> {
+        self.block_on(KVStore::read(
+            self,
+            primary_namespace,
+            secondary_namespace,
+            key,
+        ))
+    }
+
+    fn write(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+        buf: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        self.block_on(KVStore::write(
+            self,
+            primary_namespace,
+            secondary_namespace,
+            key,
+            buf,
+        ))
+    }
+
+    fn remove(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+        lazy: bool,
+    ) -> Result<(), io::Error> {
+        self.block_on(KVStore::remove(
+            self,
+            primary_namespace,
+            secondary_namespace,
+            key,
+            lazy,
+        ))
+    }
+
+    fn list(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+    ) -> Result<Vec<String>, io::Error> {
+        self.block_on(KVStore::list(self, primary_namespace, secondary_namespace))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::Epoch;
+
+    /// An in-process store for the adapter's own logic (ordering, fencing hand-off). The
+    /// backends are tested on real servers by `phalanx-conformance`.
+    #[derive(Default)]
+    struct MemoryStore {
+        current_epoch: AtomicU64,
+        values: Mutex<BTreeMap<StoreKey, Vec<u8>>>,
+    }
+
+    #[async_trait]
+    impl StateStore for MemoryStore {
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+
+        async fn read(&self, key: &StoreKey) -> Result<Vec<u8>, StoreError> {
+            self.values
+                .lock()
+                .unwrap()
+                .get(key)
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound {
+                    key: key.to_string(),
+                })
+        }
+
+        async fn list(&self, namespace: &Namespace) -> Result<Vec<String>, StoreError> {
+            let values = self.values.lock().unwrap();
+            Ok(values
+                .keys()
+                .filter(|key| key.namespace() == namespace)
+                .map(|key| key.key().to_owned())
+                .collect())
+        }
+
+        async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {
+            // Yield once so that futures polled together really interleave.
+            tokio::task::yield_now().await;
+            if token.epoch().0 != self.current_epoch.load(Ordering::SeqCst) {
+                return Err(StoreError::fenced("stale epoch"));
+            }
+            let mut values = self.values.lock().unwrap();
+            for op in crate::check_batch(ops)? {
+                match op {
+                    BatchOp::Put { key, value } => {
+                        values.insert(key, value);
+                    }
+                    BatchOp::Delete { key } => {
+                        values.remove(&key);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct RecordingFence {
+        epoch: u64,
+        fenced: AtomicBool,
+    }
+
+    impl FenceSource for RecordingFence {
+        fn current_token(&self) -> Result<FencingToken, StoreError> {
+            if self.fenced.load(Ordering::SeqCst) {
+                return Err(StoreError::fenced("leadership lost"));
+            }
+            Ok(FencingToken::new(Epoch(self.epoch)))
+        }
+
+        fn report_fenced(&self, _token: FencingToken, _reason: &str) {
+            self.fenced.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn adapter(epoch: u64) -> (LdkKvStore, Arc<MemoryStore>, Arc<RecordingFence>) {
+        let store = Arc::new(MemoryStore::default());
+        store.current_epoch.store(epoch, Ordering::SeqCst);
+        let fence = Arc::new(RecordingFence {
+            epoch,
+            ..Default::default()
+        });
+        let kv = LdkKvStore::new(
+            store.clone(),
+            fence.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        (kv, store, fence)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn later_call_wins_even_when_polled_first() {
+        let (kv, _store, _fence) = adapter(1);
+        let first = KVStore::write(&kv, "ns", "", "k", b"first".to_vec());
+        let second = KVStore::write(&kv, "ns", "", "k", b"second".to_vec());
+        // Run the second call's future to completion before the first is ever polled.
+        second.await.unwrap();
+        first.await.unwrap();
+        let value = KVStore::read(&kv, "ns", "", "k").await.unwrap();
+        assert_eq!(value, b"second");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remove_after_write_in_call_order() {
+        let (kv, _store, _fence) = adapter(1);
+        let write = KVStore::write(&kv, "ns", "", "k", b"v".to_vec());
+        let remove = KVStore::remove(&kv, "ns", "", "k", false);
+        remove.await.unwrap();
+        write.await.unwrap();
+        let err = KVStore::read(&kv, "ns", "", "k").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_interleaved_writes_end_with_the_last_call() {
+        let (kv, _store, _fence) = adapter(1);
+        let futures: Vec<_> = (0..200u32)
+            .map(|i| KVStore::write(&kv, "ns", "", "k", i.to_be_bytes().to_vec()).boxed())
+            .collect();
+        // Poll them in reverse creation order, all at once.
+        futures::future::try_join_all(futures.into_iter().rev())
+            .await
+            .unwrap();
+        let value = KVStore::read(&kv, "ns", "", "k").await.unwrap();
+        assert_eq!(value, 199u32.to_be_bytes());
+        assert!(kv.inner.slots.lock().unwrap().is_empty(), "slots leak");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fenced_write_is_reported_and_stops_later_writes() {
+        let (kv, store, fence) = adapter(1);
+        KVStore::write(&kv, "ns", "", "k", b"a".to_vec())
+            .await
+            .unwrap();
+        store.current_epoch.store(2, Ordering::SeqCst);
+        let err = KVStore::write(&kv, "ns", "", "k", b"b".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(fence.fenced.load(Ordering::SeqCst));
+        // The next write is refused locally, even though the store would take epoch 1 again.
+        store.current_epoch.store(1, Ordering::SeqCst);
+        let err = KVStore::write(&kv, "ns", "", "k", b"c".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(KVStore::read(&kv, "ns", "", "k").await.unwrap(), b"a");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalid_keys_are_refused_before_the_store() {
+        let (kv, _store, _fence) = adapter(1);
+        let err = KVStore::write(&kv, "", "sec", "k", vec![])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let err = KVStore::read(&kv, "ns", "", "a/b").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn sync_calls_work_outside_and_inside_a_runtime() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = Arc::new(MemoryStore::default());
+        store.current_epoch.store(7, Ordering::SeqCst);
+        let fence = Arc::new(RecordingFence {
+            epoch: 7,
+            ..Default::default()
+        });
+        let kv = LdkKvStore::new(store, fence, runtime.handle().clone());
+        KVStoreSync::write(&kv, "ns", "sub", "k", b"outside".to_vec()).unwrap();
+        assert_eq!(
+            KVStoreSync::read(&kv, "ns", "sub", "k").unwrap(),
+            b"outside"
+        );
+        let inside = kv.clone();
+        runtime.block_on(async move {
+            tokio::spawn(async move {
+                KVStoreSync::write(&inside, "ns", "sub", "k2", b"inside".to_vec()).unwrap();
+                let mut keys = KVStoreSync::list(&inside, "ns", "sub").unwrap();
+                keys.sort();
+                assert_eq!(keys, ["k", "k2"]);
+            })
+            .await
+            .unwrap();
+        });
+    }
+}
