@@ -21,6 +21,7 @@ mod error;
 mod key;
 mod ldk;
 mod lease;
+mod options;
 mod state;
 mod token;
 
@@ -30,5 +31,6 @@ pub use key::{
 };
 pub use ldk::LdkKvStore;
 pub use lease::{Acquisition, EpochRecord, HeldLease, LeaseExpiry, LeaseInfo, LeaseStore};
+pub use options::{DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_OPERATION_TIMEOUT_MS, StoreOptions};
 pub use state::{BatchOp, MAX_VALUE_BYTES, StateStore, Store, check_batch};
 pub use token::{Epoch, FenceSource, FencingToken};

@@ -1,0 +1,179 @@
+//! SQLite-specific behaviour; the shared contract is checked by `phalanx-conformance`.
+
+use std::time::Duration;
+
+use phalanx_store::{Acquisition, ClusterName, HolderId, LeaseStore, StateStore, StoreKey};
+
+use super::*;
+
+fn options() -> StoreOptions {
+    StoreOptions::new(ClusterName::new("test").unwrap())
+}
+
+fn holder(name: &str) -> HolderId {
+    HolderId::new(name).unwrap()
+}
+
+async fn win(store: &SqliteStore, name: &str) -> Box<dyn HeldLease> {
+    match store
+        .try_acquire(&holder(name), Duration::from_secs(5))
+        .await
+        .unwrap()
+    {
+        Acquisition::Won(lease) => lease,
+        Acquisition::Held(info) => panic!("{name} should win, but the lease is held: {info:?}"),
+    }
+}
+
+#[tokio::test]
+async fn second_handle_cannot_lead_or_read_while_the_lock_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/node.db", dir.path().display());
+    let first = SqliteStore::open(&url, options()).await.unwrap();
+    let second = SqliteStore::open(&url, options()).await.unwrap();
+
+    let lease = win(&first, "a").await;
+    let key = StoreKey::new("ns", "", "k").unwrap();
+    first
+        .write(lease.token(), &key, b"v".to_vec())
+        .await
+        .unwrap();
+
+    let attempt = second
+        .try_acquire(&holder("b"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(matches!(attempt, Acquisition::Held(_)), "{attempt:?}");
+    let err = second.read(&key).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("locked"), "{err}");
+    // The second handle has no lock: its writes are fenced whatever token it presents.
+    let err = second
+        .write(lease.token(), &key, b"x".to_vec())
+        .await
+        .unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+
+    lease.resign().await.unwrap();
+    let lease_b = win(&second, "b").await;
+    assert_eq!(lease_b.token().epoch(), Epoch(2));
+    assert_eq!(second.read(&key).await.unwrap(), b"v");
+    let history = second.epoch_history(10).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|r| (r.epoch.0, r.holder.as_str()))
+            .collect::<Vec<_>>(),
+        [(2, "b"), (1, "a")]
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_lease_frees_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/node.db", dir.path().display());
+    let first = SqliteStore::open(&url, options()).await.unwrap();
+    let second = SqliteStore::open(&url, options()).await.unwrap();
+    let lease = win(&first, "a").await;
+    let token = lease.token();
+    drop(lease);
+    let err = first
+        .write(token, &StoreKey::new("ns", "", "k").unwrap(), vec![1])
+        .await
+        .unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    assert_eq!(win(&second, "b").await.token().epoch(), Epoch(2));
+}
+
+#[tokio::test]
+async fn replica_gets_every_write_and_is_recreated_when_the_lease_is_won() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("node.db");
+    let replica = dir.path().join("replica.db");
+    let url = format!("sqlite://{}?replica={}", main.display(), replica.display());
+    let store = SqliteStore::open(&url, options()).await.unwrap();
+    let lease = win(&store, "a").await;
+    for i in 0..20u32 {
+        let key = StoreKey::new("ns", "", &format!("k{i}")).unwrap();
+        store
+            .write(lease.token(), &key, i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    lease.resign().await.unwrap();
+
+    // Both files hold every write and pass SQLite's integrity check.
+    for path in [&main, &replica] {
+        let conn = Connection::open(path).unwrap();
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM phalanx_kv", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 20, "{}", path.display());
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+
+    // A replica that drifted (here: written behind our back) is replaced from the main
+    // file when the lease is next won.
+    Connection::open(&replica)
+        .unwrap()
+        .execute("DELETE FROM phalanx_kv", [])
+        .unwrap();
+    let lease = win(&store, "a").await;
+    lease.resign().await.unwrap();
+    let count: i64 = Connection::open(&replica)
+        .unwrap()
+        .query_row("SELECT count(*) FROM phalanx_kv", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 20);
+}
+
+#[tokio::test]
+async fn bad_paths_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("sqlite://{}/no/such/dir/node.db", dir.path().display());
+    let err = SqliteStore::open(&missing, options()).await.err().unwrap();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    let not_db = dir.path().join("garbage.db");
+    std::fs::write(&not_db, vec![0x42u8; 8192]).unwrap();
+    let err = SqliteStore::open(&format!("sqlite://{}", not_db.display()), options())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("not a SQLite database"), "{err}");
+
+    let same = format!(
+        "sqlite://{}/a.db?replica={}/a.db",
+        dir.path().display(),
+        dir.path().display()
+    );
+    let err = SqliteStore::open(&same, options()).await.err().unwrap();
+    assert!(err.to_string().contains("different file"), "{err}");
+
+    let err = SqliteStore::open(&format!("sqlite://{}", dir.path().display()), options())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.db");
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let store = SqliteStore::open(&format!("sqlite://{}", path.display()), options())
+        .await
+        .unwrap();
+    let err = store
+        .try_acquire(&holder("a"), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("newer Phalanx"), "{err}");
+}

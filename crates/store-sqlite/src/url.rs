@@ -1,0 +1,127 @@
+//! Parsing of `sqlite://` URLs.
+
+use std::path::PathBuf;
+
+use phalanx_store::StoreError;
+
+/// Where the SQLite store keeps its files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// The database file.
+    pub path: PathBuf,
+    /// The synchronous replica file, if any.
+    pub replica: Option<PathBuf>,
+}
+
+impl SqliteConfig {
+    /// Parses `sqlite://PATH[?replica=PATH]`. `sqlite:///abs/node.db` is absolute,
+    /// `sqlite://rel/node.db` relative to the working directory. Percent-escapes are
+    /// decoded in both paths.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let rest = url.strip_prefix("sqlite://").ok_or_else(|| {
+            StoreError::Config(format!(
+                "{url:?} is not a SQLite URL (expected sqlite:///path/to/node.db)"
+            ))
+        })?;
+        let (path, query) = match rest.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (rest, None),
+        };
+        let path = decode(path, "database path")?;
+        if path.is_empty() {
+            return Err(StoreError::Config(format!(
+                "{url:?} names no database file (expected sqlite:///path/to/node.db)"
+            )));
+        }
+        let mut replica = None;
+        for pair in query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|p| !p.is_empty())
+        {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "replica" => {
+                    let value = decode(value, "replica path")?;
+                    if value.is_empty() {
+                        return Err(StoreError::Config("replica= needs a file path".into()));
+                    }
+                    replica = Some(PathBuf::from(value));
+                }
+                other => {
+                    return Err(StoreError::Config(format!(
+                        "unknown SQLite URL option {other:?} (known: replica)"
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            replica,
+        })
+    }
+}
+
+fn decode(text: &str, what: &str) -> Result<String, StoreError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    StoreError::Config(format!("bad percent-escape in the {what} {text:?}"))
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| StoreError::Config(format!("the {what} {text:?} is not UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths_and_replica() {
+        let config = SqliteConfig::parse("sqlite:///var/lib/phalanx/node.db").unwrap();
+        assert_eq!(config.path, PathBuf::from("/var/lib/phalanx/node.db"));
+        assert_eq!(config.replica, None);
+
+        let config =
+            SqliteConfig::parse("sqlite:///a/node.db?replica=/mnt/other%20disk/node.db").unwrap();
+        assert_eq!(
+            config.replica,
+            Some(PathBuf::from("/mnt/other disk/node.db"))
+        );
+
+        let config = SqliteConfig::parse("sqlite://data/node.db").unwrap();
+        assert_eq!(config.path, PathBuf::from("data/node.db"));
+    }
+
+    #[test]
+    fn rejects_bad_urls_with_a_reason() {
+        for (url, needle) in [
+            ("postgres://x/y", "not a SQLite URL"),
+            ("sqlite:/node.db", "not a SQLite URL"),
+            ("sqlite://", "names no database file"),
+            ("sqlite:///a.db?replica=", "needs a file path"),
+            (
+                "sqlite:///a.db?mode=ro",
+                "unknown SQLite URL option \"mode\"",
+            ),
+            ("sqlite:///a%zz.db", "bad percent-escape"),
+            ("sqlite:///a%ff.db", "not UTF-8"),
+        ] {
+            let err = SqliteConfig::parse(url).unwrap_err().to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+        }
+    }
+}
