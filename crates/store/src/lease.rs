@@ -114,4 +114,11 @@ pub trait HeldLease: Send + Sync {
 
     /// Gives the lease up so another campaigner can win at once.
     async fn resign(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// A signal that turns `true` as soon as the backend knows the lease may have ended
+    /// before its TTL (on PostgreSQL: the session that holds it closed, after which a
+    /// standby may take over at once). `None` when the backend has no such signal.
+    fn session_lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
