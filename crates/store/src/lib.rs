@@ -23,6 +23,8 @@ mod ldk;
 mod lease;
 mod options;
 mod state;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 mod token;
 
 pub use error::{BoxError, ErrorKind, StoreError};

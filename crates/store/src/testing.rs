@@ -1,0 +1,174 @@
+//! Fault injection around a real backend, for tests of code built on the store
+//! (`test-utils` feature). The backend underneath is real; only the failures are made up.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{
+    Acquisition, BatchOp, EpochRecord, FencingToken, HeldLease, HolderId, LeaseExpiry, LeaseInfo,
+    LeaseStore, Namespace, StateStore, Store, StoreError, StoreKey,
+};
+
+/// What an operation does instead of its job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Nothing: pass through to the backend.
+    #[default]
+    None,
+    /// Fail with a transient error without reaching the backend.
+    Transient,
+    /// Fail as fenced without reaching the backend.
+    Fenced,
+    /// Never answer (until the fault is cleared).
+    Stall,
+}
+
+/// The faults currently injected, by operation. Shared by a [`FaultyStore`] and every
+/// lease it hands out.
+#[derive(Debug, Default)]
+pub struct Faults {
+    acquire: Mutex<Fault>,
+    renew: Mutex<Fault>,
+    write: Mutex<Fault>,
+}
+
+impl Faults {
+    /// Sets the fault of lease renewals.
+    pub fn set_renew(&self, fault: Fault) {
+        *self.renew.lock().unwrap() = fault;
+    }
+
+    /// Sets the fault of mutations.
+    pub fn set_write(&self, fault: Fault) {
+        *self.write.lock().unwrap() = fault;
+    }
+
+    /// Sets the fault of campaign attempts.
+    pub fn set_acquire(&self, fault: Fault) {
+        *self.acquire.lock().unwrap() = fault;
+    }
+
+    async fn apply(&self, which: &Mutex<Fault>, op: &'static str) -> Result<(), StoreError> {
+        loop {
+            let fault = *which.lock().unwrap();
+            match fault {
+                Fault::None => return Ok(()),
+                Fault::Transient => {
+                    return Err(StoreError::transient(
+                        op,
+                        "injected transient failure",
+                        None,
+                    ));
+                }
+                Fault::Fenced => return Err(StoreError::fenced("injected fencing")),
+                Fault::Stall => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+}
+
+/// A real store with injectable faults.
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    faults: Arc<Faults>,
+}
+
+impl FaultyStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            faults: Arc::default(),
+        }
+    }
+
+    /// The switches.
+    pub fn faults(&self) -> Arc<Faults> {
+        Arc::clone(&self.faults)
+    }
+}
+
+#[async_trait]
+impl StateStore for FaultyStore {
+    fn describe(&self) -> String {
+        format!("faulty {}", self.inner.describe())
+    }
+
+    async fn read(&self, key: &StoreKey) -> Result<Vec<u8>, StoreError> {
+        self.inner.read(key).await
+    }
+
+    async fn list(&self, namespace: &Namespace) -> Result<Vec<String>, StoreError> {
+        self.inner.list(namespace).await
+    }
+
+    async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {
+        self.faults.apply(&self.faults.write, "write").await?;
+        self.inner.apply(token, ops).await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for FaultyStore {
+    fn lease_expiry(&self) -> LeaseExpiry {
+        self.inner.lease_expiry()
+    }
+
+    async fn try_acquire(
+        &self,
+        holder: &HolderId,
+        ttl: Duration,
+    ) -> Result<Acquisition, StoreError> {
+        self.faults.apply(&self.faults.acquire, "acquire").await?;
+        Ok(match self.inner.try_acquire(holder, ttl).await? {
+            Acquisition::Won(lease) => Acquisition::Won(Box::new(FaultyLease {
+                inner: lease,
+                faults: Arc::clone(&self.faults),
+            })),
+            held => held,
+        })
+    }
+
+    async fn current_lease(&self) -> Result<Option<LeaseInfo>, StoreError> {
+        self.inner.current_lease().await
+    }
+
+    async fn wait_for_change(&self, max_wait: Duration) {
+        self.inner.wait_for_change(max_wait).await
+    }
+
+    async fn epoch_history(&self, limit: usize) -> Result<Vec<EpochRecord>, StoreError> {
+        self.inner.epoch_history(limit).await
+    }
+}
+
+struct FaultyLease {
+    inner: Box<dyn HeldLease>,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl HeldLease for FaultyLease {
+    fn token(&self) -> FencingToken {
+        self.inner.token()
+    }
+
+    fn granted_ttl(&self) -> Duration {
+        self.inner.granted_ttl()
+    }
+
+    async fn renew(&mut self) -> Result<(), StoreError> {
+        self.faults.apply(&self.faults.renew, "renew").await?;
+        self.inner.renew().await
+    }
+
+    async fn resign(self: Box<Self>) -> Result<(), StoreError> {
+        self.inner.resign().await
+    }
+
+    fn session_lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.inner.session_lost()
+    }
+}
