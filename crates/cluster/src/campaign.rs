@@ -151,28 +151,27 @@ struct Shared {
     holder: HolderId,
     valid_until: Mutex<Instant>,
     status: watch::Sender<LeadershipStatus>,
+    /// Serializes [`Shared::lose`].
+    losing: Mutex<()>,
     requests: mpsc::UnboundedSender<DriverRequest>,
     election: Arc<watch::Sender<ElectionState>>,
 }
 
 impl Shared {
-    /// Marks the leadership lost (once); later reasons are ignored.
+    /// Marks the leadership lost (once); later reasons are ignored. The election state
+    /// is updated before the status, so whoever sees the status change also finds the
+    /// election state current.
     fn lose(&self, reason: LossReason) {
-        let changed = self.status.send_if_modified(|status| {
-            if *status == LeadershipStatus::Leading {
-                *status = LeadershipStatus::Lost(reason.clone());
-                true
-            } else {
-                false
-            }
-        });
-        if changed {
-            tracing::error!(holder = %self.holder, epoch = %self.epoch, %reason, "leadership lost: stop acting");
-            self.election.send_replace(ElectionState::Lost {
-                epoch: self.epoch,
-                reason,
-            });
+        let _once = self.losing.lock().unwrap_or_else(|e| e.into_inner());
+        if *self.status.borrow() != LeadershipStatus::Leading {
+            return;
         }
+        tracing::error!(holder = %self.holder, epoch = %self.epoch, %reason, "leadership lost: stop acting");
+        self.election.send_replace(ElectionState::Lost {
+            epoch: self.epoch,
+            reason: reason.clone(),
+        });
+        self.status.send_replace(LeadershipStatus::Lost(reason));
     }
 
     fn lost_error(&self, reason: &LossReason) -> StoreError {
@@ -233,6 +232,7 @@ impl Leadership {
             holder,
             valid_until: Mutex::new(machine.valid_until()),
             status: watch::channel(LeadershipStatus::Leading).0,
+            losing: Mutex::new(()),
             requests,
             election,
         });

@@ -568,14 +568,22 @@ impl HeldLease for EtcdLease {
         let keep_alive = &mut self.keep_alive;
         let attempt = async {
             if keep_alive.is_none() {
-                *keep_alive = Some(
-                    lease_client
-                        .keep_alive(lease_id)
-                        .await
-                        .map_err(|e| etcd_error("renew", &redacted, e))?,
-                );
+                // Opening the stream sends a first keep-alive and reads its answer: that
+                // is this renewal. A lease the server no longer has is refused here.
+                return match lease_client.keep_alive(lease_id).await {
+                    Ok(opened) => {
+                        *keep_alive = Some(opened);
+                        Ok(1)
+                    }
+                    Err(etcd_client::Error::LeaseKeepAliveError(message))
+                        if message.contains("not found") =>
+                    {
+                        Ok(0)
+                    }
+                    Err(e) => Err(etcd_error("renew", &redacted, e)),
+                };
             }
-            let (keeper, stream) = keep_alive.as_mut().expect("set above");
+            let (keeper, stream) = keep_alive.as_mut().expect("opened above");
             keeper
                 .keep_alive()
                 .await

@@ -621,22 +621,17 @@ impl LeaseStore for SqliteStore {
 
     async fn current_lease(&self) -> Result<Option<LeaseInfo>, StoreError> {
         self.blocking("read lease", |inner| {
-            let info = inner.read_schema(|conn| {
-                conn.query_row(
-                    "SELECT holder, epoch FROM phalanx_lease WHERE cluster = ?1",
-                    [inner.cluster()],
-                    |row| {
-                        Ok(LeaseInfo {
-                            holder: row.get(0)?,
-                            epoch: Epoch(row.get::<_, i64>(1)? as u64),
-                            expires_in: None,
-                        })
-                    },
-                )
-                .optional()
-                .map_err(|e| sqlite_error("read lease", inner.path(), e))
-            })?;
-            Ok(info.flatten())
+            if let Some(conns) = inner.leader().as_ref() {
+                return Ok(Some(LeaseInfo {
+                    holder: conns.holder.to_string(),
+                    epoch: conns.epoch,
+                    expires_in: None,
+                }));
+            }
+            // Without the lock, being able to read at all means nobody holds it (the
+            // holder's exclusive lock keeps every other connection out); the lease row
+            // only remembers who held it last.
+            inner.read_schema(|_| Ok(())).map(|_| None)
         })
         .await
     }
