@@ -166,7 +166,11 @@ impl Shared {
         if *self.status.borrow() != LeadershipStatus::Leading {
             return;
         }
-        tracing::error!(holder = %self.holder, epoch = %self.epoch, %reason, "leadership lost: stop acting");
+        if reason == LossReason::Resigned {
+            tracing::info!(holder = %self.holder, epoch = %self.epoch, "resigned the leadership");
+        } else {
+            tracing::error!(holder = %self.holder, epoch = %self.epoch, %reason, "leadership lost: stop acting");
+        }
         self.election.send_replace(ElectionState::Lost {
             epoch: self.epoch,
             reason: reason.clone(),

@@ -15,6 +15,7 @@
 
 pub mod harness;
 pub mod holder;
+pub mod restart;
 pub mod suite;
 
 use std::sync::Arc;

@@ -5,13 +5,14 @@ use etcd_client::Error;
 use phalanx_store::StoreError;
 use tonic::Code;
 
-/// Maps an etcd client error for `op` against `target` (a redacted URL).
+/// Maps an etcd client error for `op` against `target` (a redacted URL). The messages
+/// carry the server's words and the root cause; the client's own error text (a long
+/// debug dump for transport failures) is left out.
 pub fn etcd_error(op: &'static str, target: &str, err: Error) -> StoreError {
-    let text = err.to_string();
-    let source = || Some(Box::new(Error::Internal(text.clone())) as _);
     match &err {
         Error::GRpcStatus(status) => {
             let message = status.message().to_owned();
+            let cause = root_cause(status);
             if message.contains("request is too large")
                 || (status.code() == Code::ResourceExhausted && message.contains("larger than max"))
             {
@@ -20,7 +21,7 @@ pub fn etcd_error(op: &'static str, target: &str, err: Error) -> StoreError {
                     format!(
                         "{target} refused the request as too large ({message}); start etcd with --max-request-bytes=73400320 (see docs/operations.md)"
                     ),
-                    source(),
+                    None,
                 );
             }
             if message.contains("too many operations in txn request") {
@@ -29,7 +30,7 @@ pub fn etcd_error(op: &'static str, target: &str, err: Error) -> StoreError {
                     format!(
                         "{target} refused a batch with too many operations ({message}); start etcd with --max-txn-ops=10000"
                     ),
-                    source(),
+                    None,
                 );
             }
             if message.contains("database space exceeded") {
@@ -38,7 +39,7 @@ pub fn etcd_error(op: &'static str, target: &str, err: Error) -> StoreError {
                     format!(
                         "{target} is out of space ({message}); compact and defragment it, disarm the NOSPACE alarm, and raise --quota-backend-bytes"
                     ),
-                    source(),
+                    None,
                 );
             }
             if message.contains("authentication failed")
@@ -49,42 +50,56 @@ pub fn etcd_error(op: &'static str, target: &str, err: Error) -> StoreError {
             {
                 return StoreError::Config(format!("{target}: {message}"));
             }
+            if cause.contains("certificate") || cause.contains("handshake") {
+                return StoreError::Config(format!("TLS to {target} failed: {message}: {cause}"));
+            }
+            let detail = if cause.is_empty() || message.contains(&cause) {
+                message
+            } else {
+                format!("{message}: {cause}")
+            };
             match status.code() {
                 Code::Unavailable
                 | Code::DeadlineExceeded
                 | Code::Aborted
                 | Code::Cancelled
                 | Code::ResourceExhausted
-                | Code::Unknown => StoreError::transient(
-                    op,
-                    format!("{target}: {message} ({:?})", status.code()),
-                    source(),
-                ),
-                _ => StoreError::permanent(
-                    op,
-                    format!("{target}: {message} ({:?})", status.code()),
-                    source(),
-                ),
+                | Code::Unknown => {
+                    let text = if op == "connect" {
+                        format!("cannot reach etcd at {target}: {detail}")
+                    } else {
+                        format!("{target}: {detail}")
+                    };
+                    StoreError::transient(op, text, None)
+                }
+                code => StoreError::permanent(op, format!("{target}: {detail} ({code:?})"), None),
             }
         }
         Error::InvalidArgs(_) | Error::InvalidUri(_) | Error::EndpointError(_) => {
-            StoreError::Config(format!("{target}: {text}"))
+            StoreError::Config(format!("{target}: {err}"))
         }
         _ => {
-            let report = report(&err);
-            if report.contains("certificate") || report.contains("InvalidCertificate") {
-                StoreError::Config(format!("TLS to {target} failed: {report}"))
+            let cause = report(&err);
+            if cause.contains("certificate") || cause.contains("InvalidCertificate") {
+                StoreError::Config(format!("TLS to {target} failed: {cause}"))
             } else if op == "connect" {
-                StoreError::transient(
-                    op,
-                    format!("cannot reach etcd at {target}: {report}"),
-                    source(),
-                )
+                StoreError::transient(op, format!("cannot reach etcd at {target}: {cause}"), None)
             } else {
-                StoreError::transient(op, format!("{target}: {report}"), source())
+                StoreError::transient(op, format!("{target}: {cause}"), None)
             }
         }
     }
+}
+
+/// The innermost error under `err`, e.g. "Connection refused (os error 111)".
+fn root_cause(err: &dyn std::error::Error) -> String {
+    let mut current = err.source();
+    let mut last = None;
+    while let Some(inner) = current {
+        last = Some(inner);
+        current = inner.source();
+    }
+    last.map(|e| e.to_string()).unwrap_or_default()
 }
 
 fn report(err: &dyn std::error::Error) -> String {

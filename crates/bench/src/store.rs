@@ -1,0 +1,234 @@
+//! `phalanx-bench store`: fenced writes and reads on one backend, as the node does them:
+//! a real leadership (renewing in the background) supplies the token of every write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use phalanx_cluster::{Campaigner, Leadership, LeaseTimings};
+use phalanx_store::{ClusterName, HolderId, StateStore, Store, StoreKey, StoreOptions};
+use phalanx_testkit::etcd::EtcdServer;
+use phalanx_testkit::postgres::PostgresServer;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Etcd,
+}
+
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    /// Which backend to measure.
+    #[arg(long, value_enum)]
+    backend: Backend,
+    /// Measure this store instead of starting one (its URL must match --backend).
+    #[arg(long)]
+    url: Option<String>,
+    /// Seconds to measure each case (after a short warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Print one JSON object per case.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Result {
+    bench: &'static str,
+    backend: &'static str,
+    op: &'static str,
+    value_bytes: usize,
+    concurrency: usize,
+    ops: u64,
+    ops_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Keeps a server the benchmark started alive until the end.
+enum Server {
+    None,
+    Postgres(PostgresServer),
+    Etcd(EtcdServer),
+    Sqlite(std::path::PathBuf),
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Server::Sqlite(dir) = self {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn start_server(backend: Backend) -> anyhow::Result<(Server, String)> {
+    Ok(match backend {
+        Backend::Sqlite => {
+            let dir = phalanx_testkit::process::scratch_dir("bench-sqlite")?;
+            let url = format!("sqlite://{}/node.db", dir.display());
+            (Server::Sqlite(dir), url)
+        }
+        Backend::Postgres => {
+            let server = PostgresServer::start()?;
+            let url = server.fresh_database()?;
+            (Server::Postgres(server), url)
+        }
+        Backend::Etcd => {
+            let server = EtcdServer::start()?;
+            let url = server.url("bench");
+            (Server::Etcd(server), url)
+        }
+    })
+}
+
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+        Backend::Etcd => "etcd",
+    }
+}
+
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let (server, url) = match &args.url {
+        Some(url) => (Server::None, url.clone()),
+        None => start_server(args.backend)?,
+    };
+    let cluster = format!("bench{}", std::process::id());
+    let store =
+        phalanx_store_connect::connect(&url, StoreOptions::new(ClusterName::new(&cluster)?))
+            .await
+            .map_err(|e| anyhow::anyhow!(e.report()))?;
+    let campaigner = Campaigner::new(
+        store.clone(),
+        HolderId::new("bench")?,
+        LeaseTimings::default(),
+    )?;
+    let leadership = Arc::new(campaigner.campaign().await?);
+    let measure = Duration::from_secs_f64(args.seconds);
+    let name = backend_name(args.backend);
+
+    let cases: [(&'static str, usize, usize); 5] = [
+        ("write", 1024, 1),
+        ("write", 1024, 16),
+        ("write", 1024 * 1024, 1),
+        ("read", 1024, 1),
+        ("read", 1024, 16),
+    ];
+    if !args.json {
+        println!(
+            "{:<10} {:<6} {:>11} {:>11} {:>12} {:>9} {:>9}",
+            "backend", "op", "value", "concurrency", "ops/s", "p50 ms", "p99 ms"
+        );
+    }
+    for (op, value_bytes, concurrency) in cases {
+        let result = run_case(
+            &store,
+            &leadership,
+            name,
+            op,
+            value_bytes,
+            concurrency,
+            measure,
+        )
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&result)?);
+        } else {
+            println!(
+                "{:<10} {:<6} {:>11} {:>11} {:>12.0} {:>9.2} {:>9.2}",
+                result.backend,
+                result.op,
+                result.value_bytes,
+                result.concurrency,
+                result.ops_per_s,
+                result.p50_ms,
+                result.p99_ms
+            );
+        }
+    }
+    drop(leadership);
+    drop(server);
+    Ok(())
+}
+
+async fn run_case(
+    store: &Arc<dyn Store>,
+    leadership: &Arc<Leadership>,
+    backend: &'static str,
+    op: &'static str,
+    value_bytes: usize,
+    concurrency: usize,
+    measure: Duration,
+) -> anyhow::Result<Result> {
+    const KEYS_PER_WORKER: usize = 64;
+    let value = vec![0xA5u8; value_bytes];
+    if op == "read" {
+        // The keys the readers read.
+        let token = leadership.token()?;
+        for worker in 0..concurrency {
+            for i in 0..KEYS_PER_WORKER {
+                store
+                    .write(token, &bench_key(op, worker, i), value.clone())
+                    .await?;
+            }
+        }
+    }
+    let warmup = measure.min(Duration::from_millis(500));
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + measure;
+    let workers = (0..concurrency).map(|worker| {
+        let store = store.clone();
+        let leadership = leadership.clone();
+        let value = value.clone();
+        tokio::spawn(async move {
+            let mut histogram =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut i = 0usize;
+            loop {
+                let began = Instant::now();
+                if began >= stop_at {
+                    break;
+                }
+                let key = bench_key(op, worker, i % KEYS_PER_WORKER);
+                if op == "write" {
+                    let token = leadership.token()?;
+                    store.write(token, &key, value.clone()).await?;
+                } else {
+                    store.read(&key).await?;
+                }
+                let done = Instant::now();
+                if began >= measure_from && done <= stop_at {
+                    histogram
+                        .saturating_record(done.duration_since(began).as_micros().max(1) as u64);
+                }
+                i += 1;
+            }
+            Ok::<_, anyhow::Error>(histogram)
+        })
+    });
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for histogram in futures::future::try_join_all(workers).await? {
+        total.add(histogram?)?;
+    }
+    let ops = total.len();
+    Ok(Result {
+        bench: "store",
+        backend,
+        op,
+        value_bytes,
+        concurrency,
+        ops,
+        ops_per_s: ops as f64 / measure.as_secs_f64(),
+        p50_ms: total.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: total.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+fn bench_key(op: &str, worker: usize, i: usize) -> StoreKey {
+    StoreKey::new("bench", op, &format!("w{worker}-{i}")).expect("valid bench key")
+}

@@ -1,0 +1,48 @@
+//! The benchmark binary runs and prints what docs/BENCHMARKS.md relies on (the figures
+//! themselves are measured by running it, not here).
+
+use std::process::Command;
+
+#[test]
+fn store_bench_prints_one_json_object_per_case() {
+    let output = Command::new(env!("CARGO_BIN_EXE_phalanx-bench"))
+        .args(["store", "--backend", "sqlite", "--seconds", "0.2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let cases: Vec<(String, u64, u64)> = lines
+        .iter()
+        .map(|r| {
+            (
+                r["op"].as_str().unwrap().to_owned(),
+                r["value_bytes"].as_u64().unwrap(),
+                r["concurrency"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cases,
+        [
+            ("write".to_owned(), 1024, 1),
+            ("write".to_owned(), 1024, 16),
+            ("write".to_owned(), 1048576, 1),
+            ("read".to_owned(), 1024, 1),
+            ("read".to_owned(), 1024, 16)
+        ]
+    );
+    for result in &lines {
+        assert_eq!(result["bench"], "store");
+        assert_eq!(result["backend"], "sqlite");
+        assert!(result["ops_per_s"].as_f64().unwrap() > 0.0, "{result}");
+        assert!(result["p99_ms"].as_f64().unwrap() >= result["p50_ms"].as_f64().unwrap());
+    }
+}
