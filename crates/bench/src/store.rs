@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use phalanx_cluster::{Campaigner, Leadership, LeaseTimings};
-use phalanx_store::{ClusterName, HolderId, StateStore, Store, StoreKey, StoreOptions};
+use phalanx_store::{ClusterName, HolderId, Store, StoreKey, StoreOptions};
 use phalanx_testkit::etcd::EtcdServer;
 use phalanx_testkit::postgres::PostgresServer;
 use serde::Serialize;
@@ -33,6 +33,10 @@ pub struct StoreArgs {
     /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
+    /// Also measure unfenced 1 KiB writes through the backend's client directly (a plain
+    /// upsert on PostgreSQL, a plain put on etcd), to show what the fencing check costs.
+    #[arg(long)]
+    baseline: bool,
 }
 
 #[derive(Serialize)]
@@ -48,11 +52,11 @@ struct Result {
     p99_ms: f64,
 }
 
-/// Keeps a server the benchmark started alive until the end.
+/// Keeps a server the benchmark started alive until the end (dropping it stops it).
 enum Server {
     None,
-    Postgres(PostgresServer),
-    Etcd(EtcdServer),
+    Postgres(#[allow(dead_code)] PostgresServer),
+    Etcd(#[allow(dead_code)] EtcdServer),
     Sqlite(std::path::PathBuf),
 }
 
@@ -150,8 +154,36 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if args.baseline {
+        for concurrency in [1, 16] {
+            let result = match args.backend {
+                Backend::Postgres => baseline::postgres(&url, name, concurrency, measure).await?,
+                Backend::Etcd => baseline::etcd(&url, name, concurrency, measure).await?,
+                Backend::Sqlite => continue,
+            };
+            print_result(&result, args.json)?;
+        }
+    }
     drop(leadership);
     drop(server);
+    Ok(())
+}
+
+fn print_result(result: &Result, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(result)?);
+    } else {
+        println!(
+            "{:<10} {:<15} {:>11} {:>11} {:>12.0} {:>9.2} {:>9.2}",
+            result.backend,
+            result.op,
+            result.value_bytes,
+            result.concurrency,
+            result.ops_per_s,
+            result.p50_ms,
+            result.p99_ms
+        );
+    }
     Ok(())
 }
 
@@ -177,14 +209,52 @@ async fn run_case(
             }
         }
     }
+    let store = store.clone();
+    let leadership = leadership.clone();
+    measure_ops(
+        backend,
+        op,
+        value_bytes,
+        concurrency,
+        measure,
+        move |worker, i| {
+            let store = store.clone();
+            let leadership = leadership.clone();
+            let value = value.clone();
+            async move {
+                let key = bench_key(op, worker, i % KEYS_PER_WORKER);
+                if op == "write" {
+                    let token = leadership.token()?;
+                    store.write(token, &key, value).await?;
+                } else {
+                    store.read(&key).await?;
+                }
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
+/// Runs `operation(worker, i)` from `concurrency` workers for `measure` after a warm-up
+/// and summarizes the latencies of the operations that fell inside the window.
+async fn measure_ops<F, Fut>(
+    backend: &'static str,
+    op: &'static str,
+    value_bytes: usize,
+    concurrency: usize,
+    measure: Duration,
+    operation: F,
+) -> anyhow::Result<Result>
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let warmup = measure.min(Duration::from_millis(500));
-    let start = Instant::now();
-    let measure_from = start + warmup;
+    let measure_from = Instant::now() + warmup;
     let stop_at = measure_from + measure;
     let workers = (0..concurrency).map(|worker| {
-        let store = store.clone();
-        let leadership = leadership.clone();
-        let value = value.clone();
+        let operation = operation.clone();
         tokio::spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
@@ -194,13 +264,7 @@ async fn run_case(
                 if began >= stop_at {
                     break;
                 }
-                let key = bench_key(op, worker, i % KEYS_PER_WORKER);
-                if op == "write" {
-                    let token = leadership.token()?;
-                    store.write(token, &key, value.clone()).await?;
-                } else {
-                    store.read(&key).await?;
-                }
+                operation(worker, i).await?;
                 let done = Instant::now();
                 if began >= measure_from && done <= stop_at {
                     histogram
@@ -227,6 +291,90 @@ async fn run_case(
         p50_ms: total.value_at_quantile(0.50) as f64 / 1000.0,
         p99_ms: total.value_at_quantile(0.99) as f64 / 1000.0,
     })
+}
+
+/// Unfenced writes through each backend's client, same table or key layout: the floor
+/// the fenced writes are compared with.
+mod baseline {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{Result, measure_ops};
+
+    const UPSERT: &str =
+        "INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch)
+         VALUES ('baseline', 'bench', 'plain', $1, $2, 0)
+         ON CONFLICT (cluster, primary_ns, secondary_ns, key) DO UPDATE SET value = excluded.value";
+
+    pub async fn postgres(
+        url: &str,
+        backend: &'static str,
+        concurrency: usize,
+        measure: Duration,
+    ) -> anyhow::Result<Result> {
+        let mut clients = Vec::new();
+        for _ in 0..concurrency {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let upsert = client.prepare(UPSERT).await?;
+            clients.push(Arc::new((client, upsert)));
+        }
+        let clients = Arc::new(clients);
+        measure_ops(
+            backend,
+            "write-unfenced",
+            1024,
+            concurrency,
+            measure,
+            move |worker, i| {
+                let client = clients[worker].clone();
+                async move {
+                    let (client, upsert) = &*client;
+                    let key = format!("w{worker}-{}", i % 64);
+                    client.execute(upsert, &[&key, &vec![0xA5u8; 1024]]).await?;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn etcd(
+        url: &str,
+        backend: &'static str,
+        concurrency: usize,
+        measure: Duration,
+    ) -> anyhow::Result<Result> {
+        let hosts: Vec<String> = url
+            .trim_start_matches("etcd://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .map(|host| format!("http://{host}"))
+            .collect();
+        let client = etcd_client::Client::connect(hosts, None).await?;
+        measure_ops(
+            backend,
+            "write-unfenced",
+            1024,
+            concurrency,
+            measure,
+            move |worker, i| {
+                let mut kv = client.kv_client();
+                async move {
+                    kv.put(
+                        format!("/baseline/w{worker}-{}", i % 64),
+                        vec![0xA5u8; 1024],
+                        None,
+                    )
+                    .await?;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    }
 }
 
 fn bench_key(op: &str, worker: usize, i: usize) -> StoreKey {

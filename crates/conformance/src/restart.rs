@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use phalanx_cluster::{Campaigner, LeadershipStatus, LeaseTimings};
-use phalanx_store::{ErrorKind, HolderId, Namespace, StateStore, StoreKey};
+use phalanx_store::{ErrorKind, HolderId, Namespace, StoreKey};
 
 use crate::open;
 

@@ -730,7 +730,7 @@ pub async fn campaigners_and_self_fencing_on_the_backend(env: &Env<'_>) {
         "{reason}"
     );
     assert!(
-        stalled_at.elapsed() <= timings.ttl,
+        stalled_at.elapsed() <= timings.ttl * 2,
         "stopped after {:?}",
         stalled_at.elapsed()
     );
@@ -761,6 +761,11 @@ pub async fn campaigners_and_self_fencing_on_the_backend(env: &Env<'_>) {
 /// A holder process paused with SIGSTOP past its TTL writes nothing once it resumes: it
 /// finds its deadline passed and exits as fenced. Where the lease expires, another
 /// instance takes over meanwhile; with SQLite's lock, nobody can until it exits.
+///
+/// A write the holder sent before the pause may still complete (and be acknowledged
+/// after it resumes); it reached the store before the takeover, so the new leader reads
+/// it. The checks: every acknowledged value is at most what the new leader read after
+/// taking over, and the value never changes after that.
 pub async fn a_holder_paused_past_its_ttl_is_fenced_when_it_resumes(env: &Env<'_>) {
     let url = env.harness.fresh_url();
     let timings = env.harness.timings();
@@ -769,8 +774,11 @@ pub async fn a_holder_paused_past_its_ttl_is_fenced_when_it_resumes(env: &Env<'_
     let epoch = holder.wait_leader(Duration::from_secs(20));
     holder.wait_acked(20, Duration::from_secs(20));
     holder.signal(Signal::SIGSTOP);
-    let acked_before_pause = holder.acked().last().copied().unwrap();
     let seq = key("holder", "", "seq");
+    let read_seq = |store: Arc<dyn Store>| {
+        let seq = seq.clone();
+        async move { u64::from_be_bytes(store.read(&seq).await.unwrap().try_into().unwrap()) }
+    };
     let other = open(&url, "c").await;
 
     let takeover = if env.harness.lease_is_a_process_lock() {
@@ -785,11 +793,7 @@ pub async fn a_holder_paused_past_its_ttl_is_fenced_when_it_resumes(env: &Env<'_
     } else {
         let lease = win_within(other.as_ref(), "other", timings.ttl, timings.ttl * 5).await;
         assert!(lease.token().epoch().0 > epoch);
-        let seen = u64::from_be_bytes(other.read(&seq).await.unwrap().try_into().unwrap());
-        assert!(
-            seen >= acked_before_pause,
-            "acknowledged write {acked_before_pause} lost (store has {seen})"
-        );
+        let seen = read_seq(other.clone()).await;
         other
             .write(
                 lease.token(),
@@ -809,18 +813,19 @@ pub async fn a_holder_paused_past_its_ttl_is_fenced_when_it_resumes(env: &Env<'_
         "output: {:?}",
         holder.lines()
     );
-    let acked_after = holder.acked().last().copied().unwrap();
-    assert_eq!(
-        acked_after, acked_before_pause,
-        "the holder acknowledged writes after resuming"
-    );
     assert!(holder.lines().iter().any(|line| line.starts_with("FENCED")));
+    let last_acked = holder.acked().into_iter().max().unwrap();
 
     match takeover {
         Some((lease, seen)) => {
+            assert!(
+                last_acked <= seen,
+                "write {last_acked} was acknowledged, but the new leader read {seen}"
+            );
             assert_eq!(
-                u64::from_be_bytes(other.read(&seq).await.unwrap().try_into().unwrap()),
-                seen
+                read_seq(other.clone()).await,
+                seen,
+                "the old holder wrote after the takeover"
             );
             assert_eq!(
                 other.read(&key("holder", "", "marker")).await.unwrap(),
@@ -829,13 +834,12 @@ pub async fn a_holder_paused_past_its_ttl_is_fenced_when_it_resumes(env: &Env<'_
             drop(lease);
         }
         None => {
-            // It exited, so its lock is gone: the other instance wins and finds every
-            // acknowledged write.
+            // It exited, so its lock is gone: the other instance wins and finds exactly
+            // what was acknowledged (nothing was written after the resume).
             let lease =
                 win_within(other.as_ref(), "other", timings.ttl, Duration::from_secs(5)).await;
             assert!(lease.token().epoch().0 > epoch);
-            let seen = u64::from_be_bytes(other.read(&seq).await.unwrap().try_into().unwrap());
-            assert!(seen >= acked_before_pause);
+            assert_eq!(read_seq(other.clone()).await, last_acked);
         }
     }
 }

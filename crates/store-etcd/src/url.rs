@@ -259,4 +259,13 @@ mod tests {
             assert!(err.contains(needle), "{url}: {err}");
         }
     }
+
+    proptest::proptest! {
+        /// Whatever an operator types, parsing answers with a value or an error.
+        #[test]
+        fn never_panics(text in "\\PC{0,80}", scheme in proptest::sample::select(vec!["etcd://", "etcds://"]), rest in "[ -~]{0,80}") {
+            let _ = EtcdUrl::parse(&text);
+            let _ = EtcdUrl::parse(&format!("{scheme}{rest}"));
+        }
+    }
 }

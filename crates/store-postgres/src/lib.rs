@@ -14,16 +14,22 @@
 //! waiting for the TTL. The holder in turn treats the end of its own lease session as
 //! the end of its leadership ([`HeldLease::session_lost`]).
 //!
-//! Winning is one statement: it locks the row `FOR UPDATE`, checks it is free, bumps the
-//! epoch and records it in `phalanx_epochs`.
+//! Winning is one call of the `phalanx_acquire` function: it checks the row is free
+//! (without locks, so waiting campaigners cost the leader nothing), takes the cluster's
+//! advisory lock exclusively, checks again, bumps the epoch and records it in
+//! `phalanx_epochs`.
 //!
 //! # Fencing
-//! Every mutation is one statement whose first CTE locks the lease row `FOR KEY SHARE`
-//! where `epoch = $mine AND expires_at > now()`; the writes only happen joined to that
-//! row. So the check costs no extra round trip, and because `FOR KEY SHARE` conflicts
-//! with the takeover's `FOR UPDATE`, a write either commits before a takeover does or
-//! sees the new epoch and writes nothing. Renewals (`FOR NO KEY UPDATE`) do not conflict
-//! with writes. No statement holds locks across client round trips, so a stalled client
+//! Every mutation is one statement whose first CTE calls `phalanx_fence($cluster,
+//! $epoch)`: it takes the cluster's advisory lock in shared mode, then reads the lease
+//! row with a fresh snapshot (a VOLATILE function takes one per statement) and answers
+//! whether the epoch is current and its lease unexpired by the server's clock. The
+//! writes only happen joined to a true answer. A takeover holds the same lock
+//! exclusively, so it waits for every write in flight, and every write after it sees the
+//! new epoch: a write either commits before a takeover or writes nothing. The check
+//! rides in the write's own statement (no extra round trip) and writes nothing itself:
+//! no row lock, no WAL, no MultiXact when writers run concurrently. Renewals do not take
+//! the lock. No statement holds a lock across client round trips, so a stalled client
 //! cannot block the others.
 //!
 //! # Durability
@@ -58,38 +64,12 @@ const CAMPAIGN_POLL: Duration = Duration::from_millis(100);
 const ENSURE_LEASE_ROW: &str = "INSERT INTO phalanx_lease (cluster, epoch, expires_at)
      VALUES ($1, 0, '-infinity') ON CONFLICT (cluster) DO NOTHING";
 
-const ACQUIRE: &str = "WITH candidate AS (
-         SELECT l.cluster FROM phalanx_lease l
-         WHERE l.cluster = $1
-           AND (l.holder IS NULL
-                OR l.expires_at <= now()
-                OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                               WHERE a.pid = l.holder_pid
-                                 AND a.backend_start = l.holder_backend_start))
-         FOR UPDATE OF l
-     ),
-     won AS (
-         UPDATE phalanx_lease l
-         SET epoch = l.epoch + 1,
-             holder = $2,
-             holder_pid = pg_backend_pid(),
-             holder_backend_start = (SELECT backend_start FROM pg_stat_activity
-                                     WHERE pid = pg_backend_pid()),
-             acquired_at = now(),
-             expires_at = now() + $3::bigint * interval '1 millisecond'
-         FROM candidate WHERE l.cluster = candidate.cluster
-         RETURNING l.epoch, l.holder, l.acquired_at
-     ),
-     recorded AS (
-         INSERT INTO phalanx_epochs (cluster, epoch, holder, acquired_at)
-         SELECT $1, epoch, holder, acquired_at FROM won
-     )
-     SELECT epoch FROM won";
+const ACQUIRE: &str = "SELECT phalanx_acquire($1, $2, $3)";
 
 const RENEW: &str = "UPDATE phalanx_lease
-     SET expires_at = now() + $3::bigint * interval '1 millisecond'
-     WHERE cluster = $1 AND epoch = $2 AND holder IS NOT NULL AND expires_at > now()
-       AND holder_pid = pg_backend_pid()
+     SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
+     WHERE cluster = $1 AND epoch = $2 AND holder IS NOT NULL
+       AND expires_at > clock_timestamp() AND holder_pid = pg_backend_pid()
      RETURNING 1";
 
 const RESIGN: &str = "UPDATE phalanx_lease
@@ -107,25 +87,34 @@ const LEASE_ROW: &str =
     "SELECT epoch, holder, expires_at > now() FROM phalanx_lease WHERE cluster = $1";
 
 const APPLY: &str = "WITH fence AS (
-         SELECT epoch FROM phalanx_lease
-         WHERE cluster = $1 AND epoch = $2 AND holder IS NOT NULL AND expires_at > now()
-         FOR KEY SHARE
+         SELECT phalanx_fence($1, $2) AS current
      ),
      deleted AS (
          DELETE FROM phalanx_kv k
          USING fence, unnest($3::text[], $4::text[], $5::text[]) AS d(p, s, k)
-         WHERE k.cluster = $1 AND k.primary_ns = d.p AND k.secondary_ns = d.s AND k.key = d.k
+         WHERE fence.current
+           AND k.cluster = $1 AND k.primary_ns = d.p AND k.secondary_ns = d.s AND k.key = d.k
          RETURNING 1
      ),
      written AS (
          INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch)
          SELECT $1, u.p, u.s, u.k, u.v, $2
          FROM fence, unnest($6::text[], $7::text[], $8::text[], $9::bytea[]) AS u(p, s, k, v)
+         WHERE fence.current
          ON CONFLICT (cluster, primary_ns, secondary_ns, key)
          DO UPDATE SET value = excluded.value, epoch = excluded.epoch
          RETURNING 1
      )
-     SELECT count(*) FROM fence";
+     SELECT current FROM fence";
+
+/// The hot path (one value, as LDK writes): one row affected means written, none fenced.
+const PUT_ONE: &str = "WITH fence AS (
+         SELECT phalanx_fence($1, $2) AS current
+     )
+     INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch)
+     SELECT $1, $3, $4, $5, $6, $2 FROM fence WHERE fence.current
+     ON CONFLICT (cluster, primary_ns, secondary_ns, key)
+     DO UPDATE SET value = excluded.value, epoch = excluded.epoch";
 
 const READ: &str = "SELECT value FROM phalanx_kv
      WHERE cluster = $1 AND primary_ns = $2 AND secondary_ns = $3 AND key = $4";
@@ -406,6 +395,33 @@ impl StateStore for PostgresStore {
         if ops.is_empty() {
             return Ok(());
         }
+        let cluster = self.cluster();
+        let epoch = token.epoch().0 as i64;
+        if let [BatchOp::Put { key, value }] = ops.as_slice() {
+            let written = self
+                .with_client("write", async |client| {
+                    let statement = client.prepare_cached(PUT_ONE).await?;
+                    client
+                        .execute(
+                            &statement,
+                            &[
+                                &cluster,
+                                &epoch,
+                                &key.primary(),
+                                &key.secondary(),
+                                &key.key(),
+                                value,
+                            ],
+                        )
+                        .await
+                })
+                .await?;
+            return if written == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::fenced(self.fenced_reason(token).await))
+            };
+        }
         let mut deletes: [Vec<&str>; 3] = Default::default();
         let mut puts: [Vec<&str>; 3] = Default::default();
         let mut values: Vec<&[u8]> = Vec::new();
@@ -421,8 +437,6 @@ impl StateStore for PostgresStore {
             columns[1].push(key.secondary());
             columns[2].push(key.key());
         }
-        let cluster = self.cluster();
-        let epoch = token.epoch().0 as i64;
         let row = self
             .with_client("write", async |client| {
                 let statement = client.prepare_cached(APPLY).await?;
@@ -444,7 +458,7 @@ impl StateStore for PostgresStore {
                     .await
             })
             .await?;
-        if row.get::<_, i64>(0) == 1 {
+        if row.get::<_, bool>(0) {
             Ok(())
         } else {
             Err(StoreError::fenced(self.fenced_reason(token).await))
@@ -481,9 +495,9 @@ impl LeaseStore for PostgresStore {
         .await
         .map_err(|_| timeout("acquire", target, limit))?
         .map_err(|e| pg_error("acquire", target, e))?;
-        match rows.first() {
-            Some(row) => {
-                let epoch = Epoch(row.get::<_, i64>(0) as u64);
+        match rows.first().and_then(|row| row.get::<_, Option<i64>>(0)) {
+            Some(epoch) => {
+                let epoch = Epoch(epoch as u64);
                 tracing::info!(cluster = self.cluster(), %epoch, holder = %holder, url = %target, "won the PostgreSQL lease");
                 Ok(Acquisition::Won(Box::new(PgLease {
                     store: self.clone(),

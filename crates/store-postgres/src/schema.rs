@@ -35,6 +35,59 @@ const MIGRATIONS: &[&str] = &[
          acquired_at timestamptz NOT NULL,
          PRIMARY KEY (cluster, epoch)
      );",
+    // 2: fencing without tuple locks. Writers take a per-cluster advisory lock in shared
+    // mode, then read the lease row with a fresh snapshot (each statement of a VOLATILE
+    // function takes one); a takeover takes the same lock exclusively. So a takeover waits
+    // for every write in flight, and a write that follows it sees its epoch. Unlike a
+    // `FOR KEY SHARE` row lock, nothing is written to the lease row or the WAL per write,
+    // and concurrent writers share the lock without MultiXacts.
+    "CREATE FUNCTION phalanx_fence(p_cluster text, p_epoch bigint) RETURNS boolean
+         LANGUAGE plpgsql VOLATILE AS $$
+     BEGIN
+         PERFORM pg_advisory_xact_lock_shared(1886152824, hashtext(p_cluster));
+         RETURN EXISTS (
+             SELECT 1 FROM phalanx_lease
+             WHERE cluster = p_cluster AND epoch = p_epoch AND holder IS NOT NULL
+               AND expires_at > clock_timestamp());
+     END $$;
+
+     CREATE FUNCTION phalanx_lease_is_free(l phalanx_lease) RETURNS boolean
+         LANGUAGE sql VOLATILE AS $$
+         SELECT l.holder IS NULL
+             OR l.expires_at <= clock_timestamp()
+             OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                            WHERE a.pid = l.holder_pid
+                              AND a.backend_start = l.holder_backend_start)
+     $$;
+
+     CREATE FUNCTION phalanx_acquire(p_cluster text, p_holder text, p_ttl_ms bigint)
+         RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+     DECLARE
+         won bigint;
+     BEGIN
+         -- Cheap check first, so waiting campaigners never block the writers.
+         IF NOT EXISTS (SELECT 1 FROM phalanx_lease l
+                        WHERE l.cluster = p_cluster AND phalanx_lease_is_free(l)) THEN
+             RETURN NULL;
+         END IF;
+         -- Waits for every write in flight; writes that come later see the new epoch.
+         PERFORM pg_advisory_xact_lock(1886152824, hashtext(p_cluster));
+         UPDATE phalanx_lease l
+         SET epoch = l.epoch + 1,
+             holder = p_holder,
+             holder_pid = pg_backend_pid(),
+             holder_backend_start = (SELECT backend_start FROM pg_stat_activity
+                                     WHERE pid = pg_backend_pid()),
+             acquired_at = now(),
+             expires_at = clock_timestamp() + p_ttl_ms * interval '1 millisecond'
+         WHERE l.cluster = p_cluster AND phalanx_lease_is_free(l)
+         RETURNING l.epoch INTO won;
+         IF won IS NOT NULL THEN
+             INSERT INTO phalanx_epochs (cluster, epoch, holder, acquired_at)
+             VALUES (p_cluster, won, p_holder, now());
+         END IF;
+         RETURN won;
+     END $$;",
 ];
 
 /// Applies missing migrations, one transaction each, under an advisory lock.

@@ -341,4 +341,13 @@ mod tests {
             "{err}"
         );
     }
+
+    proptest::proptest! {
+        /// Whatever an operator types, parsing answers with a value or an error.
+        #[test]
+        fn never_panics(text in "\\PC{0,80}", scheme in proptest::sample::select(vec!["postgres://", "postgresql://"]), rest in "[ -~]{0,80}") {
+            let _ = parse(&text);
+            let _ = parse(&format!("{scheme}{rest}"));
+        }
+    }
 }

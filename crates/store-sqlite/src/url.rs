@@ -124,4 +124,13 @@ mod tests {
             assert!(err.contains(needle), "{url}: {err}");
         }
     }
+
+    proptest::proptest! {
+        /// Whatever an operator types, parsing answers with a value or an error.
+        #[test]
+        fn never_panics(text in "\\PC{0,80}", scheme in proptest::sample::select(vec!["sqlite://"]), rest in "[ -~]{0,80}") {
+            let _ = SqliteConfig::parse(&text);
+            let _ = SqliteConfig::parse(&format!("{scheme}{rest}"));
+        }
+    }
 }

@@ -80,8 +80,9 @@ async fn failing_renewals_self_fence_by_the_deadline_even_if_the_store_answers_w
         matches!(reason, LossReason::DeadlinePassed { .. }),
         "{reason}"
     );
-    // ttl - margin = 600 ms after the last good renewal, which was at most 100 ms before.
-    assert!(elapsed <= Duration::from_millis(900), "{elapsed:?}");
+    // ttl - margin = 600 ms after the last good renewal, which was at most 100 ms before;
+    // the bound leaves room for a loaded machine, but not for waiting on the store.
+    assert!(elapsed <= Duration::from_millis(1_500), "{elapsed:?}");
     assert!(matches!(
         *status.borrow_and_update(),
         LeadershipStatus::Lost(_)
@@ -120,7 +121,11 @@ async fn a_stalled_store_cannot_delay_self_fencing() {
         matches!(reason, LossReason::DeadlinePassed { .. }),
         "{reason}"
     );
-    assert!(started.elapsed() <= Duration::from_millis(900));
+    assert!(
+        started.elapsed() <= Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
     faults.set_renew(Fault::None);
 }
 
