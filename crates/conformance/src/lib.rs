@@ -21,7 +21,8 @@ pub mod suite;
 use std::sync::Arc;
 use std::time::Duration;
 
-use phalanx_store::{Acquisition, ClusterName, HeldLease, HolderId, Store, StoreOptions};
+pub use phalanx_store::testing::{must_win, try_win, win_within};
+use phalanx_store::{ClusterName, Store, StoreOptions};
 
 pub use harness::Harness;
 
@@ -38,38 +39,6 @@ pub fn store_options(cluster: &str) -> StoreOptions {
     options.connect_timeout = Duration::from_secs(3);
     options.operation_timeout = Duration::from_secs(5);
     options
-}
-
-/// One attempt to win; panics on a store error.
-pub async fn try_win(store: &dyn Store, holder: &str, ttl: Duration) -> Option<Box<dyn HeldLease>> {
-    match store
-        .try_acquire(&HolderId::new(holder).unwrap(), ttl)
-        .await
-        .unwrap_or_else(|err| panic!("{holder} campaign attempt: {}", err.report()))
-    {
-        Acquisition::Won(lease) => Some(lease),
-        Acquisition::Held(_) => None,
-    }
-}
-
-/// Wins the lease, waiting for it to become free for at most `within`.
-pub async fn win_within(
-    store: &dyn Store,
-    holder: &str,
-    ttl: Duration,
-    within: Duration,
-) -> Box<dyn HeldLease> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(lease) = try_win(store, holder, ttl).await {
-            return lease;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{holder} did not win the lease within {within:?}"
-        );
-        store.wait_for_change(Duration::from_millis(200)).await;
-    }
 }
 
 /// Runs the whole conformance suite as `#[tokio::test]`s against `$harness` (an

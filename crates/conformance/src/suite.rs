@@ -58,6 +58,32 @@ async fn leader(
     (url, store, token, lease)
 }
 
+/// A fresh store, a leadership on it, and LDK's store bound to that leadership.
+async fn ldk_over_a_leadership(
+    env: &Env<'_>,
+) -> (
+    String,
+    Arc<dyn Store>,
+    phalanx_cluster::Leadership,
+    LdkKvStore,
+) {
+    let url = env.harness.fresh_url();
+    let store = open(&url, "c").await;
+    let campaigner = Campaigner::new(
+        store.clone(),
+        HolderId::new("a").unwrap(),
+        env.harness.timings(),
+    )
+    .unwrap();
+    let leadership = campaigner.campaign().await.unwrap();
+    let kv = LdkKvStore::new(
+        store.clone(),
+        leadership.fence(),
+        tokio::runtime::Handle::current(),
+    );
+    (url, store, leadership, kv)
+}
+
 /// Write, read, overwrite, remove, and the error kinds on the way.
 pub async fn crud_round_trip(env: &Env<'_>) {
     let (_url, store, token, _lease) = leader(env).await;
@@ -122,20 +148,7 @@ pub async fn listing_is_per_namespace(env: &Env<'_>) {
 
 /// LDK's key rules hold at the LDK interface over every backend.
 pub async fn invalid_keys_are_refused(env: &Env<'_>) {
-    let url = env.harness.fresh_url();
-    let store = open(&url, "c").await;
-    let campaigner = Campaigner::new(
-        store.clone(),
-        HolderId::new("a").unwrap(),
-        env.harness.timings(),
-    )
-    .unwrap();
-    let leadership = campaigner.campaign().await.unwrap();
-    let kv = LdkKvStore::new(
-        store.clone(),
-        leadership.fence(),
-        tokio::runtime::Handle::current(),
-    );
+    let (_url, store, _leadership, kv) = ldk_over_a_leadership(env).await;
     for (p, s, k) in [
         ("", "s", "k"),
         ("p", "", ""),
@@ -316,20 +329,7 @@ pub async fn read_after_write_across_handles(env: &Env<'_>) {
 /// LDK's ordering rule holds over the backend: the last call to a key wins, however the
 /// futures are polled.
 pub async fn ldk_kv_store_orders_writes_by_call(env: &Env<'_>) {
-    let url = env.harness.fresh_url();
-    let store = open(&url, "c").await;
-    let campaigner = Campaigner::new(
-        store.clone(),
-        HolderId::new("a").unwrap(),
-        env.harness.timings(),
-    )
-    .unwrap();
-    let leadership = campaigner.campaign().await.unwrap();
-    let kv = LdkKvStore::new(
-        store.clone(),
-        leadership.fence(),
-        tokio::runtime::Handle::current(),
-    );
+    let (_url, store, _leadership, kv) = ldk_over_a_leadership(env).await;
     let futures: Vec<_> = (0..64u32)
         .map(|i| KVStore::write(&kv, "ordered", "", "k", i.to_be_bytes().to_vec()).boxed())
         .collect();
@@ -376,20 +376,7 @@ pub async fn ldk_kv_store_orders_writes_by_call(env: &Env<'_>) {
 
 /// After the leadership ends, LDK's writes fail as fenced and change nothing.
 pub async fn ldk_kv_store_refuses_after_leadership_ends(env: &Env<'_>) {
-    let url = env.harness.fresh_url();
-    let store = open(&url, "c").await;
-    let campaigner = Campaigner::new(
-        store.clone(),
-        HolderId::new("a").unwrap(),
-        env.harness.timings(),
-    )
-    .unwrap();
-    let leadership = campaigner.campaign().await.unwrap();
-    let kv = LdkKvStore::new(
-        store.clone(),
-        leadership.fence(),
-        tokio::runtime::Handle::current(),
-    );
+    let (url, _store, leadership, kv) = ldk_over_a_leadership(env).await;
     KVStore::write(&kv, "p", "", "k", b"before".to_vec())
         .await
         .unwrap();

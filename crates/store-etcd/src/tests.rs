@@ -8,6 +8,8 @@ use phalanx_testkit::etcd::{self, EtcdOptions, EtcdServer, EtcdTls};
 use phalanx_testkit::tls::TestPki;
 use phalanx_testkit::unique_name;
 
+use phalanx_store::testing::must_win;
+
 use super::*;
 
 fn options() -> StoreOptions {
@@ -15,17 +17,6 @@ fn options() -> StoreOptions {
     options.connect_timeout = Duration::from_secs(2);
     options.operation_timeout = Duration::from_secs(3);
     options
-}
-
-async fn win(store: &EtcdStore, name: &str, ttl: Duration) -> Box<dyn HeldLease> {
-    match store
-        .try_acquire(&HolderId::new(name).unwrap(), ttl)
-        .await
-        .unwrap()
-    {
-        Acquisition::Won(lease) => lease,
-        Acquisition::Held(info) => panic!("{name} should win; held by {info:?}"),
-    }
 }
 
 #[tokio::test]
@@ -36,7 +27,7 @@ async fn server_limits_are_named_in_the_error() {
     })
     .unwrap();
     let store = EtcdStore::open(&server.url("p"), options()).await.unwrap();
-    let lease = win(&store, "a", Duration::from_secs(5)).await;
+    let lease = must_win(&store, "a", Duration::from_secs(5)).await;
     let key = StoreKey::new("ns", "", "big").unwrap();
     let err = store
         .write(lease.token(), &key, vec![7u8; 32 * 1024 * 1024])
@@ -68,7 +59,7 @@ async fn resign_wakes_a_watching_campaigner_at_once() {
     let url = etcd::shared().url(&unique_name("p"));
     let first = EtcdStore::open(&url, options()).await.unwrap();
     let second = EtcdStore::open(&url, options()).await.unwrap();
-    let lease = win(&first, "a", Duration::from_secs(30)).await;
+    let lease = must_win(&first, "a", Duration::from_secs(30)).await;
     let held = second
         .try_acquire(&HolderId::new("b").unwrap(), Duration::from_secs(30))
         .await
@@ -91,7 +82,7 @@ async fn resign_wakes_a_watching_campaigner_at_once() {
     );
     resign.await.unwrap();
     assert_eq!(
-        win(&second, "b", Duration::from_secs(30))
+        must_win(&second, "b", Duration::from_secs(30))
             .await
             .token()
             .epoch(),
@@ -104,7 +95,7 @@ async fn unrenewed_lease_expires_and_keepalive_holds_it() {
     let url = etcd::shared().url(&unique_name("p"));
     let first = EtcdStore::open(&url, options()).await.unwrap();
     let second = EtcdStore::open(&url, options()).await.unwrap();
-    let mut lease = win(&first, "a", Duration::from_secs(1)).await;
+    let mut lease = must_win(&first, "a", Duration::from_secs(1)).await;
     let ttl = lease.granted_ttl();
     for _ in 0..6 {
         tokio::time::sleep(ttl / 3).await;
@@ -171,7 +162,7 @@ async fn authentication_and_tls() {
 
     let good = format!("etcds://root:s3cret@{hosts}?{tls_query}");
     let store = EtcdStore::open(&good, options()).await.unwrap();
-    let lease = win(&store, "a", Duration::from_secs(5)).await;
+    let lease = must_win(&store, "a", Duration::from_secs(5)).await;
     let key = StoreKey::new("ns", "", "k").unwrap();
     store
         .write(lease.token(), &key, b"secure".to_vec())

@@ -7,6 +7,8 @@ use phalanx_testkit::blackhole::Blackhole;
 use phalanx_testkit::postgres::{self, PostgresOptions, PostgresServer};
 use phalanx_testkit::tls::TestPki;
 
+use phalanx_store::testing::must_win;
+
 use super::*;
 
 fn options() -> StoreOptions {
@@ -16,23 +18,12 @@ fn options() -> StoreOptions {
     options
 }
 
-async fn win(store: &PostgresStore, name: &str, ttl: Duration) -> Box<dyn HeldLease> {
-    match store
-        .try_acquire(&HolderId::new(name).unwrap(), ttl)
-        .await
-        .unwrap()
-    {
-        Acquisition::Won(lease) => lease,
-        Acquisition::Held(info) => panic!("{name} should win; held by {info:?}"),
-    }
-}
-
 #[tokio::test]
 async fn a_dead_holder_session_frees_the_lease_before_its_ttl() {
     let url = postgres::shared().fresh_database().unwrap();
     let first = PostgresStore::open(&url, options()).await.unwrap();
     let second = PostgresStore::open(&url, options()).await.unwrap();
-    let lease = win(&first, "a", Duration::from_secs(60)).await;
+    let lease = must_win(&first, "a", Duration::from_secs(60)).await;
     let mut lost = lease
         .session_lost()
         .expect("PostgreSQL reports session loss");
@@ -60,7 +51,7 @@ async fn a_dead_holder_session_frees_the_lease_before_its_ttl() {
         .unwrap();
 
     let started = Instant::now();
-    let lease_b = win(&second, "b", Duration::from_secs(60)).await;
+    let lease_b = must_win(&second, "b", Duration::from_secs(60)).await;
     assert!(started.elapsed() < Duration::from_secs(5), "no TTL wait");
     assert_eq!(lease_b.token().epoch(), Epoch(2));
     let key = StoreKey::new("ns", "", "k").unwrap();
@@ -74,7 +65,7 @@ async fn renewal_keeps_the_lease_and_resign_frees_it() {
     let url = postgres::shared().fresh_database().unwrap();
     let first = PostgresStore::open(&url, options()).await.unwrap();
     let second = PostgresStore::open(&url, options()).await.unwrap();
-    let mut lease = win(&first, "a", Duration::from_millis(1500)).await;
+    let mut lease = must_win(&first, "a", Duration::from_millis(1500)).await;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         lease.renew().await.unwrap();
@@ -87,7 +78,7 @@ async fn renewal_keeps_the_lease_and_resign_frees_it() {
     assert!(matches!(held, Acquisition::Held(_)), "{held:?}");
     lease.resign().await.unwrap();
     assert_eq!(
-        win(&second, "b", Duration::from_secs(5))
+        must_win(&second, "b", Duration::from_secs(5))
             .await
             .token()
             .epoch(),
@@ -170,7 +161,7 @@ async fn tls_is_verified_against_the_given_root() {
         pki.ca_path().display()
     );
     let store = PostgresStore::open(&good, options()).await.unwrap();
-    let lease = win(&store, "a", Duration::from_secs(5)).await;
+    let lease = must_win(&store, "a", Duration::from_secs(5)).await;
     let key = StoreKey::new("ns", "", "k").unwrap();
     store
         .write(lease.token(), &key, b"over tls".to_vec())
@@ -206,4 +197,87 @@ async fn two_instances_migrate_the_same_database_at_once() {
     );
     first.unwrap();
     second.unwrap();
+}
+
+/// With a synchronous standby, a write is acknowledged only once the standby has it; with
+/// the standby gone, writes fail as transient (outcome unknown) instead of being
+/// acknowledged, and they succeed again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_for_the_synchronous_standby() {
+    let primary = PostgresServer::start_with(PostgresOptions {
+        settings: vec![
+            ("synchronous_standby_names".into(), "*".into()),
+            // remote_apply, so the test can read the write on the standby at once;
+            // production uses `on` (flushed on the standby), the same wait.
+            ("synchronous_commit".into(), "remote_apply".into()),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let standby = primary.start_standby().unwrap();
+    primary
+        .wait_for_synchronous_standby(Duration::from_secs(30))
+        .unwrap();
+    let url = primary.fresh_database().unwrap();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let store = PostgresStore::open(&url, options()).await.unwrap();
+    let lease = must_win(&store, "a", Duration::from_secs(600)).await;
+    let on_standby = |key: &str| {
+        standby
+            .psql(
+                &db,
+                &format!("SELECT count(*) FROM phalanx_kv WHERE key = '{key}'"),
+            )
+            .unwrap()
+    };
+
+    store
+        .write(
+            lease.token(),
+            &StoreKey::new("ns", "", "k1").unwrap(),
+            vec![1],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        on_standby("k1"),
+        "1",
+        "acknowledged before the standby had it"
+    );
+
+    standby.stop().unwrap();
+    let started = Instant::now();
+    let err = store
+        .write(
+            lease.token(),
+            &StoreKey::new("ns", "", "k2").unwrap(),
+            vec![2],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    standby.start_again().unwrap();
+    primary
+        .wait_for_synchronous_standby(Duration::from_secs(30))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store
+            .write(
+                lease.token(),
+                &StoreKey::new("ns", "", "k3").unwrap(),
+                vec![3],
+            )
+            .await
+        {
+            Ok(()) => break,
+            Err(err) if err.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("write after the standby came back: {}", err.report()),
+        }
+    }
+    assert_eq!(on_standby("k3"), "1");
 }

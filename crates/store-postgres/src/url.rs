@@ -155,11 +155,15 @@ impl PgUrl {
             .keepalives_idle(Duration::from_secs(5))
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3)
-            // The server gives up on a statement a little after we do, so a statement the
-            // client abandoned cannot commit long after.
+            // The server gives up on a runaway statement too, but only well after the
+            // client did: PostgreSQL answers a statement timeout during the wait for a
+            // synchronous standby by reporting the commit as *successful* (with a
+            // warning), so if the server's timeout fired first a write could be
+            // acknowledged without being on the replica. The client always gives up
+            // first and reports a transient error (outcome unknown) instead.
             .options(format!(
                 "-c statement_timeout={}",
-                options.operation_timeout.as_millis()
+                server_statement_timeout(options.operation_timeout).as_millis()
             ))
             .ssl_mode(if tls.is_some() {
                 SslMode::Require
@@ -181,6 +185,12 @@ impl PgUrl {
             redacted: format!("postgres://{user}@{host_for_url}:{port}/{database}"),
         })
     }
+}
+
+/// The server-side statement timeout for a client operation timeout: twice as long, so
+/// the client always gives up first.
+pub fn server_statement_timeout(operation_timeout: Duration) -> Duration {
+    operation_timeout * 2
 }
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, StoreError> {

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use phalanx_store::{Acquisition, ClusterName, HolderId, LeaseStore, StateStore, StoreKey};
 
+use phalanx_store::testing::must_win;
+
 use super::*;
 
 fn options() -> StoreOptions {
@@ -14,17 +16,6 @@ fn holder(name: &str) -> HolderId {
     HolderId::new(name).unwrap()
 }
 
-async fn win(store: &SqliteStore, name: &str) -> Box<dyn HeldLease> {
-    match store
-        .try_acquire(&holder(name), Duration::from_secs(5))
-        .await
-        .unwrap()
-    {
-        Acquisition::Won(lease) => lease,
-        Acquisition::Held(info) => panic!("{name} should win, but the lease is held: {info:?}"),
-    }
-}
-
 #[tokio::test]
 async fn second_handle_cannot_lead_or_read_while_the_lock_is_held() {
     let dir = tempfile::tempdir().unwrap();
@@ -32,7 +23,7 @@ async fn second_handle_cannot_lead_or_read_while_the_lock_is_held() {
     let first = SqliteStore::open(&url, options()).await.unwrap();
     let second = SqliteStore::open(&url, options()).await.unwrap();
 
-    let lease = win(&first, "a").await;
+    let lease = must_win(&first, "a", Duration::from_secs(5)).await;
     let key = StoreKey::new("ns", "", "k").unwrap();
     first
         .write(lease.token(), &key, b"v".to_vec())
@@ -55,7 +46,7 @@ async fn second_handle_cannot_lead_or_read_while_the_lock_is_held() {
     assert!(err.is_fenced(), "{err}");
 
     lease.resign().await.unwrap();
-    let lease_b = win(&second, "b").await;
+    let lease_b = must_win(&second, "b", Duration::from_secs(5)).await;
     assert_eq!(lease_b.token().epoch(), Epoch(2));
     assert_eq!(second.read(&key).await.unwrap(), b"v");
     let history = second.epoch_history(10).await.unwrap();
@@ -74,7 +65,7 @@ async fn dropping_the_lease_frees_the_lock() {
     let url = format!("sqlite://{}/node.db", dir.path().display());
     let first = SqliteStore::open(&url, options()).await.unwrap();
     let second = SqliteStore::open(&url, options()).await.unwrap();
-    let lease = win(&first, "a").await;
+    let lease = must_win(&first, "a", Duration::from_secs(5)).await;
     let token = lease.token();
     drop(lease);
     let err = first
@@ -82,7 +73,13 @@ async fn dropping_the_lease_frees_the_lock() {
         .await
         .unwrap_err();
     assert!(err.is_fenced(), "{err}");
-    assert_eq!(win(&second, "b").await.token().epoch(), Epoch(2));
+    assert_eq!(
+        must_win(&second, "b", Duration::from_secs(5))
+            .await
+            .token()
+            .epoch(),
+        Epoch(2)
+    );
 }
 
 #[tokio::test]
@@ -92,7 +89,7 @@ async fn replica_gets_every_write_and_is_recreated_when_the_lease_is_won() {
     let replica = dir.path().join("replica.db");
     let url = format!("sqlite://{}?replica={}", main.display(), replica.display());
     let store = SqliteStore::open(&url, options()).await.unwrap();
-    let lease = win(&store, "a").await;
+    let lease = must_win(&store, "a", Duration::from_secs(5)).await;
     for i in 0..20u32 {
         let key = StoreKey::new("ns", "", &format!("k{i}")).unwrap();
         store
@@ -121,7 +118,7 @@ async fn replica_gets_every_write_and_is_recreated_when_the_lease_is_won() {
         .unwrap()
         .execute("DELETE FROM phalanx_kv", [])
         .unwrap();
-    let lease = win(&store, "a").await;
+    let lease = must_win(&store, "a", Duration::from_secs(5)).await;
     lease.resign().await.unwrap();
     let count: i64 = Connection::open(&replica)
         .unwrap()

@@ -172,3 +172,51 @@ impl HeldLease for FaultyLease {
         self.inner.session_lost()
     }
 }
+
+/// One attempt to win `store`'s lease as `holder`; panics on a store error.
+pub async fn try_win(
+    store: &dyn LeaseStore,
+    holder: &str,
+    ttl: Duration,
+) -> Option<Box<dyn HeldLease>> {
+    let holder_id = HolderId::new(holder).expect("valid holder id");
+    match store
+        .try_acquire(&holder_id, ttl)
+        .await
+        .unwrap_or_else(|err| panic!("{holder}'s campaign attempt failed: {}", err.report()))
+    {
+        Acquisition::Won(lease) => Some(lease),
+        Acquisition::Held(_) => None,
+    }
+}
+
+/// Wins `store`'s lease as `holder` at the first attempt, or panics.
+pub async fn must_win(store: &dyn LeaseStore, holder: &str, ttl: Duration) -> Box<dyn HeldLease> {
+    match try_win(store, holder, ttl).await {
+        Some(lease) => lease,
+        None => panic!(
+            "{holder} should win, but the lease is held: {:?}",
+            store.current_lease().await
+        ),
+    }
+}
+
+/// Wins `store`'s lease as `holder`, waiting at most `within` for it to become free.
+pub async fn win_within(
+    store: &dyn LeaseStore,
+    holder: &str,
+    ttl: Duration,
+    within: Duration,
+) -> Box<dyn HeldLease> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(lease) = try_win(store, holder, ttl).await {
+            return lease;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{holder} did not win the lease within {within:?}"
+        );
+        store.wait_for_change(Duration::from_millis(200)).await;
+    }
+}

@@ -104,7 +104,7 @@ impl PostgresServer {
         fs::write(
             data_dir.join("pg_hba.conf"),
             format!(
-                "local all all trust\n{host_kind} all all 127.0.0.1/32 {method}\n{host_kind} all all ::1/128 {method}\n"
+                "local all all trust\nlocal replication all trust\n{host_kind} all all 127.0.0.1/32 {method}\n{host_kind} all all ::1/128 {method}\nhost replication all 127.0.0.1/32 {method}\n"
             ),
         )?;
         if let Some(tls) = &options.tls {
@@ -112,17 +112,7 @@ impl PostgresServer {
         }
         process::chown_tree(&dir, owner)?;
 
-        let dir_for_hook = dir.clone();
-        let exit_hook = at_exit(move || {
-            // The postmaster's pid is the first line of postmaster.pid.
-            if let Some(pid) = fs::read_to_string(dir_for_hook.join("data/postmaster.pid"))
-                .ok()
-                .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
-            {
-                process::stop_pid(pid, Signal::SIGINT, Duration::from_secs(5));
-            }
-            let _ = fs::remove_dir_all(&dir_for_hook);
-        });
+        let exit_hook = stop_at_exit(&dir);
         let server = Self {
             dir,
             data_dir,
@@ -213,6 +203,65 @@ impl PostgresServer {
             bail!("postgres exited during start-up; log:\n{}", self.log_tail());
         }
         Ok(())
+    }
+
+    /// Starts a hot standby of this server, streaming from it (`pg_basebackup -R`). With
+    /// `synchronous_standby_names` set on this server (in [`PostgresOptions::settings`]),
+    /// it is a synchronous standby: commits wait for it.
+    pub fn start_standby(&self) -> anyhow::Result<PostgresServer> {
+        let dir = scratch_dir("pg-standby")?;
+        let data_dir = dir.join("data");
+        let socket_dir = dir.join("socket");
+        fs::create_dir_all(&socket_dir)?;
+        process::chown_tree(&dir, self.owner)?;
+        let mut command = Command::new(self.bin_dir.join("pg_basebackup"));
+        command
+            .arg("-D")
+            .arg(&data_dir)
+            .args(["-h", &self.socket_dir.display().to_string()])
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
+            .args(["-R", "-X", "stream", "-c", "fast", "-w"])
+            .stdin(Stdio::null());
+        if let Some((uid, gid)) = self.owner {
+            command.uid(uid).gid(gid);
+        }
+        let output = command.output().context("run pg_basebackup")?;
+        if !output.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let exit_hook = stop_at_exit(&dir);
+        let standby = PostgresServer {
+            dir,
+            data_dir,
+            socket_dir,
+            port: 0,
+            bin_dir: self.bin_dir.clone(),
+            owner: self.owner,
+            // Read-only: no password change, no TLS files of its own.
+            options: PostgresOptions {
+                settings: vec![("hot_standby".into(), "on".into())],
+                ..Default::default()
+            },
+            child: Mutex::new(None),
+            exit_hook,
+        };
+        standby.boot_on_free_port()
+    }
+
+    /// Waits until a synchronous standby is streaming from this server.
+    pub fn wait_for_synchronous_standby(&self, timeout: Duration) -> anyhow::Result<()> {
+        crate::wait_until("a synchronous standby", timeout, || {
+            self.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')",
+            )
+            .ok()
+            .filter(|count| count != "0")
+            .map(|_| ())
+        })
     }
 
     /// The TCP port.
@@ -319,6 +368,22 @@ impl Drop for PostgresServer {
         cancel_at_exit(self.exit_hook);
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Stops the postmaster whose data lives in `dir/data` and deletes `dir` when the process
+/// exits (for servers never dropped, such as [`shared`]).
+fn stop_at_exit(dir: &Path) -> u64 {
+    let dir = dir.to_owned();
+    at_exit(move || {
+        // The postmaster's pid is the first line of postmaster.pid.
+        if let Some(pid) = fs::read_to_string(dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+        {
+            process::stop_pid(pid, Signal::SIGINT, Duration::from_secs(5));
+        }
+        let _ = fs::remove_dir_all(&dir);
+    })
 }
 
 /// An `initdb`-ed cluster shared by all test processes of this machine, copied for each
