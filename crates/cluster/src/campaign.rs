@@ -406,11 +406,19 @@ async fn drive(
             }
         }
     }
-    // Leadership is over. Give the lease back if asked to, waiting for a renewal that is
-    // still out (it holds the lease object).
+    // Leadership is over. Give the lease back if asked to, waiting (not forever: the
+    // store may be what hangs) for a renewal that is still out, since it holds the lease.
     let held = match (lease, renewal) {
         (Some(held), _) => Some(held),
-        (None, Some(future)) if release || resign_reply.is_some() => Some(future.await.0),
+        (None, Some(future)) if release || resign_reply.is_some() => {
+            match tokio::time::timeout(machine.timings().ttl, future).await {
+                Ok((held, _, _)) => Some(held),
+                Err(_) => {
+                    tracing::warn!(holder = %shared.holder, epoch = %shared.epoch, "the last renewal never returned; the lease will expire instead of being handed back");
+                    None
+                }
+            }
+        }
         _ => None,
     };
     let result = match held {

@@ -139,6 +139,11 @@ impl LeaseMachine {
         (machine, commands)
     }
 
+    /// The timings the machine runs with.
+    pub fn timings(&self) -> LeaseTimings {
+        self.timings
+    }
+
     /// The epoch of this leadership.
     pub fn epoch(&self) -> Epoch {
         self.epoch

@@ -295,6 +295,8 @@ mod tests {
         assert_eq!(url.config.get_ports(), &[6543]);
         assert!(url.tls.is_none());
         assert!(!format!("{url:?}").contains("p@ss"));
+        // The server's statement timeout outlasts the client's (10 s by default).
+        assert_eq!(url.config.get_options(), Some("-c statement_timeout=20000"));
     }
 
     #[test]

@@ -232,3 +232,27 @@ async fn transient_campaign_failures_are_retried_and_permanent_ones_returned() {
     .unwrap();
     assert!(err.to_string().contains("safety margin"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resigning_while_the_store_hangs_returns_instead_of_hanging() {
+    let fixture = Fixture::new();
+    let (_store, faults, campaigner) = fixture.instance("a").await;
+    let leadership = campaigner.campaign().await.unwrap();
+    faults.set_renew(Fault::Stall);
+    // Let a renewal get stuck.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), leadership.resign())
+        .await
+        .expect("resign returned")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(matches!(
+        *campaigner.state().borrow(),
+        ElectionState::Lost {
+            reason: LossReason::Resigned,
+            ..
+        }
+    ));
+    faults.set_renew(Fault::None);
+}
