@@ -17,6 +17,8 @@
 //! than `sent`, so the holder always stops first, by at least the margin, whatever the
 //! store or the network does.
 
+#![warn(missing_docs)]
+
 mod campaign;
 pub mod machine;
 mod timings;

@@ -13,6 +13,8 @@
 //! binary of this package, driven through [`holder`]), so it can be paused with SIGSTOP
 //! and killed with SIGKILL.
 
+#![warn(missing_docs)]
+
 pub mod harness;
 pub mod holder;
 pub mod restart;

@@ -9,6 +9,8 @@
 //! The node and the tools depend on this crate and the [`phalanx_store`] contract only,
 //! never on a backend's types.
 
+#![warn(missing_docs)]
+
 use std::sync::Arc;
 
 use phalanx_store::{Store, StoreError, StoreOptions};

@@ -39,6 +39,8 @@
 //! A request the server refuses for its size fails with a permanent error naming the
 //! flag.
 
+#![warn(missing_docs)]
+
 mod error;
 mod url;
 

@@ -39,6 +39,8 @@
 //! Point the store at the primary directly, not through a transaction-pooling proxy
 //! (the lease is bound to a session).
 
+#![warn(missing_docs)]
+
 mod error;
 mod schema;
 mod url;

@@ -25,6 +25,8 @@
 //! the main commit fails after the replica's, the store refuses further writes until
 //! restarted, because the files differ.
 
+#![warn(missing_docs)]
+
 mod schema;
 mod url;
 

@@ -17,6 +17,8 @@
 //!   the current leadership through a [`FenceSource`], so LDK's persisters can use the
 //!   fenced store unchanged.
 
+#![warn(missing_docs)]
+
 mod error;
 mod key;
 mod ldk;

@@ -15,6 +15,8 @@
 //! process; each test takes its own database or key prefix. Tests that stop or restart a
 //! server start a dedicated one.
 
+#![warn(missing_docs)]
+
 pub mod blackhole;
 pub mod etcd;
 pub mod postgres;
