@@ -1,0 +1,525 @@
+//! The chain's rules, driven directly (the RPC and REST layers have their own tests, with
+//! the real clients).
+
+use bitcoin::hashes::Hash;
+use bitcoin::key::{Keypair, TapTweak};
+use bitcoin::opcodes::all::{OP_CHECKSIG, OP_CLTV, OP_CSV, OP_DROP};
+use bitcoin::script::Builder;
+use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
+use bitcoin::sighash::{EcdsaSighashType, Prevouts, SighashCache, TapSighashType};
+use bitcoin::{
+    Address, Amount, CompressedPublicKey, Network, OutPoint, ScriptBuf, Sequence, Transaction,
+    TxIn, TxOut, Txid, Witness, absolute, transaction,
+};
+
+use crate::*;
+
+fn chain() -> Chain {
+    Chain::new(ChainSettings::default())
+}
+
+/// A chain whose wallet has `n` mature coinbases.
+fn funded(n: u32) -> Chain {
+    let mut chain = chain();
+    let payout = chain.wallet().default_address().script_pubkey();
+    for _ in 0..(100 + n) {
+        chain.mine_block(&payout, None).unwrap();
+    }
+    chain
+}
+
+fn mine(chain: &mut Chain, blocks: u32) {
+    let payout = chain.wallet().default_address().script_pubkey();
+    for _ in 0..blocks {
+        chain.mine_block(&payout, None).unwrap();
+    }
+}
+
+struct Key {
+    secret: SecretKey,
+    public: CompressedPublicKey,
+}
+
+fn key(seed: u8) -> Key {
+    let secp = Secp256k1::new();
+    let secret = SecretKey::from_slice(&[seed; 32]).unwrap();
+    Key {
+        public: CompressedPublicKey(secret.public_key(&secp)),
+        secret,
+    }
+}
+
+/// Sends `amount` from the wallet to `script`, mines it, returns the outpoint and output.
+fn fund(chain: &mut Chain, script: &ScriptBuf, amount: Amount) -> (OutPoint, TxOut) {
+    let txid = chain.send_to(script, amount).unwrap();
+    mine(chain, 1);
+    let (tx, _) = chain.confirmed_tx(&txid).unwrap();
+    let vout = tx
+        .output
+        .iter()
+        .position(|o| &o.script_pubkey == script)
+        .unwrap();
+    (OutPoint::new(txid, vout as u32), tx.output[vout].clone())
+}
+
+fn spend(prevout: OutPoint, sequence: Sequence, lock_time: u32, value: Amount) -> Transaction {
+    Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::from_consensus(lock_time),
+        input: vec![TxIn {
+            previous_output: prevout,
+            script_sig: ScriptBuf::new(),
+            sequence,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value,
+            script_pubkey: Address::p2wpkh(&key(99).public, Network::Regtest).script_pubkey(),
+        }],
+    }
+}
+
+fn sign_p2wpkh(tx: &mut Transaction, index: usize, key: &Key, spent: &TxOut) {
+    let secp = Secp256k1::new();
+    let sighash = SighashCache::new(&*tx)
+        .p2wpkh_signature_hash(
+            index,
+            &spent.script_pubkey,
+            spent.value,
+            EcdsaSighashType::All,
+        )
+        .unwrap();
+    let signature = bitcoin::ecdsa::Signature {
+        signature: secp.sign_ecdsa(&Message::from_digest(sighash.to_byte_array()), &key.secret),
+        sighash_type: EcdsaSighashType::All,
+    };
+    tx.input[index].witness = Witness::p2wpkh(&signature, &key.public.0);
+}
+
+fn sign_p2wsh(tx: &mut Transaction, key: &Key, witness_script: &ScriptBuf, value: Amount) {
+    let secp = Secp256k1::new();
+    let sighash = SighashCache::new(&*tx)
+        .p2wsh_signature_hash(0, witness_script, value, EcdsaSighashType::All)
+        .unwrap();
+    let signature = bitcoin::ecdsa::Signature {
+        signature: secp.sign_ecdsa(&Message::from_digest(sighash.to_byte_array()), &key.secret),
+        sighash_type: EcdsaSighashType::All,
+    };
+    tx.input[0].witness = Witness::from_slice(&[signature.to_vec(), witness_script.to_bytes()]);
+}
+
+fn reason(result: Result<Accepted, TxError>) -> String {
+    result.expect_err("should be rejected").message()
+}
+
+#[test]
+fn coinbases_mature_after_100_blocks_and_pay_the_subsidy() {
+    let mut chain = funded(0);
+    assert_eq!(chain.height(), 100);
+    // Only the first coinbase (height 1) is spendable in block 101.
+    assert_eq!(chain.wallet_balance(), Amount::from_btc(50.0).unwrap());
+    mine(&mut chain, 1);
+    assert_eq!(chain.wallet_balance(), Amount::from_btc(100.0).unwrap());
+    // Every block's time is above the median of the 11 before it.
+    for height in 1..=chain.height() {
+        let entry = chain.entry(&chain.hash_at(height).unwrap()).unwrap();
+        assert!(entry.block.header.time > chain.median_time_past_at(height - 1));
+    }
+}
+
+#[test]
+fn spending_an_immature_coinbase_is_refused() {
+    let mut chain = funded(0);
+    let key = key(1);
+    let coinbase = chain.entry(&chain.tip()).unwrap().block.txdata[0].clone();
+    let prevout = OutPoint::new(coinbase.compute_txid(), 0);
+    // The wallet owns it, but it is 1 block deep.
+    let mut tx = spend(prevout, Sequence::MAX, 0, Amount::from_btc(49.0).unwrap());
+    tx.output[0].script_pubkey = Address::p2wpkh(&key.public, Network::Regtest).script_pubkey();
+    let spent = [coinbase.output[0].clone()];
+    chain.wallet.sign(&mut tx, &spent);
+    let message = reason(mempool::accept(
+        &mut chain,
+        tx,
+        AcceptMode::Broadcast { max_fee_rate: None },
+    ));
+    assert_eq!(
+        message,
+        "bad-txns-premature-spend-of-coinbase, tried to spend coinbase at depth 1"
+    );
+}
+
+#[test]
+fn double_spend_needs_more_fee_and_replaces() {
+    let mut chain = funded(1);
+    let key = key(2);
+    let script = Address::p2wpkh(&key.public, Network::Regtest).script_pubkey();
+    let (outpoint, output) = fund(&mut chain, &script, Amount::from_sat(100_000));
+    let mut first = spend(
+        outpoint,
+        Sequence::ENABLE_RBF_NO_LOCKTIME,
+        0,
+        Amount::from_sat(99_000),
+    );
+    sign_p2wpkh(&mut first, 0, &key, &output);
+    let first_id = mempool::accept(
+        &mut chain,
+        first,
+        AcceptMode::Broadcast { max_fee_rate: None },
+    )
+    .unwrap()
+    .txid;
+
+    let mut cheaper = spend(
+        outpoint,
+        Sequence::ENABLE_RBF_NO_LOCKTIME,
+        0,
+        Amount::from_sat(99_500),
+    );
+    sign_p2wpkh(&mut cheaper, 0, &key, &output);
+    let message = reason(mempool::accept(
+        &mut chain,
+        cheaper,
+        AcceptMode::Broadcast { max_fee_rate: None },
+    ));
+    assert!(
+        message.starts_with("insufficient fee, rejecting replacement"),
+        "{message}"
+    );
+    assert!(chain.mempool().contains(&first_id));
+
+    let mut richer = spend(
+        outpoint,
+        Sequence::ENABLE_RBF_NO_LOCKTIME,
+        0,
+        Amount::from_sat(90_000),
+    );
+    sign_p2wpkh(&mut richer, 0, &key, &output);
+    let accepted = mempool::accept(
+        &mut chain,
+        richer,
+        AcceptMode::Broadcast { max_fee_rate: None },
+    )
+    .unwrap();
+    assert_eq!(accepted.replaced, vec![first_id]);
+    assert!(!chain.mempool().contains(&first_id));
+    // Both were broadcast: the record keeps the replaced one too.
+    assert!(chain.history().contains(&first_id));
+    mine(&mut chain, 1);
+    assert!(chain.confirmed_tx(&accepted.txid).is_some());
+    assert!(chain.mempool().is_empty());
+}
+
+#[test]
+fn csv_spend_one_block_early_is_refused() {
+    let mut chain = funded(1);
+    let key = key(3);
+    let delay = 5;
+    let witness_script = Builder::new()
+        .push_int(delay)
+        .push_opcode(OP_CSV)
+        .push_opcode(OP_DROP)
+        .push_key(&key.public.into())
+        .push_opcode(OP_CHECKSIG)
+        .into_script();
+    let script = ScriptBuf::new_p2wsh(&witness_script.wscript_hash());
+    let (outpoint, output) = fund(&mut chain, &script, Amount::from_sat(50_000));
+    // Confirmed at height h; with a 5-block delay it can be in block h + 5.
+    let make = || {
+        let mut tx = spend(
+            outpoint,
+            Sequence::from_height(delay as u16),
+            0,
+            Amount::from_sat(40_000),
+        );
+        sign_p2wsh(&mut tx, &key, &witness_script, output.value);
+        tx
+    };
+    mine(&mut chain, 3); // tip = h + 3: the next block is h + 4, one too early
+    let message = reason(mempool::accept(
+        &mut chain,
+        make(),
+        AcceptMode::Broadcast { max_fee_rate: None },
+    ));
+    assert_eq!(message, "non-BIP68-final");
+    mine(&mut chain, 1);
+    mempool::accept(
+        &mut chain,
+        make(),
+        AcceptMode::Broadcast { max_fee_rate: None },
+    )
+    .unwrap();
+}
+
+#[test]
+fn cltv_before_its_height_is_refused() {
+    let mut chain = funded(1);
+    let key = key(4);
+    let unlock = chain.height() + 10;
+    let witness_script = Builder::new()
+        .push_int(i64::from(unlock))
+        .push_opcode(OP_CLTV)
+        .push_opcode(OP_DROP)
+        .push_key(&key.public.into())
+        .push_opcode(OP_CHECKSIG)
+        .into_script();
+    let script = ScriptBuf::new_p2wsh(&witness_script.wscript_hash());
+    let (outpoint, output) = fund(&mut chain, &script, Amount::from_sat(50_000));
+    let make = |lock_time: u32| {
+        let mut tx = spend(
+            outpoint,
+            Sequence::ENABLE_LOCKTIME_NO_RBF,
+            lock_time,
+            Amount::from_sat(40_000),
+        );
+        sign_p2wsh(&mut tx, &key, &witness_script, output.value);
+        tx
+    };
+    // nLockTime = unlock is not final until the block after `unlock`.
+    let message = reason(mempool::accept(
+        &mut chain,
+        make(unlock),
+        AcceptMode::Broadcast { max_fee_rate: None },
+    ));
+    assert_eq!(message, "non-final");
+    // A final nLockTime (the tip's height) below what the script demands fails the script.
+    let final_lock_time = chain.height();
+    let message = reason(mempool::accept(
+        &mut chain,
+        make(final_lock_time),
+        AcceptMode::Broadcast { max_fee_rate: None },
+    ));
+    assert!(
+        message.starts_with("mandatory-script-verify-flag-failed"),
+        "{message}"
+    );
+    while chain.height() < unlock {
+        mine(&mut chain, 1);
+    }
+    mempool::accept(
+        &mut chain,
+        make(unlock),
+        AcceptMode::Broadcast { max_fee_rate: None },
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_bad_signature_is_refused() {
+    let mut chain = funded(1);
+    let key = key(5);
+    let script = Address::p2wpkh(&key.public, Network::Regtest).script_pubkey();
+    let (outpoint, output) = fund(&mut chain, &script, Amount::from_sat(50_000));
+    let mut tx = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(40_000));
+    sign_p2wpkh(&mut tx, 0, &key, &output);
+    let mut witness: Vec<Vec<u8>> = tx.input[0].witness.iter().map(|w| w.to_vec()).collect();
+    witness[0][10] ^= 0x01;
+    tx.input[0].witness = Witness::from_slice(&witness);
+    let message = reason(mempool::accept(
+        &mut chain,
+        tx,
+        AcceptMode::Broadcast { max_fee_rate: None },
+    ));
+    assert!(
+        message.starts_with("mandatory-script-verify-flag-failed"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_taproot_signature_over_a_wrong_prevout_amount_is_refused() {
+    let mut chain = funded(1);
+    let secp = Secp256k1::new();
+    let keypair = Keypair::from_secret_key(&secp, &key(6).secret);
+    let (internal, _) = keypair.x_only_public_key();
+    let script = Address::p2tr(&secp, internal, None, Network::Regtest).script_pubkey();
+    let (outpoint, output) = fund(&mut chain, &script, Amount::from_sat(60_000));
+    let sign = |claimed: Amount| {
+        let mut tx = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(50_000));
+        let prevouts = [TxOut {
+            value: claimed,
+            script_pubkey: output.script_pubkey.clone(),
+        }];
+        let sighash = SighashCache::new(&tx)
+            .taproot_key_spend_signature_hash(0, &Prevouts::All(&prevouts), TapSighashType::Default)
+            .unwrap();
+        let tweaked = keypair.tap_tweak(&secp, None);
+        let signature = secp.sign_schnorr(
+            &Message::from_digest(sighash.to_byte_array()),
+            &tweaked.to_keypair(),
+        );
+        tx.input[0].witness = Witness::from_slice(&[signature.as_ref().to_vec()]);
+        tx
+    };
+    let message = reason(mempool::accept(
+        &mut chain,
+        sign(Amount::from_sat(60_001)),
+        AcceptMode::Broadcast { max_fee_rate: None },
+    ));
+    assert!(
+        message.starts_with("mandatory-script-verify-flag-failed"),
+        "{message}"
+    );
+    mempool::accept(
+        &mut chain,
+        sign(output.value),
+        AcceptMode::Broadcast { max_fee_rate: None },
+    )
+    .unwrap();
+}
+
+#[test]
+fn invalidate_puts_transactions_back_and_reconsider_restores() {
+    let mut chain = funded(1);
+    let target = Address::p2wpkh(&key(7).public, Network::Regtest).script_pubkey();
+    let txid = chain.send_to(&target, Amount::from_sat(70_000)).unwrap();
+    mine(&mut chain, 2);
+    let (_, block) = chain
+        .confirmed_tx(&txid)
+        .map(|(t, b)| (t.clone(), b))
+        .unwrap();
+    let old_tip = chain.tip();
+    let height_before = chain.height();
+
+    chain.invalidate_block(&block).unwrap();
+    assert_eq!(chain.height(), height_before - 2);
+    assert!(chain.confirmed_tx(&txid).is_none());
+    assert!(chain.mempool().contains(&txid), "back in the mempool");
+    assert_eq!(chain.confirmations(&old_tip), -1);
+    assert!(matches!(
+        chain.history().events().last(),
+        Some(ChainEvent::Disconnected { .. })
+    ));
+
+    // A new branch, longer than nothing: the transaction is mined again there.
+    mine(&mut chain, 1);
+    assert!(chain.confirmed_tx(&txid).is_some());
+
+    // Reconsidering brings back the old branch (more work: 2 blocks vs 1).
+    chain.reconsider_block(&block).unwrap();
+    assert_eq!(chain.tip(), old_tip);
+    assert_eq!(chain.confirmed_tx(&txid).unwrap().1, block);
+    assert!(chain.mempool().is_empty());
+}
+
+#[test]
+fn a_mined_conflict_evicts_the_mempool_transaction() {
+    let mut chain = funded(1);
+    let key = key(8);
+    let script = Address::p2wpkh(&key.public, Network::Regtest).script_pubkey();
+    let (outpoint, output) = fund(&mut chain, &script, Amount::from_sat(100_000));
+    let mut in_mempool = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(90_000));
+    sign_p2wpkh(&mut in_mempool, 0, &key, &output);
+    let mempool_id = mempool::accept(
+        &mut chain,
+        in_mempool,
+        AcceptMode::Broadcast { max_fee_rate: None },
+    )
+    .unwrap()
+    .txid;
+    let mut mined = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(95_000));
+    sign_p2wpkh(&mut mined, 0, &key, &output);
+    let payout = chain.wallet().default_address().script_pubkey();
+    chain
+        .mine_block(&payout, Some(vec![mined.clone()]))
+        .unwrap();
+    assert!(!chain.mempool().contains(&mempool_id));
+    assert!(chain.confirmed_tx(&mined.compute_txid()).is_some());
+}
+
+#[test]
+fn a_package_pays_for_a_zero_fee_parent() {
+    let mut chain = funded(1);
+    let key = key(9);
+    let script = Address::p2wpkh(&key.public, Network::Regtest).script_pubkey();
+    let (outpoint, output) = fund(&mut chain, &script, Amount::from_sat(100_000));
+    let mut parent = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(100_000));
+    parent.output[0].script_pubkey = script.clone();
+    sign_p2wpkh(&mut parent, 0, &key, &output);
+    let message = reason(mempool::accept(
+        &mut chain,
+        parent.clone(),
+        AcceptMode::Broadcast { max_fee_rate: None },
+    ));
+    assert!(message.starts_with("min relay fee not met"), "{message}");
+    let mut child = spend(
+        OutPoint::new(parent.compute_txid(), 0),
+        Sequence::MAX,
+        0,
+        Amount::from_sat(95_000),
+    );
+    sign_p2wpkh(&mut child, 0, &key, &parent.output[0]);
+    let results = mempool::accept_package(&mut chain, vec![parent.clone(), child.clone()]).unwrap();
+    assert!(results.iter().all(|r| r.result.is_ok()), "{results:?}");
+    assert!(chain.mempool().contains(&parent.compute_txid()));
+    assert!(chain.mempool().contains(&child.compute_txid()));
+    mine(&mut chain, 1);
+    assert!(chain.mempool().is_empty());
+}
+
+#[test]
+fn a_mock_clock_gives_deterministic_increasing_times() {
+    let mut chain = Chain::new(ChainSettings {
+        mock_time: Some(1_800_000_000),
+        ..Default::default()
+    });
+    mine(&mut chain, 30);
+    let times: Vec<u32> = (1..=30)
+        .map(|h| {
+            chain
+                .entry(&chain.hash_at(h).unwrap())
+                .unwrap()
+                .block
+                .header
+                .time
+        })
+        .collect();
+    // With a frozen clock, each block is one second past the median of its 11 ancestors.
+    assert!(times.iter().all(|t| *t >= 1_800_000_000));
+    for height in 1..=30u32 {
+        assert!(times[height as usize - 1] > chain.median_time_past_at(height - 1));
+    }
+    let again = {
+        let mut other = Chain::new(ChainSettings {
+            mock_time: Some(1_800_000_000),
+            ..Default::default()
+        });
+        mine(&mut other, 30);
+        (1..=30)
+            .map(|h| {
+                other
+                    .entry(&other.hash_at(h).unwrap())
+                    .unwrap()
+                    .block
+                    .header
+                    .time
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(times, again);
+}
+
+#[test]
+fn already_confirmed_and_missing_inputs_are_told_apart() {
+    let mut chain = funded(1);
+    let target = Address::p2wpkh(&key(10).public, Network::Regtest).script_pubkey();
+    let txid = chain.send_to(&target, Amount::from_sat(70_000)).unwrap();
+    let tx = chain.mempool().get(&txid).unwrap().tx.clone();
+    mine(&mut chain, 1);
+    let err =
+        mempool::accept(&mut chain, tx, AcceptMode::Broadcast { max_fee_rate: None }).unwrap_err();
+    assert_eq!(err, TxError::AlreadyInChain);
+    let orphan = spend(
+        OutPoint::new(Txid::all_zeros(), 7),
+        Sequence::MAX,
+        0,
+        Amount::from_sat(1_000),
+    );
+    let err = mempool::accept(
+        &mut chain,
+        orphan,
+        AcceptMode::Broadcast { max_fee_rate: None },
+    )
+    .unwrap_err();
+    assert_eq!(err, TxError::MissingInputs);
+}
