@@ -70,6 +70,11 @@ pub struct Chain {
     pub(crate) utxos: HashMap<OutPoint, Coin>,
     /// The coins each active block spent, to put back when it is disconnected.
     undo: HashMap<BlockHash, Vec<(OutPoint, Coin)>>,
+    /// The scripts of the outputs each block ever connected spent (kept after a
+    /// disconnection), for its BIP158 filter.
+    spent_scripts: HashMap<BlockHash, HashMap<OutPoint, ScriptBuf>>,
+    /// BIP158 filter headers computed so far (they never change for a block).
+    filter_headers: std::sync::Mutex<HashMap<BlockHash, bitcoin::bip158::FilterHeader>>,
     /// Confirmed transactions on the active chain: txid -> (block, index in block).
     pub(crate) tx_index: HashMap<Txid, (BlockHash, usize)>,
     pub(crate) mempool: Mempool,
@@ -104,6 +109,8 @@ impl Chain {
             active: vec![hash],
             utxos: HashMap::new(),
             undo: HashMap::new(),
+            spent_scripts: HashMap::new(),
+            filter_headers: std::sync::Mutex::new(HashMap::new()),
             tx_index: HashMap::new(),
             mempool: Mempool::default(),
             wallet: Wallet::new(),
@@ -505,6 +512,7 @@ impl Chain {
         }
         let mut view = CoinOverlay::new(|outpoint: &OutPoint| self.utxos.get(outpoint).cloned());
         let mut undo = Vec::new();
+        let mut spent_scripts = HashMap::new();
         let mut fees = Amount::ZERO;
         for tx in &block.txdata {
             if !validation::is_final(tx, height, cutoff_time) {
@@ -526,6 +534,9 @@ impl Chain {
                     BlockError(format!("block-validation-failed ({})", e.message()))
                 })?;
                 fees += fee;
+                for (input, coin) in tx.input.iter().zip(&coins) {
+                    spent_scripts.insert(input.previous_output, coin.output.script_pubkey.clone());
+                }
                 // Undo data: only coins that existed before this block.
                 for (input, coin) in tx.input.iter().zip(coins) {
                     if self.utxos.contains_key(&input.previous_output) {
@@ -553,6 +564,7 @@ impl Chain {
             self.tx_index.insert(tx.compute_txid(), (*hash, index));
         }
         self.undo.insert(*hash, undo);
+        self.spent_scripts.insert(*hash, spent_scripts);
         self.active.push(*hash);
         self.mempool.remove_for_block(block);
         self.history.record_block(&entry);
@@ -590,10 +602,56 @@ impl Chain {
         Some((&self.blocks[hash].block.txdata[*index], *hash))
     }
 
-    /// The outpoints spent by confirmed or mempool transactions among `outpoints` (for
-    /// REST `getutxos` with mempool).
-    pub fn spent_in_mempool(&self) -> HashSet<OutPoint> {
-        self.mempool.spent_outpoints()
+    /// The BIP158 basic filter of a block that was ever connected, and its filter header
+    /// (chained from the genesis block's, like Core's block filter index).
+    pub fn block_filter(
+        &self,
+        hash: &BlockHash,
+    ) -> Option<(bitcoin::bip158::BlockFilter, bitcoin::bip158::FilterHeader)> {
+        let filter_of = |hash: &BlockHash| -> Option<bitcoin::bip158::BlockFilter> {
+            let entry = self.blocks.get(hash)?;
+            let empty = HashMap::new();
+            let scripts = if entry.height == 0 {
+                &empty
+            } else {
+                self.spent_scripts.get(hash)?
+            };
+            bitcoin::bip158::BlockFilter::new_script_filter(&entry.block, |outpoint| {
+                scripts
+                    .get(outpoint)
+                    .cloned()
+                    .ok_or(bitcoin::bip158::Error::UtxoMissing(*outpoint))
+            })
+            .ok()
+        };
+        // Walk back to a block whose header is known (or genesis), then chain forward.
+        let mut cache = self
+            .filter_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut path = vec![*hash];
+        let mut cursor = *hash;
+        let mut header = bitcoin::bip158::FilterHeader::all_zeros();
+        loop {
+            let entry = self.blocks.get(&cursor)?;
+            if entry.height == 0 {
+                break;
+            }
+            cursor = entry.block.header.prev_blockhash;
+            if let Some(known) = cache.get(&cursor) {
+                header = *known;
+                break;
+            }
+            path.push(cursor);
+        }
+        let mut filter = None;
+        for hash in path.iter().rev() {
+            let this = filter_of(hash)?;
+            header = this.filter_header(&header);
+            cache.insert(*hash, header);
+            filter = Some(this);
+        }
+        filter.map(|filter| (filter, header))
     }
 }
 

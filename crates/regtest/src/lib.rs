@@ -12,14 +12,19 @@
 
 mod chain;
 mod history;
+mod json;
 pub mod mempool;
 pub mod params;
+pub mod rest;
+pub mod rpc;
+mod server;
 pub mod validation;
 mod wallet;
 
 pub use chain::{BlockEntry, BlockError, Chain, ChainSettings};
 pub use history::{ChainEvent, History, SeenTx, SeenVia};
 pub use mempool::{AcceptMode, Accepted, MempoolEntry};
+pub use server::{Regtest, RegtestConfig};
 pub use validation::{Coin, TxError};
 pub use wallet::{SendError, Wallet};
 
