@@ -1,7 +1,7 @@
 //! `phalanx`: one Lightning node, many servers.
 //!
-//! Today it inspects state stores; the node, the devnet and the regtest chain come with
-//! their issues.
+//! Today it inspects state stores and runs the regtest chain; the node and the devnet
+//! come with their issues.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,6 +23,36 @@ enum Command {
     /// Inspect a state store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Run a Bitcoin regtest chain speaking Bitcoin Core's RPC (and REST), until stopped.
+    Regtest(RegtestArgs),
+}
+
+#[derive(Args, Debug)]
+struct RegtestArgs {
+    /// Address to listen on (keep it on loopback: the chain has a built-in wallet).
+    #[arg(long, env = "PHALANX_REGTEST_RPC_BIND", default_value = "127.0.0.1")]
+    rpc_bind: std::net::IpAddr,
+    /// Port to listen on (Bitcoin Core's regtest default is 18443; 0 picks a free one).
+    #[arg(long, env = "PHALANX_REGTEST_RPC_PORT", default_value_t = 18443)]
+    rpc_port: u16,
+    /// RPC user name.
+    #[arg(long, env = "PHALANX_REGTEST_RPC_USER")]
+    rpc_user: String,
+    /// RPC password.
+    #[arg(long, env = "PHALANX_REGTEST_RPC_PASSWORD")]
+    rpc_password: String,
+    /// Also serve Bitcoin Core's REST interface under /rest/.
+    #[arg(long)]
+    rest: bool,
+    /// The fee rate `estimatesmartfee` answers and the built-in wallet pays, in sat/vB.
+    #[arg(long, default_value_t = 5)]
+    fee_rate_sat_per_vb: u32,
+    /// Freeze the chain's clock at this Unix time (Bitcoin Core's `setmocktime`).
+    #[arg(long)]
+    mock_time: Option<u64>,
+    /// Print the endpoints as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,6 +163,64 @@ async fn check(args: StoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn regtest(args: RegtestArgs) -> anyhow::Result<()> {
+    use phalanx_regtest::{ChainSettings, Regtest, RegtestConfig};
+    let config = RegtestConfig {
+        bind: std::net::SocketAddr::new(args.rpc_bind, args.rpc_port),
+        rpc_user: args.rpc_user,
+        rpc_password: args.rpc_password,
+        rest: args.rest,
+        chain: ChainSettings {
+            fee_rate: bitcoin::FeeRate::from_sat_per_vb_u32(args.fee_rate_sat_per_vb),
+            mock_time: args.mock_time,
+            ..ChainSettings::default()
+        },
+    };
+    let bind = config.bind;
+    let regtest = Regtest::start(config)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "rpc_url": regtest.rpc_url(),
+                "rest_url": args.rest.then(|| regtest.rest_url()),
+                "rpc_user": regtest.rpc_user(),
+                "rpc_password": regtest.rpc_password(),
+            })
+        );
+    } else {
+        println!("regtest chain serving Bitcoin Core's RPC");
+        println!(
+            "rpc:  {}  (user {}, password {})",
+            regtest.rpc_url(),
+            regtest.rpc_user(),
+            regtest.rpc_password()
+        );
+        if args.rest {
+            println!("rest: {}", regtest.rest_url());
+        }
+        println!(
+            "try:  bitcoin-cli -regtest -rpcport={} -rpcuser={} -rpcpassword=... getblockchaininfo",
+            regtest.addr().port(),
+            regtest.rpc_user()
+        );
+        println!("stop: the `stop` RPC, Ctrl-C or SIGTERM");
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = regtest.stopped() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    // Let the answer to `stop` reach its caller before the server goes.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -152,6 +240,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Store(StoreCommand::Check(args)) => check(args).await,
+            Command::Regtest(args) => regtest(args).await,
         }
     });
     match result {

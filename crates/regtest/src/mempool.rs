@@ -392,10 +392,9 @@ pub(crate) fn accept_at(
     | AcceptMode::Test {
         max_fee_rate: Some(max),
     } = mode
+        && fee > fee_for(max, vsize)
     {
-        if fee > fee_for(max, vsize) {
-            return Err(TxError::rejected("max-fee-exceeded"));
-        }
+        return Err(TxError::rejected("max-fee-exceeded"));
     }
 
     if !direct_conflicts.is_empty() {
@@ -557,10 +556,10 @@ pub fn accept_package(
     let ids: Vec<Txid> = txs.iter().map(|t| t.compute_txid()).collect();
     for (index, tx) in txs.iter().enumerate() {
         for input in &tx.input {
-            if let Some(parent) = ids.iter().position(|id| *id == input.previous_output.txid) {
-                if parent > index {
-                    return Err("package-not-sorted".into());
-                }
+            if let Some(parent) = ids.iter().position(|id| *id == input.previous_output.txid)
+                && parent > index
+            {
+                return Err("package-not-sorted".into());
             }
         }
     }

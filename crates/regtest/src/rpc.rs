@@ -578,13 +578,13 @@ fn getblock(chain: &Chain, p: Params) -> RpcResult {
 
 fn getblockfilter(chain: &Chain, p: Params) -> RpcResult {
     let hash = block_hash(p.required_str(0)?, "blockhash")?;
-    if let Some(kind) = p.str(1)? {
-        if kind != "basic" {
-            return Err(RpcError::new(
-                codes::INVALID_ADDRESS_OR_KEY,
-                "Unknown filtertype",
-            ));
-        }
+    if let Some(kind) = p.str(1)?
+        && kind != "basic"
+    {
+        return Err(RpcError::new(
+            codes::INVALID_ADDRESS_OR_KEY,
+            "Unknown filtertype",
+        ));
     }
     let (filter, header) = chain.block_filter(&hash).ok_or_else(block_not_found)?;
     Ok(json!({ "filter": hex::encode(filter.content), "header": header.to_string() }))
@@ -848,13 +848,13 @@ fn estimatesmartfee(chain: &Chain, p: Params) -> RpcResult {
             "Invalid conf_target, must be between 1 and 1008",
         ));
     }
-    if let Some(mode) = p.str(1)? {
-        if !["unset", "economical", "conservative"].contains(&mode.to_ascii_lowercase().as_str()) {
-            return Err(RpcError::new(
-                codes::INVALID_PARAMETER,
-                "Invalid estimate_mode parameter, must be one of: \"unset\", \"economical\", \"conservative\"",
-            ));
-        }
+    if let Some(mode) = p.str(1)?
+        && !["unset", "economical", "conservative"].contains(&mode.to_ascii_lowercase().as_str())
+    {
+        return Err(RpcError::new(
+            codes::INVALID_PARAMETER,
+            "Invalid estimate_mode parameter, must be one of: \"unset\", \"economical\", \"conservative\"",
+        ));
     }
     let per_kvb = chain.settings().fee_rate.to_sat_per_kwu() * 4;
     Ok(json!({ "feerate": json::btc_per_kvb(per_kvb), "blocks": target.max(2) }))
@@ -881,7 +881,7 @@ fn generateblock(chain: &mut Chain, p: Params) -> RpcResult {
         .map_err(|_| {
             RpcError::new(
                 codes::INVALID_ADDRESS_OR_KEY,
-                format!("Error: Invalid address or descriptor"),
+                "Error: Invalid address or descriptor".to_string(),
             )
         })?
         .script_pubkey();
@@ -890,17 +890,17 @@ fn generateblock(chain: &mut Chain, p: Params) -> RpcResult {
         let text = item
             .as_str()
             .ok_or_else(|| RpcError::new(codes::TYPE_ERROR, "Expected type string"))?;
-        if text.len() == 64 {
-            if let Ok(id) = Txid::from_str(text) {
-                let entry = chain.mempool().get(&id).ok_or_else(|| {
-                    RpcError::new(
-                        codes::INVALID_ADDRESS_OR_KEY,
-                        format!("Transaction {text} not in mempool."),
-                    )
-                })?;
-                txs.push(entry.tx.clone());
-                continue;
-            }
+        if text.len() == 64
+            && let Ok(id) = Txid::from_str(text)
+        {
+            let entry = chain.mempool().get(&id).ok_or_else(|| {
+                RpcError::new(
+                    codes::INVALID_ADDRESS_OR_KEY,
+                    format!("Transaction {text} not in mempool."),
+                )
+            })?;
+            txs.push(entry.tx.clone());
+            continue;
         }
         let tx = deserialize_hex::<Transaction>(text).map_err(|_| {
             RpcError::new(

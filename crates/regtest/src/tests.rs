@@ -112,6 +112,14 @@ fn reason(result: Result<Accepted, TxError>) -> String {
     result.expect_err("should be rejected").message()
 }
 
+/// Broadcasts through the `sendrawtransaction` RPC; returns Core's (code, message).
+fn broadcast(chain: &mut Chain, tx: &Transaction) -> Result<Txid, (i32, String)> {
+    let hex = bitcoin::consensus::encode::serialize_hex(tx);
+    rpc::call(chain, "sendrawtransaction", &serde_json::json!([hex]))
+        .map(|(value, _)| value.as_str().unwrap().parse().unwrap())
+        .map_err(|err| (err.code, err.message))
+}
+
 #[test]
 fn coinbases_mature_after_100_blocks_and_pay_the_subsidy() {
     let mut chain = funded(0);
@@ -522,4 +530,157 @@ fn already_confirmed_and_missing_inputs_are_told_apart() {
     )
     .unwrap_err();
     assert_eq!(err, TxError::MissingInputs);
+}
+
+#[test]
+fn rejections_carry_cores_rpc_codes() {
+    let mut chain = funded(1);
+    let key = key(11);
+    let script = Address::p2wpkh(&key.public, Network::Regtest).script_pubkey();
+    let (outpoint, output) = fund(&mut chain, &script, Amount::from_sat(100_000));
+
+    // -26 for every mempool rejection: here a bad signature.
+    let mut tx = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(90_000));
+    sign_p2wpkh(&mut tx, 0, &key, &output);
+    let mut forged = tx.clone();
+    let mut witness: Vec<Vec<u8>> = forged.input[0].witness.iter().map(|w| w.to_vec()).collect();
+    witness[0][5] ^= 1;
+    forged.input[0].witness = Witness::from_slice(&witness);
+    let (code, message) = broadcast(&mut chain, &forged).unwrap_err();
+    assert_eq!(code, -26);
+    assert!(
+        message.starts_with("mandatory-script-verify-flag-failed"),
+        "{message}"
+    );
+
+    // Accepted; sending it again answers the txid (Core does the same).
+    let txid = broadcast(&mut chain, &tx).unwrap();
+    assert_eq!(broadcast(&mut chain, &tx).unwrap(), txid);
+
+    // A double spend paying less: -26 insufficient fee.
+    let mut cheaper = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(95_000));
+    sign_p2wpkh(&mut cheaper, 0, &key, &output);
+    let (code, message) = broadcast(&mut chain, &cheaper).unwrap_err();
+    assert_eq!(code, -26);
+    assert!(
+        message.starts_with("insufficient fee, rejecting replacement"),
+        "{message}"
+    );
+
+    // Confirmed: -27.
+    mine(&mut chain, 1);
+    assert_eq!(
+        broadcast(&mut chain, &tx).unwrap_err(),
+        (-27, "Transaction outputs already in utxo set".into())
+    );
+
+    // Missing inputs: -25.
+    let orphan = spend(
+        OutPoint::new(Txid::all_zeros(), 3),
+        Sequence::MAX,
+        0,
+        Amount::from_sat(1_000),
+    );
+    assert_eq!(
+        broadcast(&mut chain, &orphan).unwrap_err(),
+        (-25, "bad-txns-inputs-missingorspent".into())
+    );
+
+    // Immature coinbase: -26 with Core's detail.
+    let tip_coinbase = chain.tip_entry().block.txdata[0].clone();
+    let mut early = spend(
+        OutPoint::new(tip_coinbase.compute_txid(), 0),
+        Sequence::MAX,
+        0,
+        Amount::from_btc(1.0).unwrap(),
+    );
+    chain
+        .wallet
+        .sign(&mut early, &[tip_coinbase.output[0].clone()]);
+    assert_eq!(
+        broadcast(&mut chain, &early).unwrap_err(),
+        (
+            -26,
+            "bad-txns-premature-spend-of-coinbase, tried to spend coinbase at depth 1".into()
+        )
+    );
+
+    // Over maxfeerate (0.10 BTC/kvB by default): -25 with Core's text.
+    let key2 = crate::tests::key(12);
+    let script2 = Address::p2wpkh(&key2.public, Network::Regtest).script_pubkey();
+    let (outpoint2, output2) = fund(&mut chain, &script2, Amount::from_sat(5_000_000));
+    let mut burn = spend(outpoint2, Sequence::MAX, 0, Amount::from_sat(1_000));
+    sign_p2wpkh(&mut burn, 0, &key2, &output2);
+    assert_eq!(
+        broadcast(&mut chain, &burn).unwrap_err(),
+        (
+            -25,
+            "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)".into()
+        )
+    );
+    // With maxfeerate 0 (no limit) it goes through.
+    let hex = bitcoin::consensus::encode::serialize_hex(&burn);
+    rpc::call(
+        &mut chain,
+        "sendrawtransaction",
+        &serde_json::json!([hex, 0]),
+    )
+    .unwrap();
+}
+
+#[test]
+fn testmempoolaccept_and_submitpackage_answer_in_cores_shape() {
+    let mut chain = funded(1);
+    let key = key(13);
+    let script = Address::p2wpkh(&key.public, Network::Regtest).script_pubkey();
+    let (outpoint, output) = fund(&mut chain, &script, Amount::from_sat(100_000));
+    let mut parent = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(100_000));
+    parent.output[0].script_pubkey = script.clone();
+    sign_p2wpkh(&mut parent, 0, &key, &output);
+    let mut child = spend(
+        OutPoint::new(parent.compute_txid(), 0),
+        Sequence::MAX,
+        0,
+        Amount::from_sat(96_000),
+    );
+    sign_p2wpkh(&mut child, 0, &key, &parent.output[0]);
+    let hex = |tx: &Transaction| bitcoin::consensus::encode::serialize_hex(tx);
+
+    let (tested, _) = rpc::call(
+        &mut chain,
+        "testmempoolaccept",
+        &serde_json::json!([[hex(&parent)]]),
+    )
+    .unwrap();
+    assert_eq!(tested[0]["allowed"], false);
+    assert_eq!(tested[0]["reject-reason"], "min relay fee not met");
+    assert!(chain.mempool().is_empty(), "testing changes nothing");
+
+    let (submitted, _) = rpc::call(
+        &mut chain,
+        "submitpackage",
+        &serde_json::json!([[hex(&parent), hex(&child)]]),
+    )
+    .unwrap();
+    assert_eq!(submitted["package_msg"], "success");
+    let results = submitted["tx-results"].as_object().unwrap();
+    assert_eq!(results.len(), 2);
+    let child_result = &results[&child.compute_wtxid().to_string()];
+    assert_eq!(child_result["txid"], child.compute_txid().to_string());
+    assert_eq!(child_result["fees"]["base"], serde_json::json!(0.00004));
+    assert!(chain.mempool().contains(&parent.compute_txid()));
+
+    let (entry, _) = rpc::call(
+        &mut chain,
+        "getmempoolentry",
+        &serde_json::json!([child.compute_txid().to_string()]),
+    )
+    .unwrap();
+    assert_eq!(entry["ancestorcount"], 2);
+    assert_eq!(
+        entry["depends"],
+        serde_json::json!([parent.compute_txid().to_string()])
+    );
+    let (info, _) = rpc::call(&mut chain, "getmempoolinfo", &serde_json::json!([])).unwrap();
+    assert_eq!(info["size"], 2);
 }

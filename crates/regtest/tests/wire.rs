@@ -281,11 +281,11 @@ async fn rest_errors_are_core_text() {
         reply.body,
         "Error: max outpoints exceeded (max: 15, tried: 16)\r\n"
     );
-    let reply = get("/rest/headers/0/".to_owned().as_str());
+    let reply = get("/rest/headers/0/");
     assert_eq!(reply.status(), 404);
 
     // And good answers in each format.
-    let reply = get(&format!("/rest/blockhashbyheight/3.hex"));
+    let reply = get("/rest/blockhashbyheight/3.hex");
     assert_eq!(reply.body, format!("{tip}\n"));
     let reply = get(&format!("/rest/headers/{tip}.json?count=2"));
     assert_eq!(
