@@ -108,6 +108,11 @@ fn sign_p2wsh(tx: &mut Transaction, key: &Key, witness_script: &ScriptBuf, value
     tx.input[0].witness = Witness::from_slice(&[signature.to_vec(), witness_script.to_bytes()]);
 }
 
+/// Submits to the mempool as `sendrawtransaction` does (no `maxfeerate`).
+fn submit(chain: &mut Chain, tx: Transaction) -> Result<Accepted, TxError> {
+    mempool::accept(chain, tx, AcceptMode::Broadcast { max_fee_rate: None })
+}
+
 fn reason(result: Result<Accepted, TxError>) -> String {
     result.expect_err("should be rejected").message()
 }
@@ -146,11 +151,7 @@ fn spending_an_immature_coinbase_is_refused() {
     tx.output[0].script_pubkey = Address::p2wpkh(&key.public, Network::Regtest).script_pubkey();
     let spent = [coinbase.output[0].clone()];
     chain.wallet.sign(&mut tx, &spent);
-    let message = reason(mempool::accept(
-        &mut chain,
-        tx,
-        AcceptMode::Broadcast { max_fee_rate: None },
-    ));
+    let message = reason(submit(&mut chain, tx));
     assert_eq!(
         message,
         "bad-txns-premature-spend-of-coinbase, tried to spend coinbase at depth 1"
@@ -170,13 +171,7 @@ fn double_spend_needs_more_fee_and_replaces() {
         Amount::from_sat(99_000),
     );
     sign_p2wpkh(&mut first, 0, &key, &output);
-    let first_id = mempool::accept(
-        &mut chain,
-        first,
-        AcceptMode::Broadcast { max_fee_rate: None },
-    )
-    .unwrap()
-    .txid;
+    let first_id = submit(&mut chain, first).unwrap().txid;
 
     let mut cheaper = spend(
         outpoint,
@@ -185,11 +180,7 @@ fn double_spend_needs_more_fee_and_replaces() {
         Amount::from_sat(99_500),
     );
     sign_p2wpkh(&mut cheaper, 0, &key, &output);
-    let message = reason(mempool::accept(
-        &mut chain,
-        cheaper,
-        AcceptMode::Broadcast { max_fee_rate: None },
-    ));
+    let message = reason(submit(&mut chain, cheaper));
     assert!(
         message.starts_with("insufficient fee, rejecting replacement"),
         "{message}"
@@ -203,12 +194,7 @@ fn double_spend_needs_more_fee_and_replaces() {
         Amount::from_sat(90_000),
     );
     sign_p2wpkh(&mut richer, 0, &key, &output);
-    let accepted = mempool::accept(
-        &mut chain,
-        richer,
-        AcceptMode::Broadcast { max_fee_rate: None },
-    )
-    .unwrap();
+    let accepted = submit(&mut chain, richer).unwrap();
     assert_eq!(accepted.replaced, vec![first_id]);
     assert!(!chain.mempool().contains(&first_id));
     // Both were broadcast: the record keeps the replaced one too.
@@ -244,19 +230,10 @@ fn csv_spend_one_block_early_is_refused() {
         tx
     };
     mine(&mut chain, 3); // tip = h + 3: the next block is h + 4, one too early
-    let message = reason(mempool::accept(
-        &mut chain,
-        make(),
-        AcceptMode::Broadcast { max_fee_rate: None },
-    ));
+    let message = reason(submit(&mut chain, make()));
     assert_eq!(message, "non-BIP68-final");
     mine(&mut chain, 1);
-    mempool::accept(
-        &mut chain,
-        make(),
-        AcceptMode::Broadcast { max_fee_rate: None },
-    )
-    .unwrap();
+    submit(&mut chain, make()).unwrap();
 }
 
 #[test]
@@ -284,19 +261,11 @@ fn cltv_before_its_height_is_refused() {
         tx
     };
     // nLockTime = unlock is not final until the block after `unlock`.
-    let message = reason(mempool::accept(
-        &mut chain,
-        make(unlock),
-        AcceptMode::Broadcast { max_fee_rate: None },
-    ));
+    let message = reason(submit(&mut chain, make(unlock)));
     assert_eq!(message, "non-final");
     // A final nLockTime (the tip's height) below what the script demands fails the script.
     let final_lock_time = chain.height();
-    let message = reason(mempool::accept(
-        &mut chain,
-        make(final_lock_time),
-        AcceptMode::Broadcast { max_fee_rate: None },
-    ));
+    let message = reason(submit(&mut chain, make(final_lock_time)));
     assert!(
         message.starts_with("mandatory-script-verify-flag-failed"),
         "{message}"
@@ -304,12 +273,7 @@ fn cltv_before_its_height_is_refused() {
     while chain.height() < unlock {
         mine(&mut chain, 1);
     }
-    mempool::accept(
-        &mut chain,
-        make(unlock),
-        AcceptMode::Broadcast { max_fee_rate: None },
-    )
-    .unwrap();
+    submit(&mut chain, make(unlock)).unwrap();
 }
 
 #[test]
@@ -323,11 +287,7 @@ fn a_bad_signature_is_refused() {
     let mut witness: Vec<Vec<u8>> = tx.input[0].witness.iter().map(|w| w.to_vec()).collect();
     witness[0][10] ^= 0x01;
     tx.input[0].witness = Witness::from_slice(&witness);
-    let message = reason(mempool::accept(
-        &mut chain,
-        tx,
-        AcceptMode::Broadcast { max_fee_rate: None },
-    ));
+    let message = reason(submit(&mut chain, tx));
     assert!(
         message.starts_with("mandatory-script-verify-flag-failed"),
         "{message}"
@@ -359,21 +319,12 @@ fn a_taproot_signature_over_a_wrong_prevout_amount_is_refused() {
         tx.input[0].witness = Witness::from_slice(&[signature.as_ref().to_vec()]);
         tx
     };
-    let message = reason(mempool::accept(
-        &mut chain,
-        sign(Amount::from_sat(60_001)),
-        AcceptMode::Broadcast { max_fee_rate: None },
-    ));
+    let message = reason(submit(&mut chain, sign(Amount::from_sat(60_001))));
     assert!(
         message.starts_with("mandatory-script-verify-flag-failed"),
         "{message}"
     );
-    mempool::accept(
-        &mut chain,
-        sign(output.value),
-        AcceptMode::Broadcast { max_fee_rate: None },
-    )
-    .unwrap();
+    submit(&mut chain, sign(output.value)).unwrap();
 }
 
 #[test]
@@ -418,13 +369,7 @@ fn a_mined_conflict_evicts_the_mempool_transaction() {
     let (outpoint, output) = fund(&mut chain, &script, Amount::from_sat(100_000));
     let mut in_mempool = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(90_000));
     sign_p2wpkh(&mut in_mempool, 0, &key, &output);
-    let mempool_id = mempool::accept(
-        &mut chain,
-        in_mempool,
-        AcceptMode::Broadcast { max_fee_rate: None },
-    )
-    .unwrap()
-    .txid;
+    let mempool_id = submit(&mut chain, in_mempool).unwrap().txid;
     let mut mined = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(95_000));
     sign_p2wpkh(&mut mined, 0, &key, &output);
     let payout = chain.wallet().default_address().script_pubkey();
@@ -444,11 +389,7 @@ fn a_package_pays_for_a_zero_fee_parent() {
     let mut parent = spend(outpoint, Sequence::MAX, 0, Amount::from_sat(100_000));
     parent.output[0].script_pubkey = script.clone();
     sign_p2wpkh(&mut parent, 0, &key, &output);
-    let message = reason(mempool::accept(
-        &mut chain,
-        parent.clone(),
-        AcceptMode::Broadcast { max_fee_rate: None },
-    ));
+    let message = reason(submit(&mut chain, parent.clone()));
     assert!(message.starts_with("min relay fee not met"), "{message}");
     let mut child = spend(
         OutPoint::new(parent.compute_txid(), 0),
@@ -514,8 +455,7 @@ fn already_confirmed_and_missing_inputs_are_told_apart() {
     let txid = chain.send_to(&target, Amount::from_sat(70_000)).unwrap();
     let tx = chain.mempool().get(&txid).unwrap().tx.clone();
     mine(&mut chain, 1);
-    let err =
-        mempool::accept(&mut chain, tx, AcceptMode::Broadcast { max_fee_rate: None }).unwrap_err();
+    let err = submit(&mut chain, tx).unwrap_err();
     assert_eq!(err, TxError::AlreadyInChain);
     let orphan = spend(
         OutPoint::new(Txid::all_zeros(), 7),
@@ -523,12 +463,7 @@ fn already_confirmed_and_missing_inputs_are_told_apart() {
         0,
         Amount::from_sat(1_000),
     );
-    let err = mempool::accept(
-        &mut chain,
-        orphan,
-        AcceptMode::Broadcast { max_fee_rate: None },
-    )
-    .unwrap_err();
+    let err = submit(&mut chain, orphan).unwrap_err();
     assert_eq!(err, TxError::MissingInputs);
 }
 
