@@ -36,7 +36,9 @@ pub enum SecretsError {
         len: usize,
     },
     /// The seed file can be read by other users.
-    #[error("seed file {path} has mode {mode:o}: it must not be readable by group or others (chmod 600)")]
+    #[error(
+        "seed file {path} has mode {mode:o}: it must not be readable by group or others (chmod 600)"
+    )]
     TooOpen {
         /// The file.
         path: PathBuf,
@@ -166,7 +168,12 @@ impl SeedProvider for FileSeedProvider {
             }
             Err(err) => return Err(self.io(err)),
         };
-        let mode = file.metadata().map_err(|e| self.io(e))?.permissions().mode() & 0o777;
+        let mode = file
+            .metadata()
+            .map_err(|e| self.io(e))?
+            .permissions()
+            .mode()
+            & 0o777;
         if mode & 0o077 != 0 {
             return Err(SecretsError::TooOpen {
                 path: self.path.clone(),
@@ -175,10 +182,12 @@ impl SeedProvider for FileSeedProvider {
         }
         let mut bytes = Zeroizing::new(Vec::with_capacity(SEED_LEN));
         file.read_to_end(&mut bytes).map_err(|e| self.io(e))?;
-        let seed: [u8; SEED_LEN] = bytes[..].try_into().map_err(|_| SecretsError::WrongLength {
-            path: self.path.clone(),
-            len: bytes.len(),
-        })?;
+        let seed: [u8; SEED_LEN] = bytes[..]
+            .try_into()
+            .map_err(|_| SecretsError::WrongLength {
+                path: self.path.clone(),
+                len: bytes.len(),
+            })?;
         Ok(Seed(Zeroizing::new(seed)))
     }
 

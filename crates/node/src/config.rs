@@ -1,0 +1,686 @@
+//! The node's configuration: a TOML file, every option also a flag and an environment
+//! variable (flags and variables win over the file), checked into a [`NodeConfig`] with
+//! one clear error naming the field when something is wrong.
+//!
+//! ```toml
+//! network = "regtest"                  # regtest | signet | testnet | mainnet (required)
+//! data_dir = "/var/lib/phalanx"        # default ./phalanx-data
+//!
+//! [store]
+//! url = "sqlite:///var/lib/phalanx/node.db"   # default sqlite://<data_dir>/node.db
+//! cluster = "default"
+//! instance_id = "host-a"                      # default: the host name
+//!
+//! [chain]
+//! rpc_url = "http://user:pass@127.0.0.1:18443" # bitcoind RPC (required)
+//! rest_url = "http://127.0.0.1:18443/rest"     # optional: follow blocks over REST
+//! esplora_url = "https://esplora.example/api"  # optional second source (broadcasts)
+//! poll_interval_ms = 1000
+//!
+//! [lightning]
+//! listen = ["0.0.0.0:9735"]
+//! alias = "my-node"
+//! forward_delay_ms = 100                       # batch HTLC forwards (privacy) or 0
+//!
+//! [api]
+//! listen = "127.0.0.1:8080"
+//! token_file = "/var/lib/phalanx/api-token"    # default <data_dir>/api-token
+//!
+//! [seed]
+//! file = "/var/lib/phalanx/seed"               # default <data_dir>/seed
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bitcoin::Network;
+use phalanx_store::{ClusterName, HolderId};
+use serde::Deserialize;
+
+/// A configuration error, naming the field (`chain.rpc_url`) or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("configuration file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A field is missing or wrong.
+    #[error("{field}: {message}")]
+    Field {
+        /// The field, as `section.name`.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        message: message.into(),
+    }
+}
+
+/// One layer of settings: the file's, or the flags' and environment's. Every field is
+/// optional; [`ConfigLayer::resolve`] merges layers and applies defaults.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// Bitcoin network: regtest, signet, testnet or mainnet.
+    #[arg(long, env = "PHALANX_NETWORK")]
+    pub network: Option<String>,
+    /// Directory for the seed file, the API token and the default SQLite store.
+    #[arg(long, env = "PHALANX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// State store settings.
+    #[command(flatten)]
+    #[serde(default)]
+    pub store: StoreLayer,
+    /// Chain source settings.
+    #[command(flatten)]
+    #[serde(default)]
+    pub chain: ChainLayer,
+    /// Lightning settings.
+    #[command(flatten)]
+    #[serde(default)]
+    pub lightning: LightningLayer,
+    /// API settings.
+    #[command(flatten)]
+    #[serde(default)]
+    pub api: ApiLayer,
+    /// Seed settings.
+    #[command(flatten)]
+    #[serde(default)]
+    pub seed: SeedLayer,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct StoreLayer {
+    /// State store URL (sqlite://, postgres://, etcd://).
+    #[arg(long = "store-url", env = "PHALANX_STORE_URL")]
+    #[serde(rename = "url")]
+    pub store_url: Option<String>,
+    /// Cluster name: the node's keys and lease in the store.
+    #[arg(long = "cluster", env = "PHALANX_CLUSTER")]
+    #[serde(rename = "cluster")]
+    pub store_cluster: Option<String>,
+    /// This instance's id (default: the host name).
+    #[arg(long = "instance-id", env = "PHALANX_INSTANCE_ID")]
+    #[serde(rename = "instance_id")]
+    pub store_instance_id: Option<String>,
+}
+
+/// `[chain]`.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ChainLayer {
+    /// bitcoind JSON-RPC URL, credentials in the URL or in the next two options.
+    #[arg(long = "chain-rpc-url", env = "PHALANX_CHAIN_RPC_URL")]
+    #[serde(rename = "rpc_url")]
+    pub chain_rpc_url: Option<String>,
+    /// bitcoind RPC user.
+    #[arg(long = "chain-rpc-user", env = "PHALANX_CHAIN_RPC_USER")]
+    #[serde(rename = "rpc_user")]
+    pub chain_rpc_user: Option<String>,
+    /// bitcoind RPC password.
+    #[arg(long = "chain-rpc-password", env = "PHALANX_CHAIN_RPC_PASSWORD")]
+    #[serde(rename = "rpc_password")]
+    pub chain_rpc_password: Option<String>,
+    /// bitcoind REST URL (`http://host:port/rest`): follow blocks over REST.
+    #[arg(long = "chain-rest-url", env = "PHALANX_CHAIN_REST_URL")]
+    #[serde(rename = "rest_url")]
+    pub chain_rest_url: Option<String>,
+    /// Esplora API URL, a second source for broadcasting.
+    #[arg(long = "chain-esplora-url", env = "PHALANX_CHAIN_ESPLORA_URL")]
+    #[serde(rename = "esplora_url")]
+    pub chain_esplora_url: Option<String>,
+    /// How often to poll the chain for a new tip, in milliseconds.
+    #[arg(
+        long = "chain-poll-interval-ms",
+        env = "PHALANX_CHAIN_POLL_INTERVAL_MS"
+    )]
+    #[serde(rename = "poll_interval_ms")]
+    pub chain_poll_interval_ms: Option<u64>,
+}
+
+/// `[lightning]`.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct LightningLayer {
+    /// Addresses to accept peer connections on (repeat or comma-separate).
+    #[arg(long = "listen", env = "PHALANX_LISTEN", value_delimiter = ',')]
+    #[serde(rename = "listen")]
+    pub lightning_listen: Option<Vec<String>>,
+    /// Node alias for gossip.
+    #[arg(long = "alias", env = "PHALANX_ALIAS")]
+    #[serde(rename = "alias")]
+    pub lightning_alias: Option<String>,
+    /// Delay before forwarding received HTLCs, in milliseconds (batches forwards for
+    /// privacy; 0 forwards at once, for latency).
+    #[arg(long = "forward-delay-ms", env = "PHALANX_FORWARD_DELAY_MS")]
+    #[serde(rename = "forward_delay_ms")]
+    pub lightning_forward_delay_ms: Option<u64>,
+}
+
+/// `[api]`.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ApiLayer {
+    /// Address of the REST API.
+    #[arg(long = "api-listen", env = "PHALANX_API_LISTEN")]
+    #[serde(rename = "listen")]
+    pub api_listen: Option<String>,
+    /// File holding the API bearer token (created at first start).
+    #[arg(long = "api-token-file", env = "PHALANX_API_TOKEN_FILE")]
+    #[serde(rename = "token_file")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// `[seed]`.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct SeedLayer {
+    /// The seed file (created with mode 0600 at first start).
+    #[arg(long = "seed-file", env = "PHALANX_SEED_FILE")]
+    #[serde(rename = "file")]
+    pub seed_file: Option<PathBuf>,
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The Bitcoin network.
+    pub network: Network,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The state store.
+    pub store: StoreConfig,
+    /// The chain source.
+    pub chain: ChainConfig,
+    /// Lightning.
+    pub lightning: LightningConfig,
+    /// The REST API.
+    pub api: ApiConfig,
+    /// The seed file.
+    pub seed_file: PathBuf,
+}
+
+/// Where state lives.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The store URL.
+    pub url: String,
+    /// The cluster name.
+    pub cluster: ClusterName,
+    /// This instance's id.
+    pub instance_id: HolderId,
+}
+
+/// Where the chain comes from.
+#[derive(Clone, Debug)]
+pub struct ChainConfig {
+    /// bitcoind RPC endpoint, without credentials (`http://host:port[/path]`).
+    pub rpc_url: String,
+    /// RPC user.
+    pub rpc_user: String,
+    /// RPC password.
+    pub rpc_password: String,
+    /// bitcoind REST endpoint, if blocks are to be followed over REST.
+    pub rest_url: Option<String>,
+    /// Esplora endpoint, a second broadcast path.
+    pub esplora_url: Option<String>,
+    /// Tip poll interval.
+    pub poll_interval: Duration,
+}
+
+/// Lightning settings.
+#[derive(Clone, Debug)]
+pub struct LightningConfig {
+    /// Listen addresses for peers.
+    pub listen: Vec<SocketAddr>,
+    /// Gossip alias.
+    pub alias: Option<String>,
+    /// Delay before processing HTLC forwards.
+    pub forward_delay: Duration,
+}
+
+/// REST API settings.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// The bearer token file.
+    pub token_file: PathBuf,
+}
+
+/// Default tip poll interval, in milliseconds.
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
+/// Default forward delay, in milliseconds.
+pub const DEFAULT_FORWARD_DELAY_MS: u64 = 100;
+/// Default peer port.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9735";
+/// Default API address.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8080";
+
+impl ConfigLayer {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())
+    }
+
+    /// This layer over `base`: every value set here wins.
+    pub fn over(self, base: ConfigLayer) -> ConfigLayer {
+        ConfigLayer {
+            network: self.network.or(base.network),
+            data_dir: self.data_dir.or(base.data_dir),
+            store: StoreLayer {
+                store_url: self.store.store_url.or(base.store.store_url),
+                store_cluster: self.store.store_cluster.or(base.store.store_cluster),
+                store_instance_id: self
+                    .store
+                    .store_instance_id
+                    .or(base.store.store_instance_id),
+            },
+            chain: ChainLayer {
+                chain_rpc_url: self.chain.chain_rpc_url.or(base.chain.chain_rpc_url),
+                chain_rpc_user: self.chain.chain_rpc_user.or(base.chain.chain_rpc_user),
+                chain_rpc_password: self
+                    .chain
+                    .chain_rpc_password
+                    .or(base.chain.chain_rpc_password),
+                chain_rest_url: self.chain.chain_rest_url.or(base.chain.chain_rest_url),
+                chain_esplora_url: self
+                    .chain
+                    .chain_esplora_url
+                    .or(base.chain.chain_esplora_url),
+                chain_poll_interval_ms: self
+                    .chain
+                    .chain_poll_interval_ms
+                    .or(base.chain.chain_poll_interval_ms),
+            },
+            lightning: LightningLayer {
+                lightning_listen: self
+                    .lightning
+                    .lightning_listen
+                    .or(base.lightning.lightning_listen),
+                lightning_alias: self
+                    .lightning
+                    .lightning_alias
+                    .or(base.lightning.lightning_alias),
+                lightning_forward_delay_ms: self
+                    .lightning
+                    .lightning_forward_delay_ms
+                    .or(base.lightning.lightning_forward_delay_ms),
+            },
+            api: ApiLayer {
+                api_listen: self.api.api_listen.or(base.api.api_listen),
+                api_token_file: self.api.api_token_file.or(base.api.api_token_file),
+            },
+            seed: SeedLayer {
+                seed_file: self.seed.seed_file.or(base.seed.seed_file),
+            },
+        }
+    }
+
+    /// Applies defaults and checks every field.
+    pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        let network = match self.network.as_deref() {
+            None => {
+                return Err(field(
+                    "network",
+                    "required: regtest, signet, testnet or mainnet",
+                ));
+            }
+            Some("regtest") => Network::Regtest,
+            Some("signet") => Network::Signet,
+            Some("testnet") => Network::Testnet,
+            Some("mainnet" | "bitcoin") => Network::Bitcoin,
+            Some(other) => {
+                return Err(field(
+                    "network",
+                    format!("{other:?} is not one of regtest, signet, testnet, mainnet"),
+                ));
+            }
+        };
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("phalanx-data"));
+        let store_url = self
+            .store
+            .store_url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("node.db").display()));
+        let cluster = ClusterName::new(self.store.store_cluster.as_deref().unwrap_or("default"))
+            .map_err(|e| field("store.cluster", e.to_string()))?;
+        let instance_id = match self.store.store_instance_id {
+            Some(id) => id,
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|name| name.into_string().ok())
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "phalanx".to_owned()),
+        };
+        let instance_id =
+            HolderId::new(&instance_id).map_err(|e| field("store.instance_id", e.to_string()))?;
+
+        let rpc_text = self.chain.chain_rpc_url.ok_or_else(|| {
+            field(
+                "chain.rpc_url",
+                "required: the bitcoind RPC URL, e.g. http://user:pass@127.0.0.1:8332",
+            )
+        })?;
+        let mut rpc_url = parse_http_url("chain.rpc_url", &rpc_text)?;
+        let url_user = (!rpc_url.username().is_empty()).then(|| decode(rpc_url.username()));
+        let url_password = rpc_url.password().map(decode);
+        let _ = rpc_url.set_username("");
+        let _ = rpc_url.set_password(None);
+        let rpc_user = self.chain.chain_rpc_user.or(url_user).ok_or_else(|| {
+            field(
+                "chain.rpc_user",
+                "required (or as user:password@ in chain.rpc_url)",
+            )
+        })?;
+        let rpc_password = self
+            .chain
+            .chain_rpc_password
+            .or(url_password)
+            .ok_or_else(|| {
+                field(
+                    "chain.rpc_password",
+                    "required (or as user:password@ in chain.rpc_url)",
+                )
+            })?;
+        let rest_url = self
+            .chain
+            .chain_rest_url
+            .map(|text| {
+                parse_http_url("chain.rest_url", &text)
+                    .map(|u| u.as_str().trim_end_matches('/').to_owned())
+            })
+            .transpose()?;
+        let esplora_url = self
+            .chain
+            .chain_esplora_url
+            .map(|text| {
+                parse_http_url("chain.esplora_url", &text)
+                    .map(|u| u.as_str().trim_end_matches('/').to_owned())
+            })
+            .transpose()?;
+        let poll_ms = self
+            .chain
+            .chain_poll_interval_ms
+            .unwrap_or(DEFAULT_POLL_INTERVAL_MS);
+        if !(10..=600_000).contains(&poll_ms) {
+            return Err(field(
+                "chain.poll_interval_ms",
+                format!("{poll_ms} is not between 10 and 600000"),
+            ));
+        }
+
+        let listen = self
+            .lightning
+            .lightning_listen
+            .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_owned()])
+            .iter()
+            .map(|text| {
+                text.trim().parse::<SocketAddr>().map_err(|_| {
+                    field(
+                        "lightning.listen",
+                        format!("{text:?} is not an address like 0.0.0.0:9735"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(alias) = &self.lightning.lightning_alias {
+            if alias.len() > 32 {
+                return Err(field("lightning.alias", "at most 32 bytes"));
+            }
+        }
+        let forward_delay = Duration::from_millis(
+            self.lightning
+                .lightning_forward_delay_ms
+                .unwrap_or(DEFAULT_FORWARD_DELAY_MS),
+        );
+        let api_text = self
+            .api
+            .api_listen
+            .unwrap_or_else(|| DEFAULT_API_LISTEN.to_owned());
+        let api_listen = api_text.parse::<SocketAddr>().map_err(|_| {
+            field(
+                "api.listen",
+                format!("{api_text:?} is not an address like 127.0.0.1:8080"),
+            )
+        })?;
+        let token_file = self
+            .api
+            .api_token_file
+            .unwrap_or_else(|| data_dir.join("api-token"));
+        let seed_file = self.seed.seed_file.unwrap_or_else(|| data_dir.join("seed"));
+        Ok(NodeConfig {
+            network,
+            store: StoreConfig {
+                url: store_url,
+                cluster,
+                instance_id,
+            },
+            chain: ChainConfig {
+                rpc_url: rpc_url.as_str().trim_end_matches('/').to_owned(),
+                rpc_user,
+                rpc_password,
+                rest_url,
+                esplora_url,
+                poll_interval: Duration::from_millis(poll_ms),
+            },
+            lightning: LightningConfig {
+                listen,
+                alias: self.lightning.lightning_alias,
+                forward_delay,
+            },
+            api: ApiConfig {
+                listen: api_listen,
+                token_file,
+            },
+            seed_file,
+            data_dir,
+        })
+    }
+}
+
+fn decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn parse_http_url(name: &'static str, text: &str) -> Result<url::Url, ConfigError> {
+    let url =
+        url::Url::parse(text).map_err(|e| field(name, format!("{text:?} is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(field(
+            name,
+            format!("{text:?} must be an http:// or https:// URL"),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(field(name, format!("{text:?} names no host")));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(toml: &str) -> ConfigLayer {
+        ConfigLayer::from_toml(toml).unwrap()
+    }
+
+    #[test]
+    fn a_full_file_resolves() {
+        let config = layer(
+            r#"
+            network = "regtest"
+            data_dir = "/data"
+            [store]
+            url = "postgres://u@db/phalanx"
+            cluster = "node-a"
+            instance_id = "host-1"
+            [chain]
+            rpc_url = "http://alice:p%40ss@127.0.0.1:18443"
+            rest_url = "http://127.0.0.1:18443/rest/"
+            poll_interval_ms = 250
+            [lightning]
+            listen = ["127.0.0.1:9735", "[::1]:9736"]
+            alias = "phalanx"
+            forward_delay_ms = 0
+            [api]
+            listen = "127.0.0.1:9090"
+            [seed]
+            file = "/secrets/seed"
+            "#,
+        )
+        .resolve()
+        .unwrap();
+        assert_eq!(config.network, Network::Regtest);
+        assert_eq!(config.store.url, "postgres://u@db/phalanx");
+        assert_eq!(config.store.cluster.as_str(), "node-a");
+        assert_eq!(config.chain.rpc_url, "http://127.0.0.1:18443");
+        assert_eq!(
+            (
+                config.chain.rpc_user.as_str(),
+                config.chain.rpc_password.as_str()
+            ),
+            ("alice", "p@ss")
+        );
+        assert_eq!(
+            config.chain.rest_url.as_deref(),
+            Some("http://127.0.0.1:18443/rest")
+        );
+        assert_eq!(config.chain.poll_interval, Duration::from_millis(250));
+        assert_eq!(config.lightning.listen.len(), 2);
+        assert_eq!(config.lightning.forward_delay, Duration::ZERO);
+        assert_eq!(config.api.token_file, PathBuf::from("/data/api-token"));
+        assert_eq!(config.seed_file, PathBuf::from("/secrets/seed"));
+    }
+
+    #[test]
+    fn defaults_fill_the_rest() {
+        let config =
+            layer("network = \"regtest\"\n[chain]\nrpc_url = \"http://u:p@localhost:18443\"")
+                .resolve()
+                .unwrap();
+        assert_eq!(config.store.url, "sqlite://phalanx-data/node.db");
+        assert_eq!(config.api.listen.to_string(), DEFAULT_API_LISTEN);
+        assert_eq!(config.lightning.listen[0].to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.seed_file, PathBuf::from("phalanx-data/seed"));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = layer(
+            "network = \"mainnet\"\n[chain]\nrpc_url = \"http://u:p@h:1\"\n[api]\nlisten = \"127.0.0.1:1\"",
+        );
+        let flags = ConfigLayer {
+            network: Some("regtest".into()),
+            api: ApiLayer {
+                api_listen: Some("127.0.0.1:2".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let config = flags.over(file).resolve().unwrap();
+        assert_eq!(config.network, Network::Regtest);
+        assert_eq!(config.api.listen.port(), 2);
+        assert_eq!(config.chain.rpc_user, "u");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let base = "[chain]\nrpc_url = \"http://u:p@h:1\"\n";
+        for (toml, needle) in [
+            ("", "network: required"),
+            ("network = \"moon\"", "network: \"moon\" is not one of"),
+            ("network = \"regtest\"", "chain.rpc_url: required"),
+            (
+                "network = \"regtest\"\n[chain]\nrpc_url = \"localhost:1\"",
+                "chain.rpc_url:",
+            ),
+            (
+                "network = \"regtest\"\n[chain]\nrpc_url = \"ftp://h:1\"",
+                "must be an http",
+            ),
+            (
+                "network = \"regtest\"\n[chain]\nrpc_url = \"http://h:1\"",
+                "chain.rpc_user: required",
+            ),
+            (
+                &format!("network = \"regtest\"\n{base}poll_interval_ms = 1"),
+                "chain.poll_interval_ms",
+            ),
+            (
+                &format!("network = \"regtest\"\n{base}[lightning]\nlisten = [\"nope\"]"),
+                "lightning.listen",
+            ),
+            (
+                &format!("network = \"regtest\"\n{base}[api]\nlisten = \"8080\""),
+                "api.listen",
+            ),
+            (
+                &format!("network = \"regtest\"\n{base}[store]\ncluster = \"a/b\""),
+                "store.cluster",
+            ),
+            (
+                &format!("network = \"regtest\"\n{base}[store]\ninstance_id = \"has space\""),
+                "store.instance_id",
+            ),
+        ] {
+            let err = layer(toml).resolve().unwrap_err().to_string();
+            assert!(err.contains(needle), "{toml:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_refused_with_their_location() {
+        let err =
+            ConfigLayer::from_toml("network = \"regtest\"\n[chain]\nrpc_ulr = \"x\"").unwrap_err();
+        assert!(err.contains("unknown field `rpc_ulr`"), "{err}");
+        let err = ConfigLayer::from_toml("[chain]\npoll_interval_ms = \"fast\"").unwrap_err();
+        assert!(err.contains("poll_interval_ms"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = ConfigLayer::from_file(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot read the configuration file"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The Phalanx Lightning node, on LDK.
+//!
+//! Every byte of the node's state goes through the fenced [`phalanx_store::StateStore`],
+//! written with the token of the current leadership; the seed comes from a
+//! `phalanx-secrets` provider and never enters the store.
+
+#![warn(missing_docs)]
+
+pub mod config;
