@@ -166,6 +166,23 @@ impl crate::Chain {
         script: &ScriptBuf,
         amount: bitcoin::Amount,
     ) -> Result<bitcoin::Txid, SendError> {
+        let tx = self.build_send(script, amount)?;
+        crate::mempool::accept(
+            self,
+            tx,
+            crate::AcceptMode::Broadcast { max_fee_rate: None },
+        )
+        .map(|accepted| accepted.txid)
+        .map_err(SendError::Rejected)
+    }
+
+    /// Builds and signs what [`send_to`](Self::send_to) would send, without submitting it
+    /// (for tests that broadcast through another path).
+    pub fn build_send(
+        &mut self,
+        script: &ScriptBuf,
+        amount: bitcoin::Amount,
+    ) -> Result<Transaction, SendError> {
         const DUST: u64 = 546;
         if amount.to_sat() < DUST {
             return Err(SendError::InvalidAmount);
@@ -228,12 +245,6 @@ impl crate::Chain {
         };
         let spent: Vec<TxOut> = selected.into_iter().map(|(_, output)| output).collect();
         self.wallet.sign(&mut tx, &spent);
-        crate::mempool::accept(
-            self,
-            tx,
-            crate::AcceptMode::Broadcast { max_fee_rate: None },
-        )
-        .map(|accepted| accepted.txid)
-        .map_err(SendError::Rejected)
+        Ok(tx)
     }
 }

@@ -1,0 +1,176 @@
+//! The chain client against the regtest chain, through the same RPC/REST clients it uses
+//! against bitcoind.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::{Amount, Network};
+use lightning::chain::chaininterface::{
+    BroadcasterInterface, ConfirmationTarget, FeeEstimator, TransactionType,
+};
+use lightning_block_sync::BlockSource;
+use phalanx_node::chain::{ChainClient, ChainError};
+use phalanx_node::config::ChainConfig;
+use phalanx_regtest::{ChainSettings, Regtest, RegtestConfig};
+
+fn config(regtest: &Regtest, rest: bool) -> ChainConfig {
+    ChainConfig {
+        rpc_url: regtest.rpc_url(),
+        rpc_user: regtest.rpc_user().into(),
+        rpc_password: regtest.rpc_password().into(),
+        rest_url: rest.then(|| regtest.rest_url().trim_end_matches('/').to_owned()),
+        esplora_url: None,
+        poll_interval: Duration::from_millis(100),
+    }
+}
+
+async fn regtest() -> Regtest {
+    Regtest::start(RegtestConfig {
+        chain: ChainSettings {
+            fee_rate: bitcoin::FeeRate::from_sat_per_vb_u32(12),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_estimates_fees_and_serves_blocks_over_rpc_and_rest() {
+    let regtest = regtest().await;
+    regtest.mine(3, None);
+    for rest in [false, true] {
+        let client = ChainClient::connect(
+            &config(&regtest, rest),
+            Network::Regtest,
+            tokio::runtime::Handle::current(),
+        )
+        .await
+        .unwrap();
+        // 12 sat/vB = 3000 sat per 1000 weight.
+        assert_eq!(
+            client.get_est_sat_per_1000_weight(ConfirmationTarget::NonAnchorChannelFee),
+            3000
+        );
+        let (tip, height) = client.get_best_block().await.unwrap();
+        assert_eq!((tip, height), (regtest.chain().tip(), Some(3)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_network_credentials_and_address_are_clear_errors() {
+    let regtest = regtest().await;
+    let err = ChainClient::connect(
+        &config(&regtest, false),
+        Network::Signet,
+        tokio::runtime::Handle::current(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(err, ChainError::WrongNetwork { .. }), "{err}");
+    assert!(err.to_string().contains("runs chain \"regtest\""), "{err}");
+
+    let mut wrong = config(&regtest, false);
+    wrong.rpc_password = "nope".into();
+    let err = ChainClient::connect(&wrong, Network::Regtest, tokio::runtime::Handle::current())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ChainError::Unauthorized { .. }), "{err}");
+
+    let mut closed = config(&regtest, false);
+    closed.rpc_url = format!("http://127.0.0.1:{}", phalanx_testkit_free_port());
+    let started = Instant::now();
+    let err = ChainClient::connect(&closed, Network::Regtest, tokio::runtime::Handle::current())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ChainError::Unreachable { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+fn phalanx_testkit_free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_single_transactions_and_packages_until_stopped() {
+    let regtest = regtest().await;
+    regtest.mine(101, None);
+    let client: Arc<ChainClient> = ChainClient::connect(
+        &config(&regtest, false),
+        Network::Regtest,
+        tokio::runtime::Handle::current(),
+    )
+    .await
+    .unwrap();
+    let to_wallet = regtest.chain().wallet().default_address().script_pubkey();
+
+    let single = regtest
+        .chain()
+        .build_send(&to_wallet, Amount::from_sat(50_000))
+        .unwrap();
+    assert_eq!(
+        client.broadcast(vec![single.clone()]).await.unwrap(),
+        vec![single.compute_txid()]
+    );
+    assert!(regtest.chain().mempool().contains(&single.compute_txid()));
+    regtest.mine(1, None);
+
+    // A package handed child first: the client sorts it and submits it as one.
+    let parent = regtest
+        .chain()
+        .build_send(&to_wallet, Amount::from_sat(80_000))
+        .unwrap();
+    let vout = parent
+        .output
+        .iter()
+        .position(|o| o.value == Amount::from_sat(80_000))
+        .unwrap();
+    let mut child = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: bitcoin::OutPoint::new(parent.compute_txid(), vout as u32),
+            ..Default::default()
+        }],
+        output: vec![bitcoin::TxOut {
+            value: Amount::from_sat(70_000),
+            script_pubkey: to_wallet.clone(),
+        }],
+    };
+    regtest
+        .chain()
+        .wallet()
+        .sign(&mut child, &[parent.output[vout].clone()]);
+    let ids = client
+        .broadcast(vec![child.clone(), parent.clone()])
+        .await
+        .unwrap();
+    assert_eq!(ids, vec![parent.compute_txid(), child.compute_txid()]);
+    assert!(regtest.chain().mempool().contains(&child.compute_txid()));
+
+    // Stopped: nothing more reaches the chain, through either entry point.
+    client.stop_broadcasting();
+    assert!(!client.is_broadcasting());
+    let late = regtest
+        .chain()
+        .build_send(&to_wallet, Amount::from_sat(30_000))
+        .unwrap();
+    client.broadcast_transactions(&[(&late, TransactionType::Sweep { channels: vec![] })]);
+    assert!(
+        client
+            .broadcast(vec![late.clone()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!regtest.chain().history().contains(&late.compute_txid()));
+}
