@@ -458,10 +458,10 @@ impl ConfigLayer {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(alias) = &self.lightning.lightning_alias {
-            if alias.len() > 32 {
-                return Err(field("lightning.alias", "at most 32 bytes"));
-            }
+        if let Some(alias) = &self.lightning.lightning_alias
+            && alias.len() > 32
+        {
+            return Err(field("lightning.alias", "at most 32 bytes"));
         }
         let forward_delay = Duration::from_millis(
             self.lightning
