@@ -334,66 +334,44 @@ impl BroadcasterInterface for ChainClient {
 
 /// Blocks, over RPC or REST as configured.
 impl BlockSource for ChainClient {
-    fn get_header<'a>(
+    async fn get_header<'a>(
         &'a self,
         header_hash: &'a BlockHash,
         height_hint: Option<u32>,
-    ) -> impl std::future::Future<Output = BlockSourceResult<BlockHeaderData>> + Send + 'a {
-        async move {
-            match &self.blocks {
-                Blocks::Rpc => self.rpc.get_header(header_hash, height_hint).await,
-                Blocks::Rest(rest) => rest.get_header(header_hash, height_hint).await,
-            }
+    ) -> BlockSourceResult<BlockHeaderData> {
+        match &self.blocks {
+            Blocks::Rpc => self.rpc.get_header(header_hash, height_hint).await,
+            Blocks::Rest(rest) => rest.get_header(header_hash, height_hint).await,
         }
     }
 
-    fn get_block<'a>(
-        &'a self,
-        header_hash: &'a BlockHash,
-    ) -> impl std::future::Future<Output = BlockSourceResult<BlockData>> + Send + 'a {
-        async move {
-            match &self.blocks {
-                Blocks::Rpc => self.rpc.get_block(header_hash).await,
-                Blocks::Rest(rest) => rest.get_block(header_hash).await,
-            }
+    async fn get_block<'a>(&'a self, header_hash: &'a BlockHash) -> BlockSourceResult<BlockData> {
+        match &self.blocks {
+            Blocks::Rpc => self.rpc.get_block(header_hash).await,
+            Blocks::Rest(rest) => rest.get_block(header_hash).await,
         }
     }
 
-    fn get_best_block(
-        &self,
-    ) -> impl std::future::Future<Output = BlockSourceResult<(BlockHash, Option<u32>)>> + Send + '_
-    {
-        async move {
-            match &self.blocks {
-                Blocks::Rpc => self.rpc.get_best_block().await,
-                Blocks::Rest(rest) => rest.get_best_block().await,
-            }
+    async fn get_best_block(&self) -> BlockSourceResult<(BlockHash, Option<u32>)> {
+        match &self.blocks {
+            Blocks::Rpc => self.rpc.get_best_block().await,
+            Blocks::Rest(rest) => rest.get_best_block().await,
         }
     }
 }
 
 impl UtxoSource for ChainClient {
-    fn get_block_hash_by_height<'a>(
-        &'a self,
-        block_height: u32,
-    ) -> impl std::future::Future<Output = BlockSourceResult<BlockHash>> + Send + 'a {
-        async move {
-            match &self.blocks {
-                Blocks::Rpc => self.rpc.get_block_hash_by_height(block_height).await,
-                Blocks::Rest(rest) => rest.get_block_hash_by_height(block_height).await,
-            }
+    async fn get_block_hash_by_height(&self, block_height: u32) -> BlockSourceResult<BlockHash> {
+        match &self.blocks {
+            Blocks::Rpc => self.rpc.get_block_hash_by_height(block_height).await,
+            Blocks::Rest(rest) => rest.get_block_hash_by_height(block_height).await,
         }
     }
 
-    fn is_output_unspent<'a>(
-        &'a self,
-        outpoint: bitcoin::OutPoint,
-    ) -> impl std::future::Future<Output = BlockSourceResult<bool>> + Send + 'a {
-        async move {
-            match &self.blocks {
-                Blocks::Rpc => self.rpc.is_output_unspent(outpoint).await,
-                Blocks::Rest(rest) => rest.is_output_unspent(outpoint).await,
-            }
+    async fn is_output_unspent(&self, outpoint: bitcoin::OutPoint) -> BlockSourceResult<bool> {
+        match &self.blocks {
+            Blocks::Rpc => self.rpc.is_output_unspent(outpoint).await,
+            Blocks::Rest(rest) => rest.is_output_unspent(outpoint).await,
         }
     }
 }
