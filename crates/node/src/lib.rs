@@ -8,3 +8,14 @@
 
 pub mod chain;
 pub mod config;
+pub mod events;
+pub mod keys;
+pub mod logger;
+pub mod node;
+pub mod payments;
+pub mod peers;
+pub mod persist;
+pub mod types;
+pub mod wallet;
+
+pub use node::{Node, NodeError};

@@ -1,0 +1,1325 @@
+//! The node: LDK assembled over the fenced store, started and stopped as one.
+//!
+//! Start-up order (LDK's, see `ChannelManagerReadArgs`): win the leadership, read the
+//! monitors, read the ChannelManager with them, bring every listener (monitors, manager,
+//! sweeper, wallet) to the chain tip, hand the monitors to the ChainMonitor, and only then
+//! start the background processor, the peers and the block poller.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Amount, FeeRate, Network, Txid};
+use lightning::chain::channelmonitor::ChannelMonitor;
+use lightning::chain::{BlockLocator, Listen};
+use lightning::events::bump_transaction::sync::BumpTransactionEventHandlerSync;
+use lightning::ln::channel_state::ChannelDetails;
+use lightning::ln::channelmanager::{
+    Bolt11InvoiceParameters, ChainParameters, ChannelManagerReadArgs, OptionalBolt11PaymentParams,
+    PaymentId,
+};
+use lightning::ln::outbound_payment::{RecipientOnionFields, Retry};
+use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler};
+use lightning::ln::types::ChannelId;
+use lightning::onion_message::messenger::DefaultMessageRouter;
+use lightning::routing::gossip::P2PGossipSync;
+use lightning::routing::router::{DefaultRouter, PaymentParameters, RouteParameters};
+use lightning::routing::scoring::{
+    ProbabilisticScorer, ProbabilisticScoringDecayParameters, ProbabilisticScoringFeeParameters,
+};
+use lightning::sign::{EntropySource, InMemorySigner, KeysManager, NodeSigner};
+use lightning::types::payment::{PaymentHash, PaymentPreimage};
+use lightning::util::config::UserConfig;
+use lightning::util::persist::{KVStoreSync, MonitorUpdatingPersister};
+use lightning::util::ser::ReadableArgs;
+use lightning::util::wallet_utils::WalletSync;
+use lightning::{io, util::persist};
+use lightning_background_processor::{
+    GossipSync as BpGossipSync, NO_LIQUIDITY_MANAGER, NO_ONION_MESSENGER, process_events_async,
+};
+use lightning_block_sync::poll::{ChainPoller, ValidatedBlockHeader};
+use lightning_block_sync::{SpvClient, init};
+use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
+use phalanx_cluster::{Campaigner, Leadership, LeadershipStatus, LeaseTimings};
+use phalanx_secrets::{FileSeedProvider, SeedProvider};
+use phalanx_store::{LdkKvStore, LeaseStore, StateStore, StoreError, StoreOptions};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::chain::{ChainClient, ChainError};
+use crate::config::NodeConfig;
+use crate::events::EventHandler;
+use crate::keys::WalletKeys;
+use crate::logger::TracingLogger;
+use crate::payments::{Direction, PaymentRecord, PaymentStatus, PaymentStore};
+use crate::peers::{self, AddressBook, PeerError};
+use crate::persist::{FailStop, FailStopPersister};
+use crate::types::{
+    BumpHandler, Chain, ChainMonitor, ChannelManager, GossipSync, KvStore, Logger, NetworkGraph,
+    OutputSweeper, PeerManager, Scorer,
+};
+use crate::wallet::{OnchainWallet, WalletBalance, WalletError};
+
+/// How long an outbound payment keeps retrying other routes.
+pub const PAYMENT_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the node tries to reconnect to channel peers it is not connected to.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often fee estimates are refreshed.
+pub const FEE_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// The final CLTV delta of keysend payments.
+const KEYSEND_FINAL_CLTV_DELTA: u32 = 40;
+/// Monitor updates written as deltas before the whole monitor is written again.
+const MAX_PENDING_MONITOR_UPDATES: u64 = 100;
+
+/// Why the node could not start or do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The seed could not be loaded or created.
+    #[error("seed: {0}")]
+    Seed(#[from] phalanx_secrets::SecretsError),
+    /// The state store failed or refused (see [`StoreError::kind`]).
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// Reading or writing the node's state failed.
+    #[error("state store: {0}")]
+    Persist(#[source] io::Error),
+    /// The stored state cannot be decoded.
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+    /// The chain source failed.
+    #[error("chain source: {0}")]
+    Chain(#[from] ChainError),
+    /// Block sync failed.
+    #[error("chain sync: {0}")]
+    Sync(String),
+    /// The on-chain wallet refused.
+    #[error("{0}")]
+    Wallet(#[from] WalletError),
+    /// A peer address could not be bound.
+    #[error("cannot listen for peers on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A peer could not be reached.
+    #[error("{0}")]
+    Peer(#[from] PeerError),
+    /// The request names something invalid.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A BOLT11 invoice that cannot be paid.
+    #[error("invalid invoice: {0}")]
+    InvalidInvoice(String),
+    /// The peer is not connected.
+    #[error("peer {0} is not connected")]
+    PeerNotConnected(PublicKey),
+    /// No such channel.
+    #[error("no channel {0}")]
+    UnknownChannel(String),
+    /// No such payment.
+    #[error("no payment {0}")]
+    UnknownPayment(String),
+    /// The payment could not be started, or failed.
+    #[error("payment failed: {0}")]
+    PaymentFailed(String),
+    /// Not enough funds.
+    #[error("insufficient funds: {0}")]
+    InsufficientFunds(String),
+    /// LDK refused the operation.
+    #[error("{0}")]
+    Lightning(String),
+    /// The node stopped (fenced, lost its lease, or a write failed) and does nothing more.
+    #[error("the node has stopped: {0}")]
+    Stopped(String),
+}
+
+fn persist_error(err: io::Error) -> NodeError {
+    NodeError::Persist(err)
+}
+
+/// A running node.
+pub struct Node {
+    network: Network,
+    alias: String,
+    keys: Arc<KeysManager>,
+    chain: Chain,
+    kv: KvStore,
+    chain_monitor: Arc<ChainMonitor>,
+    channel_manager: Arc<ChannelManager>,
+    peer_manager: Arc<PeerManager>,
+    network_graph: Arc<NetworkGraph>,
+    wallet: Arc<OnchainWallet>,
+    payments: Arc<PaymentStore>,
+    address_book: Arc<AddressBook>,
+    events: Arc<EventHandler>,
+    sweeper: Arc<OutputSweeper>,
+    fail_stop: FailStop,
+    listen_addresses: Vec<SocketAddr>,
+    epoch: u64,
+    leadership: Mutex<Option<Leadership>>,
+    /// Tells the background tasks to finish.
+    shutdown: watch::Sender<bool>,
+    background_processor: Mutex<Option<JoinHandle<Result<(), io::Error>>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stopped: watch::Sender<Option<String>>,
+    best_height: Arc<AtomicU64>,
+}
+
+/// LDK's configuration for a Phalanx node.
+pub fn user_config() -> UserConfig {
+    let mut config = UserConfig::default();
+    // Channels are private unless opened as public.
+    config.channel_handshake_config.announce_for_forwarding = false;
+    config
+        .channel_handshake_limits
+        .force_announced_channel_preference = false;
+    // The protocol maximum, so a busy channel is not limited by our own setting.
+    config.channel_handshake_config.our_max_accepted_htlcs = 483;
+    // An LSP forwards to its clients' private channels.
+    config.accept_forwards_to_priv_channels = true;
+    config
+}
+
+impl Node {
+    /// Starts the node described by `config`: loads the seed, connects to the store and
+    /// wins its leadership (waiting while another instance holds it), connects to the
+    /// chain, loads the state, syncs to the tip and starts serving peers.
+    pub async fn start(config: &NodeConfig) -> Result<Arc<Node>, NodeError> {
+        let seed = FileSeedProvider::new(config.seed_file.clone(), true).seed()?;
+        let store = phalanx_store_connect::connect(
+            &config.store.url,
+            StoreOptions::new(config.store.cluster.clone()),
+        )
+        .await?;
+        let lease_store: Arc<dyn LeaseStore> = store.clone();
+        let campaigner = Campaigner::new(
+            lease_store,
+            config.store.instance_id.clone(),
+            LeaseTimings::default(),
+        )?;
+        let leadership = campaigner.campaign().await?;
+        let epoch = leadership.epoch();
+        let span =
+            tracing::info_span!("node", epoch = %epoch, instance = %config.store.instance_id);
+        let _entered = span.enter();
+        drop(_entered);
+
+        let runtime = tokio::runtime::Handle::current();
+        let state_store: Arc<dyn StateStore> = store.clone();
+        let kv: KvStore = Arc::new(LdkKvStore::new(
+            state_store,
+            leadership.fence(),
+            runtime.clone(),
+        ));
+        let chain = ChainClient::connect(&config.chain, config.network, runtime.clone()).await?;
+        let logger: Logger = Arc::new(TracingLogger);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        // The starting time only seeds ephemeral randomness; it must differ between runs.
+        let keys = Arc::new(KeysManager::new(
+            &seed.ldk_seed(),
+            now.as_secs(),
+            now.subsec_nanos(),
+            true,
+        ));
+        let fail_stop = FailStop::new();
+
+        let tip = init::validate_best_block_header(&*chain)
+            .await
+            .map_err(|err| NodeError::Sync(format!("cannot read the chain tip: {err:?}")))?;
+        let tip_locator = tip.to_block_locator();
+
+        let network_graph = Arc::new(read_network_graph(&kv, config.network, &logger));
+        let scorer = Arc::new(RwLock::new(read_scorer(&kv, &network_graph, &logger)));
+        let router = Arc::new(DefaultRouter::new(
+            Arc::clone(&network_graph),
+            Arc::clone(&logger),
+            Arc::clone(&keys),
+            Arc::clone(&scorer),
+            ProbabilisticScoringFeeParameters::default(),
+        ));
+        let message_router = Arc::new(DefaultMessageRouter::new(
+            Arc::clone(&network_graph),
+            Arc::clone(&keys),
+        ));
+
+        let persister = Arc::new(FailStopPersister::new(
+            MonitorUpdatingPersister::new(
+                Arc::clone(&kv),
+                Arc::clone(&logger),
+                MAX_PENDING_MONITOR_UPDATES,
+                Arc::clone(&keys),
+                Arc::clone(&keys),
+                Arc::clone(&chain),
+                Arc::clone(&chain),
+            ),
+            fail_stop.clone(),
+        ));
+        let monitors = persister
+            .inner()
+            .read_all_channel_monitors_with_updates()
+            .map_err(persist_error)?;
+        let chain_monitor = Arc::new(ChainMonitor::new(
+            None,
+            Arc::clone(&chain),
+            Arc::clone(&logger),
+            Arc::clone(&chain),
+            Arc::clone(&persister),
+            Arc::clone(&keys),
+            keys.get_peer_storage_key(),
+            // Deferred: the ChannelManager is written before its monitors (the background
+            // processor keeps the order), so a SIGKILL at any instant is safe to resume from.
+            true,
+        ));
+
+        let wallet = Arc::new(OnchainWallet::load_or_create(
+            &seed,
+            config.network,
+            (*kv).clone(),
+            tip_locator,
+        )?);
+        drop(seed);
+        let wallet_keys = Arc::new(WalletKeys::new(Arc::clone(&keys), Arc::clone(&wallet)));
+
+        let (manager_locator, channel_manager) = match KVStoreSync::read(
+            &*kv,
+            persist::CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
+            persist::CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
+            persist::CHANNEL_MANAGER_PERSISTENCE_KEY,
+        ) {
+            Ok(bytes) => {
+                let monitor_refs: Vec<&ChannelMonitor<InMemorySigner>> =
+                    monitors.iter().map(|(_, m)| m).collect();
+                let args = ChannelManagerReadArgs::new(
+                    Arc::clone(&keys),
+                    Arc::clone(&keys),
+                    Arc::clone(&wallet_keys),
+                    Arc::clone(&chain),
+                    Arc::clone(&chain_monitor),
+                    Arc::clone(&chain),
+                    Arc::clone(&router),
+                    Arc::clone(&message_router),
+                    Arc::clone(&logger),
+                    user_config(),
+                    monitor_refs,
+                );
+                <(BlockLocator, ChannelManager)>::read(&mut &bytes[..], args)
+                    .map_err(|err| NodeError::Corrupt(format!("channel manager: {err:?}")))?
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                if !monitors.is_empty() {
+                    // Monitors without a manager: starting fresh would lose the channels.
+                    return Err(NodeError::Corrupt(format!(
+                        "{} channel monitors are stored but no channel manager",
+                        monitors.len()
+                    )));
+                }
+                let params = ChainParameters {
+                    network: config.network,
+                    best_block: tip_locator,
+                };
+                let manager = ChannelManager::new(
+                    Arc::clone(&chain),
+                    Arc::clone(&chain_monitor),
+                    Arc::clone(&chain),
+                    Arc::clone(&router),
+                    Arc::clone(&message_router),
+                    Arc::clone(&logger),
+                    Arc::clone(&keys),
+                    Arc::clone(&keys),
+                    Arc::clone(&wallet_keys),
+                    user_config(),
+                    params,
+                    now.as_secs() as u32,
+                );
+                (tip_locator, manager)
+            }
+            Err(err) => return Err(persist_error(err)),
+        };
+        let channel_manager = Arc::new(channel_manager);
+
+        let sweeper = Arc::new(read_sweeper(
+            &kv,
+            &chain,
+            &keys,
+            &wallet,
+            &logger,
+            tip_locator,
+        )?);
+
+        // Bring everything to the tip before anything else happens.
+        let monitor_listeners: Vec<(
+            BlockLocator,
+            (ChannelMonitor<InMemorySigner>, Chain, Chain, Logger),
+        )> = monitors
+            .into_iter()
+            .map(|(locator, monitor)| {
+                (
+                    locator,
+                    (
+                        monitor,
+                        Arc::clone(&chain),
+                        Arc::clone(&chain),
+                        Arc::clone(&logger),
+                    ),
+                )
+            })
+            .collect();
+        let mut listeners: Vec<(BlockLocator, &(dyn Listen + Send + Sync))> = vec![
+            (
+                manager_locator,
+                &*channel_manager as &(dyn Listen + Send + Sync),
+            ),
+            (
+                sweeper.current_best_block(),
+                &*sweeper as &(dyn Listen + Send + Sync),
+            ),
+            (wallet.best_block(), &*wallet as &(dyn Listen + Send + Sync)),
+        ];
+        for (locator, listener) in &monitor_listeners {
+            listeners.push((*locator, listener as &(dyn Listen + Send + Sync)));
+        }
+        let (header_cache, synced_tip) =
+            init::synchronize_listeners(Arc::clone(&chain), config.network, listeners)
+                .await
+                .map_err(|err| NodeError::Sync(format!("{err:?}")))?;
+        for (_, (monitor, ..)) in monitor_listeners {
+            let channel_id = monitor.channel_id();
+            chain_monitor
+                .load_existing_monitor(channel_id, monitor)
+                .map_err(|()| {
+                    NodeError::Corrupt(format!("channel monitor {channel_id} cannot be loaded"))
+                })?;
+        }
+
+        let gossip_sync: Arc<GossipSync> = Arc::new(P2PGossipSync::new(
+            Arc::clone(&network_graph),
+            None,
+            Arc::clone(&logger),
+        ));
+        let message_handler = MessageHandler {
+            chan_handler: Arc::clone(&channel_manager),
+            route_handler: Arc::clone(&gossip_sync),
+            onion_message_handler: IgnoringMessageHandler {},
+            custom_message_handler: IgnoringMessageHandler {},
+            send_only_message_handler: Arc::clone(&chain_monitor),
+        };
+        let peer_manager = Arc::new(PeerManager::new(
+            message_handler,
+            now.as_secs() as u32,
+            &keys.get_secure_random_bytes(),
+            Arc::clone(&logger),
+            Arc::clone(&keys),
+        ));
+
+        let payments = Arc::new(PaymentStore::load(Arc::clone(&kv)).map_err(persist_error)?);
+        let address_book = Arc::new(AddressBook::new(Arc::clone(&kv)));
+        let bump_handler: Arc<BumpHandler> = Arc::new(BumpTransactionEventHandlerSync::new(
+            Arc::clone(&chain),
+            Arc::new(WalletSync::new(Arc::clone(&wallet), Arc::clone(&logger))),
+            Arc::clone(&keys),
+            Arc::clone(&logger),
+        ));
+        let events = Arc::new(EventHandler {
+            channel_manager: Arc::clone(&channel_manager),
+            peer_manager: Arc::clone(&peer_manager),
+            wallet: Arc::clone(&wallet),
+            chain: Arc::clone(&chain),
+            sweeper: Arc::clone(&sweeper),
+            bump_handler,
+            payments: Arc::clone(&payments),
+            fail_stop: fail_stop.clone(),
+            forwarded_fees_msat: AtomicU64::new(0),
+            forwarded_payments: AtomicU64::new(0),
+        });
+
+        let mut listen_addresses = Vec::new();
+        let mut tcp_listeners = Vec::new();
+        for address in &config.lightning.listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    address: *address,
+                    source,
+                })?;
+            listen_addresses.push(listener.local_addr().map_err(|source| NodeError::Listen {
+                address: *address,
+                source,
+            })?);
+            tcp_listeners.push(listener);
+        }
+
+        let (shutdown, _) = watch::channel(false);
+        let node = Arc::new(Node {
+            network: config.network,
+            alias: config.lightning.alias.clone().unwrap_or_default(),
+            keys,
+            chain: Arc::clone(&chain),
+            kv: Arc::clone(&kv),
+            chain_monitor: Arc::clone(&chain_monitor),
+            channel_manager: Arc::clone(&channel_manager),
+            peer_manager: Arc::clone(&peer_manager),
+            network_graph: Arc::clone(&network_graph),
+            wallet: Arc::clone(&wallet),
+            payments,
+            address_book,
+            events: Arc::clone(&events),
+            sweeper: Arc::clone(&sweeper),
+            fail_stop: fail_stop.clone(),
+            listen_addresses,
+            epoch: epoch.0,
+            leadership: Mutex::new(None),
+            shutdown,
+            background_processor: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+            stopped: watch::channel(None).0,
+            best_height: Arc::new(AtomicU64::new(u64::from(
+                synced_tip.to_block_locator().height,
+            ))),
+        });
+
+        // The background processor: events, persistence in LDK's order, timers.
+        let stop_signal = node.shutdown.subscribe();
+        let sleeper = move |duration: Duration| {
+            let mut stop = stop_signal.clone();
+            Box::pin(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(duration) => false,
+                    _ = stop.wait_for(|stop| *stop) => true,
+                }
+            })
+        };
+        let handler = Arc::clone(&events);
+        let background_processor = tokio::spawn(process_events_async(
+            Arc::clone(&kv),
+            move |event| Arc::clone(&handler).handle(event),
+            Arc::clone(&chain_monitor),
+            Arc::clone(&channel_manager),
+            NO_ONION_MESSENGER,
+            BpGossipSync::p2p(Arc::clone(&gossip_sync)),
+            Arc::clone(&peer_manager),
+            NO_LIQUIDITY_MANAGER,
+            Some(Arc::clone(&sweeper)),
+            Arc::clone(&logger),
+            Some(scorer),
+            sleeper,
+            false,
+            || SystemTime::now().duration_since(UNIX_EPOCH).ok(),
+        ));
+        *lock(&node.background_processor) = Some(background_processor);
+
+        let mut tasks = Vec::new();
+        for listener in tcp_listeners {
+            tasks.push(tokio::spawn(peers::accept_loop(
+                listener,
+                Arc::clone(&peer_manager),
+            )));
+        }
+        tasks.push(tokio::spawn(block_poller(
+            Arc::clone(&node),
+            synced_tip,
+            header_cache,
+            config.chain.poll_interval,
+        )));
+        tasks.push(tokio::spawn(reconnect_loop(Arc::clone(&node))));
+        tasks.push(tokio::spawn(fee_refresher(
+            Arc::clone(&chain),
+            node.shutdown.subscribe(),
+        )));
+        tasks.push(tokio::spawn(watch_leadership(
+            leadership.status(),
+            fail_stop.clone(),
+        )));
+        tasks.push(tokio::spawn(fail_stopper(Arc::clone(&node))));
+        *lock(&node.tasks) = tasks;
+        *lock(&node.leadership) = Some(leadership);
+
+        tracing::info!(
+            node_id = %node.node_id(),
+            %epoch,
+            network = %config.network,
+            height = synced_tip.to_block_locator().height,
+            listen = ?node.listen_addresses,
+            "node started"
+        );
+        Ok(node)
+    }
+
+    /// The node's public key.
+    pub fn node_id(&self) -> PublicKey {
+        self.channel_manager.get_our_node_id()
+    }
+
+    /// The network.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// The alias from the configuration.
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    /// Where the node accepts peers (with the ports actually bound).
+    pub fn listen_addresses(&self) -> &[SocketAddr] {
+        &self.listen_addresses
+    }
+
+    /// The epoch of the leadership this instance writes with.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The height of the best block the node has processed.
+    pub fn best_block_height(&self) -> u32 {
+        self.channel_manager.current_best_block().height
+    }
+
+    /// The best block the node has processed.
+    pub fn best_block(&self) -> BlockLocator {
+        self.channel_manager.current_best_block()
+    }
+
+    /// The LDK channel manager (for tests and the API).
+    pub fn channel_manager(&self) -> &Arc<ChannelManager> {
+        &self.channel_manager
+    }
+
+    /// The LDK peer manager.
+    pub fn peer_manager(&self) -> &Arc<PeerManager> {
+        &self.peer_manager
+    }
+
+    /// The LDK chain monitor.
+    pub fn chain_monitor(&self) -> &Arc<ChainMonitor> {
+        &self.chain_monitor
+    }
+
+    /// The channel graph.
+    pub fn network_graph(&self) -> &Arc<NetworkGraph> {
+        &self.network_graph
+    }
+
+    /// The on-chain wallet.
+    pub fn wallet(&self) -> &Arc<OnchainWallet> {
+        &self.wallet
+    }
+
+    /// The chain client.
+    pub fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    /// Outputs being swept to the wallet.
+    pub fn sweeper(&self) -> &Arc<OutputSweeper> {
+        &self.sweeper
+    }
+
+    /// Forwarding fees earned since this instance started (msat), and the number of
+    /// payments forwarded.
+    pub fn forwarding_stats(&self) -> (u64, u64) {
+        (
+            self.events.forwarded_fees_msat.load(Ordering::Relaxed),
+            self.events.forwarded_payments.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Why the node stopped, if it did.
+    pub fn stop_reason(&self) -> Option<String> {
+        self.stopped
+            .borrow()
+            .clone()
+            .or_else(|| self.fail_stop.reason())
+    }
+
+    /// Resolves when the node has stopped (fail-stop or shutdown), with the reason.
+    pub async fn stopped(&self) -> String {
+        let mut receiver = self.stopped.subscribe();
+        loop {
+            if let Some(reason) = receiver.borrow_and_update().clone() {
+                return reason;
+            }
+            if receiver.changed().await.is_err() {
+                return "the node is gone".into();
+            }
+        }
+    }
+
+    fn check_running(&self) -> Result<(), NodeError> {
+        match self.stop_reason() {
+            Some(reason) => Err(NodeError::Stopped(reason)),
+            None => Ok(()),
+        }
+    }
+
+    // ---- on-chain ----
+
+    /// A new receive address of the on-chain wallet.
+    pub fn new_address(&self) -> Result<bitcoin::Address, NodeError> {
+        self.check_running()?;
+        Ok(self.wallet.new_address()?)
+    }
+
+    /// The on-chain balance.
+    pub fn onchain_balance(&self) -> WalletBalance {
+        self.wallet.balance()
+    }
+
+    /// Sends on chain: `amount`, or everything when `None`. Returns the txid once the
+    /// chain source accepted the transaction.
+    pub async fn send_onchain(
+        &self,
+        address: &str,
+        amount: Option<Amount>,
+        fee_rate: Option<FeeRate>,
+    ) -> Result<Txid, NodeError> {
+        self.check_running()?;
+        let fee_rate = match fee_rate {
+            Some(rate) => rate,
+            None => {
+                use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
+                let sat_per_kwu = self
+                    .chain
+                    .get_est_sat_per_1000_weight(ConfirmationTarget::OutputSpendingFee);
+                FeeRate::from_sat_per_kwu(u64::from(sat_per_kwu))
+            }
+        };
+        let tx = self.wallet.create_send(address, amount, fee_rate)?;
+        let txid = tx.compute_txid();
+        if let Err(err) = self.chain.broadcast(vec![tx]).await {
+            // Never sent: its inputs are ours to spend again.
+            let _ = self.wallet.forget_transaction(txid);
+            return Err(err.into());
+        }
+        tracing::info!(%txid, %address, ?amount, "sent on chain");
+        Ok(txid)
+    }
+
+    // ---- peers ----
+
+    /// Connects to a peer and remembers its address for reconnection.
+    pub async fn connect_peer(
+        &self,
+        node_id: PublicKey,
+        address: SocketAddr,
+    ) -> Result<(), NodeError> {
+        self.check_running()?;
+        if node_id == self.node_id() {
+            return Err(NodeError::InvalidRequest(
+                "cannot connect to ourselves".into(),
+            ));
+        }
+        peers::connect(&self.peer_manager, node_id, address).await?;
+        self.address_book
+            .put(&node_id, address)
+            .await
+            .map_err(|source| PeerError::Store { node_id, source })?;
+        Ok(())
+    }
+
+    /// Disconnects a peer (channels stay open; it reconnects later if there are any).
+    pub fn disconnect_peer(&self, node_id: PublicKey) -> Result<(), NodeError> {
+        if self.peer_manager.peer_by_node_id(&node_id).is_none() {
+            return Err(NodeError::PeerNotConnected(node_id));
+        }
+        self.peer_manager.disconnect_by_node_id(node_id);
+        Ok(())
+    }
+
+    /// Connected peers: node id, remote address (when known) and whether they dialled us.
+    pub fn list_peers(&self) -> Vec<(PublicKey, Option<String>, bool)> {
+        self.peer_manager
+            .list_peers()
+            .into_iter()
+            .map(|peer| {
+                (
+                    peer.counterparty_node_id,
+                    peer.socket_address.map(|a| a.to_string()),
+                    peer.is_inbound_connection,
+                )
+            })
+            .collect()
+    }
+
+    // ---- channels ----
+
+    /// Opens a channel to a connected peer (connecting first when `address` is given),
+    /// funded from the wallet. Returns the temporary channel id and the user channel id.
+    pub async fn open_channel(
+        &self,
+        node_id: PublicKey,
+        address: Option<SocketAddr>,
+        amount_sat: u64,
+        push_msat: u64,
+        public: bool,
+    ) -> Result<(ChannelId, u128), NodeError> {
+        self.check_running()?;
+        if let Some(address) = address {
+            self.connect_peer(node_id, address).await?;
+        }
+        if self.peer_manager.peer_by_node_id(&node_id).is_none() {
+            return Err(NodeError::PeerNotConnected(node_id));
+        }
+        if push_msat > amount_sat.saturating_mul(1000) {
+            return Err(NodeError::InvalidRequest(format!(
+                "push_msat {push_msat} is more than the channel ({amount_sat} sat)"
+            )));
+        }
+        let available = self.wallet.balance().confirmed_sat;
+        if amount_sat > available {
+            return Err(NodeError::InsufficientFunds(format!(
+                "a {amount_sat} sat channel needs more than the {available} sat confirmed in the wallet"
+            )));
+        }
+        let mut config = user_config();
+        config.channel_handshake_config.announce_for_forwarding = public;
+        let user_channel_id: u128 = rand::random();
+        let channel_id = self
+            .channel_manager
+            .create_channel(
+                node_id,
+                amount_sat,
+                push_msat,
+                user_channel_id,
+                None,
+                Some(config),
+            )
+            .map_err(|err| NodeError::Lightning(format!("{err:?}")))?;
+        tracing::info!(channel = %channel_id, peer = %node_id, amount_sat, push_msat, public, "opening channel");
+        Ok((channel_id, user_channel_id))
+    }
+
+    /// The channels.
+    pub fn list_channels(&self) -> Vec<ChannelDetails> {
+        self.channel_manager.list_channels()
+    }
+
+    /// Closes a channel: cooperatively, or by broadcasting our commitment (`force`).
+    pub fn close_channel(&self, channel_id: &str, force: bool) -> Result<(), NodeError> {
+        self.check_running()?;
+        let channel = self.find_channel(channel_id)?;
+        let result = if force {
+            tracing::warn!(channel = %channel.channel_id, peer = %channel.counterparty.node_id, "force-closing on the operator's request");
+            self.channel_manager.force_close_broadcasting_latest_txn(
+                &channel.channel_id,
+                &channel.counterparty.node_id,
+                "closed by the operator".into(),
+            )
+        } else {
+            self.channel_manager
+                .close_channel(&channel.channel_id, &channel.counterparty.node_id)
+        };
+        result.map_err(|err| NodeError::Lightning(format!("{err:?}")))
+    }
+
+    fn find_channel(&self, channel_id: &str) -> Result<ChannelDetails, NodeError> {
+        let bytes = <[u8; 32]>::try_from(hex::decode(channel_id).map_err(|_| {
+            NodeError::InvalidRequest(format!("channel id {channel_id:?} is not hex"))
+        })?)
+        .map_err(|_| {
+            NodeError::InvalidRequest(format!("channel id {channel_id:?} is not 32 bytes"))
+        })?;
+        let wanted = ChannelId(bytes);
+        self.channel_manager
+            .list_channels()
+            .into_iter()
+            .find(|c| c.channel_id == wanted)
+            .ok_or_else(|| NodeError::UnknownChannel(channel_id.to_owned()))
+    }
+
+    // ---- payments ----
+
+    /// Makes a BOLT11 invoice (zero-amount when `amount_msat` is `None`) and records it.
+    pub async fn create_invoice(
+        &self,
+        amount_msat: Option<u64>,
+        description: &str,
+        expiry_secs: Option<u32>,
+    ) -> Result<Bolt11Invoice, NodeError> {
+        self.check_running()?;
+        if amount_msat == Some(0) {
+            return Err(NodeError::InvalidRequest(
+                "an invoice amount must be positive".into(),
+            ));
+        }
+        let description = Description::new(description.to_owned())
+            .map_err(|err| NodeError::InvalidRequest(format!("invoice description: {err}")))?;
+        let params = Bolt11InvoiceParameters {
+            amount_msats: amount_msat,
+            description: Bolt11InvoiceDescription::Direct(description),
+            invoice_expiry_delta_secs: expiry_secs,
+            ..Default::default()
+        };
+        let invoice = self
+            .channel_manager
+            .create_bolt11_invoice(params)
+            .map_err(|err| NodeError::Lightning(format!("cannot create the invoice: {err:?}")))?;
+        let hash = invoice.payment_hash().to_string();
+        let mut record = PaymentRecord::pending(Direction::Inbound, hash.clone(), hash);
+        record.amount_msat = amount_msat;
+        record.invoice = Some(invoice.to_string());
+        self.payments.put(record).await.map_err(persist_error)?;
+        Ok(invoice)
+    }
+
+    /// Pays a BOLT11 invoice (`amount_msat` for a zero-amount invoice). Returns the
+    /// payment id once the payment is recorded and handed to LDK; see [`Self::wait_payment`].
+    pub async fn pay_invoice(
+        &self,
+        invoice: &str,
+        amount_msat: Option<u64>,
+    ) -> Result<String, NodeError> {
+        self.check_running()?;
+        let invoice = Bolt11Invoice::from_str(invoice.trim())
+            .map_err(|err| NodeError::InvalidInvoice(err.to_string()))?;
+        if invoice.network() != self.network {
+            return Err(NodeError::InvalidInvoice(format!(
+                "the invoice is for {}, this node runs on {}",
+                invoice.network(),
+                self.network
+            )));
+        }
+        if invoice.is_expired() {
+            return Err(NodeError::InvalidInvoice("the invoice has expired".into()));
+        }
+        if invoice.recover_payee_pub_key() == self.node_id() {
+            return Err(NodeError::InvalidInvoice("the invoice is ours".into()));
+        }
+        let amount = match (invoice.amount_milli_satoshis(), amount_msat) {
+            (Some(_), Some(_)) => {
+                return Err(NodeError::InvalidRequest(
+                    "the invoice has an amount; do not give another".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(NodeError::InvalidRequest(
+                    "the invoice has no amount; give amount_msat".into(),
+                ));
+            }
+            (Some(amount), None) | (None, Some(amount)) => amount,
+        };
+        if amount == 0 {
+            return Err(NodeError::InvalidRequest(
+                "the amount must be positive".into(),
+            ));
+        }
+        let payment_hash = PaymentHash(invoice.payment_hash().0);
+        // One payment per invoice: the id is the hash, so paying twice is refused by LDK too.
+        let payment_id = PaymentId(payment_hash.0);
+        let id = hex::encode(payment_id.0);
+        if let Some(existing) = self.payments.get(Direction::Outbound, &id) {
+            match existing.status {
+                PaymentStatus::Succeeded => {
+                    return Err(NodeError::PaymentFailed(
+                        "this invoice was already paid".into(),
+                    ));
+                }
+                PaymentStatus::Pending => return Ok(id),
+                PaymentStatus::Failed => {}
+            }
+        }
+        let mut record =
+            PaymentRecord::pending(Direction::Outbound, id.clone(), payment_hash.to_string());
+        record.amount_msat = Some(amount);
+        record.invoice = Some(invoice.to_string());
+        self.payments.put(record).await.map_err(persist_error)?;
+        let params = OptionalBolt11PaymentParams {
+            retry_strategy: Retry::Timeout(PAYMENT_RETRY_TIMEOUT),
+            ..Default::default()
+        };
+        let amount_arg = if invoice.amount_milli_satoshis().is_some() {
+            None
+        } else {
+            Some(amount)
+        };
+        if let Err(err) = self
+            .channel_manager
+            .pay_for_bolt11_invoice(&invoice, payment_id, amount_arg, params)
+        {
+            let why = format!("{err:?}");
+            self.payments
+                .update(
+                    Direction::Outbound,
+                    &id,
+                    || unreachable_record(&id),
+                    |r| {
+                        r.status = PaymentStatus::Failed;
+                        r.failure_reason = Some(why.clone());
+                    },
+                )
+                .await
+                .map_err(persist_error)?;
+            return Err(NodeError::PaymentFailed(why));
+        }
+        Ok(id)
+    }
+
+    /// Sends `amount_msat` to `node_id` without an invoice (keysend).
+    pub async fn keysend(&self, node_id: PublicKey, amount_msat: u64) -> Result<String, NodeError> {
+        self.check_running()?;
+        if amount_msat == 0 {
+            return Err(NodeError::InvalidRequest(
+                "the amount must be positive".into(),
+            ));
+        }
+        if node_id == self.node_id() {
+            return Err(NodeError::InvalidRequest("cannot pay ourselves".into()));
+        }
+        let preimage = PaymentPreimage(self.keys.get_secure_random_bytes());
+        let payment_hash: PaymentHash = preimage.into();
+        let payment_id = PaymentId(self.keys.get_secure_random_bytes());
+        let id = hex::encode(payment_id.0);
+        let mut record =
+            PaymentRecord::pending(Direction::Outbound, id.clone(), payment_hash.to_string());
+        record.amount_msat = Some(amount_msat);
+        self.payments.put(record).await.map_err(persist_error)?;
+        let route_params = RouteParameters::from_payment_params_and_value(
+            PaymentParameters::for_keysend(node_id, KEYSEND_FINAL_CLTV_DELTA, false),
+            amount_msat,
+        );
+        if let Err(err) = self.channel_manager.send_spontaneous_payment(
+            Some(preimage),
+            RecipientOnionFields::spontaneous_empty(amount_msat),
+            payment_id,
+            route_params,
+            Retry::Timeout(PAYMENT_RETRY_TIMEOUT),
+        ) {
+            let why = format!("{err:?}");
+            self.payments
+                .update(
+                    Direction::Outbound,
+                    &id,
+                    || unreachable_record(&id),
+                    |r| {
+                        r.status = PaymentStatus::Failed;
+                        r.failure_reason = Some(why.clone());
+                    },
+                )
+                .await
+                .map_err(persist_error)?;
+            return Err(NodeError::PaymentFailed(why));
+        }
+        Ok(id)
+    }
+
+    /// Waits until the outbound payment `id` succeeds or fails, or `timeout` passes.
+    pub async fn wait_payment(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<PaymentRecord, NodeError> {
+        self.payments
+            .wait_final(Direction::Outbound, id, timeout)
+            .await
+            .ok_or_else(|| NodeError::UnknownPayment(id.to_owned()))
+    }
+
+    /// Every payment, oldest first.
+    pub fn list_payments(&self) -> Vec<PaymentRecord> {
+        self.payments.list()
+    }
+
+    /// The payments with this hash.
+    pub fn payments_by_hash(&self, payment_hash: &str) -> Vec<PaymentRecord> {
+        self.payments.by_hash(payment_hash)
+    }
+
+    /// One payment by direction and id.
+    pub fn payment(&self, direction: Direction, id: &str) -> Option<PaymentRecord> {
+        self.payments.get(direction, id)
+    }
+
+    // ---- stopping ----
+
+    /// Stops the node cleanly: no more peers, the background processor writes the
+    /// manager and flushes the monitors one last time, and the lease is resigned so
+    /// another instance can take over at once.
+    pub async fn shutdown(&self) {
+        self.stop_tasks("shut down").await;
+        let leadership = lock(&self.leadership).take();
+        if let Some(leadership) = leadership {
+            if let Err(err) = leadership.resign().await {
+                tracing::warn!(error = %err, "resigning the lease failed; it will expire");
+            }
+        }
+        tracing::info!(node_id = %self.node_id(), "node stopped");
+    }
+
+    async fn stop_tasks(&self, reason: &str) {
+        if self.shutdown.send_replace(true) {
+            // Already stopping.
+            let _ = self.stopped().await;
+            return;
+        }
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        self.peer_manager.disconnect_all_peers();
+        let background_processor = lock(&self.background_processor).take();
+        if let Some(task) = background_processor {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "the last write of the background processor failed")
+                }
+                Err(err) => tracing::error!(error = %err, "the background processor panicked"),
+            }
+        }
+        let reason = self.fail_stop.reason().unwrap_or_else(|| reason.to_owned());
+        self.stopped.send_replace(Some(reason));
+    }
+
+    /// Stores the wallet's view: for tests that want to check what is in the store.
+    pub fn kv_store(&self) -> &KvStore {
+        &self.kv
+    }
+}
+
+fn unreachable_record(id: &str) -> PaymentRecord {
+    // The record was written just before; this only runs if it vanished.
+    PaymentRecord::pending(Direction::Outbound, id.to_owned(), String::new())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The graph is a cache of gossip: an unreadable one is rebuilt, not fatal.
+fn read_network_graph(kv: &KvStore, network: Network, logger: &Logger) -> NetworkGraph {
+    match KVStoreSync::read(
+        &**kv,
+        persist::NETWORK_GRAPH_PERSISTENCE_PRIMARY_NAMESPACE,
+        persist::NETWORK_GRAPH_PERSISTENCE_SECONDARY_NAMESPACE,
+        persist::NETWORK_GRAPH_PERSISTENCE_KEY,
+    ) {
+        Ok(bytes) => match NetworkGraph::read(&mut &bytes[..], Arc::clone(logger)) {
+            Ok(graph) => graph,
+            Err(err) => {
+                tracing::warn!(error = ?err, "stored network graph unreadable; starting empty");
+                NetworkGraph::new(network, Arc::clone(logger))
+            }
+        },
+        Err(_) => NetworkGraph::new(network, Arc::clone(logger)),
+    }
+}
+
+/// The scorer is learned, not essential: an unreadable one starts over.
+fn read_scorer(kv: &KvStore, graph: &Arc<NetworkGraph>, logger: &Logger) -> Scorer {
+    let decay = ProbabilisticScoringDecayParameters::default();
+    if let Ok(bytes) = KVStoreSync::read(
+        &**kv,
+        persist::SCORER_PERSISTENCE_PRIMARY_NAMESPACE,
+        persist::SCORER_PERSISTENCE_SECONDARY_NAMESPACE,
+        persist::SCORER_PERSISTENCE_KEY,
+    ) {
+        match Scorer::read(
+            &mut &bytes[..],
+            (decay, Arc::clone(graph), Arc::clone(logger)),
+        ) {
+            Ok(scorer) => return scorer,
+            Err(err) => tracing::warn!(error = ?err, "stored scorer unreadable; starting fresh"),
+        }
+    }
+    ProbabilisticScorer::new(decay, Arc::clone(graph), Arc::clone(logger))
+}
+
+fn read_sweeper(
+    kv: &KvStore,
+    chain: &Chain,
+    keys: &Arc<KeysManager>,
+    wallet: &Arc<OnchainWallet>,
+    logger: &Logger,
+    tip: BlockLocator,
+) -> Result<OutputSweeper, NodeError> {
+    match KVStoreSync::read(
+        &**kv,
+        persist::OUTPUT_SWEEPER_PERSISTENCE_PRIMARY_NAMESPACE,
+        persist::OUTPUT_SWEEPER_PERSISTENCE_SECONDARY_NAMESPACE,
+        persist::OUTPUT_SWEEPER_PERSISTENCE_KEY,
+    ) {
+        Ok(bytes) => {
+            let args = (
+                Arc::clone(chain),
+                Arc::clone(chain),
+                None,
+                Arc::clone(keys),
+                Arc::clone(wallet),
+                Arc::clone(kv),
+                Arc::clone(logger),
+            );
+            let (_, sweeper) = <(BlockLocator, OutputSweeper)>::read(&mut &bytes[..], args)
+                .map_err(|err| NodeError::Corrupt(format!("output sweeper: {err:?}")))?;
+            Ok(sweeper)
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(OutputSweeper::new(
+            tip,
+            Arc::clone(chain),
+            Arc::clone(chain),
+            None,
+            Arc::clone(keys),
+            Arc::clone(wallet),
+            Arc::clone(kv),
+            Arc::clone(logger),
+        )),
+        Err(err) => Err(persist_error(err)),
+    }
+}
+
+/// Every block goes to the monitors first, then the manager, the sweeper and the wallet.
+struct ChainListeners {
+    chain_monitor: Arc<ChainMonitor>,
+    channel_manager: Arc<ChannelManager>,
+    sweeper: Arc<OutputSweeper>,
+    wallet: Arc<OnchainWallet>,
+}
+
+impl Listen for ChainListeners {
+    fn filtered_block_connected(
+        &self,
+        header: &bitcoin::block::Header,
+        txdata: &lightning::chain::transaction::TransactionData,
+        height: u32,
+    ) {
+        self.chain_monitor
+            .filtered_block_connected(header, txdata, height);
+        self.channel_manager
+            .filtered_block_connected(header, txdata, height);
+        self.sweeper
+            .filtered_block_connected(header, txdata, height);
+        self.wallet.filtered_block_connected(header, txdata, height);
+    }
+
+    fn blocks_disconnected(&self, fork_point: BlockLocator) {
+        self.chain_monitor.blocks_disconnected(fork_point);
+        self.channel_manager.blocks_disconnected(fork_point);
+        self.sweeper.blocks_disconnected(fork_point);
+        self.wallet.blocks_disconnected(fork_point);
+    }
+}
+
+async fn block_poller(
+    node: Arc<Node>,
+    tip: ValidatedBlockHeader,
+    header_cache: lightning_block_sync::HeaderCache,
+    interval: Duration,
+) {
+    let listeners = Arc::new(ChainListeners {
+        chain_monitor: Arc::clone(&node.chain_monitor),
+        channel_manager: Arc::clone(&node.channel_manager),
+        sweeper: Arc::clone(&node.sweeper),
+        wallet: Arc::clone(&node.wallet),
+    });
+    let poller = ChainPoller::new(Arc::clone(&node.chain), node.network);
+    let mut client = SpvClient::new(tip, poller, header_cache, listeners);
+    let mut shutdown = node.shutdown.subscribe();
+    let mut failing = false;
+    loop {
+        match client.poll_best_tip().await {
+            Ok(_) => {
+                if failing {
+                    tracing::info!("chain source reachable again");
+                    failing = false;
+                }
+                node.best_height
+                    .store(u64::from(node.best_block_height()), Ordering::Relaxed);
+            }
+            Err(err) => {
+                if !failing {
+                    tracing::warn!(error = ?err, url = node.chain.url(), "polling the chain failed; retrying");
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Keeps the node connected to every channel peer whose address it knows.
+async fn reconnect_loop(node: Arc<Node>) {
+    let mut shutdown = node.shutdown.subscribe();
+    loop {
+        let connected: HashSet<PublicKey> = node
+            .peer_manager
+            .list_peers()
+            .into_iter()
+            .map(|p| p.counterparty_node_id)
+            .collect();
+        let wanted: HashSet<PublicKey> = node
+            .channel_manager
+            .list_channels()
+            .into_iter()
+            .map(|c| c.counterparty.node_id)
+            .collect();
+        for peer in wanted.difference(&connected) {
+            if let Some(address) = node.address_book.get(peer) {
+                let peer_manager = Arc::clone(&node.peer_manager);
+                let peer = *peer;
+                tokio::spawn(async move {
+                    match peers::connect(&peer_manager, peer, address).await {
+                        Ok(()) => tracing::info!(%peer, %address, "reconnected to channel peer"),
+                        Err(err) => tracing::debug!(%peer, error = %err, "reconnecting failed"),
+                    }
+                });
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECONNECT_INTERVAL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+async fn fee_refresher(chain: Chain, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FEE_REFRESH_INTERVAL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if let Err(err) = chain.refresh_fee_estimates().await {
+            tracing::warn!(error = %err, "refreshing fee estimates failed; keeping the last ones");
+        }
+    }
+}
+
+async fn watch_leadership(mut status: watch::Receiver<LeadershipStatus>, fail_stop: FailStop) {
+    let lost = status
+        .wait_for(|s| !matches!(s, LeadershipStatus::Leading))
+        .await
+        .map(|s| s.clone());
+    match lost {
+        Ok(LeadershipStatus::Lost(reason)) => {
+            fail_stop.trigger(format!("lost the leadership: {reason}"))
+        }
+        Ok(other) => fail_stop.trigger(format!("leadership ended: {other:?}")),
+        Err(_) => fail_stop.trigger("the leadership task ended"),
+    }
+}
+
+/// On fail-stop: stop broadcasting first, then stop everything else. Never closes a
+/// channel, never writes again on purpose.
+async fn fail_stopper(node: Arc<Node>) {
+    let reason = node.fail_stop.triggered().await;
+    node.chain.stop_broadcasting();
+    node.peer_manager.disconnect_all_peers();
+    tracing::error!(%reason, node_id = %node.node_id(), "fail-stop: the node no longer acts");
+    let node2 = Arc::clone(&node);
+    // stop_tasks aborts this task's siblings (and this one): run it detached.
+    tokio::spawn(async move { node2.stop_tasks(&reason).await });
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Node>();
+}

@@ -1,0 +1,188 @@
+//! Two nodes on the regtest chain: fund, open, pay both ways, keysend, close.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::Amount;
+use common::*;
+use phalanx_node::Node;
+use phalanx_node::payments::{Direction, PaymentStatus};
+
+const PAYMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pays `count` invoices of `amount_msat` from `payer` to `payee`, `parallel` at a time;
+/// returns the total paid.
+async fn pay_invoices(
+    payer: &Arc<Node>,
+    payee: &Arc<Node>,
+    count: usize,
+    amount_msat: u64,
+    parallel: usize,
+) -> u64 {
+    let mut total = 0;
+    for chunk in (0..count).collect::<Vec<_>>().chunks(parallel) {
+        let mut handles = Vec::new();
+        for i in chunk {
+            let (payer, payee) = (Arc::clone(payer), Arc::clone(payee));
+            let description = format!("payment {i}");
+            handles.push(tokio::spawn(async move {
+                let invoice = payee
+                    .create_invoice(Some(amount_msat), &description, None)
+                    .await
+                    .unwrap();
+                let id = payer.pay_invoice(&invoice.to_string(), None).await.unwrap();
+                let record = payer.wait_payment(&id, PAYMENT_TIMEOUT).await.unwrap();
+                assert_eq!(record.status, PaymentStatus::Succeeded, "{record:?}");
+                assert_eq!(
+                    record.fee_msat.unwrap_or(0),
+                    0,
+                    "a direct payment pays no routing fee"
+                );
+                invoice.payment_hash().to_string()
+            }));
+        }
+        for handle in handles {
+            let hash = handle.await.unwrap();
+            // The payee recorded it as received, once.
+            wait_for(
+                "the payee to record the payment",
+                PAYMENT_TIMEOUT,
+                || async {
+                    let received = payee.payments_by_hash(&hash);
+                    (received.len() == 1 && received[0].status == PaymentStatus::Succeeded)
+                        .then_some(())
+                },
+            )
+            .await;
+            total += amount_msat;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_open_pay_both_ways_keysend_and_close_cooperatively() {
+    let regtest = regtest().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = start(&node_config(&regtest, dir.path(), "alice", None)).await;
+    let bob = start(&node_config(&regtest, dir.path(), "bob", None)).await;
+    assert_ne!(alice.node_id(), bob.node_id());
+
+    fund(&regtest, &alice, Amount::from_sat(2_000_000)).await;
+    assert_eq!(alice.onchain_balance().confirmed_sat, 2_000_000);
+
+    let channel_sat = 1_000_000;
+    let push_msat = 300_000_000;
+    open_channel(&regtest, &alice, &bob, channel_sat, push_msat).await;
+    let wallet_after_funding = alice.onchain_balance().total_sat;
+    assert!(
+        wallet_after_funding < 1_000_000 && wallet_after_funding > 990_000,
+        "{wallet_after_funding}"
+    );
+
+    let to_bob = pay_invoices(&alice, &bob, 100, 1_000_000, 10).await;
+    let to_alice = pay_invoices(&bob, &alice, 100, 500_000, 10).await;
+
+    // Keysend, recorded on both sides under the same hash.
+    let id = alice.keysend(bob.node_id(), 2_500_000).await.unwrap();
+    let sent = alice.wait_payment(&id, PAYMENT_TIMEOUT).await.unwrap();
+    assert_eq!(sent.status, PaymentStatus::Succeeded, "{sent:?}");
+    wait_for("bob to record the keysend", PAYMENT_TIMEOUT, || async {
+        bob.payment(Direction::Inbound, &sent.payment_hash)
+            .filter(|r| r.status == PaymentStatus::Succeeded)
+    })
+    .await;
+    let keysend = 2_500_000;
+
+    let bob_msat = push_msat + to_bob + keysend - to_alice;
+    assert_eq!(
+        alice
+            .list_payments()
+            .iter()
+            .filter(|p| p.direction == Direction::Outbound)
+            .count(),
+        101
+    );
+    assert_eq!(
+        bob.list_payments()
+            .iter()
+            .filter(|p| p.direction == Direction::Inbound && p.status == PaymentStatus::Succeeded)
+            .count(),
+        101
+    );
+
+    // Cooperative close: the funds come back on chain to both wallets.
+    let channel = alice.list_channels().pop().unwrap();
+    let funding = channel.funding_txo.unwrap();
+    alice
+        .close_channel(&channel.channel_id.to_string(), false)
+        .unwrap();
+    let closing = wait_for(
+        "the closing transaction in the mempool",
+        Duration::from_secs(30),
+        || async {
+            let chain = regtest.chain();
+            chain
+                .history()
+                .transactions()
+                .iter()
+                .find(|seen| {
+                    seen.tx
+                        .input
+                        .iter()
+                        .any(|i| i.previous_output == funding.into_bitcoin_outpoint())
+                })
+                .map(|seen| seen.tx.clone())
+        },
+    )
+    .await;
+    mine(&regtest, &[&alice, &bob], 1).await;
+    wait_for(
+        "both sides to forget the channel",
+        Duration::from_secs(30),
+        || async {
+            (alice.list_channels().is_empty() && bob.list_channels().is_empty()).then_some(())
+        },
+    )
+    .await;
+
+    let bob_sat = bob_msat / 1000;
+    let outputs: u64 = closing.output.iter().map(|o| o.value.to_sat()).sum();
+    let closing_fee = channel_sat - outputs;
+    assert!(
+        closing_fee > 0 && closing_fee < 10_000,
+        "closing fee {closing_fee}"
+    );
+    let values: Vec<u64> = closing.output.iter().map(|o| o.value.to_sat()).collect();
+    assert!(
+        values.contains(&bob_sat),
+        "bob's {bob_sat} sat not among the closing outputs {values:?}"
+    );
+    let alice_sat = outputs - bob_sat;
+    assert_eq!(
+        alice_sat,
+        (channel_sat * 1000 - bob_msat) / 1000 - closing_fee,
+        "the funder pays the closing fee"
+    );
+
+    wait_for(
+        "bob's wallet to hold his channel balance",
+        Duration::from_secs(30),
+        || async { (bob.onchain_balance().confirmed_sat == bob_sat).then_some(()) },
+    )
+    .await;
+    wait_for(
+        "alice's wallet to hold her channel balance",
+        Duration::from_secs(30),
+        || async {
+            (alice.onchain_balance().confirmed_sat == wallet_after_funding + alice_sat)
+                .then_some(())
+        },
+    )
+    .await;
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
