@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use phalanx_store::{ClusterName, StoreOptions};
 use serde::Serialize;
 
+mod ctl;
+
 #[derive(Parser, Debug)]
 #[command(name = "phalanx", version, about = "One Lightning node, many servers.")]
 struct Cli {
@@ -25,6 +27,8 @@ enum Command {
     Store(StoreCommand),
     /// Run a Bitcoin regtest chain speaking Bitcoin Core's RPC (and REST), until stopped.
     Regtest(RegtestArgs),
+    /// Drive a running node through its REST API.
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(Args, Debug)]
@@ -239,12 +243,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Store(StoreCommand::Check(args)) => check(args).await,
-            Command::Regtest(args) => regtest(args).await,
+            Command::Store(StoreCommand::Check(args)) => {
+                check(args).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Regtest(args) => regtest(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Ctl(args) => Ok(ctl::run(args).await),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
