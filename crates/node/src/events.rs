@@ -107,21 +107,34 @@ impl EventHandler {
                     }
                 }
             }
-            Event::PaymentClaimable {
-                payment_hash,
-                amount_msat,
-                purpose,
-                ..
-            } => match purpose.preimage() {
-                Some(preimage) => {
-                    tracing::info!(%payment_hash, amount_msat, "claiming payment");
-                    self.channel_manager.claim_funds(preimage);
+            Event::PaymentClaimable { payment_hash, amount_msat, purpose, .. } => {
+                let hash = payment_hash.to_string();
+                let hold = self.payments.get(Direction::Inbound, &hash).filter(|r| r.hold);
+                match (purpose.preimage(), hold) {
+                    (Some(preimage), _) => {
+                        tracing::info!(%payment_hash, amount_msat, "claiming payment");
+                        self.channel_manager.claim_funds(preimage);
+                    }
+                    (None, Some(_)) => {
+                        // A hold invoice: keep the HTLCs until the operator settles or cancels.
+                        let result = self
+                            .payments
+                            .update(Direction::Inbound, &hash, || unreachable!("the hold record exists"), |record| {
+                                record.status = PaymentStatus::Accepted;
+                                record.amount_msat = Some(amount_msat);
+                            })
+                            .await;
+                        match result {
+                            Ok(_) => tracing::info!(%payment_hash, amount_msat, "hold invoice payment accepted; waiting for settle or cancel"),
+                            Err(err) => return Err(self.store_failed("recording an accepted hold payment", err)),
+                        }
+                    }
+                    (None, None) => {
+                        tracing::warn!(%payment_hash, "payment to an unknown hash; failing it back");
+                        self.channel_manager.fail_htlc_backwards(&payment_hash);
+                    }
                 }
-                None => {
-                    tracing::warn!(%payment_hash, "payment to an unknown hash; failing it back");
-                    self.channel_manager.fail_htlc_backwards(&payment_hash);
-                }
-            },
+            }
             Event::PaymentClaimed {
                 payment_hash,
                 amount_msat,

@@ -870,6 +870,84 @@ impl Node {
         Ok(invoice)
     }
 
+    /// Makes a hold invoice for `payment_hash`: a payment to it is held (status
+    /// `accepted`) until [`Self::settle_hold_invoice`] gives the preimage or
+    /// [`Self::cancel_hold_invoice`] fails it back. Unsettled HTLCs are failed back by LDK
+    /// before they expire.
+    pub async fn create_hold_invoice(
+        &self,
+        amount_msat: Option<u64>,
+        payment_hash: PaymentHash,
+        description: &str,
+        expiry_secs: Option<u32>,
+    ) -> Result<Bolt11Invoice, NodeError> {
+        self.check_running()?;
+        let description = Description::new(description.to_owned())
+            .map_err(|err| NodeError::InvalidRequest(format!("invoice description: {err}")))?;
+        let params = Bolt11InvoiceParameters {
+            amount_msats: amount_msat,
+            description: Bolt11InvoiceDescription::Direct(description),
+            invoice_expiry_delta_secs: expiry_secs,
+            payment_hash: Some(payment_hash),
+            ..Default::default()
+        };
+        let hash = payment_hash.to_string();
+        if self.payments.get(Direction::Inbound, &hash).is_some() {
+            return Err(NodeError::InvalidRequest(format!("an invoice for {hash} exists")));
+        }
+        let invoice = self
+            .channel_manager
+            .create_bolt11_invoice(params)
+            .map_err(|err| NodeError::Lightning(format!("cannot create the invoice: {err:?}")))?;
+        let mut record = PaymentRecord::pending(Direction::Inbound, hash.clone(), hash);
+        record.amount_msat = amount_msat;
+        record.invoice = Some(invoice.to_string());
+        record.hold = true;
+        self.payments.put(record).await.map_err(persist_error)?;
+        Ok(invoice)
+    }
+
+    /// Claims the held payment of a hold invoice with its preimage.
+    pub fn settle_hold_invoice(&self, preimage: PaymentPreimage) -> Result<(), NodeError> {
+        self.check_running()?;
+        let hash: PaymentHash = preimage.into();
+        let record = self.held_record(&hash)?;
+        tracing::info!(payment_hash = %record.payment_hash, "settling hold invoice");
+        self.channel_manager.claim_funds(preimage);
+        Ok(())
+    }
+
+    /// Fails back the held payment of a hold invoice.
+    pub async fn cancel_hold_invoice(&self, payment_hash: PaymentHash) -> Result<(), NodeError> {
+        self.check_running()?;
+        let record = self.held_record(&payment_hash)?;
+        self.channel_manager.fail_htlc_backwards(&payment_hash);
+        self.payments
+            .update(Direction::Inbound, &record.payment_id, || record.clone(), |r| {
+                r.status = PaymentStatus::Failed;
+                r.failure_reason = Some("cancelled".into());
+            })
+            .await
+            .map_err(persist_error)?;
+        Ok(())
+    }
+
+    fn held_record(&self, payment_hash: &PaymentHash) -> Result<PaymentRecord, NodeError> {
+        let hash = payment_hash.to_string();
+        let record = self
+            .payments
+            .get(Direction::Inbound, &hash)
+            .filter(|r| r.hold)
+            .ok_or_else(|| NodeError::UnknownPayment(hash.clone()))?;
+        if record.status != PaymentStatus::Accepted {
+            return Err(NodeError::InvalidRequest(format!(
+                "hold invoice {hash} is {:?}, not accepted",
+                record.status
+            )));
+        }
+        Ok(record)
+    }
+
     /// Pays a BOLT11 invoice (`amount_msat` for a zero-amount invoice). Returns the
     /// payment id once the payment is recorded and handed to LDK; see [`Self::wait_payment`].
     pub async fn pay_invoice(
@@ -922,7 +1000,7 @@ impl Node {
                         "this invoice was already paid".into(),
                     ));
                 }
-                PaymentStatus::Pending => return Ok(id),
+                PaymentStatus::Pending | PaymentStatus::Accepted => return Ok(id),
                 PaymentStatus::Failed => {}
             }
         }

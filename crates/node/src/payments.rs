@@ -43,6 +43,8 @@ impl Direction {
 pub enum PaymentStatus {
     /// Not resolved yet (an open invoice, or an outbound payment in flight).
     Pending,
+    /// A hold invoice's HTLCs arrived and are held until it is settled or cancelled.
+    Accepted,
     /// Received, or sent and acknowledged with the preimage.
     Succeeded,
     /// Will not complete.
@@ -70,6 +72,9 @@ pub struct PaymentRecord {
     pub failure_reason: Option<String>,
     /// The BOLT11 invoice, when there is one.
     pub invoice: Option<String>,
+    /// A hold invoice: its payment is claimed only when the preimage is given.
+    #[serde(default)]
+    pub hold: bool,
     /// Unix seconds.
     pub created_at: u64,
     /// Unix seconds.
@@ -90,6 +95,7 @@ impl PaymentRecord {
             fee_msat: None,
             failure_reason: None,
             invoice: None,
+            hold: false,
             created_at: now,
             updated_at: now,
         }
@@ -214,7 +220,7 @@ impl PaymentStore {
         loop {
             let record = self.get(direction, id);
             if let Some(record) = &record {
-                if record.status != PaymentStatus::Pending {
+                if !matches!(record.status, PaymentStatus::Pending | PaymentStatus::Accepted) {
                     return Some(record.clone());
                 }
             }

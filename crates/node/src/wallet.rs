@@ -21,15 +21,15 @@
 //! Blocks come from LDK's block sync through [`Listen`], full blocks, in chain order. A new
 //! wallet is anchored at its birthday (the tip when the node first started), so block sync
 //! starts there. On a reorganization the blocks above the fork point are dropped and the
-//! wallet's transactions that they confirmed go back to unconfirmed, as Bitcoin Core puts
-//! them back in its mempool; the blocks of the new branch then confirm them again, or a
+//! wallet's transactions that they confirmed go back to unconfirmed (as Bitcoin Core puts
+//! them back in its mempool); the blocks of the new branch then confirm them again, or a
 //! conflict confirmed there replaces them.
 //!
 //! # Growth
 //! The change set keeps one checkpoint per connected block (about 80 bytes of JSON each)
 //! and every transaction of the wallet, and it is rewritten whole on every change.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bdk_wallet::chain::{BlockId, ChainPosition, Merge, local_chain};
@@ -421,19 +421,23 @@ impl OnchainWallet {
                 inner.dirty = false;
                 Ok(())
             }
-            Err(err) => {
-                let err = WalletError::Store(err);
-                self.note_failure("writing the wallet", &err);
-                Err(err)
-            }
+            Err(err) => Err(WalletError::Store(err)),
         }
+    }
+
+    /// Remembers a store failure of a call (the caller gets the error too).
+    fn noting<T>(&self, what: &str, result: Result<T, WalletError>) -> Result<T, WalletError> {
+        if let Err(err @ WalletError::Store(_)) = &result {
+            self.note_failure(what, err);
+        }
+        result
     }
 
     /// Reveals the next external address and returns it once that is persisted.
     pub fn new_address(&self) -> Result<Address, WalletError> {
         let mut inner = self.lock();
         let info = inner.wallet.reveal_next_address(KeychainKind::External);
-        self.persist(&mut inner)?;
+        self.noting("revealing an address", self.persist(&mut inner))?;
         tracing::debug!(index = info.index, "revealed a receive address");
         Ok(info.address)
     }
@@ -442,7 +446,7 @@ impl OnchainWallet {
     pub fn new_change_script(&self) -> Result<ScriptBuf, WalletError> {
         let mut inner = self.lock();
         let info = inner.wallet.reveal_next_address(KeychainKind::Internal);
-        self.persist(&mut inner)?;
+        self.noting("revealing a change script", self.persist(&mut inner))?;
         Ok(info.address.script_pubkey())
     }
 
@@ -536,7 +540,7 @@ impl OnchainWallet {
         let tx = self.sign_own(&inner.wallet, psbt)?;
         let seen = inner.tick();
         inner.wallet.apply_unconfirmed_txs([(tx.clone(), seen)]);
-        self.persist(&mut inner)?;
+        self.noting("recording a new transaction", self.persist(&mut inner))?;
         tracing::info!(txid = %tx.compute_txid(), "built and recorded a wallet transaction");
         Ok(tx)
     }
@@ -566,7 +570,7 @@ impl OnchainWallet {
         let mut inner = self.lock();
         let evicted = inner.tick();
         inner.wallet.apply_evicted_txs([(txid, evicted)]);
-        self.persist(&mut inner)?;
+        self.noting("forgetting a transaction", self.persist(&mut inner))?;
         tracing::info!(%txid, "forgot an unconfirmed wallet transaction");
         Ok(())
     }
@@ -577,7 +581,7 @@ impl OnchainWallet {
         let mut inner = self.lock();
         let seen = inner.tick();
         inner.wallet.apply_unconfirmed_txs([(tx.clone(), seen)]);
-        self.persist(&mut inner)
+        self.noting("recording a transaction", self.persist(&mut inner))
     }
 
     /// Applies a block on top of the wallet's chain, persists.
@@ -612,8 +616,10 @@ impl OnchainWallet {
         self.persist(&mut inner)
     }
 
-    /// Drops the blocks above `fork`, makes `fork` the tip, and puts the wallet's
-    /// transactions that the dropped blocks confirmed back to unconfirmed; persists.
+    /// Drops the blocks above `fork` and makes `fork` the tip; persists. The wallet's
+    /// transactions that the dropped blocks confirmed become unconfirmed (BDK keeps a
+    /// transaction whose anchors all left the chain as unconfirmed, unless a transaction
+    /// of the chain conflicts with it).
     fn disconnect_to(&self, inner: &mut Inner, fork: BlockId) -> Result<(), WalletError> {
         let mut removal = local_chain::ChangeSet::default();
         let mut has_fork = false;
@@ -625,21 +631,12 @@ impl OnchainWallet {
                 break;
             }
         }
+        if has_fork && removal.blocks.is_empty() {
+            return Ok(());
+        }
         if !has_fork {
             removal.blocks.insert(fork.height, Some(fork.hash));
         }
-        if removal.blocks.iter().all(|(_, hash)| hash.is_some()) && has_fork {
-            return Ok(());
-        }
-        let reorged: Vec<Arc<Transaction>> = inner
-            .wallet
-            .transactions()
-            .filter(|tx| match &tx.chain_position {
-                ChainPosition::Confirmed { anchor, .. } => anchor.block_id.height > fork.height,
-                ChainPosition::Unconfirmed { .. } => false,
-            })
-            .map(|tx| Arc::clone(&tx.tx_node.tx))
-            .collect();
         inner.absorb_staged();
         let removal = ChangeSet {
             local_chain: removal,
@@ -647,20 +644,13 @@ impl OnchainWallet {
         };
         let mut rolled_back = inner.merged.clone();
         rolled_back.merge(removal.clone());
-        // BDK's wallet cannot drop blocks from its chain; it is rebuilt from the change set
-        // without them (reorganizations are rare, and the rebuild is cheap).
-        let wallet = Self::load(&self.keys, self.network, rolled_back)?;
-        inner.wallet = wallet;
+        // BDK's wallet cannot drop blocks from its chain: it is rebuilt from the change set
+        // without them (reorganizations are rare, and a rebuild costs one load).
+        inner.wallet = Self::load(&self.keys, self.network, rolled_back)?;
         inner.absorb_staged();
         inner.merged.merge(removal);
         inner.dirty = true;
-        if !reorged.is_empty() {
-            let seen = inner.tick();
-            tracing::warn!(count = reorged.len(), fork_height = fork.height, fork = %fork.hash, "on-chain wallet: transactions unconfirmed by a reorganization");
-            inner
-                .wallet
-                .apply_unconfirmed_txs(reorged.into_iter().map(|tx| (tx, seen)));
-        }
+        tracing::info!(height = fork.height, block = %fork.hash, "on-chain wallet: rolled back to the fork point");
         self.persist(inner)
     }
 
