@@ -8,6 +8,7 @@
 
 pub mod chain;
 pub mod config;
+pub mod control;
 pub mod events;
 pub mod keys;
 pub mod logger;

@@ -480,6 +480,9 @@ impl OnchainWallet {
     /// change back to the wallet; records it as unconfirmed (its inputs are not used
     /// again unless it is [forgotten](Self::forget_transaction)), persists, returns it.
     /// The caller broadcasts it.
+    ///
+    /// It spends confirmed coins and the wallet's own unconfirmed change, never an
+    /// unconfirmed payment from someone else (its sender could still double-spend it).
     pub fn create_funding_transaction(
         &self,
         script: ScriptBuf,
@@ -490,8 +493,9 @@ impl OnchainWallet {
     }
 
     /// Builds and signs a payment to `address` (which must be of the wallet's network) of
-    /// `amount`, or of everything the wallet can spend when `amount` is `None`; records it
-    /// like [`create_funding_transaction`](Self::create_funding_transaction). The caller
+    /// `amount`, or of everything the wallet can spend when `amount` is `None`; chooses
+    /// coins and records the transaction like
+    /// [`create_funding_transaction`](Self::create_funding_transaction). The caller
     /// broadcasts it.
     pub fn create_send(
         &self,
@@ -526,8 +530,17 @@ impl OnchainWallet {
         }
         let mut inner = self.lock();
         let requested = recipient.as_ref().map(|(_, amount)| *amount);
+        // Unconfirmed payments from others can still be double-spent by their sender.
+        let untrusted: Vec<OutPoint> = inner
+            .wallet
+            .list_unspent()
+            .filter(|output| {
+                output.keychain == KeychainKind::External && output.chain_position.is_unconfirmed()
+            })
+            .map(|output| output.outpoint)
+            .collect();
         let mut builder = inner.wallet.build_tx();
-        builder.fee_rate(fee_rate);
+        builder.fee_rate(fee_rate).unspendable(untrusted);
         if let Some((script, amount)) = recipient {
             builder.add_recipient(script, amount);
         }

@@ -216,6 +216,24 @@ async fn receives_confirms_and_survives_a_reload() {
     let unconfirmed = env.regtest.chain().mempool().get(&paid).unwrap().tx.clone();
     wallet.record_unconfirmed(&unconfirmed).unwrap();
     assert_eq!(wallet.balance().unconfirmed_sat, 1_000_000);
+    // Not spendable before it confirms: its sender could still double-spend it.
+    let err = wallet
+        .create_funding_transaction(
+            channel_script(b"early"),
+            Amount::from_sat(100_000),
+            fee_rate(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WalletError::InsufficientFunds {
+                available_sat: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     env.regtest.mine(1, None);
     let height = env.regtest.chain().height();
