@@ -113,7 +113,7 @@ pub struct ConfigLayer {
 #[serde(deny_unknown_fields)]
 pub struct StoreLayer {
     /// State store URL (sqlite://, postgres://, etcd://).
-    #[arg(long = "store-url", env = "PHALANX_STORE_URL")]
+    #[arg(long = "store-url", env = "PHALANX_STORE_URL", hide_env_values = true)]
     #[serde(rename = "url")]
     pub store_url: Option<String>,
     /// Cluster name: the node's keys and lease in the store.
@@ -131,7 +131,11 @@ pub struct StoreLayer {
 #[serde(deny_unknown_fields)]
 pub struct ChainLayer {
     /// bitcoind JSON-RPC URL, credentials in the URL or in the next two options.
-    #[arg(long = "chain-rpc-url", env = "PHALANX_CHAIN_RPC_URL")]
+    #[arg(
+        long = "chain-rpc-url",
+        env = "PHALANX_CHAIN_RPC_URL",
+        hide_env_values = true
+    )]
     #[serde(rename = "rpc_url")]
     pub chain_rpc_url: Option<String>,
     /// bitcoind RPC user.
@@ -139,7 +143,11 @@ pub struct ChainLayer {
     #[serde(rename = "rpc_user")]
     pub chain_rpc_user: Option<String>,
     /// bitcoind RPC password.
-    #[arg(long = "chain-rpc-password", env = "PHALANX_CHAIN_RPC_PASSWORD")]
+    #[arg(
+        long = "chain-rpc-password",
+        env = "PHALANX_CHAIN_RPC_PASSWORD",
+        hide_env_values = true
+    )]
     #[serde(rename = "rpc_password")]
     pub chain_rpc_password: Option<String>,
     /// bitcoind REST URL (`http://host:port/rest`): follow blocks over REST.

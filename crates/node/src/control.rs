@@ -35,9 +35,8 @@ use lightning::ln::channel_state::{ChannelDetails, ChannelShutdownState};
 use phalanx_api::{
     ApiError, Balance, Channel, ChannelState, CloseChannelRequest, ConnectPeerRequest,
     CreateInvoiceRequest, DEFAULT_PAYMENT_TIMEOUT_SECS, ErrorCode, Invoice, KeysendRequest,
-    NewAddress, NodeControl, NodeInfo, OpenChannelRequest, OpenChannelResponse,
-    PayInvoiceRequest, Payment, PaymentDirection, Peer, SendOnchainRequest, SendOnchainResponse,
-    ServerState,
+    NewAddress, NodeControl, NodeInfo, OpenChannelRequest, OpenChannelResponse, PayInvoiceRequest,
+    Payment, PaymentDirection, Peer, SendOnchainRequest, SendOnchainResponse, ServerState,
 };
 use phalanx_store::ErrorKind;
 
@@ -198,9 +197,7 @@ pub fn error_code(err: &NodeError) -> ErrorCode {
         NodeError::InvalidInvoice(_) => ErrorCode::InvalidInvoice,
         NodeError::Wallet(WalletError::InvalidAddress(_)) => ErrorCode::InvalidAddress,
         NodeError::InsufficientFunds(_)
-        | NodeError::Wallet(WalletError::InsufficientFunds { .. }) => {
-            ErrorCode::InsufficientFunds
-        }
+        | NodeError::Wallet(WalletError::InsufficientFunds { .. }) => ErrorCode::InsufficientFunds,
         NodeError::InvalidRequest(_) | NodeError::Wallet(WalletError::Build(_)) => {
             ErrorCode::InvalidRequest
         }
@@ -303,7 +300,12 @@ pub fn channel_state(facts: ChannelFacts) -> ChannelState {
 
 /// A short channel id as `block x tx x output`.
 pub fn format_scid(scid: u64) -> String {
-    format!("{}x{}x{}", scid >> 40, (scid >> 16) & 0xff_ffff, scid & 0xffff)
+    format!(
+        "{}x{}x{}",
+        scid >> 40,
+        (scid >> 16) & 0xff_ffff,
+        scid & 0xffff
+    )
 }
 
 /// The API's view of an LDK channel.
@@ -397,7 +399,9 @@ impl NodeControl for NodeService {
         Ok(Balance {
             onchain_confirmed_sat: onchain.confirmed_sat,
             onchain_unconfirmed_sat: onchain.unconfirmed_sat,
-            onchain_total_sat: onchain.confirmed_sat.saturating_add(onchain.unconfirmed_sat),
+            onchain_total_sat: onchain
+                .confirmed_sat
+                .saturating_add(onchain.unconfirmed_sat),
             lightning_outbound_msat: channels.iter().map(|c| c.outbound_capacity_msat).sum(),
             lightning_inbound_msat: channels.iter().map(|c| c.inbound_capacity_msat).sum(),
         })
@@ -468,8 +472,7 @@ impl NodeControl for NodeService {
     async fn disconnect_peer(&self, node_id: String) -> Result<(), ApiError> {
         let node = self.active()?;
         let node_id = parse_node_id(&node_id)?;
-        node.disconnect_peer(node_id)
-            .map_err(|err| self.error(err))
+        node.disconnect_peer(node_id).map_err(|err| self.error(err))
     }
 
     async fn open_channel(&self, req: OpenChannelRequest) -> Result<OpenChannelResponse, ApiError> {
@@ -642,7 +645,10 @@ mod tests {
                 }),
                 ErrorCode::ChainUnavailable,
             ),
-            (NodeError::Sync("no tip".into()), ErrorCode::ChainUnavailable),
+            (
+                NodeError::Sync("no tip".into()),
+                ErrorCode::ChainUnavailable,
+            ),
             (NodeError::Stopped("fenced".into()), ErrorCode::NotActive),
             (
                 NodeError::Wallet(WalletError::InvalidAddress("tb1...".into())),

@@ -107,9 +107,17 @@ impl EventHandler {
                     }
                 }
             }
-            Event::PaymentClaimable { payment_hash, amount_msat, purpose, .. } => {
+            Event::PaymentClaimable {
+                payment_hash,
+                amount_msat,
+                purpose,
+                ..
+            } => {
                 let hash = payment_hash.to_string();
-                let hold = self.payments.get(Direction::Inbound, &hash).filter(|r| r.hold);
+                let hold = self
+                    .payments
+                    .get(Direction::Inbound, &hash)
+                    .filter(|r| r.hold);
                 match (purpose.preimage(), hold) {
                     (Some(preimage), _) => {
                         tracing::info!(%payment_hash, amount_msat, "claiming payment");
@@ -119,14 +127,25 @@ impl EventHandler {
                         // A hold invoice: keep the HTLCs until the operator settles or cancels.
                         let result = self
                             .payments
-                            .update(Direction::Inbound, &hash, || unreachable!("the hold record exists"), |record| {
-                                record.status = PaymentStatus::Accepted;
-                                record.amount_msat = Some(amount_msat);
-                            })
+                            .update(
+                                Direction::Inbound,
+                                &hash,
+                                || unreachable!("the hold record exists"),
+                                |record| {
+                                    record.status = PaymentStatus::Accepted;
+                                    record.amount_msat = Some(amount_msat);
+                                },
+                            )
                             .await;
                         match result {
-                            Ok(_) => tracing::info!(%payment_hash, amount_msat, "hold invoice payment accepted; waiting for settle or cancel"),
-                            Err(err) => return Err(self.store_failed("recording an accepted hold payment", err)),
+                            Ok(_) => {
+                                tracing::info!(%payment_hash, amount_msat, "hold invoice payment accepted; waiting for settle or cancel")
+                            }
+                            Err(err) => {
+                                return Err(
+                                    self.store_failed("recording an accepted hold payment", err)
+                                );
+                            }
                         }
                     }
                     (None, None) => {

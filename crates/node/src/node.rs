@@ -356,10 +356,7 @@ impl Node {
         )?);
 
         // Bring everything to the tip before anything else happens.
-        let monitor_listeners: Vec<(
-            BlockLocator,
-            (ChannelMonitor<InMemorySigner>, Chain, Chain, Logger),
-        )> = monitors
+        let monitor_listeners: Vec<(BlockLocator, MonitorListener)> = monitors
             .into_iter()
             .map(|(locator, monitor)| {
                 (
@@ -893,7 +890,9 @@ impl Node {
         };
         let hash = payment_hash.to_string();
         if self.payments.get(Direction::Inbound, &hash).is_some() {
-            return Err(NodeError::InvalidRequest(format!("an invoice for {hash} exists")));
+            return Err(NodeError::InvalidRequest(format!(
+                "an invoice for {hash} exists"
+            )));
         }
         let invoice = self
             .channel_manager
@@ -923,10 +922,15 @@ impl Node {
         let record = self.held_record(&payment_hash)?;
         self.channel_manager.fail_htlc_backwards(&payment_hash);
         self.payments
-            .update(Direction::Inbound, &record.payment_id, || record.clone(), |r| {
-                r.status = PaymentStatus::Failed;
-                r.failure_reason = Some("cancelled".into());
-            })
+            .update(
+                Direction::Inbound,
+                &record.payment_id,
+                || record.clone(),
+                |r| {
+                    r.status = PaymentStatus::Failed;
+                    r.failure_reason = Some("cancelled".into());
+                },
+            )
             .await
             .map_err(persist_error)?;
         Ok(())
@@ -1123,10 +1127,10 @@ impl Node {
     pub async fn shutdown(&self) {
         self.stop_tasks("shut down").await;
         let leadership = lock(&self.leadership).take();
-        if let Some(leadership) = leadership {
-            if let Err(err) = leadership.resign().await {
-                tracing::warn!(error = %err, "resigning the lease failed; it will expire");
-            }
+        if let Some(leadership) = leadership
+            && let Err(err) = leadership.resign().await
+        {
+            tracing::warn!(error = %err, "resigning the lease failed; it will expire");
         }
         tracing::info!(node_id = %self.node_id(), "node stopped");
     }
@@ -1250,6 +1254,9 @@ fn read_sweeper(
         Err(err) => Err(persist_error(err)),
     }
 }
+
+/// A monitor being brought to the tip at start-up, before the ChainMonitor takes it.
+type MonitorListener = (ChannelMonitor<InMemorySigner>, Chain, Chain, Logger);
 
 /// Every block goes to the monitors first, then the manager, the sweeper and the wallet.
 struct ChainListeners {

@@ -219,10 +219,13 @@ impl PaymentStore {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let record = self.get(direction, id);
-            if let Some(record) = &record {
-                if !matches!(record.status, PaymentStatus::Pending | PaymentStatus::Accepted) {
-                    return Some(record.clone());
-                }
+            if let Some(record) = &record
+                && !matches!(
+                    record.status,
+                    PaymentStatus::Pending | PaymentStatus::Accepted
+                )
+            {
+                return Some(record.clone());
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}

@@ -111,9 +111,7 @@ impl<S: EcdsaChannelSigner, P: Persist<S>> Persist<S> for FailStopPersister<P> {
         if self.fail_stop.reason().is_some() {
             return ChannelMonitorUpdateStatus::InProgress;
         }
-        let status = self
-            .inner
-            .persist_new_channel(monitor_name.clone(), monitor);
+        let status = self.inner.persist_new_channel(monitor_name, monitor);
         self.check(status, "the first version", &monitor_name)
     }
 
@@ -126,9 +124,9 @@ impl<S: EcdsaChannelSigner, P: Persist<S>> Persist<S> for FailStopPersister<P> {
         if self.fail_stop.reason().is_some() {
             return ChannelMonitorUpdateStatus::InProgress;
         }
-        let status =
-            self.inner
-                .update_persisted_channel(monitor_name.clone(), monitor_update, monitor);
+        let status = self
+            .inner
+            .update_persisted_channel(monitor_name, monitor_update, monitor);
         self.check(status, "an update", &monitor_name)
     }
 

@@ -23,56 +23,115 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let wallet_before = alice.onchain_balance();
 
     // Malformed invoices.
-    for garbage in ["", "lnbc1garbage", "not an invoice at all", &"x".repeat(5000)] {
+    for garbage in [
+        "",
+        "lnbc1garbage",
+        "not an invoice at all",
+        &"x".repeat(5000),
+    ] {
         let err = alice.pay_invoice(garbage, None).await.unwrap_err();
-        assert!(matches!(err, NodeError::InvalidInvoice(_)), "{garbage:.20}: {err}");
+        assert!(
+            matches!(err, NodeError::InvalidInvoice(_)),
+            "{garbage:.20}: {err}"
+        );
     }
     // A valid invoice for another network.
     let mainnet = mainnet_invoice();
     let err = alice.pay_invoice(&mainnet, None).await.unwrap_err();
-    assert!(matches!(&err, NodeError::InvalidInvoice(m) if m.contains("bitcoin")), "{err}");
+    assert!(
+        matches!(&err, NodeError::InvalidInvoice(m) if m.contains("bitcoin")),
+        "{err}"
+    );
     // Our own invoice.
-    let own = alice.create_invoice(Some(1_000), "self", None).await.unwrap();
+    let own = alice
+        .create_invoice(Some(1_000), "self", None)
+        .await
+        .unwrap();
     let err = alice.pay_invoice(&own.to_string(), None).await.unwrap_err();
     assert!(matches!(err, NodeError::InvalidInvoice(_)), "{err}");
     // A zero-amount invoice without an amount, and an amount given twice.
     let open = bob.create_invoice(None, "any amount", None).await.unwrap();
-    let err = alice.pay_invoice(&open.to_string(), None).await.unwrap_err();
+    let err = alice
+        .pay_invoice(&open.to_string(), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, NodeError::InvalidRequest(_)), "{err}");
-    let fixed = bob.create_invoice(Some(5_000), "fixed", None).await.unwrap();
-    let err = alice.pay_invoice(&fixed.to_string(), Some(6_000)).await.unwrap_err();
+    let fixed = bob
+        .create_invoice(Some(5_000), "fixed", None)
+        .await
+        .unwrap();
+    let err = alice
+        .pay_invoice(&fixed.to_string(), Some(6_000))
+        .await
+        .unwrap_err();
     assert!(matches!(err, NodeError::InvalidRequest(_)), "{err}");
     // More than the channel can carry: the payment fails, funds stay.
-    let huge = bob.create_invoice(Some(10_000_000_000), "too much", None).await.unwrap();
-    let err = alice.pay_invoice(&huge.to_string(), None).await.unwrap_err();
+    let huge = bob
+        .create_invoice(Some(10_000_000_000), "too much", None)
+        .await
+        .unwrap();
+    let err = alice
+        .pay_invoice(&huge.to_string(), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, NodeError::PaymentFailed(_)), "{err}");
-    let failed = alice.payment(Direction::Outbound, &huge.payment_hash().to_string()).unwrap();
+    let failed = alice
+        .payment(Direction::Outbound, &huge.payment_hash().to_string())
+        .unwrap();
     assert_eq!(failed.status, PaymentStatus::Failed);
 
     // Unknown peers.
-    let stranger = PublicKey::from_secret_key(&Secp256k1::new(), &SecretKey::from_slice(&[9; 32]).unwrap());
+    let stranger =
+        PublicKey::from_secret_key(&Secp256k1::new(), &SecretKey::from_slice(&[9; 32]).unwrap());
     let err = alice.keysend(stranger, 1_000).await.unwrap_err();
     assert!(matches!(err, NodeError::PaymentFailed(_)), "{err}");
-    let err = alice.open_channel(stranger, None, 50_000, 0, false).await.unwrap_err();
+    let err = alice
+        .open_channel(stranger, None, 50_000, 0, false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, NodeError::PeerNotConnected(_)), "{err}");
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let err = alice.connect_peer(stranger, closed_port).await.unwrap_err();
     assert!(matches!(err, NodeError::Peer(_)), "{err}");
-    assert!(matches!(alice.disconnect_peer(stranger).unwrap_err(), NodeError::PeerNotConnected(_)));
+    assert!(matches!(
+        alice.disconnect_peer(stranger).unwrap_err(),
+        NodeError::PeerNotConnected(_)
+    ));
 
     // Amounts over the balance.
-    let err = alice.open_channel(bob.node_id(), None, 10_000_000, 0, false).await.unwrap_err();
+    let err = alice
+        .open_channel(bob.node_id(), None, 10_000_000, 0, false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, NodeError::InsufficientFunds(_)), "{err}");
-    let err = alice.open_channel(bob.node_id(), None, 50_000, 60_000_000, false).await.unwrap_err();
+    let err = alice
+        .open_channel(bob.node_id(), None, 50_000, 60_000_000, false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, NodeError::InvalidRequest(_)), "{err}");
     let address = bob.new_address().unwrap().to_string();
-    let err = alice.send_onchain(&address, Some(Amount::from_sat(50_000_000)), None).await.unwrap_err();
+    let err = alice
+        .send_onchain(&address, Some(Amount::from_sat(50_000_000)), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, NodeError::Wallet(_)), "{err}");
-    let err = alice.send_onchain("bc1qnotanaddress", Some(Amount::from_sat(1_000)), None).await.unwrap_err();
+    let err = alice
+        .send_onchain("bc1qnotanaddress", Some(Amount::from_sat(1_000)), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, NodeError::Wallet(_)), "{err}");
     // Unknown channels.
-    assert!(matches!(alice.close_channel(&"00".repeat(32), false).unwrap_err(), NodeError::UnknownChannel(_)));
-    assert!(matches!(alice.close_channel("zz", false).unwrap_err(), NodeError::InvalidRequest(_)));
+    assert!(matches!(
+        alice.close_channel(&"00".repeat(32), false).unwrap_err(),
+        NodeError::UnknownChannel(_)
+    ));
+    assert!(matches!(
+        alice.close_channel("zz", false).unwrap_err(),
+        NodeError::InvalidRequest(_)
+    ));
 
     // Nothing changed: the channel, the wallet, and the payments (but the one failed attempt).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -84,12 +143,27 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .into_iter()
         .filter(|p| p.direction == Direction::Outbound && !payments_before.contains(p))
         .collect();
-    assert!(new_payments.iter().all(|p| p.status == PaymentStatus::Failed), "{new_payments:?}");
+    assert!(
+        new_payments
+            .iter()
+            .all(|p| p.status == PaymentStatus::Failed),
+        "{new_payments:?}"
+    );
 
     // And the node still works.
-    let invoice = bob.create_invoice(Some(10_000), "still fine", None).await.unwrap();
+    let invoice = bob
+        .create_invoice(Some(10_000), "still fine", None)
+        .await
+        .unwrap();
     let id = alice.pay_invoice(&invoice.to_string(), None).await.unwrap();
-    assert_eq!(alice.wait_payment(&id, Duration::from_secs(30)).await.unwrap().status, PaymentStatus::Succeeded);
+    assert_eq!(
+        alice
+            .wait_payment(&id, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .status,
+        PaymentStatus::Succeeded
+    );
     alice.shutdown().await;
     bob.shutdown().await;
 }

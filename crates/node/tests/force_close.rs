@@ -32,10 +32,14 @@ async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wall
     let preimage = PaymentPreimage([7; 32]);
     let hash: PaymentHash = preimage.into();
     let htlc_msat = 50_000_000;
-    let invoice = bob.create_hold_invoice(Some(htlc_msat), hash, "held", None).await.unwrap();
+    let invoice = bob
+        .create_hold_invoice(Some(htlc_msat), hash, "held", None)
+        .await
+        .unwrap();
     let id = alice.pay_invoice(&invoice.to_string(), None).await.unwrap();
     wait_for("bob to hold the HTLC", WAIT, || async {
-        bob.payment(Direction::Inbound, &hash.to_string()).filter(|r| r.status == PaymentStatus::Accepted)
+        bob.payment(Direction::Inbound, &hash.to_string())
+            .filter(|r| r.status == PaymentStatus::Accepted)
     })
     .await;
     // Settling an invoice that is not held is refused.
@@ -44,7 +48,9 @@ async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wall
     let alice_wallet_before = alice.onchain_balance().total_sat;
     let channel = alice.list_channels().pop().unwrap();
     let funding = channel.funding_txo.unwrap().into_bitcoin_outpoint();
-    alice.close_channel(&channel.channel_id.to_string(), true).unwrap();
+    alice
+        .close_channel(&channel.channel_id.to_string(), true)
+        .unwrap();
     let commitment = wait_for("alice's commitment transaction", WAIT, || async {
         let chain = regtest.chain();
         chain
@@ -68,12 +74,18 @@ async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wall
     bob.settle_hold_invoice(preimage).unwrap();
     let paid = wait_for("alice to learn the preimage on chain", WAIT, || async {
         regtest.mine(1, None);
-        alice.payment(Direction::Outbound, &id).filter(|r| r.status == PaymentStatus::Succeeded)
+        alice
+            .payment(Direction::Outbound, &id)
+            .filter(|r| r.status == PaymentStatus::Succeeded)
     })
     .await;
-    assert_eq!(paid.preimage.as_deref(), Some(preimage.to_string().as_str()));
+    assert_eq!(
+        paid.preimage.as_deref(),
+        Some(preimage.to_string().as_str())
+    );
     wait_for("bob to record the payment", WAIT, || async {
-        bob.payment(Direction::Inbound, &hash.to_string()).filter(|r| r.status == PaymentStatus::Succeeded)
+        bob.payment(Direction::Inbound, &hash.to_string())
+            .filter(|r| r.status == PaymentStatus::Succeeded)
     })
     .await;
 
@@ -85,18 +97,29 @@ async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wall
         (claimable_balances(&alice) == 0 && claimable_balances(&bob) == 0).then_some(())
     })
     .await;
-    let alice_wallet = wait_for("alice's channel balance back in her wallet", WAIT, || async {
-        regtest.mine(1, None);
-        let balance = alice.onchain_balance();
-        (balance.unconfirmed_sat == 0 && balance.total_sat > alice_wallet_before + 400_000).then_some(balance.total_sat)
-    })
+    let alice_wallet = wait_for(
+        "alice's channel balance back in her wallet",
+        WAIT,
+        || async {
+            regtest.mine(1, None);
+            let balance = alice.onchain_balance();
+            (balance.unconfirmed_sat == 0 && balance.total_sat > alice_wallet_before + 400_000)
+                .then_some(balance.total_sat)
+        },
+    )
     .await;
     // Alice had 500_000 in the channel, paid 50_000 to Bob, and paid on-chain fees.
     let recovered = alice_wallet - alice_wallet_before;
-    assert!(recovered > 430_000 && recovered < 450_000, "recovered {recovered}");
+    assert!(
+        recovered > 430_000 && recovered < 450_000,
+        "recovered {recovered}"
+    );
     // Bob got the HTLC amount on chain, minus his claim's fees.
     let bob_wallet = bob.onchain_balance().total_sat;
-    assert!(bob_wallet > 200_000 + 40_000 && bob_wallet < 200_000 + 50_000, "bob holds {bob_wallet}");
+    assert!(
+        bob_wallet > 200_000 + 40_000 && bob_wallet < 200_000 + 50_000,
+        "bob holds {bob_wallet}"
+    );
     assert!(alice.list_channels().is_empty() && bob.list_channels().is_empty());
 
     alice.shutdown().await;

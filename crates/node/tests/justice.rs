@@ -26,22 +26,40 @@ async fn a_revoked_commitment_on_chain_is_punished() {
 
     // Mallory keeps a copy of her monitor while all the channel is hers...
     let channel = mallory.list_channels().pop().unwrap();
-    let snapshot = mallory.chain_monitor().get_monitor(channel.channel_id).unwrap().encode();
+    let snapshot = mallory
+        .chain_monitor()
+        .get_monitor(channel.channel_id)
+        .unwrap()
+        .encode();
     // ...then pays Bob, revoking that state.
     for i in 0..4 {
-        let invoice = bob.create_invoice(Some(50_000_000), &format!("honest {i}"), None).await.unwrap();
-        let id = mallory.pay_invoice(&invoice.to_string(), None).await.unwrap();
-        assert_eq!(mallory.wait_payment(&id, WAIT).await.unwrap().status, PaymentStatus::Succeeded);
+        let invoice = bob
+            .create_invoice(Some(50_000_000), &format!("honest {i}"), None)
+            .await
+            .unwrap();
+        let id = mallory
+            .pay_invoice(&invoice.to_string(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            mallory.wait_payment(&id, WAIT).await.unwrap().status,
+            PaymentStatus::Succeeded
+        );
     }
     let bob_wallet_before = bob.onchain_balance().total_sat;
     mallory.shutdown().await;
 
     // The cheat: the revoked commitment, signed with Mallory's keys, on chain.
-    let seed = FileSeedProvider::new(mallory_config.seed_file.clone(), false).seed().unwrap();
+    let seed = FileSeedProvider::new(mallory_config.seed_file.clone(), false)
+        .seed()
+        .unwrap();
     let revoked = phalanx_cheater::revoked_commitment(&snapshot, &seed).unwrap();
     assert!(!revoked.is_empty());
     let commitment = revoked[0].clone();
-    bob.chain().broadcast(vec![commitment.clone()]).await.expect("the revoked commitment is valid on chain");
+    bob.chain()
+        .broadcast(vec![commitment.clone()])
+        .await
+        .expect("the revoked commitment is valid on chain");
     mine(&regtest, &[&bob], 1).await;
 
     // Bob's monitor claims Mallory's revoked output with a justice transaction.
@@ -52,23 +70,40 @@ async fn a_revoked_commitment_on_chain_is_punished() {
             .history()
             .transactions()
             .iter()
-            .find(|seen| seen.tx.input.iter().any(|i| i.previous_output.txid == commitment.compute_txid()))
+            .find(|seen| {
+                seen.tx
+                    .input
+                    .iter()
+                    .any(|i| i.previous_output.txid == commitment.compute_txid())
+            })
             .map(|seen| seen.tx.clone())
     })
     .await;
-    let to_mallory = commitment.output.iter().map(|o| o.value.to_sat()).max().unwrap();
-    assert!(to_mallory > 250_000, "the revoked state gave Mallory the channel ({to_mallory} sat)");
+    let to_mallory = commitment
+        .output
+        .iter()
+        .map(|o| o.value.to_sat())
+        .max()
+        .unwrap();
+    assert!(
+        to_mallory > 250_000,
+        "the revoked state gave Mallory the channel ({to_mallory} sat)"
+    );
     assert!(justice.output.iter().map(|o| o.value.to_sat()).sum::<u64>() > 0);
 
     // Everything ends in Bob's wallet: his 200_000 and Mallory's revoked balance.
     let bob_wallet = wait_for("bob's wallet to hold the channel", WAIT, || async {
         regtest.mine(1, None);
         let balance = bob.onchain_balance();
-        let done = bob.chain_monitor().get_claimable_balances(&[]).is_empty() && balance.unconfirmed_sat == 0;
+        let done = bob.chain_monitor().get_claimable_balances(&[]).is_empty()
+            && balance.unconfirmed_sat == 0;
         (done && balance.total_sat > bob_wallet_before + 450_000).then_some(balance.total_sat)
     })
     .await;
-    assert!(bob_wallet < bob_wallet_before + channel_sat, "fees were paid: {bob_wallet}");
+    assert!(
+        bob_wallet < bob_wallet_before + channel_sat,
+        "fees were paid: {bob_wallet}"
+    );
     assert!(bob.list_channels().is_empty(), "the channel is closed");
     bob.shutdown().await;
 }

@@ -20,32 +20,60 @@ async fn a_pays_c_through_b_and_b_earns_the_fee() {
     open_channel(&regtest, &alice, &bob, 500_000, 0).await;
     open_channel(&regtest, &bob, &carol, 500_000, 0).await;
     // Alice and Carol never connect: every payment goes through Bob.
-    assert!(alice.list_peers().iter().all(|(id, ..)| *id != carol.node_id()));
+    assert!(
+        alice
+            .list_peers()
+            .iter()
+            .all(|(id, ..)| *id != carol.node_id())
+    );
 
     let mut fees_paid = 0;
     let amount_msat = 20_000_000;
     for i in 0..5 {
-        let invoice = carol.create_invoice(Some(amount_msat), &format!("through bob {i}"), None).await.unwrap();
+        let invoice = carol
+            .create_invoice(Some(amount_msat), &format!("through bob {i}"), None)
+            .await
+            .unwrap();
         let id = alice.pay_invoice(&invoice.to_string(), None).await.unwrap();
-        let paid = alice.wait_payment(&id, Duration::from_secs(30)).await.unwrap();
+        let paid = alice
+            .wait_payment(&id, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(paid.status, PaymentStatus::Succeeded, "{paid:?}");
         let fee = paid.fee_msat.expect("a routed payment reports its fee");
         assert!(fee > 0, "bob forwards for a fee");
         fees_paid += fee;
         let hash = invoice.payment_hash().to_string();
-        let received = wait_for("carol to record the payment", Duration::from_secs(30), || async {
-            carol.payment(Direction::Inbound, &hash).filter(|r| r.status == PaymentStatus::Succeeded)
-        })
+        let received = wait_for(
+            "carol to record the payment",
+            Duration::from_secs(30),
+            || async {
+                carol
+                    .payment(Direction::Inbound, &hash)
+                    .filter(|r| r.status == PaymentStatus::Succeeded)
+            },
+        )
         .await;
-        assert_eq!(received.amount_msat, Some(amount_msat), "carol receives the invoice amount, not less");
+        assert_eq!(
+            received.amount_msat,
+            Some(amount_msat),
+            "carol receives the invoice amount, not less"
+        );
     }
-    let (earned, forwarded) = wait_for("bob to account the forwards", Duration::from_secs(30), || async {
-        let stats = bob.forwarding_stats();
-        (stats.1 == 5).then_some(stats)
-    })
+    let (earned, forwarded) = wait_for(
+        "bob to account the forwards",
+        Duration::from_secs(30),
+        || async {
+            let stats = bob.forwarding_stats();
+            (stats.1 == 5).then_some(stats)
+        },
+    )
     .await;
     assert_eq!(forwarded, 5);
-    assert_eq!(earned, fees_paid, "bob earns exactly what alice paid in fees");
+    assert_eq!(
+        earned, fees_paid,
+        "bob earns exactly what alice paid in fees"
+    );
     // Bob's balance on the Alice side grew by amount + fee; on the Carol side it shrank by amount.
     let bob_from_alice = channel_balance_msat(&bob, alice.node_id());
     assert_eq!(bob_from_alice, 5 * amount_msat + fees_paid);
