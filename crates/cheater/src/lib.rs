@@ -24,9 +24,14 @@ impl Logger for Silent {
 /// The fully signed commitment transaction(s) of the monitor state in `monitor_bytes`,
 /// signed with the keys of `seed` (the node's seed, as `Node` derives its keys from it).
 pub fn revoked_commitment(monitor_bytes: &[u8], seed: &Seed) -> Result<Vec<Transaction>, String> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let keys = KeysManager::new(&seed.ldk_seed(), now.as_secs(), now.subsec_nanos(), true);
-    let (_, monitor) = <(BlockLocator, ChannelMonitor<InMemorySigner>)>::read(&mut &monitor_bytes[..], (&keys, &keys))
-        .map_err(|err| format!("cannot read the monitor snapshot: {err:?}"))?;
+    let (_, monitor) = <(BlockLocator, ChannelMonitor<InMemorySigner>)>::read(
+        &mut &monitor_bytes[..],
+        (&keys, &keys),
+    )
+    .map_err(|err| format!("cannot read the monitor snapshot: {err:?}"))?;
     Ok(monitor.unsafe_get_latest_holder_commitment_txn(&Silent))
 }

@@ -1,7 +1,7 @@
 //! `phalanx`: one Lightning node, many servers.
 //!
-//! Today it inspects state stores and runs the regtest chain; the node and the devnet
-//! come with their issues.
+//! It runs the node (`phalanx node`), drives it (`phalanx ctl`), inspects state stores
+//! and runs a regtest chain.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use phalanx_store::{ClusterName, StoreOptions};
 use serde::Serialize;
 
 mod ctl;
+mod node_cmd;
 
 #[derive(Parser, Debug)]
 #[command(name = "phalanx", version, about = "One Lightning node, many servers.")]
@@ -22,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the node and its REST API until SIGTERM or SIGINT.
+    Node(Box<node_cmd::NodeArgs>),
     /// Inspect a state store.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -227,13 +230,16 @@ async fn regtest(args: RegtestArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PHALANX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `phalanx node` sets up its own logging, once its configuration is read.
+    if !matches!(cli.command, Command::Node(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("PHALANX_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -248,6 +254,7 @@ fn main() -> ExitCode {
             }
             Command::Regtest(args) => regtest(args).await.map(|()| ExitCode::SUCCESS),
             Command::Ctl(args) => Ok(ctl::run(args).await),
+            Command::Node(args) => Ok(node_cmd::run(*args).await),
         }
     });
     match result {

@@ -102,7 +102,11 @@ impl NodeService {
         }
         let mut api = ApiError::new(code, err.to_string());
         if code == ErrorCode::NotActive {
-            api.state = Some(self.state());
+            // Fenced before the node noticed: it is no longer active whatever it says yet.
+            api.state = Some(match self.state() {
+                ServerState::ServerActive => ServerState::WaitingToStart,
+                state => state,
+            });
         }
         api
     }

@@ -1,0 +1,286 @@
+//! `phalanx node`: run one instance of the node, with its REST API.
+//!
+//! Order: resolve the configuration (file, then `PHALANX_*` variables and flags over
+//! it), start logging, read or create the API token, bind the API and serve it (a
+//! standby answers `GET /v1/state` with `WAITING_TO_START` while it campaigns), start the
+//! node (wins the lease, loads, syncs), serve until SIGTERM or SIGINT, then shut down
+//! cleanly (persist, resign the lease) and exit.
+//!
+//! Two lines go to stdout, for supervisors and tests (logs go to stderr):
+//!
+//! ```text
+//! api listening on http://127.0.0.1:8080 token_file /var/lib/phalanx/api-token
+//! node started node_id=02ab… peers=0.0.0.0:9735,[::]:9735 epoch=7
+//! ```
+//!
+//! The addresses are the bound ones (a port 0 shows the port picked).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use phalanx_node::Node;
+use phalanx_node::config::{ConfigError, ConfigLayer, NodeConfig};
+use phalanx_node::control::NodeService;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// Exit status: stopped on request (SIGTERM or SIGINT), cleanly.
+pub const EXIT_STOPPED_ON_REQUEST: u8 = 0;
+/// Exit status: could not start (store, chain, API address, seed or token), or a second
+/// signal cut the shutdown short.
+pub const EXIT_START_FAILED: u8 = 1;
+/// Exit status: the configuration is invalid; the message names the field.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit status (`EX_TEMPFAIL`): the node stopped on its own (lost the lease, fenced, a
+/// write failed). Restart the process: it comes back as a standby.
+pub const EXIT_NODE_STOPPED: u8 = 75;
+
+/// How long the API may take to finish the requests under way once the node stopped.
+pub const API_DRAIN_SECS: u64 = 5;
+/// How long resigning the lease may take after the node stopped on its own.
+pub const RESIGN_TIMEOUT_SECS: u64 = 10;
+
+/// How log lines are written (on stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Settings: the TOML file given with --config, with every PHALANX_* variable and flag \
+winning over it.
+
+Stdout: `api listening on http://ADDR token_file PATH` once the API listens (a standby \
+answers GET /v1/state with WAITING_TO_START), then `node started node_id=HEX \
+peers=ADDR,... epoch=N` once this instance leads and serves. Logs go to stderr \
+(filter: RUST_LOG, default info).
+
+Exit status:
+  0   stopped by SIGTERM or SIGINT: state persisted, lease resigned
+  1   could not start (store, chain, API address, seed, token file), or a second \
+signal cut the shutdown short
+  2   invalid configuration (the message names the field)
+  75  the node stopped on its own (lost the lease, fenced, a write failed): restart \
+it, it comes back as a standby (EX_TEMPFAIL)")]
+pub struct NodeArgs {
+    /// The TOML configuration file.
+    #[arg(long, env = "PHALANX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format, on stderr.
+    #[arg(long, value_enum, env = "PHALANX_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    settings: ConfigLayer,
+}
+
+/// Runs the node until it is stopped; returns the exit status (see [`NodeArgs`]).
+pub async fn run(args: NodeArgs) -> ExitCode {
+    let config = match resolve(args.config.as_deref(), args.settings) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: invalid configuration: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(args.log_format);
+    let format = args.log_format;
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(err) => return fatal(format, format!("cannot handle signals: {err}")),
+    };
+
+    // The API first, so a standby answers its probe while it campaigns.
+    let token_file = &config.api.token_file;
+    for dir in [
+        Some(config.data_dir.as_path()),
+        token_file.parent().filter(|d| !d.as_os_str().is_empty()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Err(err) = std::fs::create_dir_all(dir) {
+            return fatal(format, format!("cannot create {}: {err}", dir.display()));
+        }
+    }
+    let token = match phalanx_api::load_or_create_token(token_file) {
+        Ok(token) => token,
+        Err(err) => return fatal(format, err.to_string()),
+    };
+    let listener = match tokio::net::TcpListener::bind(config.api.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            return fatal(
+                format,
+                format!("cannot listen for the API on {}: {err}", config.api.listen),
+            );
+        }
+    };
+    let api_addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(err) => return fatal(format, format!("the API listener has no address: {err}")),
+    };
+    let service = Arc::new(NodeService::new());
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(phalanx_api::serve(
+        listener,
+        Arc::clone(&service),
+        token,
+        async move {
+            let _ = api_stopped.await;
+        },
+    ));
+    say(&format!(
+        "api listening on http://{api_addr} token_file {}",
+        token_file.display()
+    ));
+    tracing::info!(
+        network = %config.network,
+        instance = %config.store.instance_id,
+        cluster = %config.store.cluster,
+        "starting the node (waiting for the lease if another instance holds it)"
+    );
+
+    let node = tokio::select! {
+        started = Node::start(&config) => match started {
+            Ok(node) => node,
+            Err(err) => {
+                let code = fatal(format, format!("cannot start the node: {err}"));
+                drain_api(stop_api, api).await;
+                return code;
+            }
+        },
+        signal = signals.next() => {
+            tracing::info!(signal, "stopping before the node started");
+            drain_api(stop_api, api).await;
+            return ExitCode::from(EXIT_STOPPED_ON_REQUEST);
+        }
+    };
+    if service.set_node(Arc::clone(&node)).is_err() {
+        // Unreachable: the service is new.
+        return fatal(format, "the API already had a node".to_owned());
+    }
+    let peers: Vec<String> = node
+        .listen_addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    say(&format!(
+        "node started node_id={} peers={} epoch={}",
+        node.node_id(),
+        peers.join(","),
+        node.epoch()
+    ));
+
+    let code = tokio::select! {
+        signal = signals.next() => {
+            tracing::info!(signal, "shutting down: persisting and resigning the lease");
+            service.set_stopping();
+            tokio::select! {
+                () = node.shutdown() => ExitCode::from(EXIT_STOPPED_ON_REQUEST),
+                signal = signals.next() => {
+                    tracing::error!(signal, "second signal: exiting before the shutdown finished");
+                    ExitCode::from(EXIT_START_FAILED)
+                }
+            }
+        }
+        reason = node.stopped() => {
+            tracing::error!(
+                %reason,
+                exit_status = EXIT_NODE_STOPPED,
+                "the node stopped on its own; exiting so that the process is restarted as a standby"
+            );
+            service.set_stopping();
+            // Hands the lease over at once when it is still ours (it expires otherwise).
+            if tokio::time::timeout(Duration::from_secs(RESIGN_TIMEOUT_SECS), node.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("resigning the lease timed out; it will expire");
+            }
+            ExitCode::from(EXIT_NODE_STOPPED)
+        }
+    };
+    drain_api(stop_api, api).await;
+    code
+}
+
+/// The file's settings under the flags' and the environment's.
+fn resolve(file: Option<&std::path::Path>, flags: ConfigLayer) -> Result<NodeConfig, ConfigError> {
+    let base = match file {
+        Some(path) => ConfigLayer::from_file(path)?,
+        None => ConfigLayer::default(),
+    };
+    flags.over(base).resolve()
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// One line on stdout, flushed at once (supervisors and tests wait for it).
+fn say(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+/// Reports why the process cannot go on; returns [`EXIT_START_FAILED`].
+fn fatal(format: LogFormat, message: String) -> ExitCode {
+    match format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => tracing::error!(error = %message, "exiting"),
+    }
+    ExitCode::from(EXIT_START_FAILED)
+}
+
+/// Stops the API, giving the requests under way [`API_DRAIN_SECS`] to finish.
+async fn drain_api(
+    stop: tokio::sync::oneshot::Sender<()>,
+    api: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let _ = stop.send(());
+    match tokio::time::timeout(Duration::from_secs(API_DRAIN_SECS), api).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::warn!(error = %err, "the API server failed"),
+        Ok(Err(err)) => tracing::warn!(error = %err, "the API server task failed"),
+        Err(_) => tracing::warn!("requests still under way when the API stopped"),
+    }
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! `phalanx node`: the real binary on the in-process regtest chain, driven through its
+//! REST API and signals.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bitcoin::Network;
+use nix::sys::signal::Signal;
+use phalanx_api::{ApiClient, ClientError, ErrorCode, ServerState, read_token};
+use phalanx_regtest::{Regtest, RegtestConfig};
+
+/// How long a node may take to print a line it is expected to print.
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a process may take to exit once it should.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn regtest() -> Regtest {
+    let regtest = Regtest::start(RegtestConfig::default())
+        .await
+        .expect("regtest starts");
+    regtest.mine(101, None);
+    regtest
+}
+
+/// A configuration file in `dir`: SQLite under `dir`, both listeners on ephemeral ports.
+fn write_config(dir: &Path, rpc_url: &str) -> PathBuf {
+    let text = format!(
+        r#"
+network = "regtest"
+data_dir = "{dir}"
+
+[store]
+url = "sqlite://{dir}/node.db"
+cluster = "cli-test"
+instance_id = "a"
+
+[chain]
+rpc_url = "{rpc_url}"
+rpc_user = "phalanx"
+rpc_password = "phalanx"
+poll_interval_ms = 100
+
+[lightning]
+listen = ["127.0.0.1:0"]
+alias = "cli-test"
+forward_delay_ms = 0
+
+[api]
+listen = "127.0.0.1:0"
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("phalanx.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running `phalanx` process; SIGKILLed if the test ends while it runs.
+struct Phalanx {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn phalanx(args: &[&str], env: &[(&str, &str)]) -> Phalanx {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_phalanx"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PHALANX_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    let mut child = phalanx_testkit::process::spawn_tied(command).expect("spawn phalanx");
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let lines = Arc::clone(&stdout);
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let text = Arc::clone(&stderr);
+    let mut err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            text.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    });
+    Phalanx {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+fn node(config: &Path, extra: &[&str]) -> Phalanx {
+    let mut args = vec!["node", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    phalanx(&args, &[])
+}
+
+impl Phalanx {
+    fn line(&self, prefix: &str) -> Option<String> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|line| line.starts_with(prefix))
+            .cloned()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    async fn wait_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        loop {
+            if let Some(line) = self.line(prefix) {
+                return line;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads catch up before giving up.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(line) = self.line(prefix) {
+                    return line;
+                }
+                panic!(
+                    "phalanx exited ({status}) before printing {prefix:?}\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {prefix:?} line within {LINE_TIMEOUT:?}\nstderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The API's URL and a client holding the token, from the `api listening` line.
+    async fn api(&mut self) -> (String, ApiClient) {
+        let line = self.wait_line("api listening on ").await;
+        let rest = line.strip_prefix("api listening on ").unwrap();
+        let (url, token_file) = rest.split_once(" token_file ").expect(&line);
+        let token = read_token(Path::new(token_file)).expect("the token file is readable");
+        let client = ApiClient::new(url)
+            .unwrap()
+            .with_timeout(Duration::from_secs(30))
+            .with_token(token);
+        (url.to_owned(), client)
+    }
+
+    /// The fields of the `node started` line.
+    async fn started(&mut self) -> Started {
+        let line = self.wait_line("node started ").await;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+                .to_owned()
+        };
+        Started {
+            node_id: field("node_id"),
+            peers: field("peers").split(',').map(str::to_owned).collect(),
+            epoch: field("epoch").parse().unwrap(),
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        phalanx_testkit::process::signal(&self.child, signal).unwrap();
+    }
+
+    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads drain the pipes.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "phalanx did not exit within {timeout:?}\nstderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn terminate(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit(EXIT_TIMEOUT).await
+    }
+}
+
+impl Drop for Phalanx {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- stderr of phalanx ---\n{}", self.stderr());
+        }
+    }
+}
+
+struct Started {
+    node_id: String,
+    peers: Vec<String>,
+    epoch: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_api_stops_on_sigterm_and_restarts_as_the_same_node() {
+    let regtest = regtest().await;
+    let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
+    let config = write_config(&dir, &regtest.rpc_url());
+
+    let mut first = node(&config, &[]);
+    let (url, api) = first.api().await;
+    let started = first.started().await;
+    assert_eq!(started.peers.len(), 1);
+    let peer: std::net::SocketAddr = started.peers[0].parse().unwrap();
+    assert_ne!(peer.port(), 0, "the bound peer port is printed");
+    std::net::TcpStream::connect(peer).expect("the node accepts peers");
+
+    assert_eq!(api.state().await.unwrap(), ServerState::ServerActive);
+    let info = api.info().await.unwrap();
+    assert_eq!(info.node_id, started.node_id);
+    assert_eq!(info.network, "regtest");
+    assert_eq!(info.alias, "cli-test");
+    assert_eq!(info.epoch, started.epoch);
+    assert_eq!(info.block_height, 101);
+    assert_eq!(info.listen_addresses, started.peers);
+    let address = api.new_address().await.unwrap().address;
+    address
+        .parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()
+        .unwrap()
+        .require_network(Network::Regtest)
+        .expect("a regtest address");
+    let balance = api.balance().await.unwrap();
+    assert_eq!(balance.onchain_total_sat, 0);
+    assert!(api.list_channels().await.unwrap().is_empty());
+    assert!(api.list_payments().await.unwrap().is_empty());
+
+    let anonymous = ApiClient::new(&url).unwrap();
+    match anonymous.info().await {
+        Err(ClientError::Api { status: 401, error }) => {
+            assert_eq!(error.code, ErrorCode::Unauthorized)
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    assert_eq!(
+        anonymous.state().await.unwrap(),
+        ServerState::ServerActive,
+        "the probe needs no token"
+    );
+
+    let status = first.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", first.stderr());
+
+    // Same data directory: same seed, same store, same node; a new leadership.
+    let mut second = node(&config, &[]);
+    let (_, api) = second.api().await;
+    let restarted = second.started().await;
+    assert_eq!(restarted.node_id, started.node_id);
+    assert!(restarted.epoch > started.epoch);
+    assert_eq!(api.info().await.unwrap().node_id, started.node_id);
+    let status = second.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", second.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_configuration_exits_2_naming_the_field() {
+    let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
+    let run = |file: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut args = vec!["node", "--config", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        phalanx(&args, env)
+    };
+    let chain = "[chain]\nrpc_url = \"http://u:p@127.0.0.1:1\"\n";
+    for (file, extra, env, needle) in [
+        (
+            format!("network = \"moon\"\n{chain}"),
+            &[][..],
+            &[][..],
+            "network: \"moon\" is not one of",
+        ),
+        (
+            "network = \"regtest\"\n".to_owned(),
+            &[],
+            &[],
+            "chain.rpc_url: required",
+        ),
+        // A flag wins over the file: the network is fine, the chain is still missing.
+        (
+            "network = \"moon\"\n".to_owned(),
+            &["--network", "regtest"],
+            &[],
+            "chain.rpc_url: required",
+        ),
+        // So does the environment.
+        (
+            format!("network = \"regtest\"\n{chain}"),
+            &[],
+            &[("PHALANX_API_LISTEN", "8080")],
+            "api.listen",
+        ),
+        (
+            "network = \"regtest\"\n[chain]\nrpc_ulr = \"x\"\n".to_owned(),
+            &[],
+            &[],
+            "unknown field `rpc_ulr`",
+        ),
+    ] {
+        let mut process = run(&file, extra, env);
+        let status = process.wait_exit(EXIT_TIMEOUT).await;
+        let stderr = process.stderr();
+        assert_eq!(status.code(), Some(2), "{file:?}: {stderr}");
+        assert!(stderr.contains(needle), "{file:?}: {stderr}");
+        assert!(
+            process.stdout.lock().unwrap().is_empty(),
+            "nothing starts on a bad configuration"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_chain_exits_1_with_the_reason() {
+    let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
+    let closed = phalanx_testkit::process::free_port();
+    let config = write_config(&dir, &format!("http://127.0.0.1:{closed}"));
+    let began = Instant::now();
+    let mut process = node(&config, &[]);
+    process.api().await;
+    let status = process.wait_exit(EXIT_TIMEOUT).await;
+    let stderr = process.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot start the node"), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{closed}")), "{stderr}");
+    assert!(process.line("node started").is_none());
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        began.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_waits_on_its_own_api_and_takes_over_when_the_leader_stops() {
+    let regtest = regtest().await;
+    let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
+    let config = write_config(&dir, &regtest.rpc_url());
+
+    let mut leader = node(&config, &[]);
+    let (leader_url, _) = leader.api().await;
+    let led = leader.started().await;
+
+    let mut standby = node(&config, &["--instance-id", "b"]);
+    let (standby_url, standby_api) = standby.api().await;
+    assert_ne!(standby_url, leader_url, "each instance has its own API");
+    assert_eq!(
+        standby_api.state().await.unwrap(),
+        ServerState::WaitingToStart
+    );
+    match standby_api.info().await {
+        Err(ClientError::Api { status: 503, error }) => {
+            assert_eq!(error.code, ErrorCode::NotActive);
+            assert_eq!(error.state, Some(ServerState::WaitingToStart));
+        }
+        other => panic!("expected 503 not_active, got {other:?}"),
+    }
+
+    // A standby stopped while it waits exits at once, cleanly.
+    let mut other = node(&config, &["--instance-id", "c"]);
+    other.api().await;
+    let status = other.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", other.stderr());
+    assert!(other.line("node started").is_none());
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        standby.line("node started").is_none(),
+        "the standby started while the leader runs"
+    );
+    assert_eq!(
+        standby_api.state().await.unwrap(),
+        ServerState::WaitingToStart
+    );
+
+    let status = leader.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", leader.stderr());
+    let took_over = standby.started().await;
+    assert_eq!(took_over.node_id, led.node_id);
+    assert!(took_over.epoch > led.epoch);
+    assert_eq!(
+        standby_api.state().await.unwrap(),
+        ServerState::ServerActive
+    );
+    assert_eq!(standby_api.info().await.unwrap().epoch, took_over.epoch);
+
+    let status = standby.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", standby.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_misses_its_lease_deadline_exits_75_and_a_standby_takes_over() {
+    let regtest = regtest().await;
+    let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
+    let config = write_config(&dir, &regtest.rpc_url());
+
+    let mut leader = node(&config, &[]);
+    let (_, leader_api) = leader.api().await;
+    let led = leader.started().await;
+    let mut standby = node(&config, &["--instance-id", "b"]);
+    let (_, standby_api) = standby.api().await;
+    assert_eq!(
+        standby_api.state().await.unwrap(),
+        ServerState::WaitingToStart
+    );
+
+    // Frozen past the lease's deadline (4 s TTL, 1 s margin), the leader cannot have
+    // renewed in time: once thawed it must stop acting (fail-stop) and exit for a restart.
+    leader.signal(Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    leader.signal(Signal::SIGCONT);
+    let status = leader.wait_exit(EXIT_TIMEOUT).await;
+    assert_eq!(status.code(), Some(75), "{}", leader.stderr());
+    assert!(leader.stderr().contains("lost the leadership"));
+    assert!(
+        leader_api.state().await.is_err(),
+        "the leader's API is gone with it"
+    );
+
+    let took_over = standby.started().await;
+    assert_eq!(took_over.node_id, led.node_id);
+    assert!(took_over.epoch > led.epoch);
+    assert_eq!(
+        standby_api.state().await.unwrap(),
+        ServerState::ServerActive
+    );
+    let status = standby.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", standby.stderr());
+}
