@@ -2,6 +2,7 @@
 //! (unless given a URL) and prints one JSON object per result with `--json`, a table
 //! otherwise. Results and how they were taken live in `docs/BENCHMARKS.md`.
 
+mod payments;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ struct Cli {
 enum Bench {
     /// Fenced writes and reads on a state store backend.
     Store(store::StoreArgs),
+    /// Lightning payments between two nodes on regtest, at several concurrencies.
+    Payments(payments::PaymentsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.bench {
             Bench::Store(args) => store::run(args).await,
+            Bench::Payments(args) => payments::run(args).await,
         }
     })
 }

@@ -88,7 +88,7 @@ fn start_server(backend: Backend) -> anyhow::Result<(Server, String)> {
     })
 }
 
-fn backend_name(backend: Backend) -> &'static str {
+pub fn backend_name(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => "sqlite",
         Backend::Postgres => "postgres",

@@ -1,0 +1,147 @@
+//! `phalanx-bench payments`: two nodes on the built-in regtest chain with one channel,
+//! each with its own store on the chosen backend, paying invoices at concurrency 1, 10
+//! and 100. A payment counts when the payer saw it succeed and the payee recorded it.
+
+use std::sync::{Arc, Mutex};
+
+use bitcoin::Amount;
+use clap::Args;
+use phalanx_devnet::chain::ChainControl;
+use phalanx_devnet::harness::{fund, node_config, open_channel};
+use phalanx_devnet::run::chain_config_from_url;
+use phalanx_devnet::stream::{self, Plan, Stats};
+use phalanx_node::Node;
+use phalanx_regtest::{Regtest, RegtestConfig};
+use phalanx_testkit::etcd::EtcdServer;
+use phalanx_testkit::postgres::PostgresServer;
+use serde::Serialize;
+
+use crate::store::{Backend, backend_name};
+
+#[derive(Args, Debug)]
+pub struct PaymentsArgs {
+    /// The store backend both nodes use (each its own database or prefix).
+    #[arg(long, value_enum)]
+    backend: Backend,
+    /// Payments measured at each concurrency.
+    #[arg(long, default_value_t = 500)]
+    payments: u64,
+    /// Concurrency levels (payments in flight).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    concurrency: Vec<usize>,
+    /// The amount of each payment.
+    #[arg(long, default_value_t = 1_000_000)]
+    amount_msat: u64,
+    /// Print one JSON object per concurrency level.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Result {
+    bench: &'static str,
+    backend: &'static str,
+    concurrency: usize,
+    payments: u64,
+    failed: u64,
+    payments_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Keeps the servers alive until the end.
+enum Servers {
+    None,
+    Postgres(#[allow(dead_code)] PostgresServer),
+    Etcd(#[allow(dead_code)] EtcdServer),
+}
+
+pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
+    let dir = phalanx_testkit::process::scratch_dir("bench-payments")?;
+    let (servers, alice_store, bob_store) = match args.backend {
+        Backend::Sqlite => (Servers::None, None, None),
+        Backend::Postgres => {
+            let server = PostgresServer::start()?;
+            let (a, b) = (server.fresh_database()?, server.fresh_database()?);
+            (Servers::Postgres(server), Some(a), Some(b))
+        }
+        Backend::Etcd => {
+            let server = EtcdServer::start()?;
+            let (a, b) = (server.url("alice"), server.url("bob"));
+            (Servers::Etcd(server), Some(a), Some(b))
+        }
+    };
+    let regtest = Regtest::start(RegtestConfig::default()).await?;
+    let chain =
+        ChainControl::connect(chain_config_from_url(&regtest.rpc_url_with_credentials())?).await?;
+    chain.ensure_funds(Amount::from_sat(50_000_000)).await?;
+    let alice = Node::start(&node_config(chain.config(), &dir, "alice", alice_store)?).await?;
+    let bob = Node::start(&node_config(chain.config(), &dir, "bob", bob_store)?).await?;
+    // Room for every payment of every level in one direction.
+    let levels = args.concurrency.len() as u64;
+    let channel_sat = (args.payments * levels * args.amount_msat / 1000 * 2).max(1_000_000);
+    fund(&chain, &alice, Amount::from_sat(channel_sat + 1_000_000)).await?;
+    open_channel(&chain, &alice, &bob, channel_sat, 0).await?;
+
+    let name = backend_name(args.backend);
+    if !args.json {
+        println!(
+            "{:<10} {:>11} {:>9} {:>7} {:>12} {:>9} {:>9}",
+            "backend", "concurrency", "payments", "failed", "payments/s", "p50 ms", "p99 ms"
+        );
+    }
+    for &concurrency in &args.concurrency {
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let (_stop_sender, stop) = tokio::sync::watch::channel(false);
+        let plan = Plan {
+            count: Some(args.payments),
+            concurrency,
+            amount_msat: args.amount_msat,
+            both_ways: false,
+        };
+        stream::run(
+            Arc::clone(&alice),
+            Arc::clone(&bob),
+            plan,
+            Arc::clone(&stats),
+            stop,
+        )
+        .await;
+        let stats = stats.lock().unwrap_or_else(|e| e.into_inner());
+        let result = Result {
+            bench: "payments",
+            backend: name,
+            concurrency,
+            payments: stats.succeeded,
+            failed: stats.failed,
+            payments_per_s: stats.rate(),
+            p50_ms: stats.latency_ms(0.5),
+            p99_ms: stats.latency_ms(0.99),
+        };
+        if let Some(failure) = &stats.last_failure {
+            eprintln!(
+                "{} payments failed at concurrency {concurrency}; last: {failure}",
+                stats.failed
+            );
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(&result)?);
+        } else {
+            println!(
+                "{:<10} {:>11} {:>9} {:>7} {:>12.1} {:>9.2} {:>9.2}",
+                result.backend,
+                result.concurrency,
+                result.payments,
+                result.failed,
+                result.payments_per_s,
+                result.p50_ms,
+                result.p99_ms
+            );
+        }
+    }
+    alice.shutdown().await;
+    bob.shutdown().await;
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

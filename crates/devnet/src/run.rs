@@ -1,0 +1,272 @@
+//! `phalanx devnet`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bitcoin::Amount;
+use phalanx_node::Node;
+use phalanx_node::config::ChainConfig;
+use phalanx_regtest::{Regtest, RegtestConfig};
+
+use crate::DevnetError;
+use crate::chain::ChainControl;
+use crate::harness::{fund, node_config, open_channel};
+use crate::stream::{self, Stats};
+
+/// What the devnet does.
+#[derive(Debug, Clone)]
+pub struct DevnetOptions {
+    /// Stop after this many payments (run until interrupted when `None`).
+    pub payments: Option<u64>,
+    /// Payments in flight at once.
+    pub concurrency: usize,
+    /// The amount of each payment.
+    pub amount_msat: u64,
+    /// Leave the nodes running after the payments, printing their API addresses.
+    pub keep: bool,
+    /// An external regtest chain, `http://user:pass@host:port` (built-in chain when `None`).
+    pub chain_rpc: Option<String>,
+    /// Where the nodes keep their data (a temporary directory when `None`).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for DevnetOptions {
+    fn default() -> Self {
+        Self {
+            payments: None,
+            concurrency: 4,
+            amount_msat: 1_000_000,
+            keep: false,
+            chain_rpc: None,
+            data_dir: None,
+        }
+    }
+}
+
+/// How the payments went.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Payments that succeeded.
+    pub succeeded: u64,
+    /// Payments that failed.
+    pub failed: u64,
+    /// The last failure.
+    pub last_failure: Option<String>,
+    /// Successful payments per second.
+    pub payments_per_s: f64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+}
+
+impl Summary {
+    /// Whether every payment succeeded.
+    pub fn all_succeeded(&self) -> bool {
+        self.failed == 0
+    }
+}
+
+/// Parses `http://user:pass@host:port` into the node's chain configuration.
+pub fn chain_config_from_url(url: &str) -> Result<ChainConfig, DevnetError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|err| DevnetError::Invalid(format!("--chain-rpc {url:?}: {err}")))?;
+    if parsed.scheme() != "http" {
+        return Err(DevnetError::Invalid(format!(
+            "--chain-rpc {url:?}: only http:// is supported"
+        )));
+    }
+    if parsed.username().is_empty() || parsed.password().is_none() {
+        return Err(DevnetError::Invalid(format!(
+            "--chain-rpc {url:?}: give the credentials as http://user:pass@host:port"
+        )));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| DevnetError::Invalid(format!("--chain-rpc {url:?}: no host")))?;
+    let port = parsed.port().unwrap_or(18443);
+    Ok(ChainConfig {
+        rpc_url: format!("http://{host}:{port}"),
+        rpc_user: parsed.username().to_owned(),
+        rpc_password: parsed.password().unwrap_or_default().to_owned(),
+        rest_url: None,
+        esplora_url: None,
+        poll_interval: Duration::from_millis(100),
+    })
+}
+
+/// Runs the devnet until its payments are done (or `interrupt` resolves), printing
+/// progress to stdout.
+pub async fn run(
+    options: DevnetOptions,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Summary, DevnetError> {
+    tokio::pin!(interrupt);
+    let (_regtest, chain_config) = match &options.chain_rpc {
+        Some(url) => {
+            let config = chain_config_from_url(url)?;
+            println!("chain: external regtest at {}", config.rpc_url);
+            (None, config)
+        }
+        None => {
+            let regtest = Regtest::start(RegtestConfig::default())
+                .await
+                .map_err(|err| {
+                    DevnetError::Chain(format!("cannot start the built-in regtest chain: {err}"))
+                })?;
+            println!(
+                "chain: built-in regtest at {} (user {}, password {})",
+                regtest.rpc_url(),
+                regtest.rpc_user(),
+                regtest.rpc_password()
+            );
+            let config = chain_config_from_url(&regtest.rpc_url_with_credentials())?;
+            (Some(regtest), config)
+        }
+    };
+    let chain = ChainControl::connect(chain_config).await?;
+
+    let (_temp, dir) = match &options.data_dir {
+        Some(dir) => (None, dir.clone()),
+        None => {
+            let temp = std::env::temp_dir().join(format!("phalanx-devnet-{}", std::process::id()));
+            (Some(TempDir(temp.clone(), !options.keep)), temp)
+        }
+    };
+    println!("data: {}", dir.display());
+
+    println!("funding the chain wallet (mining to maturity)...");
+    chain.ensure_funds(Amount::from_sat(5_000_000)).await?;
+    let alice = Node::start(&node_config(chain.config(), &dir, "alice", None)?).await?;
+    let bob = Node::start(&node_config(chain.config(), &dir, "bob", None)?).await?;
+    println!(
+        "alice: {} at {}",
+        alice.node_id(),
+        alice.listen_addresses()[0]
+    );
+    println!("bob:   {} at {}", bob.node_id(), bob.listen_addresses()[0]);
+
+    let channel_sat = 1_000_000;
+    if alice.list_channels().iter().all(|c| !c.is_usable) {
+        if alice.onchain_balance().confirmed_sat < channel_sat + 50_000 {
+            println!("funding alice's wallet...");
+            fund(&chain, &alice, Amount::from_sat(2_000_000)).await?;
+        }
+        println!(
+            "opening a {channel_sat} sat channel alice -> bob and waiting for 6 confirmations..."
+        );
+        open_channel(&chain, &alice, &bob, channel_sat, channel_sat * 1000 / 2).await?;
+    }
+    println!(
+        "channel ready; streaming payments of {} msat, {} in flight, both ways",
+        options.amount_msat, options.concurrency
+    );
+
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let mut payments = tokio::spawn(stream::run(
+        Arc::clone(&alice),
+        Arc::clone(&bob),
+        stream::Plan {
+            count: options.payments,
+            concurrency: options.concurrency,
+            amount_msat: options.amount_msat,
+            both_ways: true,
+        },
+        Arc::clone(&stats),
+        stop,
+    ));
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            _ = &mut payments => break,
+            _ = ticker.tick() => print_status(&stats, options.payments, &alice, &bob),
+            _ = &mut interrupt, if !interrupted => {
+                println!("interrupted; finishing the payments in flight...");
+                interrupted = true;
+                let _ = stop_sender.send(true);
+            }
+        }
+    }
+    let summary = {
+        let stats = stats.lock().unwrap_or_else(|e| e.into_inner());
+        Summary {
+            succeeded: stats.succeeded,
+            failed: stats.failed,
+            last_failure: stats.last_failure.clone(),
+            payments_per_s: stats.rate(),
+            p50_ms: stats.latency_ms(0.5),
+            p99_ms: stats.latency_ms(0.99),
+        }
+    };
+    println!(
+        "done: {} payments succeeded, {} failed, {:.1}/s, p50 {:.1} ms, p99 {:.1} ms{}",
+        summary.succeeded,
+        summary.failed,
+        summary.payments_per_s,
+        summary.p50_ms,
+        summary.p99_ms,
+        summary
+            .last_failure
+            .as_ref()
+            .map(|f| format!(" (last failure: {f})"))
+            .unwrap_or_default()
+    );
+
+    if options.keep && !interrupted {
+        println!("--keep: the nodes keep running; stop with Ctrl-C");
+        println!(
+            "alice: peer {} data {}",
+            alice.listen_addresses()[0],
+            dir.join("alice").display()
+        );
+        println!(
+            "bob:   peer {} data {}",
+            bob.listen_addresses()[0],
+            dir.join("bob").display()
+        );
+        interrupt.await;
+    }
+    alice.shutdown().await;
+    bob.shutdown().await;
+    Ok(summary)
+}
+
+fn print_status(stats: &Mutex<Stats>, target: Option<u64>, alice: &Node, bob: &Node) {
+    let stats = stats.lock().unwrap_or_else(|e| e.into_inner());
+    let of = target.map(|t| format!("/{t}")).unwrap_or_default();
+    let balance = |node: &Node| {
+        node.list_channels()
+            .iter()
+            .map(|c| c.outbound_capacity_msat / 1000)
+            .sum::<u64>()
+    };
+    println!(
+        "[{:>5.0}s] payments {}{} ok, {} failed | {:.1}/s | p50 {:.1} ms p99 {:.1} ms | height {} | spendable alice {} sat, bob {} sat",
+        stats.elapsed().as_secs_f64(),
+        stats.succeeded,
+        of,
+        stats.failed,
+        stats.rate(),
+        stats.latency_ms(0.5),
+        stats.latency_ms(0.99),
+        alice.best_block_height(),
+        balance(alice),
+        balance(bob),
+    );
+}
+
+/// A directory removed when dropped (when `.1` is set).
+struct TempDir(PathBuf, bool);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
