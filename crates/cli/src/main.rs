@@ -12,6 +12,7 @@ use phalanx_store::{ClusterName, StoreOptions};
 use serde::Serialize;
 
 mod ctl;
+mod devnet;
 mod node_cmd;
 
 #[derive(Parser, Debug)]
@@ -32,6 +33,8 @@ enum Command {
     Regtest(RegtestArgs),
     /// Drive a running node through its REST API.
     Ctl(ctl::CtlArgs),
+    /// A local network on regtest: a chain, two nodes, a channel and a stream of payments.
+    Devnet(devnet::DevnetArgs),
 }
 
 #[derive(Args, Debug)]
@@ -254,6 +257,7 @@ fn main() -> ExitCode {
             }
             Command::Regtest(args) => regtest(args).await.map(|()| ExitCode::SUCCESS),
             Command::Ctl(args) => Ok(ctl::run(args).await),
+            Command::Devnet(args) => Ok(devnet::run(args).await),
             Command::Node(args) => Ok(node_cmd::run(*args).await),
         }
     });

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bitcoin::Amount;
 use phalanx_node::Node;
 use phalanx_node::config::ChainConfig;
+use phalanx_node::control::NodeService;
 use phalanx_regtest::{Regtest, RegtestConfig};
 
 use crate::DevnetError;
@@ -141,12 +142,19 @@ pub async fn run(
     chain.ensure_funds(Amount::from_sat(5_000_000)).await?;
     let alice = Node::start(&node_config(chain.config(), &dir, "alice", None)?).await?;
     let bob = Node::start(&node_config(chain.config(), &dir, "bob", None)?).await?;
+    let (stop_apis, apis_stopped) = tokio::sync::watch::channel(false);
+    let alice_api = serve_api(&alice, &dir.join("alice"), apis_stopped.clone()).await?;
+    let bob_api = serve_api(&bob, &dir.join("bob"), apis_stopped).await?;
     println!(
-        "alice: {} at {}",
+        "alice: {} peers at {}, api {alice_api}",
         alice.node_id(),
         alice.listen_addresses()[0]
     );
-    println!("bob:   {} at {}", bob.node_id(), bob.listen_addresses()[0]);
+    println!(
+        "bob:   {} peers at {}, api {bob_api}",
+        bob.node_id(),
+        bob.listen_addresses()[0]
+    );
 
     let channel_sat = 1_000_000;
     if alice.list_channels().iter().all(|c| !c.is_usable) {
@@ -219,21 +227,42 @@ pub async fn run(
 
     if options.keep && !interrupted {
         println!("--keep: the nodes keep running; stop with Ctrl-C");
-        println!(
-            "alice: peer {} data {}",
-            alice.listen_addresses()[0],
-            dir.join("alice").display()
-        );
-        println!(
-            "bob:   peer {} data {}",
-            bob.listen_addresses()[0],
-            dir.join("bob").display()
-        );
+        for (name, api) in [("alice", &alice_api), ("bob", &bob_api)] {
+            let token_file = dir.join(name).join("api-token");
+            println!("{name}: api {api} token_file {}", token_file.display());
+            println!(
+                "  try: phalanx ctl --api {api} --token-file {} getinfo",
+                token_file.display()
+            );
+        }
         interrupt.await;
     }
+    let _ = stop_apis.send(true);
     alice.shutdown().await;
     bob.shutdown().await;
     Ok(summary)
+}
+
+/// Serves the REST API of `node` on a free loopback port; returns its base URL.
+async fn serve_api(
+    node: &Arc<Node>,
+    data_dir: &std::path::Path,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<String, DevnetError> {
+    let token = phalanx_api::load_or_create_token(&data_dir.join("api-token"))
+        .map_err(|err| DevnetError::Io(format!("API token: {err}")))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|err| DevnetError::Io(format!("API listener: {err}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|err| DevnetError::Io(format!("API listener: {err}")))?;
+    let service = Arc::new(NodeService::new());
+    let _ = service.set_node(Arc::clone(node));
+    tokio::spawn(phalanx_api::serve(listener, service, token, async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    }));
+    Ok(format!("http://{address}"))
 }
 
 fn print_status(stats: &Mutex<Stats>, target: Option<u64>, alice: &Node, bob: &Node) {

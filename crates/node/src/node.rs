@@ -170,6 +170,72 @@ pub struct Node {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: watch::Sender<Option<String>>,
     best_height: Arc<AtomicU64>,
+    /// Declared last: dropped after everything that uses the store.
+    _store_runtime: StoreRuntime,
+}
+
+/// The runtime that runs all store I/O and the lease renewals.
+///
+/// LDK calls the store synchronously (`KVStoreSync`) while it holds its own locks, and
+/// the node's runtime workers may be blocked on those same locks (a peer message being
+/// handled, say). A store future that needed one of those workers would never finish:
+/// a deadlock. On its own runtime, store I/O and the lease always make progress, whatever
+/// the node's workers are doing.
+struct StoreRuntime(Option<tokio::runtime::Runtime>);
+
+impl StoreRuntime {
+    fn new() -> Result<Self, NodeError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("phalanx-store")
+            .enable_all()
+            .build()
+            .map_err(|err| {
+                NodeError::Persist(io::Error::new(
+                    io::ErrorKind::Other,
+                    format!("cannot start the store runtime: {err}"),
+                ))
+            })?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the store runtime lives until drop")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for StoreRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one would block; this does not.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A task aborted when its handle is dropped (when `Node::start` is cancelled, say).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> AbortOnDrop<Result<T, NodeError>> {
+    async fn join(mut self) -> Result<T, NodeError> {
+        match (&mut self.0).await {
+            Ok(result) => result,
+            Err(err) => Err(NodeError::Persist(io::Error::new(
+                io::ErrorKind::Other,
+                format!("the store task failed: {err}"),
+            ))),
+        }
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// LDK's configuration for a Phalanx node.
@@ -193,30 +259,27 @@ impl Node {
     /// chain, loads the state, syncs to the tip and starts serving peers.
     pub async fn start(config: &NodeConfig) -> Result<Arc<Node>, NodeError> {
         let seed = FileSeedProvider::new(config.seed_file.clone(), true).seed()?;
-        let store = phalanx_store_connect::connect(
-            &config.store.url,
-            StoreOptions::new(config.store.cluster.clone()),
-        )
-        .await?;
-        let lease_store: Arc<dyn LeaseStore> = store.clone();
-        let campaigner = Campaigner::new(
-            lease_store,
-            config.store.instance_id.clone(),
-            LeaseTimings::default(),
-        )?;
-        let leadership = campaigner.campaign().await?;
+        let store_runtime = StoreRuntime::new()?;
+        let url = config.store.url.clone();
+        let options = StoreOptions::new(config.store.cluster.clone());
+        let instance = config.store.instance_id.clone();
+        // Connecting, campaigning and renewing run on the store runtime (see StoreRuntime).
+        let won = AbortOnDrop(store_runtime.handle().spawn(async move {
+            let store = phalanx_store_connect::connect(&url, options).await?;
+            let lease_store: Arc<dyn LeaseStore> = store.clone();
+            let campaigner = Campaigner::new(lease_store, instance, LeaseTimings::default())?;
+            let leadership = campaigner.campaign().await?;
+            Ok::<_, NodeError>((store, leadership))
+        }));
+        let (store, leadership) = won.join().await?;
         let epoch = leadership.epoch();
-        let span =
-            tracing::info_span!("node", epoch = %epoch, instance = %config.store.instance_id);
-        let _entered = span.enter();
-        drop(_entered);
 
         let runtime = tokio::runtime::Handle::current();
         let state_store: Arc<dyn StateStore> = store.clone();
         let kv: KvStore = Arc::new(LdkKvStore::new(
             state_store,
             leadership.fence(),
-            runtime.clone(),
+            store_runtime.handle(),
         ));
         let chain = ChainClient::connect(&config.chain, config.network, runtime.clone()).await?;
         let logger: Logger = Arc::new(TracingLogger);
@@ -478,6 +541,7 @@ impl Node {
             background_processor: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             stopped: watch::channel(None).0,
+            _store_runtime: store_runtime,
             best_height: Arc::new(AtomicU64::new(u64::from(
                 synced_tip.to_block_locator().height,
             ))),
