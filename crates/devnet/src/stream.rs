@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use phalanx_node::Node;
-use phalanx_node::payments::{Direction, PaymentStatus};
-
-use crate::harness::wait_for;
+use phalanx_node::payments::PaymentStatus;
 
 /// How long one payment may take before it counts as failed.
 pub const PAYMENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -99,17 +97,10 @@ pub async fn pay_once(
     }
     let latency = started.elapsed();
     let hash = invoice.payment_hash().to_string();
-    wait_for(
-        "the payee to record the payment",
-        PAYMENT_TIMEOUT,
-        || async {
-            payee
-                .payment(Direction::Inbound, &hash)
-                .filter(|r| r.status == PaymentStatus::Succeeded)
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    match payee.wait_inbound(&hash, PAYMENT_TIMEOUT).await {
+        Some(record) if record.status == PaymentStatus::Succeeded => {}
+        other => return Err(format!("the payer saw success but the payee has {other:?}")),
+    }
     Ok(latency)
 }
 

@@ -20,7 +20,7 @@
 //! [lightning]
 //! listen = ["0.0.0.0:9735"]
 //! alias = "my-node"
-//! forward_delay_ms = 100                       # batch HTLC forwards (privacy) or 0
+//! forward_delay_ms = 0                         # 0: HTLCs at once; >0: batch (privacy)
 //!
 //! [api]
 //! listen = "127.0.0.1:8080"
@@ -179,8 +179,10 @@ pub struct LightningLayer {
     #[arg(long = "alias", env = "PHALANX_ALIAS")]
     #[serde(rename = "alias")]
     pub lightning_alias: Option<String>,
-    /// Delay before forwarding received HTLCs, in milliseconds (batches forwards for
-    /// privacy; 0 forwards at once, for latency).
+    /// Longest wait before received HTLCs are processed, in milliseconds. 0 (the default)
+    /// processes them as soon as they are irrevocably committed, for latency; a larger
+    /// value batches forwards, which hides timing from observers (LDK also batches on
+    /// its own with a random delay of about 50 ms).
     #[arg(long = "forward-delay-ms", env = "PHALANX_FORWARD_DELAY_MS")]
     #[serde(rename = "forward_delay_ms")]
     pub lightning_forward_delay_ms: Option<u64>,
@@ -280,7 +282,7 @@ pub struct ApiConfig {
 /// Default tip poll interval, in milliseconds.
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
 /// Default forward delay, in milliseconds.
-pub const DEFAULT_FORWARD_DELAY_MS: u64 = 100;
+pub const DEFAULT_FORWARD_DELAY_MS: u64 = 0;
 /// Default peer port.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9735";
 /// Default API address.

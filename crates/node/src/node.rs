@@ -591,6 +591,11 @@ impl Node {
             config.chain.poll_interval,
         )));
         tasks.push(tokio::spawn(reconnect_loop(Arc::clone(&node))));
+        tasks.push(tokio::spawn(htlc_processor(
+            Arc::clone(&channel_manager),
+            config.lightning.forward_delay,
+            node.shutdown.subscribe(),
+        )));
         tasks.push(tokio::spawn(fee_refresher(
             Arc::clone(&chain),
             node.shutdown.subscribe(),
@@ -1168,6 +1173,18 @@ impl Node {
             .ok_or_else(|| NodeError::UnknownPayment(id.to_owned()))
     }
 
+    /// Waits until the inbound payment `payment_hash` is received (or failed), or
+    /// `timeout` passes; returns its record then.
+    pub async fn wait_inbound(
+        &self,
+        payment_hash: &str,
+        timeout: Duration,
+    ) -> Option<PaymentRecord> {
+        self.payments
+            .wait_final(Direction::Inbound, payment_hash, timeout)
+            .await
+    }
+
     /// Every payment, oldest first.
     pub fn list_payments(&self) -> Vec<PaymentRecord> {
         self.payments.list()
@@ -1425,6 +1442,31 @@ async fn reconnect_loop(node: Arc<Node>) {
         tokio::select! {
             _ = tokio::time::sleep(RECONNECT_INTERVAL) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Processes received HTLCs (forwards and payments to us) within `delay` of their
+/// arrival. LDK's background processor does it too, after a random delay of about 50 ms
+/// meant for privacy; with `delay` 0 a payment is handled as soon as it is committed.
+async fn htlc_processor(
+    channel_manager: Arc<ChannelManager>,
+    delay: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // The check is one atomic load; polling it is cheaper than waking on every change.
+    let interval = if delay.is_zero() {
+        Duration::from_millis(2)
+    } else {
+        delay
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if channel_manager.needs_pending_htlc_processing() {
+            channel_manager.process_pending_htlc_forwards();
         }
     }
 }

@@ -79,6 +79,9 @@ pub async fn accept_loop(listener: tokio::net::TcpListener, peer_manager: Arc<Pe
         match listener.accept().await {
             Ok((stream, remote)) => {
                 let peer_manager = Arc::clone(&peer_manager);
+                // LDK writes each message as it is ready; Nagle would hold the small ones
+                // back for the peer's delayed ACK, adding tens of ms to every round trip.
+                let _ = stream.set_nodelay(true);
                 match stream.into_std() {
                     Ok(stream) => {
                         tracing::debug!(%remote, "inbound peer connection");
@@ -114,11 +117,15 @@ pub async fn connect(
         reason,
     };
     let attempt = async {
-        let Some(connection) =
-            lightning_net_tokio::connect_outbound(Arc::clone(peer_manager), node_id, address).await
-        else {
-            return Err(unreachable("connection refused or timed out".into()));
-        };
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|err| unreachable(err.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let stream = stream
+            .into_std()
+            .map_err(|err| unreachable(err.to_string()))?;
+        let connection =
+            lightning_net_tokio::setup_outbound(Arc::clone(peer_manager), node_id, stream);
         let mut connection = Box::pin(tokio::spawn(connection));
         loop {
             if peer_manager.peer_by_node_id(&node_id).is_some() {
