@@ -1095,20 +1095,7 @@ impl Node {
             .channel_manager
             .pay_for_bolt11_invoice(&invoice, payment_id, amount_arg, params)
         {
-            let why = format!("{err:?}");
-            self.payments
-                .update(
-                    Direction::Outbound,
-                    &id,
-                    || unreachable_record(&id),
-                    |r| {
-                        r.status = PaymentStatus::Failed;
-                        r.failure_reason = Some(why.clone());
-                    },
-                )
-                .await
-                .map_err(persist_error)?;
-            return Err(NodeError::PaymentFailed(why));
+            return Err(self.refused_payment(&id, format!("{err:?}")).await);
         }
         Ok(id)
     }
@@ -1143,20 +1130,7 @@ impl Node {
             route_params,
             Retry::Timeout(PAYMENT_RETRY_TIMEOUT),
         ) {
-            let why = format!("{err:?}");
-            self.payments
-                .update(
-                    Direction::Outbound,
-                    &id,
-                    || unreachable_record(&id),
-                    |r| {
-                        r.status = PaymentStatus::Failed;
-                        r.failure_reason = Some(why.clone());
-                    },
-                )
-                .await
-                .map_err(persist_error)?;
-            return Err(NodeError::PaymentFailed(why));
+            return Err(self.refused_payment(&id, format!("{err:?}")).await);
         }
         Ok(id)
     }
@@ -1243,6 +1217,28 @@ impl Node {
     /// Stores the wallet's view: for tests that want to check what is in the store.
     pub fn kv_store(&self) -> &KvStore {
         &self.kv
+    }
+}
+
+impl Node {
+    /// Records that LDK refused to start outbound payment `id`, and says why.
+    async fn refused_payment(&self, id: &str, why: String) -> NodeError {
+        let recorded = self
+            .payments
+            .update(
+                Direction::Outbound,
+                id,
+                || unreachable_record(id),
+                |r| {
+                    r.status = PaymentStatus::Failed;
+                    r.failure_reason = Some(why.clone());
+                },
+            )
+            .await;
+        match recorded {
+            Ok(_) => NodeError::PaymentFailed(why),
+            Err(err) => persist_error(err),
+        }
     }
 }
 
