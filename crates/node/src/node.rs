@@ -481,6 +481,9 @@ impl Node {
         ));
 
         let payments = Arc::new(PaymentStore::load(Arc::clone(&kv)).map_err(persist_error)?);
+        fail_unsent_payments(&payments, &channel_manager)
+            .await
+            .map_err(persist_error)?;
         let address_book = Arc::new(AddressBook::new(Arc::clone(&kv)));
         let bump_handler: Arc<BumpHandler> = Arc::new(BumpTransactionEventHandlerSync::new(
             Arc::clone(&chain),
@@ -1405,6 +1408,49 @@ async fn block_poller(
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
+}
+
+/// Fails the outbound payments recorded as pending that LDK does not know: the node
+/// stopped after writing the record and before LDK persisted the payment (its HTLC is in
+/// no monitor), so it was never sent and no event will ever resolve it.
+async fn fail_unsent_payments(
+    payments: &PaymentStore,
+    channel_manager: &ChannelManager,
+) -> Result<(), io::Error> {
+    use lightning::ln::channelmanager::RecentPaymentDetails;
+    let known: HashSet<String> = channel_manager
+        .list_recent_payments()
+        .into_iter()
+        .map(|p| match p {
+            RecentPaymentDetails::AwaitingInvoice { payment_id }
+            | RecentPaymentDetails::Pending { payment_id, .. }
+            | RecentPaymentDetails::Fulfilled { payment_id, .. }
+            | RecentPaymentDetails::Abandoned { payment_id, .. } => hex::encode(payment_id.0),
+        })
+        .collect();
+    for record in payments.list() {
+        if record.direction != Direction::Outbound
+            || record.status != PaymentStatus::Pending
+            || known.contains(&record.payment_id)
+        {
+            continue;
+        }
+        tracing::warn!(payment_hash = %record.payment_hash, "failing a payment that was never sent (the node stopped before handing it over)");
+        let id = record.payment_id.clone();
+        payments
+            .update(
+                Direction::Outbound,
+                &id,
+                || record.clone(),
+                |r| {
+                    r.status = PaymentStatus::Failed;
+                    r.failure_reason =
+                        Some("never sent: the node stopped before handing it over".into());
+                },
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Keeps the node connected to every channel peer whose address it knows.

@@ -89,6 +89,27 @@ impl LdkKvStore {
         }
     }
 
+    /// Runs `future` on the store's runtime and waits for its outcome from anywhere.
+    ///
+    /// Store clients create connections lazily and spawn their drivers on the runtime of
+    /// whoever asked first (deadpool-postgres does). Run from the node's runtime, such a
+    /// connection would stop making progress whenever the node's workers are blocked on
+    /// LDK's locks, which is exactly when a synchronous monitor write waits for it.
+    fn on_runtime<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, io::Error>> + Send + 'static,
+    ) -> impl Future<Output = Result<T, io::Error>> + Send + 'static {
+        let task = self.inner.runtime.spawn(future);
+        async move {
+            task.await.unwrap_or_else(|err| {
+                Err(io::Error::new(
+                    io::ErrorKind::Other,
+                    format!("the store task failed: {err}"),
+                ))
+            })
+        }
+    }
+
     fn block_on<T: Send + 'static>(
         &self,
         future: impl Future<Output = Result<T, io::Error>> + Send + 'static,
@@ -179,7 +200,7 @@ impl KVStore for LdkKvStore {
     ) -> impl Future<Output = Result<Vec<u8>, io::Error>> + 'static + Send {
         let key = StoreKey::new(primary_namespace, secondary_namespace, key);
         let store = Arc::clone(&self.inner.store);
-        async move { Ok(store.read(&key?).await?) }
+        self.on_runtime(async move { Ok(store.read(&key?).await?) })
     }
 
     fn write(
@@ -189,10 +210,10 @@ impl KVStore for LdkKvStore {
         key: &str,
         buf: Vec<u8>,
     ) -> impl Future<Output = Result<(), io::Error>> + 'static + Send {
-        self.mutation(
+        self.on_runtime(self.mutation(
             StoreKey::new(primary_namespace, secondary_namespace, key),
             Some(buf),
-        )
+        ))
     }
 
     fn remove(
@@ -203,10 +224,10 @@ impl KVStore for LdkKvStore {
         _lazy: bool,
     ) -> impl Future<Output = Result<(), io::Error>> + 'static + Send {
         // Removals are always applied eagerly: simpler, and never lost on a crash.
-        self.mutation(
+        self.on_runtime(self.mutation(
             StoreKey::new(primary_namespace, secondary_namespace, key),
             None,
-        )
+        ))
     }
 
     fn list(
@@ -216,7 +237,7 @@ impl KVStore for LdkKvStore {
     ) -> impl Future<Output = Result<Vec<String>, io::Error>> + 'static + Send {
         let namespace = Namespace::new(primary_namespace, secondary_namespace);
         let store = Arc::clone(&self.inner.store);
-        async move { Ok(store.list(&namespace?).await?) }
+        self.on_runtime(async move { Ok(store.list(&namespace?).await?) })
     }
 }
 
