@@ -121,6 +121,8 @@ pub struct ChainClient {
     network: Network,
     fees: RwLock<FeeTable>,
     broadcasting: AtomicBool,
+    /// A second broadcast source, if configured.
+    esplora: Option<crate::esplora::Esplora>,
     runtime: tokio::runtime::Handle,
     /// Itself, so the synchronous broadcaster can hand a task an owned handle.
     me: std::sync::Weak<ChainClient>,
@@ -135,7 +137,13 @@ impl ChainClient {
     ) -> Result<Arc<Self>, ChainError> {
         let credentials = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", config.rpc_user, config.rpc_password));
+        let esplora = config
+            .esplora_url
+            .as_deref()
+            .map(crate::esplora::Esplora::new)
+            .transpose()?;
         let client = Arc::new_cyclic(|me| Self {
+            esplora,
             me: me.clone(),
             url: config.rpc_url.clone(),
             rpc: RpcClient::new(&credentials, config.rpc_url.clone()),
@@ -253,6 +261,32 @@ impl ChainClient {
             return Ok(Vec::new());
         }
         let txs = topological(txs);
+        let through_bitcoind = self.broadcast_to_bitcoind(&txs).await;
+        let Some(esplora) = &self.esplora else {
+            return through_bitcoind;
+        };
+        // Parents first, so each child finds its inputs.
+        let mut esplora_accepted_all = true;
+        for tx in &txs {
+            let txid = tx.compute_txid();
+            match esplora.broadcast(tx).await {
+                Ok(_) => tracing::debug!(%txid, url = esplora.url(), "broadcast to esplora"),
+                Err(err) => {
+                    esplora_accepted_all = false;
+                    tracing::warn!(%txid, url = esplora.url(), error = %err, "esplora refused the transaction");
+                }
+            }
+        }
+        match through_bitcoind {
+            Err(err) if esplora_accepted_all => {
+                tracing::warn!(error = %err, "bitcoind refused a broadcast that esplora accepted");
+                Ok(txs.iter().map(Transaction::compute_txid).collect())
+            }
+            other => other,
+        }
+    }
+
+    async fn broadcast_to_bitcoind(&self, txs: &[Transaction]) -> Result<Vec<Txid>, ChainError> {
         if txs.len() == 1 {
             let answer = self
                 .call("sendrawtransaction", &[json!(serialize_hex(&txs[0]))])

@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod config;
 pub mod control;
+pub mod esplora;
 pub mod events;
 pub mod keys;
 pub mod logger;

@@ -174,3 +174,121 @@ async fn broadcasts_single_transactions_and_packages_until_stopped() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!regtest.chain().history().contains(&late.compute_txid()));
 }
+
+/// An Esplora endpoint that records what it is sent and answers `status` with the txid.
+async fn recording_esplora(status: u16) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then a body of Content-Length bytes.
+            let (head, length) = loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&request[..end]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    break (head, end + 4 + length);
+                }
+            };
+            while request.len() < length {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+            }
+            assert!(head.starts_with("POST /api/tx "), "{head}");
+            let hex = String::from_utf8_lossy(&request[head.len() + 4..length]).to_string();
+            let tx: bitcoin::Transaction =
+                bitcoin::consensus::encode::deserialize_hex(&hex).unwrap();
+            recorded.lock().unwrap().push(hex);
+            let answer = tx.compute_txid().to_string();
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            socket.write_all(reply.as_bytes()).await.unwrap();
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_broadcast_also_goes_to_esplora_when_configured() {
+    let regtest = regtest().await;
+    regtest.mine(101, None);
+    let to_wallet = regtest.chain().wallet().default_address().script_pubkey();
+
+    let (url, seen) = recording_esplora(200).await;
+    let mut with_esplora = config(&regtest, false);
+    with_esplora.esplora_url = Some(url);
+    let client = ChainClient::connect(
+        &with_esplora,
+        Network::Regtest,
+        tokio::runtime::Handle::current(),
+    )
+    .await
+    .unwrap();
+    let tx = regtest
+        .chain()
+        .build_send(&to_wallet, Amount::from_sat(40_000))
+        .unwrap();
+    assert_eq!(
+        client.broadcast(vec![tx.clone()]).await.unwrap(),
+        vec![tx.compute_txid()]
+    );
+    assert!(
+        regtest.chain().mempool().contains(&tx.compute_txid()),
+        "bitcoind got it"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![bitcoin::consensus::encode::serialize_hex(&tx)],
+        "esplora got it"
+    );
+
+    // An Esplora that refuses does not undo what bitcoind accepted.
+    let (url, seen) = recording_esplora(400).await;
+    let mut refusing = config(&regtest, false);
+    refusing.esplora_url = Some(url);
+    let client = ChainClient::connect(
+        &refusing,
+        Network::Regtest,
+        tokio::runtime::Handle::current(),
+    )
+    .await
+    .unwrap();
+    let tx = regtest
+        .chain()
+        .build_send(&to_wallet, Amount::from_sat(30_000))
+        .unwrap();
+    assert_eq!(
+        client.broadcast(vec![tx.clone()]).await.unwrap(),
+        vec![tx.compute_txid()]
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // Bad Esplora URLs are refused when the client is made.
+    for bad in ["ftp://esplora.example/api", "not a url", "http://"] {
+        let mut wrong = config(&regtest, false);
+        wrong.esplora_url = Some(bad.into());
+        let err = ChainClient::connect(&wrong, Network::Regtest, tokio::runtime::Handle::current())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{bad} was accepted"));
+        assert!(err.to_string().contains(bad), "{err}");
+    }
+}
