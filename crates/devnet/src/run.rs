@@ -229,7 +229,12 @@ pub async fn run(
         println!("--keep: the nodes keep running; stop with Ctrl-C");
         for (name, api) in [("alice", &alice_api), ("bob", &bob_api)] {
             let token_file = dir.join(name).join("api-token");
-            println!("{name}: api {api} token_file {}", token_file.display());
+            let token = std::fs::read_to_string(&token_file).unwrap_or_default();
+            println!(
+                "{name}: api {api} token {} token_file {}",
+                token.trim(),
+                token_file.display()
+            );
             println!(
                 "  try: phalanx ctl --api {api} --token-file {} getinfo",
                 token_file.display()
