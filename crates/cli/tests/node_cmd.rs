@@ -1,21 +1,16 @@
 //! `phalanx node`: the real binary on the in-process regtest chain, driven through its
 //! REST API and signals.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bitcoin::Network;
 use nix::sys::signal::Signal;
-use phalanx_api::{ApiClient, ClientError, ErrorCode, ServerState, read_token};
+use phalanx_api::{ApiClient, ClientError, ErrorCode, ServerState};
 use phalanx_regtest::{Regtest, RegtestConfig};
-
-/// How long a node may take to print a line it is expected to print.
-const LINE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a process may take to exit once it should.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn regtest() -> Regtest {
     let regtest = Regtest::start(RegtestConfig::default())
@@ -58,184 +53,13 @@ listen = "127.0.0.1:0"
     path
 }
 
-/// A running `phalanx` process; SIGKILLed if the test ends while it runs.
-struct Phalanx {
-    child: Child,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-fn phalanx(args: &[&str], env: &[(&str, &str)]) -> Phalanx {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_phalanx"));
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars() {
-        if name.starts_with("PHALANX_") {
-            command.env_remove(name);
-        }
-    }
-    command.envs(env.iter().copied());
-    let mut child = phalanx_testkit::process::spawn_tied(command).expect("spawn phalanx");
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let lines = Arc::clone(&stdout);
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            lines.lock().unwrap().push(line);
-        }
-    });
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let text = Arc::clone(&stderr);
-    let mut err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let mut buffer = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buffer) {
-            if n == 0 {
-                break;
-            }
-            text.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buffer[..n]));
-        }
-    });
-    Phalanx {
-        child,
-        stdout,
-        stderr,
-    }
-}
-
-fn node(config: &Path, extra: &[&str]) -> Phalanx {
-    let mut args = vec!["node", "--config", config.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    phalanx(&args, &[])
-}
-
-impl Phalanx {
-    fn line(&self, prefix: &str) -> Option<String> {
-        self.stdout
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|line| line.starts_with(prefix))
-            .cloned()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    async fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + LINE_TIMEOUT;
-        loop {
-            if let Some(line) = self.line(prefix) {
-                return line;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads catch up before giving up.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(line) = self.line(prefix) {
-                    return line;
-                }
-                panic!(
-                    "phalanx exited ({status}) before printing {prefix:?}\nstderr:\n{}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {prefix:?} line within {LINE_TIMEOUT:?}\nstderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The API's URL and a client holding the token, from the `api listening` line.
-    async fn api(&mut self) -> (String, ApiClient) {
-        let line = self.wait_line("api listening on ").await;
-        let rest = line.strip_prefix("api listening on ").unwrap();
-        let (url, token_file) = rest.split_once(" token_file ").expect(&line);
-        let token = read_token(Path::new(token_file)).expect("the token file is readable");
-        let client = ApiClient::new(url)
-            .unwrap()
-            .with_timeout(Duration::from_secs(30))
-            .with_token(token);
-        (url.to_owned(), client)
-    }
-
-    /// The fields of the `node started` line.
-    async fn started(&mut self) -> Started {
-        let line = self.wait_line("node started ").await;
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|word| word.strip_prefix(&format!("{name}=")))
-                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-                .to_owned()
-        };
-        Started {
-            node_id: field("node_id"),
-            peers: field("peers").split(',').map(str::to_owned).collect(),
-            epoch: field("epoch").parse().unwrap(),
-        }
-    }
-
-    fn signal(&self, signal: Signal) {
-        phalanx_testkit::process::signal(&self.child, signal).unwrap();
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads drain the pipes.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "phalanx did not exit within {timeout:?}\nstderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn terminate(&mut self) -> ExitStatus {
-        self.signal(Signal::SIGTERM);
-        self.wait_exit(EXIT_TIMEOUT).await
-    }
-}
-
-impl Drop for Phalanx {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- stderr of phalanx ---\n{}", self.stderr());
-        }
-    }
-}
-
-struct Started {
-    node_id: String,
-    peers: Vec<String>,
-    epoch: u64,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_api_stops_on_sigterm_and_restarts_as_the_same_node() {
     let regtest = regtest().await;
     let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
     let config = write_config(&dir, &regtest.rpc_url());
 
-    let mut first = node(&config, &[]);
+    let mut first = node("node", &config, &[]);
     let (url, api) = first.api().await;
     let started = first.started().await;
     assert_eq!(started.peers.len(), 1);
@@ -279,7 +103,7 @@ async fn serves_the_api_stops_on_sigterm_and_restarts_as_the_same_node() {
     assert_eq!(status.code(), Some(0), "{}", first.stderr());
 
     // Same data directory: same seed, same store, same node; a new leadership.
-    let mut second = node(&config, &[]);
+    let mut second = node("node", &config, &[]);
     let (_, api) = second.api().await;
     let restarted = second.started().await;
     assert_eq!(restarted.node_id, started.node_id);
@@ -297,7 +121,7 @@ async fn a_bad_configuration_exits_2_naming_the_field() {
         std::fs::write(&path, file).unwrap();
         let mut args = vec!["node", "--config", path.to_str().unwrap()];
         args.extend_from_slice(extra);
-        phalanx(&args, env)
+        phalanx("phalanx", &args, env)
     };
     let chain = "[chain]\nrpc_url = \"http://u:p@127.0.0.1:1\"\n";
     for (file, extra, env, needle) in [
@@ -352,7 +176,7 @@ async fn an_unreachable_chain_exits_1_with_the_reason() {
     let closed = phalanx_testkit::process::free_port();
     let config = write_config(&dir, &format!("http://127.0.0.1:{closed}"));
     let began = Instant::now();
-    let mut process = node(&config, &[]);
+    let mut process = node("node", &config, &[]);
     process.api().await;
     let status = process.wait_exit(EXIT_TIMEOUT).await;
     let stderr = process.stderr();
@@ -373,11 +197,11 @@ async fn a_standby_waits_on_its_own_api_and_takes_over_when_the_leader_stops() {
     let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
     let config = write_config(&dir, &regtest.rpc_url());
 
-    let mut leader = node(&config, &[]);
+    let mut leader = node("node", &config, &[]);
     let (leader_url, _) = leader.api().await;
     let led = leader.started().await;
 
-    let mut standby = node(&config, &["--instance-id", "b"]);
+    let mut standby = node("node", &config, &["--instance-id", "b"]);
     let (standby_url, standby_api) = standby.api().await;
     assert_ne!(standby_url, leader_url, "each instance has its own API");
     assert_eq!(
@@ -393,7 +217,7 @@ async fn a_standby_waits_on_its_own_api_and_takes_over_when_the_leader_stops() {
     }
 
     // A standby stopped while it waits exits at once, cleanly.
-    let mut other = node(&config, &["--instance-id", "c"]);
+    let mut other = node("node", &config, &["--instance-id", "c"]);
     other.api().await;
     let status = other.terminate().await;
     assert_eq!(status.code(), Some(0), "{}", other.stderr());
@@ -430,10 +254,10 @@ async fn a_leader_that_misses_its_lease_deadline_exits_75_and_a_standby_takes_ov
     let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
     let config = write_config(&dir, &regtest.rpc_url());
 
-    let mut leader = node(&config, &[]);
+    let mut leader = node("node", &config, &[]);
     let (_, leader_api) = leader.api().await;
     let led = leader.started().await;
-    let mut standby = node(&config, &["--instance-id", "b"]);
+    let mut standby = node("node", &config, &["--instance-id", "b"]);
     let (_, standby_api) = standby.api().await;
     assert_eq!(
         standby_api.state().await.unwrap(),
