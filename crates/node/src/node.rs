@@ -913,30 +913,8 @@ impl Node {
         description: &str,
         expiry_secs: Option<u32>,
     ) -> Result<Bolt11Invoice, NodeError> {
-        self.check_running()?;
-        if amount_msat == Some(0) {
-            return Err(NodeError::InvalidRequest(
-                "an invoice amount must be positive".into(),
-            ));
-        }
-        let description = Description::new(description.to_owned())
-            .map_err(|err| NodeError::InvalidRequest(format!("invoice description: {err}")))?;
-        let params = Bolt11InvoiceParameters {
-            amount_msats: amount_msat,
-            description: Bolt11InvoiceDescription::Direct(description),
-            invoice_expiry_delta_secs: expiry_secs,
-            ..Default::default()
-        };
-        let invoice = self
-            .channel_manager
-            .create_bolt11_invoice(params)
-            .map_err(|err| NodeError::Lightning(format!("cannot create the invoice: {err:?}")))?;
-        let hash = invoice.payment_hash().to_string();
-        let mut record = PaymentRecord::pending(Direction::Inbound, hash.clone(), hash);
-        record.amount_msat = amount_msat;
-        record.invoice = Some(invoice.to_string());
-        self.payments.put(record).await.map_err(persist_error)?;
-        Ok(invoice)
+        self.invoice(amount_msat, None, description, expiry_secs)
+            .await
     }
 
     /// Makes a hold invoice for `payment_hash`: a payment to it is held (status
@@ -950,30 +928,51 @@ impl Node {
         description: &str,
         expiry_secs: Option<u32>,
     ) -> Result<Bolt11Invoice, NodeError> {
+        if self
+            .payments
+            .get(Direction::Inbound, &payment_hash.to_string())
+            .is_some()
+        {
+            return Err(NodeError::InvalidRequest(format!(
+                "an invoice for {payment_hash} exists"
+            )));
+        }
+        self.invoice(amount_msat, Some(payment_hash), description, expiry_secs)
+            .await
+    }
+
+    /// Makes an invoice (a hold invoice when the hash is ours to give) and records it.
+    async fn invoice(
+        &self,
+        amount_msat: Option<u64>,
+        hold: Option<PaymentHash>,
+        description: &str,
+        expiry_secs: Option<u32>,
+    ) -> Result<Bolt11Invoice, NodeError> {
         self.check_running()?;
+        if amount_msat == Some(0) {
+            return Err(NodeError::InvalidRequest(
+                "an invoice amount must be positive".into(),
+            ));
+        }
         let description = Description::new(description.to_owned())
             .map_err(|err| NodeError::InvalidRequest(format!("invoice description: {err}")))?;
         let params = Bolt11InvoiceParameters {
             amount_msats: amount_msat,
             description: Bolt11InvoiceDescription::Direct(description),
             invoice_expiry_delta_secs: expiry_secs,
-            payment_hash: Some(payment_hash),
+            payment_hash: hold,
             ..Default::default()
         };
-        let hash = payment_hash.to_string();
-        if self.payments.get(Direction::Inbound, &hash).is_some() {
-            return Err(NodeError::InvalidRequest(format!(
-                "an invoice for {hash} exists"
-            )));
-        }
         let invoice = self
             .channel_manager
             .create_bolt11_invoice(params)
             .map_err(|err| NodeError::Lightning(format!("cannot create the invoice: {err:?}")))?;
+        let hash = invoice.payment_hash().to_string();
         let mut record = PaymentRecord::pending(Direction::Inbound, hash.clone(), hash);
         record.amount_msat = amount_msat;
         record.invoice = Some(invoice.to_string());
-        record.hold = true;
+        record.hold = hold.is_some();
         self.payments.put(record).await.map_err(persist_error)?;
         Ok(invoice)
     }
