@@ -508,8 +508,9 @@ impl NodeControl for NodeService {
         channel_id: String,
         req: CloseChannelRequest,
     ) -> Result<(), ApiError> {
-        let node = self.active()?;
-        node.close_channel(&channel_id, req.force)
+        let node = Arc::clone(self.active()?);
+        detached(async move { node.close_channel(&channel_id, req.force).await })
+            .await?
             .map_err(|err| self.error(err))
     }
 

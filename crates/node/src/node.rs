@@ -70,6 +70,8 @@ pub const PAYMENT_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often fee estimates are refreshed.
 pub const FEE_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a cooperative close is retried while LDK is busy with the channel.
+pub const CLOSE_RETRY_WINDOW: Duration = Duration::from_secs(5);
 /// The final CLTV delta of keysend payments.
 const KEYSEND_FINAL_CLTV_DELTA: u32 = 40;
 /// Monitor updates written as deltas before the whole monitor is written again.
@@ -872,21 +874,43 @@ impl Node {
     }
 
     /// Closes a channel: cooperatively, or by broadcasting our commitment (`force`).
-    pub fn close_channel(&self, channel_id: &str, force: bool) -> Result<(), NodeError> {
+    pub async fn close_channel(&self, channel_id: &str, force: bool) -> Result<(), NodeError> {
         self.check_running()?;
         let channel = self.find_channel(channel_id)?;
-        let result = if force {
+        if force {
             tracing::warn!(channel = %channel.channel_id, peer = %channel.counterparty.node_id, "force-closing on the operator's request");
-            self.channel_manager.force_close_broadcasting_latest_txn(
-                &channel.channel_id,
-                &channel.counterparty.node_id,
-                "closed by the operator".into(),
-            )
-        } else {
-            self.channel_manager
+            return self
+                .channel_manager
+                .force_close_broadcasting_latest_txn(
+                    &channel.channel_id,
+                    &channel.counterparty.node_id,
+                    "closed by the operator".into(),
+                )
+                .map_err(|err| NodeError::Lightning(format!("{err:?}")));
+        }
+        // LDK refuses to start a shutdown while a monitor update is being written, which
+        // is most of the time on a busy channel: retry for a moment while the peer is
+        // connected, instead of handing the operator a transient refusal.
+        let deadline = tokio::time::Instant::now() + CLOSE_RETRY_WINDOW;
+        loop {
+            match self
+                .channel_manager
                 .close_channel(&channel.channel_id, &channel.counterparty.node_id)
-        };
-        result.map_err(|err| NodeError::Lightning(format!("{err:?}")))
+            {
+                Ok(()) => return Ok(()),
+                Err(lightning::util::errors::APIError::ChannelUnavailable { err })
+                    if self
+                        .peer_manager
+                        .peer_by_node_id(&channel.counterparty.node_id)
+                        .is_some()
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(channel = %channel.channel_id, reason = %err, "close refused for now; retrying");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => return Err(NodeError::Lightning(format!("{err:?}"))),
+            }
+        }
     }
 
     fn find_channel(&self, channel_id: &str) -> Result<ChannelDetails, NodeError> {

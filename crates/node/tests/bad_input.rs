@@ -125,11 +125,14 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert!(matches!(err, NodeError::Wallet(_)), "{err}");
     // Unknown channels.
     assert!(matches!(
-        alice.close_channel(&"00".repeat(32), false).unwrap_err(),
+        alice
+            .close_channel(&"00".repeat(32), false)
+            .await
+            .unwrap_err(),
         NodeError::UnknownChannel(_)
     ));
     assert!(matches!(
-        alice.close_channel("zz", false).unwrap_err(),
+        alice.close_channel("zz", false).await.unwrap_err(),
         NodeError::InvalidRequest(_)
     ));
 

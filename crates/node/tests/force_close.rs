@@ -50,6 +50,7 @@ async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wall
     let funding = channel.funding_txo.unwrap().into_bitcoin_outpoint();
     alice
         .close_channel(&channel.channel_id.to_string(), true)
+        .await
         .unwrap();
     let commitment = wait_for("alice's commitment transaction", WAIT, || async {
         let chain = regtest.chain();

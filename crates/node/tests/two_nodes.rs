@@ -118,6 +118,7 @@ async fn two_nodes_open_pay_both_ways_keysend_and_close_cooperatively() {
     let funding = channel.funding_txo.unwrap();
     alice
         .close_channel(&channel.channel_id.to_string(), false)
+        .await
         .unwrap();
     let closing = wait_for(
         "the closing transaction in the mempool",

@@ -168,10 +168,11 @@ pub async fn open_channel(
         "the funding transaction in the mempool",
         Duration::from_secs(30),
         || async {
+            // The channel with `to`: list order is not creation order.
             let txid = from
                 .list_channels()
                 .iter()
-                .rev()
+                .filter(|c| c.counterparty.node_id == to.node_id())
                 .find_map(|c| c.funding_txo.map(|o| o.txid))?;
             regtest.chain().mempool().get(&txid).map(|_| ())
         },
