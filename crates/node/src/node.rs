@@ -152,7 +152,6 @@ pub struct Node {
     alias: String,
     keys: Arc<KeysManager>,
     chain: Chain,
-    kv: KvStore,
     chain_monitor: Arc<ChainMonitor>,
     channel_manager: Arc<ChannelManager>,
     peer_manager: Arc<PeerManager>,
@@ -171,7 +170,6 @@ pub struct Node {
     background_processor: Mutex<Option<JoinHandle<Result<(), io::Error>>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: watch::Sender<Option<String>>,
-    best_height: Arc<AtomicU64>,
     /// Declared last: dropped after everything that uses the store.
     _store_runtime: StoreRuntime,
 }
@@ -528,7 +526,6 @@ impl Node {
             alias: config.lightning.alias.clone().unwrap_or_default(),
             keys,
             chain: Arc::clone(&chain),
-            kv: Arc::clone(&kv),
             chain_monitor: Arc::clone(&chain_monitor),
             channel_manager: Arc::clone(&channel_manager),
             peer_manager: Arc::clone(&peer_manager),
@@ -547,9 +544,6 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             stopped: watch::channel(None).0,
             _store_runtime: store_runtime,
-            best_height: Arc::new(AtomicU64::new(u64::from(
-                synced_tip.to_block_locator().height,
-            ))),
         });
 
         // The background processor: events, persistence in LDK's order, timers.
@@ -1239,11 +1233,6 @@ impl Node {
         let reason = self.fail_stop.reason().unwrap_or_else(|| reason.to_owned());
         self.stopped.send_replace(Some(reason));
     }
-
-    /// Stores the wallet's view: for tests that want to check what is in the store.
-    pub fn kv_store(&self) -> &KvStore {
-        &self.kv
-    }
 }
 
 impl Node {
@@ -1416,8 +1405,6 @@ async fn block_poller(
                     tracing::info!("chain source reachable again");
                     failing = false;
                 }
-                node.best_height
-                    .store(u64::from(node.best_block_height()), Ordering::Relaxed);
             }
             Err(err) => {
                 if !failing {
@@ -1572,10 +1559,4 @@ async fn fail_stopper(node: Arc<Node>) {
     let node2 = Arc::clone(&node);
     // stop_tasks aborts this task's siblings (and this one): run it detached.
     tokio::spawn(async move { node2.stop_tasks(&reason).await });
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Node>();
 }
