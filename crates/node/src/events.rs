@@ -125,28 +125,18 @@ impl EventHandler {
                     }
                     (None, Some(_)) => {
                         // A hold invoice: keep the HTLCs until the operator settles or cancels.
-                        let result = self
-                            .payments
-                            .update(
-                                Direction::Inbound,
-                                &hash,
-                                || unreachable!("the hold record exists"),
-                                |record| {
-                                    record.status = PaymentStatus::Accepted;
-                                    record.amount_msat = Some(amount_msat);
-                                },
-                            )
-                            .await;
-                        match result {
-                            Ok(_) => {
-                                tracing::info!(%payment_hash, amount_msat, "hold invoice payment accepted; waiting for settle or cancel")
-                            }
-                            Err(err) => {
-                                return Err(
-                                    self.store_failed("recording an accepted hold payment", err)
-                                );
-                            }
-                        }
+                        self.record(
+                            Direction::Inbound,
+                            &hash,
+                            &hash,
+                            "recording an accepted hold payment",
+                            |record| {
+                                record.status = PaymentStatus::Accepted;
+                                record.amount_msat = Some(amount_msat);
+                            },
+                        )
+                        .await?;
+                        tracing::info!(%payment_hash, amount_msat, "hold invoice payment accepted; waiting for settle or cancel");
                     }
                     (None, None) => {
                         tracing::warn!(%payment_hash, "payment to an unknown hash; failing it back");
@@ -163,25 +153,19 @@ impl EventHandler {
                 let hash = payment_hash.to_string();
                 let preimage = purpose.preimage().map(|p| p.to_string());
                 let keysend = matches!(purpose, PaymentPurpose::SpontaneousPayment(_));
-                let result = self
-                    .payments
-                    .update(
-                        Direction::Inbound,
-                        &hash,
-                        || PaymentRecord::pending(Direction::Inbound, hash.clone(), hash.clone()),
-                        |record| {
-                            record.status = PaymentStatus::Succeeded;
-                            record.amount_msat = Some(amount_msat);
-                            record.preimage = preimage.clone();
-                        },
-                    )
-                    .await;
-                match result {
-                    Ok(_) => {
-                        tracing::info!(%payment_hash, amount_msat, keysend, "payment received")
-                    }
-                    Err(err) => return Err(self.store_failed("recording a received payment", err)),
-                }
+                self.record(
+                    Direction::Inbound,
+                    &hash,
+                    &hash,
+                    "recording a received payment",
+                    |record| {
+                        record.status = PaymentStatus::Succeeded;
+                        record.amount_msat = Some(amount_msat);
+                        record.preimage = preimage.clone();
+                    },
+                )
+                .await?;
+                tracing::info!(%payment_hash, amount_msat, keysend, "payment received");
             }
             Event::PaymentSent {
                 payment_id,
@@ -195,29 +179,23 @@ impl EventHandler {
                     .map(|id| hex::encode(id.0))
                     .unwrap_or_else(|| payment_hash.to_string());
                 let hash = payment_hash.to_string();
-                let result = self
-                    .payments
-                    .update(
-                        Direction::Outbound,
-                        &id,
-                        || PaymentRecord::pending(Direction::Outbound, id.clone(), hash.clone()),
-                        |record| {
-                            record.status = PaymentStatus::Succeeded;
-                            record.preimage = Some(payment_preimage.to_string());
-                            record.fee_msat = fee_paid_msat;
-                            if amount_msat.is_some() {
-                                record.amount_msat = amount_msat;
-                            }
-                            record.failure_reason = None;
-                        },
-                    )
-                    .await;
-                match result {
-                    Ok(_) => {
-                        tracing::info!(%payment_hash, ?amount_msat, ?fee_paid_msat, "payment sent")
-                    }
-                    Err(err) => return Err(self.store_failed("recording a sent payment", err)),
-                }
+                self.record(
+                    Direction::Outbound,
+                    &id,
+                    &hash,
+                    "recording a sent payment",
+                    |record| {
+                        record.status = PaymentStatus::Succeeded;
+                        record.preimage = Some(payment_preimage.to_string());
+                        record.fee_msat = fee_paid_msat;
+                        if amount_msat.is_some() {
+                            record.amount_msat = amount_msat;
+                        }
+                        record.failure_reason = None;
+                    },
+                )
+                .await?;
+                tracing::info!(%payment_hash, ?amount_msat, ?fee_paid_msat, "payment sent");
             }
             Event::PaymentFailed {
                 payment_id,
@@ -229,22 +207,18 @@ impl EventHandler {
                 let why = reason
                     .map(|r| format!("{r:?}"))
                     .unwrap_or_else(|| "unknown".into());
-                let result = self
-                    .payments
-                    .update(
-                        Direction::Outbound,
-                        &id,
-                        || PaymentRecord::pending(Direction::Outbound, id.clone(), hash.clone()),
-                        |record| {
-                            record.status = PaymentStatus::Failed;
-                            record.failure_reason = Some(why.clone());
-                        },
-                    )
-                    .await;
-                match result {
-                    Ok(_) => tracing::warn!(payment_hash = %hash, reason = %why, "payment failed"),
-                    Err(err) => return Err(self.store_failed("recording a failed payment", err)),
-                }
+                self.record(
+                    Direction::Outbound,
+                    &id,
+                    &hash,
+                    "recording a failed payment",
+                    |record| {
+                        record.status = PaymentStatus::Failed;
+                        record.failure_reason = Some(why.clone());
+                    },
+                )
+                .await?;
+                tracing::warn!(payment_hash = %hash, reason = %why, "payment failed");
             }
             Event::PaymentForwarded {
                 total_fee_earned_msat,
@@ -350,6 +324,23 @@ impl EventHandler {
             other => tracing::debug!(event = ?other, "event not acted on"),
         }
         Ok(())
+    }
+
+    /// Applies `change` to a payment's record (a new pending one when there is none) and
+    /// writes it; a failed write stops the node and hands the event back to LDK.
+    async fn record(
+        &self,
+        direction: Direction,
+        id: &str,
+        payment_hash: &str,
+        what: &str,
+        change: impl FnOnce(&mut PaymentRecord),
+    ) -> Result<(), ReplayEvent> {
+        let create = || PaymentRecord::pending(direction, id.to_owned(), payment_hash.to_owned());
+        match self.payments.update(direction, id, create, change).await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(self.store_failed(what, err)),
+        }
     }
 
     fn forget(&self, txid: bitcoin::Txid) {
