@@ -34,7 +34,7 @@ use lightning::routing::scoring::{
 use lightning::sign::{EntropySource, InMemorySigner, KeysManager, NodeSigner};
 use lightning::types::payment::{PaymentHash, PaymentPreimage};
 use lightning::util::config::UserConfig;
-use lightning::util::persist::{KVStoreSync, MonitorUpdatingPersister};
+use lightning::util::persist::KVStoreSync;
 use lightning::util::ser::ReadableArgs;
 use lightning::util::wallet_utils::WalletSync;
 use lightning::{io, util::persist};
@@ -59,8 +59,8 @@ use crate::payments::{Direction, PaymentRecord, PaymentStatus, PaymentStore};
 use crate::peers::{self, AddressBook, PeerError};
 use crate::persist::{FailStop, FailStopPersister};
 use crate::types::{
-    BumpHandler, Chain, ChainMonitor, ChannelManager, GossipSync, KvStore, Logger, NetworkGraph,
-    OutputSweeper, PeerManager, Scorer,
+    BumpHandler, Chain, ChainMonitor, ChannelManager, GossipSync, KvStore, Logger,
+    MonitorPersister, NetworkGraph, OutputSweeper, PeerManager, Persister, Scorer,
 };
 use crate::wallet::{OnchainWallet, WalletBalance, WalletError};
 
@@ -76,6 +76,8 @@ pub const CLOSE_RETRY_WINDOW: Duration = Duration::from_secs(5);
 const KEYSEND_FINAL_CLTV_DELTA: u32 = 40;
 /// Monitor updates written as deltas before the whole monitor is written again.
 const MAX_PENDING_MONITOR_UPDATES: u64 = 100;
+/// How long after the start the stale monitor updates of a previous instance are removed.
+const STALE_UPDATE_CLEANUP_DELAY: Duration = Duration::from_secs(30);
 
 /// Why the node could not start or do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +164,7 @@ pub struct Node {
     events: Arc<EventHandler>,
     sweeper: Arc<OutputSweeper>,
     fail_stop: FailStop,
+    kv: KvStore,
     listen_addresses: Vec<SocketAddr>,
     epoch: u64,
     leadership: Mutex<Option<Leadership>>,
@@ -315,7 +318,7 @@ impl Node {
         ));
 
         let persister = Arc::new(FailStopPersister::new(
-            MonitorUpdatingPersister::new(
+            MonitorPersister::new(
                 Arc::clone(&kv),
                 Arc::clone(&logger),
                 MAX_PENDING_MONITOR_UPDATES,
@@ -536,6 +539,7 @@ impl Node {
             events: Arc::clone(&events),
             sweeper: Arc::clone(&sweeper),
             fail_stop: fail_stop.clone(),
+            kv: Arc::clone(&kv),
             listen_addresses,
             epoch: epoch.0,
             leadership: Mutex::new(None),
@@ -604,6 +608,10 @@ impl Node {
             fail_stop.clone(),
         )));
         tasks.push(tokio::spawn(fail_stopper(Arc::clone(&node))));
+        tasks.push(tokio::spawn(clean_stale_monitor_updates(
+            Arc::clone(&persister),
+            node.shutdown.subscribe(),
+        )));
         *lock(&node.tasks) = tasks;
         *lock(&node.leadership) = Some(leadership);
 
@@ -1201,6 +1209,9 @@ impl Node {
     /// another instance can take over at once.
     pub async fn shutdown(&self) {
         self.stop_tasks("shut down").await;
+        // Removals LDK allowed to be lazy; losing them is harmless, but a clean stop
+        // leaves no stale monitor updates behind.
+        self.kv.flush_lazy_removes().await;
         let leadership = lock(&self.leadership).take();
         if let Some(leadership) = leadership
             && let Err(err) = leadership.resign().await
@@ -1264,6 +1275,23 @@ fn unreachable_record(id: &str) -> PaymentRecord {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes monitor updates already folded into their monitors: lazy removals lost when
+/// the previous instance died. They are harmless (never replayed) but take space. Waits a
+/// while first, so that a takeover does not read every monitor twice while peers reconnect.
+async fn clean_stale_monitor_updates(persister: Persister, mut shutdown: watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(STALE_UPDATE_CLEANUP_DELAY) => {}
+        _ = shutdown.wait_for(|stop| *stop) => return,
+    }
+    let cleanup =
+        tokio::task::spawn_blocking(move || persister.inner().cleanup_stale_updates(true));
+    match cleanup.await {
+        Ok(Ok(())) => tracing::debug!("stale monitor updates cleaned"),
+        Ok(Err(err)) => tracing::warn!(error = %err, "cleaning stale monitor updates failed"),
+        Err(err) => tracing::warn!(error = %err, "cleaning stale monitor updates panicked"),
+    }
 }
 
 /// The graph is a cache of gossip: an unreadable one is rebuilt, not fatal.

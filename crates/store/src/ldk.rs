@@ -27,6 +27,15 @@ type KeySlot = Arc<tokio::sync::Mutex<u64>>;
 /// version is older than the last one applied to its key completes without writing (its
 /// value was superseded), as LDK's own filesystem store does.
 ///
+/// # Lazy removals
+/// A removal LDK marks `lazy` (the monitor persister's clean-up of consolidated updates)
+/// completes at once and is queued; a flusher on `runtime` applies the queue a few
+/// milliseconds later as ONE fenced batch, so clearing a hundred stale updates costs one
+/// transaction instead of a hundred. Ordering still holds: a queued removal carries the
+/// version of its call, and is skipped for a key a later call already wrote. As LDK's
+/// contract allows, a lazy removal may be lost if the process dies before the flush, and a
+/// read in the meantime may still see the old value.
+///
 /// # Blocking use
 /// [`KVStoreSync`] runs each operation on `runtime` (which must be a multi-threaded
 /// runtime, or a runtime other than the caller's) and blocks the calling thread until it
@@ -43,7 +52,25 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     next_version: AtomicU64,
     slots: Mutex<HashMap<StoreKey, KeySlot>>,
+    lazy_removes: Mutex<LazyRemoves>,
 }
+
+/// Removals waiting for the flusher, each with the version and slot taken at its call (the
+/// slot stays in the map while referenced, so later calls to the key see the same one).
+#[derive(Default)]
+struct LazyRemoves {
+    pending: Vec<(StoreKey, u64, KeySlot)>,
+    flush_scheduled: bool,
+}
+
+/// A key with its removal version, its slot and the slot's lock, held by the flusher.
+type HeldSlot = (StoreKey, u64, KeySlot, tokio::sync::OwnedMutexGuard<u64>);
+
+/// Removals per transaction: well inside etcd's default `--max-txn-ops` of 128.
+const LAZY_REMOVE_BATCH: usize = 64;
+
+/// How long the flusher waits for the rest of a burst of lazy removals.
+const LAZY_REMOVE_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl LdkKvStore {
     /// Wraps `store`, writing with tokens from `fence`, running blocking calls on `runtime`.
@@ -59,6 +86,7 @@ impl LdkKvStore {
                 runtime,
                 next_version: AtomicU64::new(1),
                 slots: Mutex::new(HashMap::new()),
+                lazy_removes: Mutex::new(LazyRemoves::default()),
             }),
         }
     }
@@ -87,6 +115,38 @@ impl LdkKvStore {
             inner.release_slot(&key, slot);
             result.map_err(io::Error::from)
         }
+    }
+
+    /// Queues a lazy removal and makes sure a flush will run.
+    fn queue_lazy_remove(&self, key: StoreKey) {
+        let version = self.inner.next_version.fetch_add(1, Ordering::Relaxed);
+        let slot = self.inner.slot(&key);
+        let mut queue = self
+            .inner
+            .lazy_removes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        queue.pending.push((key, version, slot));
+        if !queue.flush_scheduled {
+            queue.flush_scheduled = true;
+            let inner = Arc::clone(&self.inner);
+            self.inner.runtime.spawn(async move {
+                tokio::time::sleep(LAZY_REMOVE_DELAY).await;
+                inner.flush_lazy_removes().await;
+            });
+        }
+    }
+
+    /// Applies every queued lazy removal now (the flusher does this on its own shortly
+    /// after they are queued). Failures are logged, not returned: the keys simply stay.
+    pub async fn flush_lazy_removes(&self) {
+        let inner = Arc::clone(&self.inner);
+        let _ = self
+            .on_runtime(async move {
+                inner.flush_lazy_removes().await;
+                Ok(())
+            })
+            .await;
     }
 
     /// Runs `future` on the store's runtime and waits for its outcome from anywhere.
@@ -148,6 +208,79 @@ impl Inner {
         // third, and new takers need the map lock we hold.
         if Arc::strong_count(&slot) == 2 {
             slots.remove(key);
+        }
+    }
+
+    async fn flush_lazy_removes(&self) {
+        let pending = {
+            let mut queue = self.lazy_removes.lock().unwrap_or_else(|e| e.into_inner());
+            queue.flush_scheduled = false;
+            std::mem::take(&mut queue.pending)
+        };
+        if pending.is_empty() {
+            return;
+        }
+        // One entry per key, with the version of its last removal call.
+        let mut latest: HashMap<StoreKey, (u64, KeySlot)> = HashMap::new();
+        for (key, version, slot) in pending {
+            let entry = latest.entry(key).or_insert((version, slot));
+            // The same key's calls share one slot; the extra reference is just dropped.
+            entry.0 = entry.0.max(version);
+        }
+        let mut keys: Vec<(StoreKey, (u64, KeySlot))> = latest.into_iter().collect();
+        // A fixed order of lock taking; single mutations only ever hold one slot.
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut held: Vec<HeldSlot> = Vec::with_capacity(keys.len());
+        for (key, (version, slot)) in keys {
+            let guard = Arc::clone(&slot).lock_owned().await;
+            held.push((key, version, slot, guard));
+        }
+        let ops: Vec<BatchOp> = held
+            .iter()
+            .filter(|(_, version, _, last_applied)| **last_applied <= *version)
+            .map(|(key, ..)| BatchOp::Delete { key: key.clone() })
+            .collect();
+        let count = ops.len();
+        let outcome = match self.fence.current_token() {
+            Ok(token) => {
+                let mut outcome = Ok(());
+                // Chunks stay inside etcd's default limit of operations per transaction.
+                for chunk in ops.chunks(LAZY_REMOVE_BATCH) {
+                    if let Err(err) = self.store.apply(token, chunk.to_vec()).await {
+                        outcome = Err((token, err));
+                        break;
+                    }
+                }
+                outcome
+            }
+            Err(err) => {
+                tracing::warn!(error = %err.report(), "lazy removals dropped: no leadership");
+                return self.release_all(held);
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                for (_, version, _, last_applied) in held.iter_mut() {
+                    if **last_applied <= *version {
+                        **last_applied = *version;
+                    }
+                }
+                tracing::debug!(count, "lazy removals applied");
+            }
+            Err((token, err)) => {
+                if err.is_fenced() {
+                    self.fence.report_fenced(token, &err.to_string());
+                }
+                tracing::warn!(epoch = %token.epoch(), count, error = %err.report(), "lazy removals failed; the keys stay");
+            }
+        }
+        self.release_all(held);
+    }
+
+    fn release_all(&self, held: Vec<HeldSlot>) {
+        for (key, _, slot, guard) in held {
+            drop(guard);
+            self.release_slot(&key, slot);
         }
     }
 
@@ -221,13 +354,22 @@ impl KVStore for LdkKvStore {
         primary_namespace: &str,
         secondary_namespace: &str,
         key: &str,
-        _lazy: bool,
+        lazy: bool,
     ) -> impl Future<Output = Result<(), io::Error>> + 'static + Send {
-        // Removals are always applied eagerly: simpler, and never lost on a crash.
-        self.on_runtime(self.mutation(
-            StoreKey::new(primary_namespace, secondary_namespace, key),
-            None,
-        ))
+        let key = StoreKey::new(primary_namespace, secondary_namespace, key);
+        let queued = match (lazy, key) {
+            (true, Ok(key)) => {
+                self.queue_lazy_remove(key);
+                None
+            }
+            (_, key) => Some(self.on_runtime(self.mutation(key, None))),
+        };
+        async move {
+            match queued {
+                None => Ok(()),
+                Some(removal) => removal.await,
+            }
+        }
     }
 
     fn list(
@@ -314,6 +456,8 @@ mod tests {
     struct MemoryStore {
         current_epoch: AtomicU64,
         values: Mutex<BTreeMap<StoreKey, Vec<u8>>>,
+        /// Transactions applied.
+        batches: AtomicU64,
     }
 
     #[async_trait]
@@ -348,6 +492,7 @@ mod tests {
             if token.epoch().0 != self.current_epoch.load(Ordering::SeqCst) {
                 return Err(StoreError::fenced("stale epoch"));
             }
+            self.batches.fetch_add(1, Ordering::SeqCst);
             let mut values = self.values.lock().unwrap();
             for op in crate::check_batch(ops)? {
                 match op {
@@ -418,6 +563,67 @@ mod tests {
         write.await.unwrap();
         let err = KVStore::read(&kv, "ns", "", "k").await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lazy_removes_are_applied_in_batches() {
+        let (kv, store, _fence) = adapter(1);
+        for i in 0..150 {
+            KVStore::write(&kv, "ns", "sub", &format!("k{i}"), vec![1])
+                .await
+                .unwrap();
+        }
+        let batches_before = store.batches.load(Ordering::SeqCst);
+        for i in 0..150 {
+            // Completes at once: the removal is only queued.
+            KVStore::remove(&kv, "ns", "sub", &format!("k{i}"), true)
+                .await
+                .unwrap();
+        }
+        kv.flush_lazy_removes().await;
+        assert!(KVStore::list(&kv, "ns", "sub").await.unwrap().is_empty());
+        let batches = store.batches.load(Ordering::SeqCst) - batches_before;
+        // 150 removals in chunks of 64: three transactions (one more if the timer fired
+        // in the middle of the burst), never one per key.
+        assert!((3..=6).contains(&batches), "{batches} transactions");
+        assert!(kv.inner.slots.lock().unwrap().is_empty(), "slots leak");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lazy_removes_flush_on_their_own() {
+        let (kv, _store, _fence) = adapter(1);
+        KVStore::write(&kv, "ns", "", "k", vec![1]).await.unwrap();
+        KVStore::remove(&kv, "ns", "", "k", true).await.unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !KVStore::list(&kv, "ns", "").await.unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never flushed");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_after_a_lazy_remove_survives_the_flush() {
+        let (kv, _store, _fence) = adapter(1);
+        KVStore::write(&kv, "ns", "", "k", b"old".to_vec())
+            .await
+            .unwrap();
+        KVStore::remove(&kv, "ns", "", "k", true).await.unwrap();
+        KVStore::write(&kv, "ns", "", "k", b"new".to_vec())
+            .await
+            .unwrap();
+        kv.flush_lazy_removes().await;
+        assert_eq!(KVStore::read(&kv, "ns", "", "k").await.unwrap(), b"new");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fenced_lazy_removes_are_reported_and_leave_the_keys() {
+        let (kv, store, fence) = adapter(1);
+        KVStore::write(&kv, "ns", "", "k", vec![1]).await.unwrap();
+        store.current_epoch.store(2, Ordering::SeqCst);
+        KVStore::remove(&kv, "ns", "", "k", true).await.unwrap();
+        kv.flush_lazy_removes().await;
+        assert!(fence.fenced.load(Ordering::SeqCst));
+        assert_eq!(KVStore::read(&kv, "ns", "", "k").await.unwrap(), [1]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
