@@ -21,6 +21,7 @@ pub mod blackhole;
 pub mod etcd;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod tls;
 
 use std::time::{Duration, Instant};
