@@ -345,6 +345,9 @@ pub async fn ldk_kv_store_orders_writes_by_call(env: &Env<'_>) {
     let remove = KVStore::remove(&kv, "ordered", "", "gone", true);
     remove.await.unwrap();
     write.await.unwrap();
+    // A lazy removal lands with the next flush (a few ms later on its own), and still
+    // after the write it followed.
+    kv.flush_lazy_removes().await;
     assert_eq!(
         store
             .read(&key("ordered", "", "gone"))
