@@ -140,6 +140,13 @@ impl ApiClient {
         Ok(answer.state)
     }
 
+    /// `GET /v1/ready` (needs no token): `Ok` on the active instance only; elsewhere the
+    /// 503 `not_active` error, which carries the state.
+    pub async fn ready(&self) -> Result<ServerState, ClientError> {
+        let answer: StateResponse = self.call(Method::GET, "/v1/ready", None::<&()>).await?;
+        Ok(answer.state)
+    }
+
     /// `GET /v1/info`.
     pub async fn info(&self) -> Result<NodeInfo, ClientError> {
         self.call(Method::GET, "/v1/info", None::<&()>).await

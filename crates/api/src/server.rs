@@ -50,6 +50,7 @@ pub async fn serve<N: NodeControl>(
 /// | route | node method |
 /// |-------|-------------|
 /// | `GET /v1/state` (no token) | [`state`](NodeControl::state) |
+/// | `GET /v1/ready` (no token) | [`state`](NodeControl::state): 200 if `SERVER_ACTIVE`, else 503 |
 /// | `GET /v1/info` | [`info`](NodeControl::info) |
 /// | `POST /v1/onchain/address` | [`new_address`](NodeControl::new_address) |
 /// | `GET /v1/onchain/balance` | [`balance`](NodeControl::balance) |
@@ -100,6 +101,7 @@ pub fn router<N: NodeControl>(node: Arc<N>, token: ApiToken) -> Router {
         .route_layer(from_fn_with_state(state.clone(), require_token::<N>));
     Router::new()
         .route("/v1/state", get(server_state::<N>))
+        .route("/v1/ready", get(ready::<N>))
         .merge(authenticated)
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -318,6 +320,18 @@ async fn server_state<N: NodeControl>(State(state): State<AppState<N>>) -> JsonO
     JsonOk(StateResponse {
         state: state.node.state(),
     })
+}
+
+/// For readiness probes and load balancers, which look at the status code: 200 on the
+/// active instance only, 503 `not_active` with the state everywhere else.
+async fn ready<N: NodeControl>(State(state): State<AppState<N>>) -> Response {
+    match state.node.state() {
+        ServerState::ServerActive => JsonOk(StateResponse {
+            state: ServerState::ServerActive,
+        })
+        .into_response(),
+        other => ApiError::not_active(other).into_response(),
+    }
 }
 
 async fn info<N: NodeControl>(

@@ -202,6 +202,34 @@ async fn the_state_needs_no_token_and_always_answers() {
 }
 
 #[tokio::test]
+async fn ready_is_200_on_the_active_instance_only() {
+    let h = Harness::start().await;
+    let answer = h.raw("GET", "/v1/ready", None, None, "").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, json!({"state": "SERVER_ACTIVE"}));
+
+    let anonymous = ApiClient::new(&h.url()).unwrap();
+    for state in [
+        ServerState::WaitingToStart,
+        ServerState::Unlocked,
+        ServerState::RpcActive,
+    ] {
+        h.node.set_state(state);
+        let answer = h.raw("GET", "/v1/ready", None, None, "").await;
+        assert_eq!(answer.status, 503, "{state:?}");
+        assert_eq!(answer.body["error"]["code"], "not_active", "{state:?}");
+        match anonymous.ready().await {
+            Err(ClientError::Api { status: 503, error }) => assert_eq!(error.state, Some(state)),
+            other => panic!("expected 503 for {state:?}, got {other:?}"),
+        }
+    }
+    h.node.set_state(ServerState::ServerActive);
+    assert_eq!(anonymous.ready().await.unwrap(), ServerState::ServerActive);
+    assert!(h.node.calls().is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn every_other_route_needs_the_token() {
     let h = Harness::start().await;
     let mut wrong = h.token.expose().as_bytes().to_vec();

@@ -7,7 +7,7 @@
 //!
 //! Alice is the node under test: `phalanx node` processes on the backend, driven over
 //! her API (in a cluster, through a proxy that sends each connection to the instance
-//! whose state endpoint says `SERVER_ACTIVE`, as a load balancer's health check would).
+//! whose `GET /v1/ready` answers 200, as a load balancer's health check would).
 //! Bob is an in-process node on SQLite. Alice funded the channel and dialled Bob, so
 //! after her restart or failover she is the one who reconnects (from her address book).
 
@@ -434,11 +434,12 @@ async fn kill_the_active_instance_repeatedly(backend: Backend, rounds: usize) {
     bob.shutdown().await;
 }
 
-/// The address of the instance that says it is `SERVER_ACTIVE`, if one does.
+/// The address of the instance whose `GET /v1/ready` answers 200, if one does: the
+/// health check a load balancer would make.
 async fn active_instance(instances: &[ApiClient]) -> Option<SocketAddr> {
     for api in instances {
         let probe = api.clone().with_timeout(Duration::from_secs(1));
-        if probe.state().await.ok() == Some(phalanx_api::ServerState::ServerActive) {
+        if probe.ready().await.is_ok() {
             return api.base_url().trim_start_matches("http://").parse().ok();
         }
     }
