@@ -154,8 +154,9 @@ async fn kill_alice_during_a_payment_stream(backend: Backend) {
         .collect();
     successes(&stream, KILL_AFTER, &mut workers, &mut first, &alice).await;
     let in_flight = stream.in_flight.load(Ordering::SeqCst);
-    let status = first.kill().await;
+    // Before the kill: waiting for the exit takes up to 150 ms of polling and draining.
     let killed_at = Instant::now();
+    let status = first.kill().await;
     assert_eq!(status.signal(), Some(9), "alice died of SIGKILL");
     assert!(
         in_flight > 0,
@@ -353,8 +354,9 @@ async fn kill_the_active_instance_repeatedly(backend: Backend, rounds: usize) {
         // A random moment inside the stream, not just after a payment completed.
         let jitter = rand::random::<u64>() % 150;
         tokio::time::sleep(Duration::from_millis(jitter)).await;
-        let status = active.kill().await;
+        // Before the kill: waiting for the exit takes up to 150 ms of polling and draining.
         let killed_at = Instant::now();
+        let status = active.kill().await;
         assert_eq!(
             status.signal(),
             Some(9),
