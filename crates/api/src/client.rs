@@ -147,6 +147,11 @@ impl ApiClient {
         Ok(answer.state)
     }
 
+    /// `GET /metrics`: the text, as served.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        self.call_text(Method::GET, "/metrics").await
+    }
+
     /// `GET /v1/info`.
     pub async fn info(&self) -> Result<NodeInfo, ClientError> {
         self.call(Method::GET, "/v1/info", None::<&()>).await
@@ -257,12 +262,43 @@ impl ApiClient {
         }
     }
 
+    /// A call whose successful answer is plain text.
+    async fn call_text(&self, method: Method, path: &str) -> Result<String, ClientError> {
+        let exchange = async {
+            let (status, bytes) = self.exchange_raw(method, path, None::<&()>).await?;
+            if status == StatusCode::OK {
+                return Ok(String::from_utf8_lossy(&bytes).into_owned());
+            }
+            Err(api_error(status, &bytes))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout(self.timeout)),
+        }
+    }
+
     async fn exchange<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        let (status, bytes) = self.exchange_raw(method, path, body).await?;
+        if status == StatusCode::OK {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+                status: status.as_u16(),
+                reason: format!("{e}; body: {}", snippet(&bytes)),
+            });
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    async fn exchange_raw<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let url = format!("{}{path}", self.base);
         let mut request = Request::builder()
             .method(method)
@@ -301,22 +337,21 @@ impl ApiClient {
             .await
             .map_err(|e| connect(format!("the answer was cut: {}", error_chain(&e))))?
             .to_bytes();
-        if status == StatusCode::OK {
-            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-                status: status.as_u16(),
-                reason: format!("{e}; body: {}", snippet(&bytes)),
-            });
-        }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(ErrorBody { error }) => Err(ClientError::Api {
-                status: status.as_u16(),
-                error,
-            }),
-            Err(_) => Err(ClientError::Decode {
-                status: status.as_u16(),
-                reason: format!("not an API error: {}", snippet(&bytes)),
-            }),
-        }
+        Ok((status, bytes))
+    }
+}
+
+/// The error an answer other than 200 carries.
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(ErrorBody { error }) => ClientError::Api {
+            status: status.as_u16(),
+            error,
+        },
+        Err(_) => ClientError::Decode {
+            status: status.as_u16(),
+            reason: format!("not an API error: {}", snippet(bytes)),
+        },
     }
 }
 

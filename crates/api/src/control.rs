@@ -48,6 +48,10 @@ pub trait NodeControl: Send + Sync + 'static {
     /// Where this instance stands. Never fails, never blocks.
     fn state(&self) -> ServerState;
 
+    /// `GET /metrics`: the instance's metrics in Prometheus' text format. Served on
+    /// every instance, standbys included. Never fails, never blocks for long.
+    fn metrics(&self) -> String;
+
     /// `GET /v1/info`.
     fn info(&self) -> impl Future<Output = Result<NodeInfo, ApiError>> + Send;
 

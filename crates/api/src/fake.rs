@@ -149,6 +149,13 @@ impl NodeControl for FakeNode {
         *self.state.lock().unwrap()
     }
 
+    fn metrics(&self) -> String {
+        format!(
+            "# TYPE fake_state gauge\nfake_state{{state=\"{}\"}} 1\n# EOF\n",
+            self.state().as_str()
+        )
+    }
+
     async fn info(&self) -> Result<NodeInfo, ApiError> {
         let g = self.begin("info", serde_json::Value::Null)?;
         let mut info = g.0.info.clone();

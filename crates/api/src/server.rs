@@ -51,6 +51,7 @@ pub async fn serve<N: NodeControl>(
 /// |-------|-------------|
 /// | `GET /v1/state` (no token) | [`state`](NodeControl::state) |
 /// | `GET /v1/ready` (no token) | [`state`](NodeControl::state): 200 if `SERVER_ACTIVE`, else 503 |
+/// | `GET /metrics` (token, any state) | [`metrics`](NodeControl::metrics) |
 /// | `GET /v1/info` | [`info`](NodeControl::info) |
 /// | `POST /v1/onchain/address` | [`new_address`](NodeControl::new_address) |
 /// | `GET /v1/onchain/balance` | [`balance`](NodeControl::balance) |
@@ -99,8 +100,13 @@ pub fn router<N: NodeControl>(node: Arc<N>, token: ApiToken) -> Router {
         // The last layer added runs first: the token, then the state.
         .route_layer(from_fn_with_state(state.clone(), require_active::<N>))
         .route_layer(from_fn_with_state(state.clone(), require_token::<N>));
+    // Metrics need the token but not the lease: a standby reports its own.
+    let metrics = Router::new()
+        .route("/metrics", get(metrics::<N>))
+        .route_layer(from_fn_with_state(state.clone(), require_token::<N>));
     Router::new()
         .route("/v1/state", get(server_state::<N>))
+        .merge(metrics)
         .route("/v1/ready", get(ready::<N>))
         .merge(authenticated)
         .fallback(no_route)
@@ -320,6 +326,17 @@ async fn server_state<N: NodeControl>(State(state): State<AppState<N>>) -> JsonO
     JsonOk(StateResponse {
         state: state.node.state(),
     })
+}
+
+async fn metrics<N: NodeControl>(State(state): State<AppState<N>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.node.metrics(),
+    )
+        .into_response()
 }
 
 /// For readiness probes and load balancers, which look at the status code: 200 on the

@@ -230,6 +230,23 @@ async fn ready_is_200_on_the_active_instance_only() {
 }
 
 #[tokio::test]
+async fn metrics_need_the_token_but_not_the_lease() {
+    let h = Harness::start().await;
+    let answer = h.raw("GET", "/metrics", None, None, "").await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.body["error"]["code"], "unauthorized");
+
+    // A standby answers with its own metrics.
+    h.node.set_state(ServerState::WaitingToStart);
+    let text = h.client().metrics().await.unwrap();
+    assert!(
+        text.contains("fake_state{state=\"WAITING_TO_START\"} 1"),
+        "{text}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn every_other_route_needs_the_token() {
     let h = Harness::start().await;
     let mut wrong = h.token.expose().as_bytes().to_vec();

@@ -148,7 +148,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     );
 
     let node = tokio::select! {
-        started = Node::start(&config) => match started {
+        started = Node::start_with_metrics(&config, service.metrics()) => match started {
             Ok(node) => node,
             Err(err) => {
                 let code = fatal(format, format!("cannot start the node: {err}"));

@@ -208,6 +208,43 @@ async fn a_standby_waits_on_its_own_api_and_takes_over_when_the_leader_stops() {
         standby_api.state().await.unwrap(),
         ServerState::WaitingToStart
     );
+    // Both serve their own metrics: the leader renews and writes, the standby waits.
+    let (_, leader_api) = leader.api().await;
+    let leader_metrics = leader_api.metrics().await.unwrap();
+    for line in [
+        "phalanx_server_state{state=\"SERVER_ACTIVE\"} 1",
+        "phalanx_lease_held 1",
+        &format!("phalanx_lease_epoch {}", led.epoch),
+        "phalanx_leaderships_total 1",
+        "phalanx_peers 0",
+    ] {
+        assert!(
+            leader_metrics.contains(line),
+            "no {line:?} in\n{leader_metrics}"
+        );
+    }
+    let counter = |text: &str, series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        counter(
+            &leader_metrics,
+            "phalanx_store_transactions_total{outcome=\"committed\"}"
+        ) > 0
+    );
+    let standby_metrics = standby_api.metrics().await.unwrap();
+    for line in [
+        "phalanx_server_state{state=\"WAITING_TO_START\"} 1",
+        "phalanx_lease_held 0",
+        "phalanx_leaderships_total 0",
+    ] {
+        assert!(
+            standby_metrics.contains(line),
+            "no {line:?} in\n{standby_metrics}"
+        );
+    }
     match standby_api.info().await {
         Err(ClientError::Api { status: 503, error }) => {
             assert_eq!(error.code, ErrorCode::NotActive);
@@ -233,6 +270,15 @@ async fn a_standby_waits_on_its_own_api_and_takes_over_when_the_leader_stops() {
         ServerState::WaitingToStart
     );
 
+    // Renewals every 0.5 s: by now the leader has sent several.
+    let leader_metrics = leader_api.metrics().await.unwrap();
+    assert!(
+        counter(
+            &leader_metrics,
+            "phalanx_lease_renewals_total{outcome=\"ok\"}"
+        ) >= 2,
+        "{leader_metrics}"
+    );
     let status = leader.terminate().await;
     assert_eq!(status.code(), Some(0), "{}", leader.stderr());
     let took_over = standby.started().await;

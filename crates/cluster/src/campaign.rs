@@ -50,12 +50,17 @@ pub enum LeadershipStatus {
     Lost(LossReason),
 }
 
+/// Told of every renewal a leadership sends: how long the store took to answer, and
+/// its answer. Called on the renewal driver's task, so it must be quick (a metric).
+pub type RenewalObserver = Arc<dyn Fn(Duration, Result<(), &StoreError>) + Send + Sync>;
+
 /// Campaigns for one cluster's lease on behalf of one instance.
 pub struct Campaigner {
     store: Arc<dyn LeaseStore>,
     holder: HolderId,
     timings: LeaseTimings,
     state: Arc<watch::Sender<ElectionState>>,
+    renewal_observer: Option<RenewalObserver>,
 }
 
 impl Campaigner {
@@ -71,7 +76,14 @@ impl Campaigner {
             holder,
             timings,
             state: Arc::new(watch::channel(ElectionState::Idle).0),
+            renewal_observer: None,
         })
+    }
+
+    /// Reports every renewal of the leaderships this campaigner wins to `observer`.
+    pub fn observe_renewals(mut self, observer: RenewalObserver) -> Self {
+        self.renewal_observer = Some(observer);
+        self
     }
 
     /// The instance's election state, updated as it changes.
@@ -114,6 +126,7 @@ impl Campaigner {
                         lease,
                         self.holder.clone(),
                         Arc::clone(&self.state),
+                        self.renewal_observer.clone(),
                     ));
                 }
                 Ok(Acquisition::Held(leader)) => {
@@ -155,6 +168,7 @@ struct Shared {
     losing: Mutex<()>,
     requests: mpsc::UnboundedSender<DriverRequest>,
     election: Arc<watch::Sender<ElectionState>>,
+    renewal_observer: Option<RenewalObserver>,
 }
 
 impl Shared {
@@ -229,6 +243,7 @@ impl Leadership {
         lease: Box<dyn HeldLease>,
         holder: HolderId,
         election: Arc<watch::Sender<ElectionState>>,
+        renewal_observer: Option<RenewalObserver>,
     ) -> Self {
         let (requests, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -239,6 +254,7 @@ impl Leadership {
             losing: Mutex::new(()),
             requests,
             election,
+            renewal_observer,
         });
         tokio::spawn(drive(machine, lease, Arc::clone(&shared), receiver));
         Self { shared }
@@ -377,6 +393,9 @@ async fn drive(
                 renewal = None;
                 let granted_ttl = returned.granted_ttl();
                 lease = Some(returned);
+                if let Some(observer) = &shared.renewal_observer {
+                    observer(sent_at.elapsed(), result.as_ref().map(|_| ()));
+                }
                 match result {
                     Ok(()) => Event::RenewalSucceeded { sent_at, granted_ttl },
                     Err(err) if err.is_fenced() => Event::Fenced(err.to_string()),

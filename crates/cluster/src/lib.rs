@@ -23,7 +23,7 @@ mod campaign;
 pub mod machine;
 mod timings;
 
-pub use campaign::{Campaigner, ElectionState, Leadership, LeadershipStatus};
+pub use campaign::{Campaigner, ElectionState, Leadership, LeadershipStatus, RenewalObserver};
 pub use machine::LossReason;
 pub use timings::{
     DEFAULT_RENEW_INTERVAL_MS, DEFAULT_RETRY_INTERVAL_MS, DEFAULT_SAFETY_MARGIN_MS, DEFAULT_TTL_MS,

@@ -41,6 +41,7 @@ use phalanx_api::{
 use phalanx_store::ErrorKind;
 
 use crate::chain::ChainError;
+use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
 use crate::payments::{Direction, PaymentRecord, PaymentStatus};
 use crate::peers::PeerError;
@@ -55,6 +56,7 @@ pub const MAX_PAYMENT_WAIT_SECS: u64 = 3_600;
 pub struct NodeService {
     node: OnceLock<Arc<Node>>,
     stopping: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeService {
@@ -69,6 +71,11 @@ impl NodeService {
         self.node.set(node)?;
         tracing::info!("API serving: SERVER_ACTIVE");
         Ok(())
+    }
+
+    /// The instance's metrics: give them to [`Node::start_with_metrics`].
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Marks the instance as shutting down: from now on it does not serve
@@ -356,6 +363,11 @@ pub fn payment(record: PaymentRecord) -> Payment {
 }
 
 impl NodeControl for NodeService {
+    fn metrics(&self) -> String {
+        let node = self.node.get().filter(|node| node.stop_reason().is_none());
+        self.metrics.render(self.state(), node.map(|n| &**n))
+    }
+
     fn state(&self) -> ServerState {
         match self.node.get() {
             Some(node) if !self.stopping.load(Ordering::SeqCst) && node.stop_reason().is_none() => {

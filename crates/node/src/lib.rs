@@ -13,6 +13,7 @@ pub mod esplora;
 pub mod events;
 pub mod keys;
 pub mod logger;
+pub mod metrics;
 pub mod node;
 pub mod payments;
 pub mod peers;

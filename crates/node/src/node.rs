@@ -55,6 +55,7 @@ use crate::config::NodeConfig;
 use crate::events::EventHandler;
 use crate::keys::WalletKeys;
 use crate::logger::TracingLogger;
+use crate::metrics::Metrics;
 use crate::payments::{Direction, PaymentRecord, PaymentStatus, PaymentStore};
 use crate::peers::{self, AddressBook, PeerError};
 use crate::persist::{FailStop, FailStopPersister};
@@ -165,6 +166,7 @@ pub struct Node {
     sweeper: Arc<OutputSweeper>,
     fail_stop: FailStop,
     kv: KvStore,
+    metrics: Arc<Metrics>,
     listen_addresses: Vec<SocketAddr>,
     epoch: u64,
     leadership: Mutex<Option<Leadership>>,
@@ -261,16 +263,27 @@ impl Node {
     /// wins its leadership (waiting while another instance holds it), connects to the
     /// chain, loads the state, syncs to the tip and starts serving peers.
     pub async fn start(config: &NodeConfig) -> Result<Arc<Node>, NodeError> {
+        Self::start_with_metrics(config, Arc::new(Metrics::new())).await
+    }
+
+    /// As [`Self::start`], recording lease renewals, store transactions and the lease
+    /// won into `metrics`.
+    pub async fn start_with_metrics(
+        config: &NodeConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Node>, NodeError> {
         let seed = FileSeedProvider::new(config.seed_file.clone(), true).seed()?;
         let store_runtime = StoreRuntime::new()?;
         let url = config.store.url.clone();
         let options = StoreOptions::new(config.store.cluster.clone());
         let instance = config.store.instance_id.clone();
+        let renewal_observer = metrics.renewal_observer();
         // Connecting, campaigning and renewing run on the store runtime (see StoreRuntime).
         let won = AbortOnDrop(store_runtime.handle().spawn(async move {
             let store = phalanx_store_connect::connect(&url, options).await?;
             let lease_store: Arc<dyn LeaseStore> = store.clone();
-            let campaigner = Campaigner::new(lease_store, instance, LeaseTimings::default())?;
+            let campaigner = Campaigner::new(lease_store, instance, LeaseTimings::default())?
+                .observe_renewals(renewal_observer);
             let leadership = campaigner.campaign().await?;
             Ok::<_, NodeError>((store, leadership))
         }));
@@ -279,10 +292,12 @@ impl Node {
 
         let runtime = tokio::runtime::Handle::current();
         let state_store: Arc<dyn StateStore> = store.clone();
-        let kv: KvStore = Arc::new(LdkKvStore::new(
+        metrics.won_lease(epoch.0);
+        let kv: KvStore = Arc::new(LdkKvStore::observed(
             state_store,
             leadership.fence(),
             store_runtime.handle(),
+            Some(metrics.write_observer()),
         ));
         let chain = ChainClient::connect(&config.chain, config.network, runtime.clone()).await?;
         let logger: Logger = Arc::new(TracingLogger);
@@ -540,6 +555,7 @@ impl Node {
             sweeper: Arc::clone(&sweeper),
             fail_stop: fail_stop.clone(),
             kv: Arc::clone(&kv),
+            metrics: Arc::clone(&metrics),
             listen_addresses,
             epoch: epoch.0,
             leadership: Mutex::new(None),
@@ -1242,6 +1258,8 @@ impl Node {
             }
         }
         let reason = self.fail_stop.reason().unwrap_or_else(|| reason.to_owned());
+        // It acts no more; the lease itself is resigned (or expires) after this.
+        self.metrics.lost_lease();
         self.stopped.send_replace(Some(reason));
     }
 }

@@ -53,7 +53,12 @@ struct Inner {
     next_version: AtomicU64,
     slots: Mutex<HashMap<StoreKey, KeySlot>>,
     lazy_removes: Mutex<LazyRemoves>,
+    write_observer: Option<WriteObserver>,
 }
+
+/// Told of every transaction the adapter sends to the store: how long it took, and
+/// whether it committed. Called on the store's runtime, so it must be quick (a metric).
+pub type WriteObserver = Arc<dyn Fn(std::time::Duration, bool) + Send + Sync>;
 
 /// Removals waiting for the flusher, each with the version and slot taken at its call (the
 /// slot stays in the map while referenced, so later calls to the key see the same one).
@@ -79,6 +84,16 @@ impl LdkKvStore {
         fence: Arc<dyn FenceSource>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
+        Self::observed(store, fence, runtime, None)
+    }
+
+    /// As [`Self::new`], reporting every transaction sent to the store to `observer`.
+    pub fn observed(
+        store: Arc<dyn StateStore>,
+        fence: Arc<dyn FenceSource>,
+        runtime: tokio::runtime::Handle,
+        write_observer: Option<WriteObserver>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -87,6 +102,7 @@ impl LdkKvStore {
                 next_version: AtomicU64::new(1),
                 slots: Mutex::new(HashMap::new()),
                 lazy_removes: Mutex::new(LazyRemoves::default()),
+                write_observer,
             }),
         }
     }
@@ -246,7 +262,7 @@ impl Inner {
                 let mut outcome = Ok(());
                 // Chunks stay inside etcd's default limit of operations per transaction.
                 for chunk in ops.chunks(LAZY_REMOVE_BATCH) {
-                    if let Err(err) = self.store.apply(token, chunk.to_vec()).await {
+                    if let Err(err) = self.apply(token, chunk.to_vec()).await {
                         outcome = Err((token, err));
                         break;
                     }
@@ -304,7 +320,7 @@ impl Inner {
             },
             None => BatchOp::Delete { key: key.clone() },
         };
-        match self.store.apply(token, vec![op]).await {
+        match self.apply(token, vec![op]).await {
             Ok(()) => {
                 *last_applied = version;
                 Ok(())
@@ -314,6 +330,16 @@ impl Inner {
                 Err(err)
             }
         }
+    }
+
+    /// One transaction, timed for the observer.
+    async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {
+        let began = std::time::Instant::now();
+        let result = self.store.apply(token, ops).await;
+        if let Some(observer) = &self.write_observer {
+            observer(began.elapsed(), result.is_ok());
+        }
+        result
     }
 
     fn note_failure(&self, token: FencingToken, key: &StoreKey, err: &StoreError) {
@@ -599,6 +625,33 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "never flushed");
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_observer_sees_every_transaction_and_its_outcome() {
+        let store = Arc::new(MemoryStore::default());
+        store.current_epoch.store(1, Ordering::SeqCst);
+        let fence = Arc::new(RecordingFence {
+            epoch: 1,
+            ..Default::default()
+        });
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let kv = LdkKvStore::observed(
+            store.clone(),
+            fence,
+            tokio::runtime::Handle::current(),
+            Some(Arc::new(move |_took, committed| {
+                record.lock().unwrap().push(committed)
+            })),
+        );
+        KVStore::write(&kv, "ns", "", "a", vec![1]).await.unwrap();
+        KVStore::remove(&kv, "ns", "", "a", false).await.unwrap();
+        store.current_epoch.store(2, Ordering::SeqCst);
+        KVStore::write(&kv, "ns", "", "b", vec![1])
+            .await
+            .unwrap_err();
+        assert_eq!(*seen.lock().unwrap(), [true, true, false]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
