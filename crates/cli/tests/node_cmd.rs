@@ -197,11 +197,15 @@ async fn a_standby_waits_on_its_own_api_and_takes_over_when_the_leader_stops() {
     let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
     let config = write_config(&dir, &regtest.rpc_url());
 
-    let mut leader = node("node", &config, &[]);
+    let mut leader = node("node", &config, &["--cluster-enabled"]);
     let (leader_url, _) = leader.api().await;
     let led = leader.started().await;
 
-    let mut standby = node("node", &config, &["--instance-id", "b"]);
+    let mut standby = node(
+        "node",
+        &config,
+        &["--instance-id", "b", "--cluster-enabled"],
+    );
     let (standby_url, standby_api) = standby.api().await;
     assert_ne!(standby_url, leader_url, "each instance has its own API");
     assert_eq!(
@@ -254,11 +258,28 @@ async fn a_standby_waits_on_its_own_api_and_takes_over_when_the_leader_stops() {
     }
 
     // A standby stopped while it waits exits at once, cleanly.
-    let mut other = node("node", &config, &["--instance-id", "c"]);
+    let mut other = node(
+        "node",
+        &config,
+        &["--instance-id", "c", "--cluster-enabled"],
+    );
     other.api().await;
     let status = other.terminate().await;
     assert_eq!(status.code(), Some(0), "{}", other.stderr());
     assert!(other.line("node started").is_none());
+
+    // Without `[cluster] enabled`, a second instance refuses to start instead of waiting.
+    let mut single = node("node", &config, &["--instance-id", "d"]);
+    let status = single.wait_exit(EXIT_TIMEOUT).await;
+    assert_eq!(status.code(), Some(1), "{}", single.stderr());
+    assert!(
+        single
+            .stderr()
+            .contains("the lease of this cluster is held by"),
+        "{}",
+        single.stderr()
+    );
+    assert!(single.stderr().contains("--cluster-enabled"));
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
@@ -300,10 +321,14 @@ async fn a_leader_that_misses_its_lease_deadline_exits_75_and_a_standby_takes_ov
     let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
     let config = write_config(&dir, &regtest.rpc_url());
 
-    let mut leader = node("node", &config, &[]);
+    let mut leader = node("node", &config, &["--cluster-enabled"]);
     let (_, leader_api) = leader.api().await;
     let led = leader.started().await;
-    let mut standby = node("node", &config, &["--instance-id", "b"]);
+    let mut standby = node(
+        "node",
+        &config,
+        &["--instance-id", "b", "--cluster-enabled"],
+    );
     let (_, standby_api) = standby.api().await;
     assert_eq!(
         standby_api.state().await.unwrap(),

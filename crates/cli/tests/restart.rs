@@ -302,10 +302,18 @@ async fn kill_the_active_instance_repeatedly(backend: Backend, rounds: usize) {
         api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
     }
     .write();
-    let mut active = node("alice a", &config, &["--instance-id", "a"]);
+    let mut active = node(
+        "alice a",
+        &config,
+        &["--instance-id", "a", "--cluster-enabled"],
+    );
     let (_, active_api) = active.api().await;
     let first = active.started().await;
-    let mut standby = node("alice b", &config, &["--instance-id", "b"]);
+    let mut standby = node(
+        "alice b",
+        &config,
+        &["--instance-id", "b", "--cluster-enabled"],
+    );
     let (_, standby_api) = standby.api().await;
     let instances = Arc::new(Mutex::new(vec![active_api.clone(), standby_api.clone()]));
     let proxy = {
@@ -379,7 +387,7 @@ async fn kill_the_active_instance_repeatedly(backend: Backend, rounds: usize) {
         let mut restarted = node(
             &format!("alice {id} (round {round})"),
             &config,
-            &["--instance-id", id],
+            &["--instance-id", id, "--cluster-enabled"],
         );
         let (_, restarted_api) = restarted.api().await;
         wait_for(

@@ -35,6 +35,7 @@ pub fn node_config(
                 .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("node.db").display())),
             cluster: ClusterName::new(name).map_err(invalid)?,
             instance_id: HolderId::new(&format!("{name}-1")).map_err(invalid)?,
+            cluster_enabled: false,
         },
         chain: ChainConfig {
             poll_interval: Duration::from_millis(100),

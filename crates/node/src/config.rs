@@ -11,6 +11,10 @@
 //! cluster = "default"
 //! instance_id = "host-a"                      # default: the host name
 //!
+//! [cluster]
+//! enabled = false          # true: wait as a standby while another instance leads;
+//!                          # false: refuse to start then (one instance only)
+//!
 //! [chain]
 //! rpc_url = "http://user:pass@127.0.0.1:18443" # bitcoind RPC (required)
 //! rest_url = "http://127.0.0.1:18443/rest"     # optional: follow blocks over REST
@@ -106,6 +110,26 @@ pub struct ConfigLayer {
     #[command(flatten)]
     #[serde(default)]
     pub seed: SeedLayer,
+    /// Cluster settings.
+    #[command(flatten)]
+    #[serde(default)]
+    pub cluster: ClusterLayer,
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterLayer {
+    /// Run as one instance of a cluster: wait as a standby while another instance
+    /// leads. Without it, an instance refuses to start while another one leads.
+    #[arg(
+        long = "cluster-enabled",
+        env = "PHALANX_CLUSTER_ENABLED",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    #[serde(rename = "enabled")]
+    pub cluster_enabled: Option<bool>,
 }
 
 /// `[store]`.
@@ -240,6 +264,9 @@ pub struct StoreConfig {
     pub cluster: ClusterName,
     /// This instance's id.
     pub instance_id: HolderId,
+    /// `[cluster] enabled`: wait as a standby while another instance leads (otherwise
+    /// refuse to start).
+    pub cluster_enabled: bool,
 }
 
 /// Where the chain comes from.
@@ -356,6 +383,12 @@ impl ConfigLayer {
             },
             seed: SeedLayer {
                 seed_file: self.seed.seed_file.or(base.seed.seed_file),
+            },
+            cluster: ClusterLayer {
+                cluster_enabled: self
+                    .cluster
+                    .cluster_enabled
+                    .or(base.cluster.cluster_enabled),
             },
         }
     }
@@ -499,6 +532,7 @@ impl ConfigLayer {
                 url: store_url,
                 cluster,
                 instance_id,
+                cluster_enabled: self.cluster.cluster_enabled.unwrap_or(false),
             },
             chain: ChainConfig {
                 rpc_url: rpc_url.as_str().trim_end_matches('/').to_owned(),
@@ -575,11 +609,14 @@ mod tests {
             listen = "127.0.0.1:9090"
             [seed]
             file = "/secrets/seed"
+            [cluster]
+            enabled = true
             "#,
         )
         .resolve()
         .unwrap();
         assert_eq!(config.network, Network::Regtest);
+        assert!(config.store.cluster_enabled);
         assert_eq!(config.store.url, "postgres://u@db/phalanx");
         assert_eq!(config.store.cluster.as_str(), "node-a");
         assert_eq!(config.chain.rpc_url, "http://127.0.0.1:18443");
@@ -611,6 +648,7 @@ mod tests {
         assert_eq!(config.api.listen.to_string(), DEFAULT_API_LISTEN);
         assert_eq!(config.lightning.listen[0].to_string(), DEFAULT_LISTEN);
         assert_eq!(config.seed_file, PathBuf::from("phalanx-data/seed"));
+        assert!(!config.store.cluster_enabled, "one instance unless asked");
     }
 
     #[test]
@@ -684,6 +722,8 @@ mod tests {
         assert!(err.contains("unknown field `rpc_ulr`"), "{err}");
         let err = ConfigLayer::from_toml("[chain]\npoll_interval_ms = \"fast\"").unwrap_err();
         assert!(err.contains("poll_interval_ms"), "{err}");
+        let err = ConfigLayer::from_toml("[cluster]\nenabled = \"yes\"").unwrap_err();
+        assert!(err.contains("enabled"), "{err}");
         assert!(err.contains("line 2"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let err = ConfigLayer::from_file(&dir.path().join("missing.toml")).unwrap_err();

@@ -198,7 +198,7 @@ fn count(n: usize) -> u32 {
 /// | anything else (`Seed`, `Corrupt`, `Listen`, other wallet and LDK errors) | `internal` |
 pub fn error_code(err: &NodeError) -> ErrorCode {
     match err {
-        NodeError::Stopped(_) => ErrorCode::NotActive,
+        NodeError::Stopped(_) | NodeError::LeaseHeldElsewhere(_) => ErrorCode::NotActive,
         NodeError::Store(err) if err.is_fenced() => ErrorCode::NotActive,
         NodeError::Store(_) => ErrorCode::StoreUnavailable,
         NodeError::Persist(err)

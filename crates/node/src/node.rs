@@ -140,6 +140,11 @@ pub enum NodeError {
     /// LDK refused the operation.
     #[error("{0}")]
     Lightning(String),
+    /// Another instance leads the cluster and this one is not allowed to wait for it.
+    #[error(
+        "the lease of this cluster is held by {0}; stop that instance, or set `[cluster] enabled = true` (--cluster-enabled) on every instance to run this one as its standby"
+    )]
+    LeaseHeldElsewhere(String),
     /// The node stopped (fenced, lost its lease, or a write failed) and does nothing more.
     #[error("the node has stopped: {0}")]
     Stopped(String),
@@ -278,13 +283,26 @@ impl Node {
         let options = StoreOptions::new(config.store.cluster.clone());
         let instance = config.store.instance_id.clone();
         let renewal_observer = metrics.renewal_observer();
+        let cluster_enabled = config.store.cluster_enabled;
         // Connecting, campaigning and renewing run on the store runtime (see StoreRuntime).
         let won = AbortOnDrop(store_runtime.handle().spawn(async move {
             let store = phalanx_store_connect::connect(&url, options).await?;
             let lease_store: Arc<dyn LeaseStore> = store.clone();
             let campaigner = Campaigner::new(lease_store, instance, LeaseTimings::default())?
                 .observe_renewals(renewal_observer);
-            let leadership = campaigner.campaign().await?;
+            let leadership = if cluster_enabled {
+                campaigner.campaign().await?
+            } else {
+                // One instance only: another live leader is a mistake to report, not a
+                // leader to wait for. Its own lease (a restart after a crash) is waited for.
+                let mut election = campaigner.state();
+                tokio::select! {
+                    won = campaigner.campaign() => won?,
+                    holder = led_by_another(&mut election, campaigner.holder()) => {
+                        return Err(NodeError::LeaseHeldElsewhere(holder));
+                    }
+                }
+            };
             Ok::<_, NodeError>((store, leadership))
         }));
         let (store, leadership) = won.join().await?;
@@ -1293,6 +1311,30 @@ fn unreachable_record(id: &str) -> PaymentRecord {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Resolves with a description of the holder once the campaign sees the lease held by
+/// an instance other than `me` (or by a holder the store does not name).
+async fn led_by_another(
+    election: &mut watch::Receiver<phalanx_cluster::ElectionState>,
+    me: &phalanx_store::HolderId,
+) -> String {
+    loop {
+        if let phalanx_cluster::ElectionState::Campaigning { leader } =
+            &*election.borrow_and_update()
+        {
+            match leader {
+                Some(lease) if lease.holder != me.as_str() => {
+                    return format!("instance {} (epoch {})", lease.holder, lease.epoch);
+                }
+                None => return "another process".to_owned(),
+                Some(_) => {}
+            }
+        }
+        if election.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Removes monitor updates already folded into their monitors: lazy removals lost when

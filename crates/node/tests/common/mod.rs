@@ -54,6 +54,7 @@ pub fn node_config(
                 .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("node.db").display())),
             cluster: ClusterName::new(name).unwrap(),
             instance_id: HolderId::new(&format!("{name}-1")).unwrap(),
+            cluster_enabled: false,
         },
         chain: ChainConfig {
             rpc_url: regtest.rpc_url(),
