@@ -1,6 +1,8 @@
-//! Restart and failover: `kill -9` a node in the middle of a stream of payments, then
-//! either start it again on the same store (each backend), or let a standby instance of
-//! the same node take over (PostgreSQL and etcd, many rounds), and let the stream finish.
+//! Restart, failover and handover: `kill -9` a node in the middle of a stream of
+//! payments, then either start it again on the same store (each backend), or let a
+//! standby instance of the same node take over (PostgreSQL and etcd, many rounds); or
+//! stop the active instance with SIGTERM, repeatedly, so the lease moves back and forth.
+//! Let the stream finish.
 //! Nothing may be lost or doubled: the channel stays open (no force close) and every
 //! payment is resolved exactly once, on both sides; in a cluster, never two instances
 //! are `SERVER_ACTIVE` at once.
@@ -49,6 +51,8 @@ const CONCURRENCY: usize = 6;
 const BASE_AMOUNT_MSAT: u64 = 1_000_000;
 /// How long one try may take to reach a final outcome, Alice's restart included.
 const PAYMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Graceful handovers in one stream, the lease moving back and forth.
+const HANDOVER_ROUNDS: usize = 10;
 /// Failovers in one stream (the issue asks for at least 20 per backend).
 const FAILOVER_ROUNDS: usize = 20;
 /// Payments between two failovers.
@@ -101,12 +105,32 @@ impl Backend {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failover_postgres() {
-    kill_the_active_instance_repeatedly(Backend::Postgres, FAILOVER_ROUNDS).await;
+    stop_the_active_instance_repeatedly(Backend::Postgres, Stop::Kill, FAILOVER_ROUNDS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handover_postgres() {
+    stop_the_active_instance_repeatedly(Backend::Postgres, Stop::Terminate, HANDOVER_ROUNDS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handover_etcd() {
+    stop_the_active_instance_repeatedly(Backend::Etcd, Stop::Terminate, HANDOVER_ROUNDS).await;
+}
+
+/// How the active instance is stopped in a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// `kill -9`: no shutdown of any kind; the lease is left to lapse (or, on
+    /// PostgreSQL, freed when the dead holder's session ends).
+    Kill,
+    /// SIGTERM: a graceful handover (persist, resign the lease).
+    Terminate,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failover_etcd() {
-    kill_the_active_instance_repeatedly(Backend::Etcd, FAILOVER_ROUNDS).await;
+    stop_the_active_instance_repeatedly(Backend::Etcd, Stop::Kill, FAILOVER_ROUNDS).await;
 }
 
 async fn kill_alice_during_a_payment_stream(backend: Backend) {
@@ -270,9 +294,10 @@ async fn successes(
     }
 }
 
-/// `kill -9` of the active instance, `rounds` times, during one stream of payments: a
-/// standby takes over each time, and the killed one comes back as the next standby.
-async fn kill_the_active_instance_repeatedly(backend: Backend, rounds: usize) {
+/// Stops the active instance (`kill -9` or SIGTERM), `rounds` times, during one stream of
+/// payments: a standby takes over each time, and the stopped one comes back as the next
+/// standby, so the lease moves back and forth between the two.
+async fn stop_the_active_instance_repeatedly(backend: Backend, stop: Stop, rounds: usize) {
     phalanx_testkit::init_tracing();
     let began = Instant::now();
     let dir = phalanx_testkit::process::scratch_dir("failover").unwrap();
@@ -364,12 +389,25 @@ async fn kill_the_active_instance_repeatedly(backend: Backend, rounds: usize) {
         tokio::time::sleep(Duration::from_millis(jitter)).await;
         // Before the kill: waiting for the exit takes up to 150 ms of polling and draining.
         let killed_at = Instant::now();
-        let status = active.kill().await;
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "round {round}: the active instance died of SIGKILL"
-        );
+        match stop {
+            Stop::Kill => {
+                let status = active.kill().await;
+                assert_eq!(
+                    status.signal(),
+                    Some(9),
+                    "round {round}: the active instance died of SIGKILL"
+                );
+            }
+            Stop::Terminate => {
+                let status = active.terminate().await;
+                assert_eq!(
+                    status.code(),
+                    Some(0),
+                    "round {round}: the active instance stopped cleanly\n{}",
+                    active.stderr()
+                );
+            }
+        }
         let took_over = standby.started().await;
         takeovers.push(killed_at.elapsed());
         assert_eq!(
@@ -382,7 +420,7 @@ async fn kill_the_active_instance_repeatedly(backend: Backend, rounds: usize) {
             took_over.epoch
         );
         epoch = took_over.epoch;
-        // The killed instance comes back, as a supervisor would restart it: a standby.
+        // The stopped instance comes back, as a supervisor would restart it: a standby.
         let id = if round % 2 == 0 { "a" } else { "b" };
         let mut restarted = node(
             &format!("alice {id} (round {round})"),
@@ -429,7 +467,7 @@ async fn kill_the_active_instance_repeatedly(backend: Backend, rounds: usize) {
 
     takeovers.sort();
     println!(
-        "{backend:?}: {rounds} kill -9 failovers, {} payments in {} tries; kill to the \
+        "{backend:?}: {rounds} rounds of {stop:?}, {} payments in {} tries; stop to the \
          standby's start p50 {:?}, max {:?}; {:?} in all",
         stream.payments,
         attempts.len(),
