@@ -43,6 +43,16 @@ pub enum ServerState {
 }
 
 impl ServerState {
+    /// Every state, in LND's order.
+    pub const ALL: [ServerState; 6] = [
+        Self::NonExisting,
+        Self::Locked,
+        Self::Unlocked,
+        Self::RpcActive,
+        Self::ServerActive,
+        Self::WaitingToStart,
+    ];
+
     /// The wire name (`"SERVER_ACTIVE"`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -573,14 +583,7 @@ mod tests {
 
     #[test]
     fn server_states_use_lnd_names() {
-        for state in [
-            ServerState::NonExisting,
-            ServerState::Locked,
-            ServerState::Unlocked,
-            ServerState::RpcActive,
-            ServerState::ServerActive,
-            ServerState::WaitingToStart,
-        ] {
+        for state in ServerState::ALL {
             let json = serde_json::to_string(&state).unwrap();
             assert_eq!(json, format!("\"{}\"", state.as_str()));
             assert_eq!(serde_json::from_str::<ServerState>(&json).unwrap(), state);

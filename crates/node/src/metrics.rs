@@ -31,22 +31,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::node::Node;
 use crate::payments::{Direction, PaymentStatus};
 
 type Labels = Vec<(&'static str, &'static str)>;
-
-/// Every state a `phalanx_server_state` series is kept for.
-const STATES: [ServerState; 6] = [
-    ServerState::NonExisting,
-    ServerState::Locked,
-    ServerState::Unlocked,
-    ServerState::RpcActive,
-    ServerState::ServerActive,
-    ServerState::WaitingToStart,
-];
 
 /// The instance's metrics (see the [module docs](self)).
 pub struct Metrics {
@@ -79,75 +69,77 @@ impl Metrics {
         // 0.5 ms to about 4 s: a renewal or a write on loopback is well under a
         // millisecond; seconds mean trouble.
         let latency = || Histogram::new(exponential_buckets(0.000_5, 2.0, 14));
-        let metrics = Self {
-            registry: Registry::default(),
-            scrape: Mutex::new(()),
-            server_state: Family::default(),
-            lease_held: Gauge::default(),
-            lease_epoch: Gauge::default(),
-            leaderships: Counter::default(),
-            renewals: Family::default(),
-            renewal_seconds: latency(),
-            transactions: Family::default(),
-            transaction_seconds: latency(),
-            peers: Gauge::default(),
-            channels: Family::default(),
-            payments: Family::default(),
-        };
-        registry.register(
+        let r = &mut registry;
+        let server_state = register(
+            r,
             "server_state",
             "1 for this instance's state (LND's state names)",
-            metrics.server_state.clone(),
+            Family::default(),
         );
-        registry.register(
+        let lease_held = register(
+            r,
             "lease_held",
             "1 while this instance holds the lease",
-            metrics.lease_held.clone(),
+            Gauge::default(),
         );
-        registry.register(
+        let lease_epoch = register(
+            r,
             "lease_epoch",
             "The epoch of the lease this instance holds or last held",
-            metrics.lease_epoch.clone(),
+            Gauge::default(),
         );
-        registry.register(
+        let leaderships = register(
+            r,
             "leaderships",
             "Leases this process won",
-            metrics.leaderships.clone(),
+            Counter::default(),
         );
-        registry.register(
+        let renewals = register(
+            r,
             "lease_renewals",
             "Lease renewals sent, by outcome",
-            metrics.renewals.clone(),
+            Family::default(),
         );
-        registry.register(
+        let renewal_seconds = register(
+            r,
             "lease_renewal_seconds",
             "Store round trip of a lease renewal",
-            metrics.renewal_seconds.clone(),
+            latency(),
         );
-        registry.register(
+        let transactions = register(
+            r,
             "store_transactions",
             "Fenced store transactions, by outcome",
-            metrics.transactions.clone(),
+            Family::default(),
         );
-        registry.register(
+        let transaction_seconds = register(
+            r,
             "store_transaction_seconds",
             "Latency of a fenced store transaction",
-            metrics.transaction_seconds.clone(),
+            latency(),
         );
-        registry.register("peers", "Connected peers", metrics.peers.clone());
-        registry.register(
-            "channels",
-            "Channels, usable or not",
-            metrics.channels.clone(),
-        );
-        registry.register(
+        let peers = register(r, "peers", "Connected peers", Gauge::default());
+        let channels = register(r, "channels", "Channels, usable or not", Family::default());
+        let payments = register(
+            r,
             "payments",
             "Payment records by direction and status",
-            metrics.payments.clone(),
+            Family::default(),
         );
         Self {
             registry,
-            ..metrics
+            scrape: Mutex::new(()),
+            server_state,
+            lease_held,
+            lease_epoch,
+            leaderships,
+            renewals,
+            renewal_seconds,
+            transactions,
+            transaction_seconds,
+            peers,
+            channels,
+            payments,
         }
     }
 
@@ -198,7 +190,7 @@ impl Metrics {
     /// the node's peers, channels and payments if it runs.
     pub fn render(&self, state: ServerState, node: Option<&Node>) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        for candidate in STATES {
+        for candidate in ServerState::ALL {
             self.server_state
                 .get_or_create(&vec![("state", candidate.as_str())])
                 .set(i64::from(candidate == state));
@@ -241,6 +233,13 @@ impl Metrics {
         let _ = encode(&mut text, &self.registry);
         text
     }
+}
+
+/// Registers `metric` under `name` and hands it back (the registry keeps a clone that
+/// shares its value).
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 #[cfg(test)]
