@@ -136,22 +136,13 @@ async fn failover_etcd() {
 async fn kill_alice_during_a_payment_stream(backend: Backend) {
     phalanx_testkit::init_tracing();
     let began = Instant::now();
-    let dir = phalanx_testkit::process::scratch_dir("restart").unwrap();
-    let store_url = backend.store_url(&dir);
-    let regtest = Regtest::start(RegtestConfig::default())
-        .await
-        .expect("regtest starts");
-    let chain_config = chain_config_from_url(&regtest.rpc_url_with_credentials()).unwrap();
-    let chain = ChainControl::connect(chain_config)
-        .await
-        .expect("the chain answers");
-    chain
-        .ensure_funds(Amount::from_sat(ALICE_FUNDS_SAT + 100_000))
-        .await
-        .expect("the chain wallet gathers coins");
-    let bob = Node::start(&node_config(chain.config(), &dir, "bob", None).unwrap())
-        .await
-        .expect("bob starts");
+    let World {
+        dir,
+        store_url,
+        regtest,
+        chain,
+        bob,
+    } = World::set_up(backend, "restart").await;
 
     // A fixed API port, so that one client follows Alice across her restart.
     let api_listen = SocketAddr::from(([127, 0, 0, 1], phalanx_testkit::process::free_port()));
@@ -218,10 +209,15 @@ async fn kill_alice_during_a_payment_stream(backend: Backend) {
         "the stream finished: each of its payments succeeded once"
     );
 
-    assert_no_force_close(&regtest, funding);
-    assert_channel_usable_again(&bob, &alice, funding).await;
-    assert_each_payment_resolved_once(&attempts, &bob, &alice).await;
-    assert_balances_add_up(&attempts, &bob, funding, bob_outbound_before).await;
+    assert_invariants(
+        &regtest,
+        &bob,
+        &alice,
+        &attempts,
+        funding,
+        bob_outbound_before,
+    )
+    .await;
 
     let failures: Vec<&str> = attempts
         .iter()
@@ -300,22 +296,13 @@ async fn successes(
 async fn stop_the_active_instance_repeatedly(backend: Backend, stop: Stop, rounds: usize) {
     phalanx_testkit::init_tracing();
     let began = Instant::now();
-    let dir = phalanx_testkit::process::scratch_dir("failover").unwrap();
-    let store_url = backend.store_url(&dir);
-    let regtest = Regtest::start(RegtestConfig::default())
-        .await
-        .expect("regtest starts");
-    let chain_config = chain_config_from_url(&regtest.rpc_url_with_credentials()).unwrap();
-    let chain = ChainControl::connect(chain_config)
-        .await
-        .expect("the chain answers");
-    chain
-        .ensure_funds(Amount::from_sat(ALICE_FUNDS_SAT + 100_000))
-        .await
-        .expect("the chain wallet gathers coins");
-    let bob = Node::start(&node_config(chain.config(), &dir, "bob", None).unwrap())
-        .await
-        .expect("bob starts");
+    let World {
+        dir,
+        store_url,
+        regtest,
+        chain,
+        bob,
+    } = World::set_up(backend, "failover").await;
 
     // One data directory (seed and API token) for every instance, as a shared secret
     // mount would give them; each picks its own API port.
@@ -455,10 +442,15 @@ async fn stop_the_active_instance_repeatedly(backend: Backend, stop: Stop, round
         );
     }
     let attempts = stream.attempts.lock().unwrap().clone();
-    assert_no_force_close(&regtest, funding);
-    assert_channel_usable_again(&bob, &alice, funding).await;
-    assert_each_payment_resolved_once(&attempts, &bob, &alice).await;
-    assert_balances_add_up(&attempts, &bob, funding, bob_outbound_before).await;
+    assert_invariants(
+        &regtest,
+        &bob,
+        &alice,
+        &attempts,
+        funding,
+        bob_outbound_before,
+    )
+    .await;
     let both_active = watchdog.stop().await;
     assert!(
         both_active.is_empty(),
@@ -538,6 +530,44 @@ impl SplitBrainWatch {
 }
 
 // ---- setting up ----
+
+/// What every scenario starts from: a scratch directory, Alice's store, the chain with
+/// coins to give, and Bob running.
+struct World {
+    dir: std::path::PathBuf,
+    store_url: String,
+    regtest: Regtest,
+    chain: ChainControl,
+    bob: Arc<Node>,
+}
+
+impl World {
+    async fn set_up(backend: Backend, scratch: &str) -> Self {
+        let dir = phalanx_testkit::process::scratch_dir(scratch).unwrap();
+        let store_url = backend.store_url(&dir);
+        let regtest = Regtest::start(RegtestConfig::default())
+            .await
+            .expect("regtest starts");
+        let chain_config = chain_config_from_url(&regtest.rpc_url_with_credentials()).unwrap();
+        let chain = ChainControl::connect(chain_config)
+            .await
+            .expect("the chain answers");
+        chain
+            .ensure_funds(Amount::from_sat(ALICE_FUNDS_SAT + 100_000))
+            .await
+            .expect("the chain wallet gathers coins");
+        let bob = Node::start(&node_config(chain.config(), &dir, "bob", None).unwrap())
+            .await
+            .expect("bob starts");
+        Self {
+            dir,
+            store_url,
+            regtest,
+            chain,
+            bob,
+        }
+    }
+}
 
 /// Pays Alice's wallet from the chain's, over her API, and confirms it.
 async fn fund_alice(chain: &ChainControl, bob: &Arc<Node>, alice: &ApiClient) {
@@ -911,6 +941,21 @@ where
 }
 
 // ---- the invariants ----
+
+/// Everything a scenario must leave true once its stream finished.
+async fn assert_invariants(
+    regtest: &Regtest,
+    bob: &Arc<Node>,
+    alice: &ApiClient,
+    attempts: &[Attempt],
+    funding: OutPoint,
+    bob_outbound_before: u64,
+) {
+    assert_no_force_close(regtest, funding);
+    assert_channel_usable_again(bob, alice, funding).await;
+    assert_each_payment_resolved_once(attempts, bob, alice).await;
+    assert_balances_add_up(attempts, bob, funding, bob_outbound_before).await;
+}
 
 /// No force close: nothing on the chain ever spent the channel's funding output.
 fn assert_no_force_close(regtest: &Regtest, funding: OutPoint) {
