@@ -226,14 +226,13 @@ async fn recording_esplora(status: u16) -> (String, Arc<std::sync::Mutex<Vec<Str
     (url, seen)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_broadcast_also_goes_to_esplora_when_configured() {
-    let regtest = regtest().await;
-    regtest.mine(101, None);
-    let to_wallet = regtest.chain().wallet().default_address().script_pubkey();
-
-    let (url, seen) = recording_esplora(200).await;
-    let mut with_esplora = config(&regtest, false);
+/// A client of `regtest` with a recording Esplora (answering `status`) as second source.
+async fn client_with_esplora(
+    regtest: &Regtest,
+    status: u16,
+) -> (Arc<ChainClient>, Arc<std::sync::Mutex<Vec<String>>>) {
+    let (url, seen) = recording_esplora(status).await;
+    let mut with_esplora = config(regtest, false);
     with_esplora.esplora_url = Some(url);
     let client = ChainClient::connect(
         &with_esplora,
@@ -242,6 +241,16 @@ async fn every_broadcast_also_goes_to_esplora_when_configured() {
     )
     .await
     .unwrap();
+    (client, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_broadcast_also_goes_to_esplora_when_configured() {
+    let regtest = regtest().await;
+    regtest.mine(101, None);
+    let to_wallet = regtest.chain().wallet().default_address().script_pubkey();
+
+    let (client, seen) = client_with_esplora(&regtest, 200).await;
     let tx = regtest
         .chain()
         .build_send(&to_wallet, Amount::from_sat(40_000))
@@ -261,16 +270,7 @@ async fn every_broadcast_also_goes_to_esplora_when_configured() {
     );
 
     // An Esplora that refuses does not undo what bitcoind accepted.
-    let (url, seen) = recording_esplora(400).await;
-    let mut refusing = config(&regtest, false);
-    refusing.esplora_url = Some(url);
-    let client = ChainClient::connect(
-        &refusing,
-        Network::Regtest,
-        tokio::runtime::Handle::current(),
-    )
-    .await
-    .unwrap();
+    let (client, seen) = client_with_esplora(&regtest, 400).await;
     let tx = regtest
         .chain()
         .build_send(&to_wallet, Amount::from_sat(30_000))
