@@ -5,7 +5,10 @@
 //!
 //! Broadcasting can be switched off for good ([`ChainClient::stop_broadcasting`]): a
 //! fenced instance must never broadcast from in-memory state that may be newer than what
-//! the store holds (safety rule 4).
+//! the store holds (safety rule 4). It is also tied to the leadership
+//! ([`ChainClient::broadcast_only_while`]): past the lease's local deadline nothing is
+//! sent, even before the node has noticed it lost the lease (a paused process that
+//! wakes up runs whatever was due before its renewal task).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +25,7 @@ use lightning_block_sync::gossip::UtxoSource;
 use lightning_block_sync::rest::RestClient;
 use lightning_block_sync::rpc::{RpcClient, RpcClientError};
 use lightning_block_sync::{BlockData, BlockHeaderData, BlockSource, BlockSourceResult};
+use phalanx_store::FenceSource;
 use serde_json::{Value, json};
 
 use crate::config::ChainConfig;
@@ -121,6 +125,8 @@ pub struct ChainClient {
     network: Network,
     fees: RwLock<FeeTable>,
     broadcasting: AtomicBool,
+    /// The leadership broadcasts depend on, once won.
+    lease: std::sync::OnceLock<Arc<dyn FenceSource>>,
     /// A second broadcast source, if configured.
     esplora: Option<crate::esplora::Esplora>,
     runtime: tokio::runtime::Handle,
@@ -154,6 +160,7 @@ impl ChainClient {
             network,
             fees: RwLock::new(FeeTable(HashMap::new())),
             broadcasting: AtomicBool::new(true),
+            lease: std::sync::OnceLock::new(),
             runtime,
         });
         let info = client.call("getblockchaininfo", &[]).await?;
@@ -250,9 +257,21 @@ impl ChainClient {
         }
     }
 
+    /// Broadcasts only while `lease` gives a token (its holder has not lost it and its
+    /// local deadline has not passed). Set once, before anything is broadcast.
+    pub fn broadcast_only_while(&self, lease: Arc<dyn FenceSource>) {
+        if self.lease.set(lease).is_err() {
+            tracing::warn!("the broadcaster was already tied to a leadership");
+        }
+    }
+
     /// Whether broadcasting is still allowed.
     pub fn is_broadcasting(&self) -> bool {
         self.broadcasting.load(Ordering::SeqCst)
+            && self
+                .lease
+                .get()
+                .is_none_or(|lease| lease.current_token().is_ok())
     }
 
     /// Broadcasts one transaction, or a package (child last) with `submitpackage`.

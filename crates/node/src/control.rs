@@ -370,7 +370,7 @@ impl NodeControl for NodeService {
 
     fn state(&self) -> ServerState {
         match self.node.get() {
-            Some(node) if !self.stopping.load(Ordering::SeqCst) && node.stop_reason().is_none() => {
+            Some(node) if !self.stopping.load(Ordering::SeqCst) && node.holds_leadership() => {
                 ServerState::ServerActive
             }
             _ => ServerState::WaitingToStart,

@@ -284,11 +284,12 @@ impl Node {
         let instance = config.store.instance_id.clone();
         let renewal_observer = metrics.renewal_observer();
         let cluster_enabled = config.store.cluster_enabled;
+        let lease_timings = config.store.lease;
         // Connecting, campaigning and renewing run on the store runtime (see StoreRuntime).
         let won = AbortOnDrop(store_runtime.handle().spawn(async move {
             let store = phalanx_store_connect::connect(&url, options).await?;
             let lease_store: Arc<dyn LeaseStore> = store.clone();
-            let campaigner = Campaigner::new(lease_store, instance, LeaseTimings::default())?
+            let campaigner = Campaigner::new(lease_store, instance, lease_timings)?
                 .observe_renewals(renewal_observer);
             let leadership = if cluster_enabled {
                 campaigner.campaign().await?
@@ -318,6 +319,7 @@ impl Node {
             Some(metrics.write_observer()),
         ));
         let chain = ChainClient::connect(&config.chain, config.network, runtime.clone()).await?;
+        chain.broadcast_only_while(leadership.fence());
         let logger: Logger = Arc::new(TracingLogger);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -745,6 +747,17 @@ impl Node {
             .borrow()
             .clone()
             .or_else(|| self.fail_stop.reason())
+    }
+
+    /// Whether this instance may act as the node right now: it has not stopped, and its
+    /// leadership's local deadline has not passed. The deadline is checked here, not only
+    /// by the renewal task, because a process that was paused (SIGSTOP, a VM freeze) may
+    /// answer a request before that task has run again and noticed.
+    pub fn holds_leadership(&self) -> bool {
+        self.stop_reason().is_none()
+            && lock(&self.leadership)
+                .as_ref()
+                .is_some_and(|leadership| leadership.token().is_ok())
     }
 
     /// Resolves when the node has stopped (fail-stop or shutdown), with the reason.

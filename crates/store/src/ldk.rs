@@ -27,6 +27,13 @@ type KeySlot = Arc<tokio::sync::Mutex<u64>>;
 /// version is older than the last one applied to its key completes without writing (its
 /// value was superseded), as LDK's own filesystem store does.
 ///
+/// # Transient failures
+/// A write or removal the store could not answer (transient) is retried, with a short
+/// backoff, for as long as the [`FenceSource`] still gives a token: an etcd member lost
+/// or a reconnect costs a pause, not the node. Once the leadership's local deadline
+/// passes the call fails, and the caller stops (safety rules 2 and 4). Fenced and
+/// permanent failures are never retried.
+///
 /// # Lazy removals
 /// A removal LDK marks `lazy` (the monitor persister's clean-up of consolidated updates)
 /// completes at once and is queued; a flusher on `runtime` applies the queue a few
@@ -76,6 +83,10 @@ const LAZY_REMOVE_BATCH: usize = 64;
 
 /// How long the flusher waits for the rest of a burst of lazy removals.
 const LAZY_REMOVE_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+/// The first pause before a transient write failure is retried; it doubles up to
+/// [`RETRY_MAX_PAUSE`] (the retries end with the leadership's local deadline).
+const RETRY_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+const RETRY_MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(400);
 
 impl LdkKvStore {
     /// Wraps `store`, writing with tokens from `fence`, running blocking calls on `runtime`.
@@ -312,7 +323,6 @@ impl Inner {
             // A later call to this key already took effect; this one is superseded.
             return Ok(());
         }
-        let token = self.fence.current_token()?;
         let op = match value {
             Some(value) => BatchOp::Put {
                 key: key.clone(),
@@ -320,14 +330,28 @@ impl Inner {
             },
             None => BatchOp::Delete { key: key.clone() },
         };
-        match self.apply(token, vec![op]).await {
-            Ok(()) => {
-                *last_applied = version;
-                Ok(())
-            }
-            Err(err) => {
-                self.note_failure(token, key, &err);
-                Err(err)
+        let mut pause = RETRY_FIRST_PAUSE;
+        loop {
+            let token = self.fence.current_token()?;
+            match self.apply(token, vec![op.clone()]).await {
+                Ok(()) => {
+                    *last_applied = version;
+                    return Ok(());
+                }
+                // A store that did not answer (a lost connection, an etcd member down,
+                // a leader election) may answer the same write a moment later. Putting or
+                // deleting the same key again is idempotent, and the store still checks
+                // the token: retrying is safe for as long as the leadership is, and the
+                // next `current_token` ends the loop once its local deadline passes.
+                Err(err) if err.is_transient() && self.fence.current_token().is_ok() => {
+                    tracing::warn!(epoch = %token.epoch(), %key, error = %err.report(), retry_in = ?pause, "store mutation failed; retrying while the lease holds");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX_PAUSE);
+                }
+                Err(err) => {
+                    self.note_failure(token, key, &err);
+                    return Err(err);
+                }
             }
         }
     }
@@ -484,6 +508,8 @@ mod tests {
         values: Mutex<BTreeMap<StoreKey, Vec<u8>>>,
         /// Transactions applied.
         batches: AtomicU64,
+        /// How many of the next transactions fail as transient (`u64::MAX`: all).
+        transient_failures: AtomicU64,
     }
 
     #[async_trait]
@@ -515,6 +541,13 @@ mod tests {
         async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {
             // Yield once so that futures polled together really interleave.
             tokio::task::yield_now().await;
+            let failing = self.transient_failures.load(Ordering::SeqCst);
+            if failing > 0 {
+                if failing != u64::MAX {
+                    self.transient_failures.fetch_sub(1, Ordering::SeqCst);
+                }
+                return Err(StoreError::transient("apply", "the store is away", None));
+            }
             if token.epoch().0 != self.current_epoch.load(Ordering::SeqCst) {
                 return Err(StoreError::fenced("stale epoch"));
             }
@@ -589,6 +622,43 @@ mod tests {
         write.await.unwrap();
         let err = KVStore::read(&kv, "ns", "", "k").await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transient_failures_are_retried_while_the_lease_holds() {
+        let (kv, store, _fence) = adapter(1);
+        store.transient_failures.store(3, Ordering::SeqCst);
+        KVStore::write(&kv, "ns", "", "k", b"v".to_vec())
+            .await
+            .expect("the write went through once the store answered");
+        assert_eq!(KVStore::read(&kv, "ns", "", "k").await.unwrap(), b"v");
+        assert_eq!(store.transient_failures.load(Ordering::SeqCst), 0);
+        assert_eq!(store.batches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retries_end_when_the_leadership_does() {
+        let (kv, store, fence) = adapter(1);
+        store.transient_failures.store(u64::MAX, Ordering::SeqCst);
+        let write = tokio::spawn(KVStore::write(&kv, "ns", "", "k", b"v".to_vec()));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            !write.is_finished(),
+            "the write is retried while the lease holds"
+        );
+        // The leadership's local deadline passes.
+        fence.fenced.store(true, Ordering::SeqCst);
+        let err = tokio::time::timeout(std::time::Duration::from_secs(5), write)
+            .await
+            .expect("the retries stop with the leadership")
+            .unwrap()
+            .expect_err("the write failed");
+        assert!(err.to_string().contains("leadership lost"), "{err}");
+        assert_eq!(
+            store.batches.load(Ordering::SeqCst),
+            0,
+            "nothing was written"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
