@@ -1,11 +1,10 @@
-//! Restart, failover and handover: `kill -9` a node in the middle of a stream of
-//! payments, then either start it again on the same store (each backend), or let a
-//! standby instance of the same node take over (PostgreSQL and etcd, many rounds); or
-//! stop the active instance with SIGTERM, repeatedly, so the lease moves back and forth.
-//! Let the stream finish.
-//! Nothing may be lost or doubled: the channel stays open (no force close) and every
-//! payment is resolved exactly once, on both sides; in a cluster, never two instances
-//! are `SERVER_ACTIVE` at once.
+//! Restart and cluster scenarios: `kill -9` a node in the middle of a stream of
+//! payments and start it again on the same store (each backend, here); or disrupt a
+//! cluster of two instances of the node round after round (kill, SIGTERM, SIGSTOP, store
+//! cut off, store restarted, etcd members lost: [`cluster`]). Let the stream finish.
+//! Nothing may be lost or doubled: the channel stays open (no force close, and nothing
+//! reaches the chain at all during the stream) and every payment is resolved exactly
+//! once, on both sides; in a cluster, never two instances are `SERVER_ACTIVE` at once.
 //!
 //! Alice is the node under test: `phalanx node` processes on the backend, driven over
 //! her API (in a cluster, through a proxy that sends each connection to the instance
@@ -13,6 +12,8 @@
 //! Bob is an in-process node on SQLite. Alice funded the channel and dialled Bob, so
 //! after her restart or failover she is the one who reconnects (from her address book).
 
+mod cluster;
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -103,36 +104,6 @@ impl Backend {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn failover_postgres() {
-    stop_the_active_instance_repeatedly(Backend::Postgres, Stop::Kill, FAILOVER_ROUNDS).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn handover_postgres() {
-    stop_the_active_instance_repeatedly(Backend::Postgres, Stop::Terminate, HANDOVER_ROUNDS).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn handover_etcd() {
-    stop_the_active_instance_repeatedly(Backend::Etcd, Stop::Terminate, HANDOVER_ROUNDS).await;
-}
-
-/// How the active instance is stopped in a round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stop {
-    /// `kill -9`: no shutdown of any kind; the lease is left to lapse (or, on
-    /// PostgreSQL, freed when the dead holder's session ends).
-    Kill,
-    /// SIGTERM: a graceful handover (persist, resign the lease).
-    Terminate,
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn failover_etcd() {
-    stop_the_active_instance_repeatedly(Backend::Etcd, Stop::Kill, FAILOVER_ROUNDS).await;
-}
-
 async fn kill_alice_during_a_payment_stream(backend: Backend) {
     phalanx_testkit::init_tracing();
     let began = Instant::now();
@@ -142,7 +113,7 @@ async fn kill_alice_during_a_payment_stream(backend: Backend) {
         regtest,
         chain,
         bob,
-    } = World::set_up(backend, "restart").await;
+    } = World::set_up("restart", |dir| backend.store_url(dir)).await;
 
     // A fixed API port, so that one client follows Alice across her restart.
     let api_listen = SocketAddr::from(([127, 0, 0, 1], phalanx_testkit::process::free_port()));
@@ -159,8 +130,7 @@ async fn kill_alice_during_a_payment_stream(backend: Backend) {
     let before = first.started().await;
 
     fund_alice(&chain, &bob, &alice).await;
-    let funding = open_channel(&chain, &bob, &alice).await;
-    let bob_outbound_before = bob_channel(&bob, funding).expect("bob has the channel").1;
+    let channel = Channel::open(&regtest, &chain, &bob, &alice).await;
 
     // The stream, with Alice killed in its middle and started again.
     let stream = Arc::new(Stream::new(alice.clone(), Arc::clone(&bob), PAYMENTS));
@@ -209,15 +179,7 @@ async fn kill_alice_during_a_payment_stream(backend: Backend) {
         "the stream finished: each of its payments succeeded once"
     );
 
-    assert_invariants(
-        &regtest,
-        &bob,
-        &alice,
-        &attempts,
-        funding,
-        bob_outbound_before,
-    )
-    .await;
+    assert_invariants(&regtest, &bob, &alice, &attempts, &channel).await;
 
     let failures: Vec<&str> = attempts
         .iter()
@@ -290,245 +252,6 @@ async fn successes(
     }
 }
 
-/// Stops the active instance (`kill -9` or SIGTERM), `rounds` times, during one stream of
-/// payments: a standby takes over each time, and the stopped one comes back as the next
-/// standby, so the lease moves back and forth between the two.
-async fn stop_the_active_instance_repeatedly(backend: Backend, stop: Stop, rounds: usize) {
-    phalanx_testkit::init_tracing();
-    let began = Instant::now();
-    let World {
-        dir,
-        store_url,
-        regtest,
-        chain,
-        bob,
-    } = World::set_up(backend, "failover").await;
-
-    // One data directory (seed and API token) for every instance, as a shared secret
-    // mount would give them; each picks its own API port.
-    let config = ConfigFile {
-        data_dir: &dir.join("alice"),
-        store_url: &store_url,
-        cluster: "alice",
-        chain: chain.config(),
-        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-    }
-    .write();
-    let mut active = node(
-        "alice a",
-        &config,
-        &["--instance-id", "a", "--cluster-enabled"],
-    );
-    let (_, active_api) = active.api().await;
-    let first = active.started().await;
-    let mut standby = node(
-        "alice b",
-        &config,
-        &["--instance-id", "b", "--cluster-enabled"],
-    );
-    let (_, standby_api) = standby.api().await;
-    let instances = Arc::new(Mutex::new(vec![active_api.clone(), standby_api.clone()]));
-    let proxy = {
-        let instances = Arc::clone(&instances);
-        phalanx_testkit::proxy::TcpProxy::start(Arc::new(move || {
-            let instances = instances.lock().unwrap().clone();
-            Box::pin(async move { active_instance(&instances).await })
-        }))
-        .await
-        .expect("the proxy listens")
-    };
-    let token = phalanx_api::read_token(&dir.join("alice").join("api-token")).ok();
-    let alice = match token {
-        Some(token) => ApiClient::new(&format!("http://{}", proxy.addr()))
-            .unwrap()
-            .with_token(token),
-        None => panic!("alice's token file is not where the test expects it"),
-    }
-    .with_timeout(common::API_TIMEOUT);
-    let watchdog = SplitBrainWatch::start(Arc::clone(&instances));
-
-    fund_alice(&chain, &bob, &alice).await;
-    let funding = open_channel(&chain, &bob, &alice).await;
-    let bob_outbound_before = bob_channel(&bob, funding).expect("bob has the channel").1;
-
-    let stream = Arc::new(Stream::new(
-        alice.clone(),
-        Arc::clone(&bob),
-        // Enough that no worker runs out of payments before the last kill.
-        (rounds + 1) * PAYMENTS_PER_ROUND + 2 * CONCURRENCY,
-    ));
-    let mut workers: Vec<_> = (0..CONCURRENCY)
-        .map(|_| tokio::spawn(worker(Arc::clone(&stream))))
-        .collect();
-    let mut epoch = first.epoch;
-    let mut takeovers = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        successes(
-            &stream,
-            (round + 1) * PAYMENTS_PER_ROUND,
-            &mut workers,
-            &mut active,
-            &alice,
-        )
-        .await;
-        // A random moment inside the stream, not just after a payment completed.
-        let jitter = rand::random::<u64>() % 150;
-        tokio::time::sleep(Duration::from_millis(jitter)).await;
-        // Before the kill: waiting for the exit takes up to 150 ms of polling and draining.
-        let killed_at = Instant::now();
-        match stop {
-            Stop::Kill => {
-                let status = active.kill().await;
-                assert_eq!(
-                    status.signal(),
-                    Some(9),
-                    "round {round}: the active instance died of SIGKILL"
-                );
-            }
-            Stop::Terminate => {
-                let status = active.terminate().await;
-                assert_eq!(
-                    status.code(),
-                    Some(0),
-                    "round {round}: the active instance stopped cleanly\n{}",
-                    active.stderr()
-                );
-            }
-        }
-        let took_over = standby.started().await;
-        takeovers.push(killed_at.elapsed());
-        assert_eq!(
-            took_over.node_id, first.node_id,
-            "round {round}: the standby is the same node"
-        );
-        assert!(
-            took_over.epoch > epoch,
-            "round {round}: the new epoch {} is above the last one {epoch}",
-            took_over.epoch
-        );
-        epoch = took_over.epoch;
-        // The stopped instance comes back, as a supervisor would restart it: a standby.
-        let id = if round % 2 == 0 { "a" } else { "b" };
-        let mut restarted = node(
-            &format!("alice {id} (round {round})"),
-            &config,
-            &["--instance-id", id, "--cluster-enabled"],
-        );
-        let (_, restarted_api) = restarted.api().await;
-        wait_for(
-            "the restarted instance to wait as a standby",
-            STEP_TIMEOUT,
-            || async {
-                (restarted_api.state().await.ok()? == phalanx_api::ServerState::WaitingToStart)
-                    .then_some(())
-            },
-        )
-        .await
-        .expect("a restarted instance waits while the other leads");
-        {
-            let mut known = instances.lock().unwrap();
-            known.push(restarted_api);
-        }
-        active = std::mem::replace(&mut standby, restarted);
-    }
-
-    for mut worker in workers {
-        let outcome = outcome(&mut worker).await;
-        assert_eq!(
-            outcome,
-            "done",
-            "the stream did not finish\n{}",
-            health(&alice).await
-        );
-    }
-    let attempts = stream.attempts.lock().unwrap().clone();
-    assert_invariants(
-        &regtest,
-        &bob,
-        &alice,
-        &attempts,
-        funding,
-        bob_outbound_before,
-    )
-    .await;
-    let both_active = watchdog.stop().await;
-    assert!(
-        both_active.is_empty(),
-        "two instances were SERVER_ACTIVE at once: {both_active:?}"
-    );
-
-    takeovers.sort();
-    println!(
-        "{backend:?}: {rounds} rounds of {stop:?}, {} payments in {} tries; stop to the \
-         standby's start p50 {:?}, max {:?}; {:?} in all",
-        stream.payments,
-        attempts.len(),
-        takeovers[takeovers.len() / 2],
-        takeovers.last().unwrap(),
-        began.elapsed()
-    );
-    let status = active.terminate().await;
-    assert_eq!(status.code(), Some(0), "{}", active.stderr());
-    let status = standby.terminate().await;
-    assert_eq!(status.code(), Some(0), "{}", standby.stderr());
-    bob.shutdown().await;
-}
-
-/// The address of the instance whose `GET /v1/ready` answers 200, if one does: the
-/// health check a load balancer would make.
-async fn active_instance(instances: &[ApiClient]) -> Option<SocketAddr> {
-    for api in instances {
-        let probe = api.clone().with_timeout(Duration::from_secs(1));
-        if probe.ready().await.is_ok() {
-            return api.base_url().trim_start_matches("http://").parse().ok();
-        }
-    }
-    None
-}
-
-/// Polls every instance's state endpoint and records each moment two of them said
-/// `SERVER_ACTIVE` in the same sweep.
-struct SplitBrainWatch {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Vec<String>>,
-}
-
-impl SplitBrainWatch {
-    fn start(instances: Arc<Mutex<Vec<ApiClient>>>) -> Self {
-        let stop = tokio::sync::watch::channel(false).0;
-        let mut stopped = stop.subscribe();
-        let task = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while !*stopped.borrow() {
-                let known = instances.lock().unwrap().clone();
-                let states = futures::future::join_all(known.iter().map(|api| {
-                    let probe = api.clone().with_timeout(Duration::from_millis(500));
-                    async move { probe.state().await.ok() }
-                }))
-                .await;
-                let active = states
-                    .iter()
-                    .filter(|s| **s == Some(phalanx_api::ServerState::ServerActive))
-                    .count();
-                if active > 1 {
-                    seen.push(format!("{active} instances active: {states:?}"));
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    _ = stopped.changed() => {}
-                }
-            }
-            seen
-        });
-        Self { stop, task }
-    }
-
-    async fn stop(self) -> Vec<String> {
-        self.stop.send_replace(true);
-        self.task.await.expect("the watch ran")
-    }
-}
-
 // ---- setting up ----
 
 /// What every scenario starts from: a scratch directory, Alice's store, the chain with
@@ -542,9 +265,11 @@ struct World {
 }
 
 impl World {
-    async fn set_up(backend: Backend, scratch: &str) -> Self {
+    /// Sets up in a new scratch directory named after `scratch`; `store_url` makes
+    /// Alice's store in that directory (or elsewhere).
+    async fn set_up(scratch: &str, store_url: impl FnOnce(&Path) -> String) -> Self {
         let dir = phalanx_testkit::process::scratch_dir(scratch).unwrap();
-        let store_url = backend.store_url(&dir);
+        let store_url = store_url(&dir);
         let regtest = Regtest::start(RegtestConfig::default())
             .await
             .expect("regtest starts");
@@ -644,6 +369,32 @@ async fn open_channel(chain: &ChainControl, bob: &Arc<Node>, alice: &ApiClient) 
         .find_map(|c| c.funding_txo)
         .expect("bob's channel has its funding outpoint")
         .into_bitcoin_outpoint()
+}
+
+/// The channel of a scenario, and what was true of it once it was usable.
+struct Channel {
+    funding: OutPoint,
+    /// What Bob could send over it.
+    bob_outbound_before: u64,
+    /// How many transactions the chain had recorded.
+    chain_transactions: usize,
+}
+
+impl Channel {
+    /// Alice opens the channel to Bob (see [`open_channel`]).
+    async fn open(
+        regtest: &Regtest,
+        chain: &ChainControl,
+        bob: &Arc<Node>,
+        alice: &ApiClient,
+    ) -> Self {
+        let funding = open_channel(chain, bob, alice).await;
+        Self {
+            funding,
+            bob_outbound_before: bob_channel(bob, funding).expect("bob has the channel").1,
+            chain_transactions: regtest.chain().history().transactions().len(),
+        }
+    }
 }
 
 /// Bob's channel on `funding`: whether it is usable, and what he can send over it.
@@ -948,13 +699,30 @@ async fn assert_invariants(
     bob: &Arc<Node>,
     alice: &ApiClient,
     attempts: &[Attempt],
-    funding: OutPoint,
-    bob_outbound_before: u64,
+    channel: &Channel,
 ) {
+    let funding = channel.funding;
     assert_no_force_close(regtest, funding);
+    assert_chain_quiet_since(regtest, channel.chain_transactions);
     assert_channel_usable_again(bob, alice, funding).await;
     assert_each_payment_resolved_once(attempts, bob, alice).await;
-    assert_balances_add_up(attempts, bob, funding, bob_outbound_before).await;
+    assert_balances_add_up(attempts, bob, funding, channel.bob_outbound_before).await;
+}
+
+/// Nothing reached the chain since it had recorded `recorded` transactions: the stream
+/// needs none, so any transaction would come from an instance acting where it must not
+/// (a stale one broadcasting from memory, a sweep of a closed channel).
+fn assert_chain_quiet_since(regtest: &Regtest, recorded: usize) {
+    let chain = regtest.chain();
+    let history = chain.history();
+    let since: Vec<_> = history.transactions()[recorded..]
+        .iter()
+        .map(|seen| seen.txid)
+        .collect();
+    assert!(
+        since.is_empty(),
+        "transactions reached the chain during the stream: {since:?}"
+    );
 }
 
 /// No force close: nothing on the chain ever spent the channel's funding output.
