@@ -36,6 +36,7 @@ pub fn node_config(
             cluster: ClusterName::new(name).map_err(invalid)?,
             instance_id: HolderId::new(&format!("{name}-1")).map_err(invalid)?,
             cluster_enabled: false,
+            lease: phalanx_cluster::LeaseTimings::default(),
         },
         chain: ChainConfig {
             poll_interval: Duration::from_millis(100),

@@ -14,6 +14,9 @@
 //! [cluster]
 //! enabled = false          # true: wait as a standby while another instance leads;
 //!                          # false: refuse to start then (one instance only)
+//! lease_ttl_ms = 4000      # the lease lapses this long after the last renewal
+//! lease_renew_interval_ms = 500
+//! lease_safety_margin_ms = 1000   # the holder stops this long before the TTL
 //!
 //! [chain]
 //! rpc_url = "http://user:pass@127.0.0.1:18443" # bitcoind RPC (required)
@@ -39,6 +42,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::Network;
+use phalanx_cluster::LeaseTimings;
 use phalanx_store::{ClusterName, HolderId};
 use serde::Deserialize;
 
@@ -130,6 +134,49 @@ pub struct ClusterLayer {
     )]
     #[serde(rename = "enabled")]
     pub cluster_enabled: Option<bool>,
+    /// How long the lease lasts after each renewal, by the store's clock (ms). A dead
+    /// instance's lease lapses after this (at once on PostgreSQL); shorter is a faster
+    /// failover on etcd and less tolerance of a slow store.
+    #[arg(long = "lease-ttl-ms", env = "PHALANX_LEASE_TTL_MS")]
+    pub lease_ttl_ms: Option<u64>,
+    /// Time between lease renewals (ms).
+    #[arg(
+        long = "lease-renew-interval-ms",
+        env = "PHALANX_LEASE_RENEW_INTERVAL_MS"
+    )]
+    pub lease_renew_interval_ms: Option<u64>,
+    /// How long before the lease's TTL the holder stops acting if it could not renew
+    /// (ms); covers clock-rate differences and scheduling delays.
+    #[arg(
+        long = "lease-safety-margin-ms",
+        env = "PHALANX_LEASE_SAFETY_MARGIN_MS"
+    )]
+    pub lease_safety_margin_ms: Option<u64>,
+}
+
+impl ClusterLayer {
+    /// The lease timings: the defaults, overridden by what is set, checked together.
+    fn lease_timings(&self) -> Result<LeaseTimings, ConfigError> {
+        let mut timings = LeaseTimings::default();
+        let ms = Duration::from_millis;
+        if let Some(value) = self.lease_ttl_ms {
+            timings.ttl = ms(value);
+        }
+        if let Some(value) = self.lease_renew_interval_ms {
+            timings.renew_interval = ms(value);
+        }
+        if let Some(value) = self.lease_safety_margin_ms {
+            timings.safety_margin = ms(value);
+        }
+        timings.validate().map_err(|err| {
+            let message = match err {
+                phalanx_store::StoreError::Config(message) => message,
+                other => other.to_string(),
+            };
+            field("cluster.lease_ttl_ms", message)
+        })?;
+        Ok(timings)
+    }
 }
 
 /// `[store]`.
@@ -267,6 +314,8 @@ pub struct StoreConfig {
     /// `[cluster] enabled`: wait as a standby while another instance leads (otherwise
     /// refuse to start).
     pub cluster_enabled: bool,
+    /// `[cluster] lease_*`: how the lease is held.
+    pub lease: LeaseTimings,
 }
 
 /// Where the chain comes from.
@@ -389,6 +438,15 @@ impl ConfigLayer {
                     .cluster
                     .cluster_enabled
                     .or(base.cluster.cluster_enabled),
+                lease_ttl_ms: self.cluster.lease_ttl_ms.or(base.cluster.lease_ttl_ms),
+                lease_renew_interval_ms: self
+                    .cluster
+                    .lease_renew_interval_ms
+                    .or(base.cluster.lease_renew_interval_ms),
+                lease_safety_margin_ms: self
+                    .cluster
+                    .lease_safety_margin_ms
+                    .or(base.cluster.lease_safety_margin_ms),
             },
         }
     }
@@ -487,6 +545,8 @@ impl ConfigLayer {
             ));
         }
 
+        let lease = self.cluster.lease_timings()?;
+
         let listen = self
             .lightning
             .lightning_listen
@@ -533,6 +593,7 @@ impl ConfigLayer {
                 cluster,
                 instance_id,
                 cluster_enabled: self.cluster.cluster_enabled.unwrap_or(false),
+                lease,
             },
             chain: ChainConfig {
                 rpc_url: rpc_url.as_str().trim_end_matches('/').to_owned(),
@@ -649,6 +710,39 @@ mod tests {
         assert_eq!(config.lightning.listen[0].to_string(), DEFAULT_LISTEN);
         assert_eq!(config.seed_file, PathBuf::from("phalanx-data/seed"));
         assert!(!config.store.cluster_enabled, "one instance unless asked");
+        assert_eq!(config.store.lease, LeaseTimings::default());
+    }
+
+    #[test]
+    fn lease_timings_are_set_and_checked_together() {
+        let base = "network = \"regtest\"\n[chain]\nrpc_url = \"http://u:p@h:1\"\n[cluster]\n";
+        let config = layer(&format!(
+            "{base}lease_ttl_ms = 1500\nlease_renew_interval_ms = 250\nlease_safety_margin_ms = 500"
+        ))
+        .resolve()
+        .unwrap();
+        assert_eq!(config.store.lease.ttl, Duration::from_millis(1500));
+        assert_eq!(
+            config.store.lease.renew_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.store.lease.safety_margin, Duration::from_millis(500));
+        // A TTL alone keeps the default margin (1 s) and renewal (0.5 s): too short.
+        let err = layer(&format!("{base}lease_ttl_ms = 1000"))
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cluster.lease_ttl_ms:"), "{err}");
+        assert!(err.contains("margin"), "{err}");
+        let err = layer(&format!(
+            "{base}lease_ttl_ms = 4000\nlease_renew_interval_ms = 2000"
+        ))
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("renew interval"), "{err}");
+        let err = ConfigLayer::from_toml("[cluster]\nlease_ttl_ms = -1").unwrap_err();
+        assert!(err.contains("lease_ttl_ms"), "{err}");
     }
 
     #[test]

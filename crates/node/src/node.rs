@@ -44,7 +44,7 @@ use lightning_background_processor::{
 use lightning_block_sync::poll::{ChainPoller, ValidatedBlockHeader};
 use lightning_block_sync::{SpvClient, init};
 use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
-use phalanx_cluster::{Campaigner, Leadership, LeadershipStatus, LeaseTimings};
+use phalanx_cluster::{Campaigner, Leadership, LeadershipStatus};
 use phalanx_secrets::{FileSeedProvider, SeedProvider};
 use phalanx_store::{LdkKvStore, LeaseStore, StateStore, StoreError, StoreOptions};
 use tokio::sync::watch;

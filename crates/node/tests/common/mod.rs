@@ -55,6 +55,7 @@ pub fn node_config(
             cluster: ClusterName::new(name).unwrap(),
             instance_id: HolderId::new(&format!("{name}-1")).unwrap(),
             cluster_enabled: false,
+            lease: phalanx_cluster::LeaseTimings::default(),
         },
         chain: ChainConfig {
             rpc_url: regtest.rpc_url(),
