@@ -2,8 +2,11 @@
 //! (unless given a URL) and prints one JSON object per result with `--json`, a table
 //! otherwise. Results and how they were taken live in `docs/BENCHMARKS.md`.
 
+mod failover;
 mod payments;
 mod store;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -20,22 +23,55 @@ enum Bench {
     Store(store::StoreArgs),
     /// Lightning payments between two nodes on regtest, at several concurrencies.
     Payments(payments::PaymentsArgs),
+    /// kill -9 of a cluster's active instance under load: time to the standby's start
+    /// and to the next payment, force closes, lost and duplicate payments.
+    Failover(failover::FailoverArgs),
+    /// `phalanx node` itself: the failover benchmark runs its instances as this.
+    #[command(hide = true)]
+    Node(Box<phalanx_cli::node_cmd::NodeArgs>),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs only when asked (RUST_LOG), on stderr: stdout is for results.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match cli.bench {
+        // It sets up its own logging, as `phalanx node` does.
+        Bench::Node(args) => return runtime.block_on(phalanx_cli::node_cmd::run(*args)),
+        Bench::Store(args) => {
+            init_logs();
+            runtime.block_on(store::run(args))
+        }
+        Bench::Payments(args) => {
+            init_logs();
+            runtime.block_on(payments::run(args))
+        }
+        Bench::Failover(args) => {
+            init_logs();
+            runtime.block_on(failover::run(args))
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs only when asked (RUST_LOG), on stderr: stdout is for results.
+fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .try_init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.bench {
-            Bench::Store(args) => store::run(args).await,
-            Bench::Payments(args) => payments::run(args).await,
-        }
-    })
 }

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 mod ctl;
 mod devnet;
-mod node_cmd;
+
+use phalanx_cli::node_cmd;
 
 #[derive(Parser, Debug)]
 #[command(name = "phalanx", version, about = "One Lightning node, many servers.")]

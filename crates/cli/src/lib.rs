@@ -1,0 +1,5 @@
+//! The library half of the `phalanx` command: `phalanx node`'s process logic (signals,
+//! the API, exit statuses), so that other binaries can run the very same node process
+//! (the failover benchmark re-executes itself as one).
+
+pub mod node_cmd;
