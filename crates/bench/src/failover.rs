@@ -149,7 +149,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     .filter_map(|(name, value)| value.map(|v| format!("{name} = {v}\n")))
     .collect::<String>();
     let config_file = write_config(&alice_config.data_dir, &store_url, chain_config, &lease)?;
-    let token = phalanx_api::read_token(&alice_config.api.token_file)?;
+    // The instances share the token file, as they would share a secret mount.
+    let token = phalanx_api::load_or_create_token(&alice_config.api.token_file)?;
     let spawn = |id: &str| Instance::spawn(&config_file, id, &dir, token.clone());
 
     let mut active = spawn("a")?;
@@ -257,11 +258,9 @@ async fn open_channels(
             (funded(alice) > opened).then_some(())
         })
         .await?;
-        // Each funding spends the last one's change: confirm it now and then, so the
-        // chain of unconfirmed transactions stays short.
-        if opened % 10 == 9 {
-            mine(chain, &[alice, bob], 1).await?;
-        }
+        // The wallet funds channels from confirmed coins only: confirm this funding's
+        // change before the next.
+        mine(chain, &[alice, bob], 1).await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     mine(chain, &[alice, bob], 6).await?;
