@@ -30,11 +30,9 @@ use phalanx_devnet::run::chain_config_from_url;
 use phalanx_node::Node;
 use phalanx_node::payments::{Direction, PaymentStatus};
 use phalanx_regtest::{Regtest, RegtestConfig};
-use phalanx_testkit::etcd::EtcdServer;
-use phalanx_testkit::postgres::PostgresServer;
 use serde::Serialize;
 
-use crate::store::{Backend, backend_name};
+use crate::store::{Backend, backend_name, start_server};
 
 #[derive(Args, Debug)]
 pub struct FailoverArgs {
@@ -95,31 +93,15 @@ struct Report {
     duplicate_payments: usize,
 }
 
-/// Keeps the store server alive until the end.
-enum Server {
-    Postgres(#[allow(dead_code)] PostgresServer),
-    Etcd(#[allow(dead_code)] EtcdServer),
-}
-
 pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     ensure!(args.rounds > 0, "--rounds must be at least 1");
     ensure!(args.channels > 0, "--channels must be at least 1");
     let dir = phalanx_testkit::process::scratch_dir("bench-failover")?;
-    let (server, store_url) = match args.backend {
-        Backend::Sqlite => bail!(
-            "a cluster needs a store that several processes share: --backend postgres or etcd"
-        ),
-        Backend::Postgres => {
-            let server = PostgresServer::start()?;
-            let url = server.fresh_database()?;
-            (Server::Postgres(server), url)
-        }
-        Backend::Etcd => {
-            let server = EtcdServer::start()?;
-            let url = server.url("alice");
-            (Server::Etcd(server), url)
-        }
-    };
+    ensure!(
+        !matches!(args.backend, Backend::Sqlite),
+        "a cluster needs a store that several processes share: --backend postgres or etcd"
+    );
+    let (server, store_url) = start_server(args.backend)?;
     let regtest = Regtest::start(RegtestConfig::default()).await?;
     let chain =
         ChainControl::connect(chain_config_from_url(&regtest.rpc_url_with_credentials())?).await?;

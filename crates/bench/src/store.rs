@@ -53,7 +53,7 @@ struct Result {
 }
 
 /// Keeps a server the benchmark started alive until the end (dropping it stops it).
-enum Server {
+pub(crate) enum Server {
     None,
     Postgres(#[allow(dead_code)] PostgresServer),
     Etcd(#[allow(dead_code)] EtcdServer),
@@ -68,7 +68,9 @@ impl Drop for Server {
     }
 }
 
-fn start_server(backend: Backend) -> anyhow::Result<(Server, String)> {
+/// Starts `backend`'s server (a scratch directory for SQLite); returns it and a fresh
+/// store URL on it.
+pub(crate) fn start_server(backend: Backend) -> anyhow::Result<(Server, String)> {
     Ok(match backend {
         Backend::Sqlite => {
             let dir = phalanx_testkit::process::scratch_dir("bench-sqlite")?;
