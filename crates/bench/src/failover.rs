@@ -25,7 +25,7 @@ use phalanx_api::{
     ApiClient, CreateInvoiceRequest, PayInvoiceRequest, PaymentDirection, ServerState,
 };
 use phalanx_devnet::chain::ChainControl;
-use phalanx_devnet::harness::{STEP_TIMEOUT, fund, mine, node_config, wait_for};
+use phalanx_devnet::harness::{STEP_TIMEOUT, mine, node_config, wait_for};
 use phalanx_devnet::run::chain_config_from_url;
 use phalanx_node::Node;
 use phalanx_node::payments::{Direction, PaymentStatus};
@@ -62,6 +62,9 @@ pub struct FailoverArgs {
     /// `[cluster] lease_safety_margin_ms`.
     #[arg(long)]
     lease_safety_margin_ms: Option<u64>,
+    /// Keep the scratch directory, with the instances' logs, and print its path.
+    #[arg(long)]
+    keep_dir: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -71,6 +74,13 @@ pub struct FailoverArgs {
 const CHANNEL_SAT: u64 = 200_000;
 /// Each payment of the background load.
 const AMOUNT_MSAT: u64 = 10_000;
+/// What each channel's coin carries above the channel, for the funding's fee.
+const FUNDING_FEE_RESERVE_SAT: u64 = 10_000;
+/// Payments from the chain's wallet between two blocks while funding Alice.
+const SENDS_PER_BLOCK: usize = 20;
+/// Channels opened before confirming their fundings (LDK accepts at most 4 inbound
+/// channels per peer whose funding has not confirmed).
+const OPENS_AT_ONCE: usize = 4;
 /// The pause between tries of the probe payment, and of a load worker after an error.
 const RETRY: Duration = Duration::from_millis(20);
 /// How long one payment may take to resolve.
@@ -105,7 +115,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let regtest = Regtest::start(RegtestConfig::default()).await?;
     let chain =
         ChainControl::connect(chain_config_from_url(&regtest.rpc_url_with_credentials())?).await?;
-    let needed = Amount::from_sat((args.channels as u64 + 1) * (CHANNEL_SAT + 10_000));
+    let needed =
+        Amount::from_sat((args.channels as u64 + 1) * (CHANNEL_SAT + FUNDING_FEE_RESERVE_SAT));
     chain
         .ensure_funds(needed + Amount::from_sat(1_000_000))
         .await?;
@@ -116,7 +127,6 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let alice_config = node_config(chain.config(), &dir, "alice", Some(store_url.clone()))?;
     let funding = {
         let setup = Node::start(&alice_config).await?;
-        fund(&chain, &setup, needed).await?;
         let funding = open_channels(&chain, &setup, &bob, args.channels).await?;
         setup.shutdown().await;
         funding
@@ -136,7 +146,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let spawn = |id: &str| Instance::spawn(&config_file, id, &dir, token.clone());
 
     let mut active = spawn("a")?;
-    active.wait_started(STEP_TIMEOUT).await?;
+    active.wait_started(with_channels(args.channels)).await?;
     let mut standby = spawn("b")?;
     standby.wait_state(ServerState::WaitingToStart).await?;
     wait_usable(&bob, args.channels).await?;
@@ -150,7 +160,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         let killed_at = Instant::now();
         active.kill();
         standby
-            .wait_started(Duration::from_secs(60))
+            .wait_started(with_channels(args.channels))
             .await
             .with_context(|| format!("round {round}: the standby did not take over"))?;
         to_active.push(killed_at.elapsed());
@@ -201,8 +211,18 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     drop((active, standby));
     bob.shutdown().await;
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
+    if args.keep_dir {
+        eprintln!("the instances' logs are in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
+}
+
+/// A step's time limit with `channels` channels to load or re-establish: a minute, and
+/// 100 ms more per channel.
+fn with_channels(channels: usize) -> Duration {
+    STEP_TIMEOUT + Duration::from_millis(100) * channels as u32
 }
 
 /// The nearest-rank percentile, in milliseconds.
@@ -214,37 +234,73 @@ fn percentile_ms(samples: &mut [Duration], quantile: f64) -> f64 {
 
 /// Opens `count` channels from `alice` to `bob`, pushing half of each to Bob, confirms
 /// them and waits until both can use all; returns their funding outpoints.
+///
+/// In bulk: the chain's wallet first pays Alice one coin per channel (a block every
+/// [`SENDS_PER_BLOCK`] payments, as Bitcoin Core limits unconfirmed chains), so that no
+/// funding has to wait for the change of another; the channels are then opened
+/// [`OPENS_AT_ONCE`] at a time, LDK's limit of unconfirmed inbound channels per peer.
 async fn open_channels(
     chain: &ChainControl,
     alice: &Arc<Node>,
     bob: &Arc<Node>,
     count: usize,
 ) -> anyhow::Result<Vec<OutPoint>> {
-    let funded = |node: &Node| {
-        node.list_channels()
+    let coin = Amount::from_sat(CHANNEL_SAT + FUNDING_FEE_RESERVE_SAT);
+    let before = alice.onchain_balance().confirmed_sat;
+    let address = alice.new_address()?.to_string();
+    for sent in 0..count {
+        chain.send_to(&address, coin).await?;
+        if (sent + 1) % SENDS_PER_BLOCK == 0 {
+            chain.mine(1).await?;
+        }
+    }
+    mine(chain, &[alice, bob], 1).await?;
+    let funded_total = before + coin.to_sat() * count as u64;
+    wait_for("Alice's coins to confirm", STEP_TIMEOUT, || async {
+        (alice.onchain_balance().confirmed_sat >= funded_total).then_some(())
+    })
+    .await?;
+
+    // LDK counts an inbound channel as unfunded until its funding confirms, and takes
+    // at most four such per peer: open four, confirm them, open the next four.
+    let confirmed_at_bob = || {
+        bob.list_channels()
             .iter()
-            .filter(|c| c.funding_txo.is_some())
+            .filter(|c| c.confirmations.is_some_and(|n| n > 0))
             .count()
     };
-    for opened in 0..count {
-        alice
-            .open_channel(
-                bob.node_id(),
-                Some(bob.listen_addresses()[0]),
-                CHANNEL_SAT,
-                CHANNEL_SAT * 1000 / 2,
-                false,
-            )
-            .await?;
-        wait_for("a funding transaction", STEP_TIMEOUT, || async {
-            (funded(alice) > opened).then_some(())
+    let mut opened = 0;
+    while opened < count {
+        let batch = OPENS_AT_ONCE.min(count - opened);
+        for _ in 0..batch {
+            alice
+                .open_channel(
+                    bob.node_id(),
+                    Some(bob.listen_addresses()[0]),
+                    CHANNEL_SAT,
+                    CHANNEL_SAT * 1000 / 2,
+                    false,
+                )
+                .await?;
+        }
+        opened += batch;
+        wait_for("the fundings to reach Bob", STEP_TIMEOUT, || async {
+            let funded = bob
+                .list_channels()
+                .iter()
+                .filter(|c| c.funding_txo.is_some())
+                .count();
+            (funded >= opened).then_some(())
         })
         .await?;
-        // The wallet funds channels from confirmed coins only: confirm this funding's
-        // change before the next.
-        mine(chain, &[alice, bob], 1).await?;
+        // Alice broadcasts each funding once Bob's `funding_signed` is back: mine until
+        // Bob sees all of them confirmed.
+        wait_for("the fundings to confirm", STEP_TIMEOUT, || async {
+            mine(chain, &[alice, bob], 1).await.ok()?;
+            (confirmed_at_bob() >= opened).then_some(())
+        })
+        .await?;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
     mine(chain, &[alice, bob], 6).await?;
     wait_usable(bob, count).await?;
     Ok(bob
@@ -256,14 +312,18 @@ async fn open_channels(
 
 /// Waits until Bob can use `count` channels (with Alice's forwarding info known).
 async fn wait_usable(bob: &Arc<Node>, count: usize) -> anyhow::Result<()> {
-    wait_for("the channels to be usable", STEP_TIMEOUT * 2, || async {
-        let usable = bob
-            .list_channels()
-            .iter()
-            .filter(|c| c.is_usable && c.counterparty.forwarding_info.is_some())
-            .count();
-        (usable >= count).then_some(())
-    })
+    wait_for(
+        "the channels to be usable",
+        with_channels(count),
+        || async {
+            let usable = bob
+                .list_channels()
+                .iter()
+                .filter(|c| c.is_usable && c.counterparty.forwarding_info.is_some())
+                .count();
+            (usable >= count).then_some(())
+        },
+    )
     .await?;
     Ok(())
 }
