@@ -87,6 +87,9 @@ const LAZY_REMOVE_DELAY: std::time::Duration = std::time::Duration::from_millis(
 /// [`RETRY_MAX_PAUSE`] (the retries end with the leadership's local deadline).
 const RETRY_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
 const RETRY_MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(400);
+/// How often a transaction the store has not answered yet checks that the leadership
+/// still holds.
+const LEADERSHIP_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl LdkKvStore {
     /// Wraps `store`, writing with tokens from `fence`, running blocking calls on `runtime`.
@@ -356,10 +359,26 @@ impl Inner {
         }
     }
 
-    /// One transaction, timed for the observer.
+    /// One transaction, timed for the observer. It is abandoned, as fenced, once the
+    /// leadership ends: a store that does not answer (cut off, black-holed) would hold
+    /// the caller for the whole operation timeout, and LDK calls in while it holds its
+    /// locks, which would keep a stopped node from disconnecting its peers. Whether an
+    /// abandoned transaction lands or not, the store checked its epoch, and the caller
+    /// sees a failure and stops, as after a crash in the middle of a write.
     async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {
         let began = std::time::Instant::now();
-        let result = self.store.apply(token, ops).await;
+        let transaction = self.store.apply(token, ops);
+        tokio::pin!(transaction);
+        let result = loop {
+            tokio::select! {
+                result = &mut transaction => break result,
+                () = tokio::time::sleep(LEADERSHIP_CHECK_INTERVAL) => {
+                    if let Err(ended) = self.fence.current_token() {
+                        break Err(ended);
+                    }
+                }
+            }
+        };
         if let Some(observer) = &self.write_observer {
             observer(began.elapsed(), result.is_ok());
         }
@@ -510,6 +529,8 @@ mod tests {
         batches: AtomicU64,
         /// How many of the next transactions fail as transient (`u64::MAX`: all).
         transient_failures: AtomicU64,
+        /// Transactions never answer while set.
+        stalled: AtomicBool,
     }
 
     #[async_trait]
@@ -541,6 +562,9 @@ mod tests {
         async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {
             // Yield once so that futures polled together really interleave.
             tokio::task::yield_now().await;
+            if self.stalled.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             let failing = self.transient_failures.load(Ordering::SeqCst);
             if failing > 0 {
                 if failing != u64::MAX {
@@ -659,6 +683,26 @@ mod tests {
             0,
             "nothing was written"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_the_store_never_answers_is_abandoned_when_the_leadership_ends() {
+        let (kv, store, fence) = adapter(1);
+        store.stalled.store(true, Ordering::SeqCst);
+        let write = tokio::spawn(KVStore::write(&kv, "ns", "", "k", b"v".to_vec()));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            !write.is_finished(),
+            "the write waits for the store while the lease holds"
+        );
+        fence.fenced.store(true, Ordering::SeqCst);
+        let err = tokio::time::timeout(std::time::Duration::from_secs(5), write)
+            .await
+            .expect("the write was abandoned with the leadership")
+            .unwrap()
+            .expect_err("an abandoned write fails");
+        assert!(err.to_string().contains("leadership lost"), "{err}");
+        assert_eq!(store.batches.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
