@@ -425,12 +425,16 @@ async fn drive(
             }
         }
     }
-    // Leadership is over. Give the lease back if asked to, waiting (not forever: the
-    // store may be what hangs) for a renewal that is still out, since it holds the lease.
+    // Leadership is over. Give the lease back if asked to, waiting for a renewal that is
+    // still out, since it holds the lease; but only while there is a lease to give back:
+    // the store lets it lapse about a safety margin after the local deadline, and a store
+    // that hangs would otherwise hold the exit of a cut-off instance for a whole TTL.
     let held = match (lease, renewal) {
         (Some(held), _) => Some(held),
         (None, Some(future)) if release || resign_reply.is_some() => {
-            match tokio::time::timeout(machine.timings().ttl, future).await {
+            let lapses_at = machine.valid_until() + machine.timings().safety_margin;
+            let worth_waiting = lapses_at.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(worth_waiting, future).await {
                 Ok((held, _, _)) => Some(held),
                 Err(_) => {
                     tracing::warn!(holder = %shared.holder, epoch = %shared.epoch, "the last renewal never returned; the lease will expire instead of being handed back");

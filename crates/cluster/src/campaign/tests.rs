@@ -129,6 +129,38 @@ async fn a_stalled_store_cannot_delay_self_fencing() {
     faults.set_renew(Fault::None);
 }
 
+/// A process paused past its deadline (SIGSTOP, a VM pause) wakes with its renewal
+/// driver not yet run. Here the runtime's only thread is blocked instead, so the driver
+/// cannot run: the token must be refused on the caller's clock alone.
+#[tokio::test(flavor = "current_thread")]
+async fn a_paused_holder_is_refused_its_token_before_the_driver_runs() {
+    let fixture = Fixture::new();
+    let (_store, _faults, campaigner) = fixture.instance("a").await;
+    let leadership = campaigner.campaign().await.unwrap();
+    assert!(leadership.token().is_ok());
+    let fence = leadership.fence();
+
+    std::thread::sleep(timings().ttl);
+
+    assert_eq!(
+        *leadership.status().borrow(),
+        LeadershipStatus::Leading,
+        "the driver ran while the runtime was blocked"
+    );
+    let refused = fence
+        .current_token()
+        .expect_err("no token past the deadline");
+    assert!(refused.is_fenced(), "{refused}");
+    assert!(leadership.token().is_err());
+    assert!(
+        matches!(
+            &*leadership.status().borrow(),
+            LeadershipStatus::Lost(LossReason::DeadlinePassed { .. })
+        ),
+        "the refusal ends the leadership for everyone"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_renewal_or_write_ends_the_leadership_at_once() {
     let fixture = Fixture::new();
