@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, FeeRate, Network, Txid};
@@ -77,6 +77,8 @@ pub const CLOSE_RETRY_WINDOW: Duration = Duration::from_secs(5);
 const KEYSEND_FINAL_CLTV_DELTA: u32 = 40;
 /// Monitor updates written as deltas before the whole monitor is written again.
 const MAX_PENDING_MONITOR_UPDATES: u64 = 100;
+/// Monitors read from the store at once when the node starts.
+const MONITOR_READERS: usize = 8;
 /// How long after the start the stale monitor updates of a previous instance are removed.
 const STALE_UPDATE_CLEANUP_DELAY: Duration = Duration::from_secs(30);
 
@@ -308,6 +310,8 @@ impl Node {
         }));
         let (store, leadership) = won.join().await?;
         let epoch = leadership.epoch();
+        // The start-up after the lease is won is a standby's takeover time: log its parts.
+        let won_at = Instant::now();
 
         let runtime = tokio::runtime::Handle::current();
         let state_store: Arc<dyn StateStore> = store.clone();
@@ -364,10 +368,8 @@ impl Node {
             ),
             fail_stop.clone(),
         ));
-        let monitors = persister
-            .inner()
-            .read_all_channel_monitors_with_updates()
-            .map_err(persist_error)?;
+        let monitors = read_monitors(&kv, persister.inner())?;
+        let monitors_read_at = Instant::now();
         let chain_monitor = Arc::new(ChainMonitor::new(
             None,
             Arc::clone(&chain),
@@ -446,6 +448,7 @@ impl Node {
             Err(err) => return Err(persist_error(err)),
         };
         let channel_manager = Arc::new(channel_manager);
+        let manager_read_at = Instant::now();
 
         let sweeper = Arc::new(read_sweeper(
             &kv,
@@ -456,6 +459,7 @@ impl Node {
             tip_locator,
         )?);
 
+        let monitor_count = monitors.len();
         // Bring everything to the tip before anything else happens.
         let monitor_listeners: Vec<(BlockLocator, MonitorListener)> = monitors
             .into_iter()
@@ -489,6 +493,7 @@ impl Node {
             init::synchronize_listeners(Arc::clone(&chain), config.network, listeners)
                 .await
                 .map_err(|err| NodeError::Sync(format!("{err:?}")))?;
+        let synced_at = Instant::now();
         for (_, (monitor, ..)) in monitor_listeners {
             let channel_id = monitor.channel_id();
             chain_monitor
@@ -657,6 +662,11 @@ impl Node {
             network = %config.network,
             height = synced_tip.to_block_locator().height,
             listen = ?node.listen_addresses,
+            monitors = monitor_count,
+            monitors_read_ms = millis(monitors_read_at - won_at),
+            wallet_and_manager_read_ms = millis(manager_read_at - monitors_read_at),
+            sweeper_and_chain_sync_ms = millis(synced_at - manager_read_at),
+            since_lease_won_ms = millis(won_at.elapsed()),
             "node started"
         );
         Ok(node)
@@ -1255,10 +1265,12 @@ impl Node {
     /// manager and flushes the monitors one last time, and the lease is resigned so
     /// another instance can take over at once.
     pub async fn shutdown(&self) {
-        self.stop_tasks("shut down").await;
+        self.stop_tasks("shut down", Stopping::Cleanly).await;
         // Removals LDK allowed to be lazy; losing them is harmless, but a clean stop
-        // leaves no stale monitor updates behind.
-        self.kv.flush_lazy_removes().await;
+        // leaves no stale monitor updates behind. A fail-stopped node writes no more.
+        if self.fail_stop.reason().is_none() {
+            self.kv.flush_lazy_removes().await;
+        }
         let leadership = lock(&self.leadership).take();
         if let Some(leadership) = leadership
             && let Err(err) = leadership.resign().await
@@ -1268,7 +1280,7 @@ impl Node {
         tracing::info!(node_id = %self.node_id(), "node stopped");
     }
 
-    async fn stop_tasks(&self, reason: &str) {
+    async fn stop_tasks(&self, reason: &str, how: Stopping) {
         if self.shutdown.send_replace(true) {
             // Already stopping.
             let _ = self.stopped().await;
@@ -1280,7 +1292,18 @@ impl Node {
         self.peer_manager.disconnect_all_peers();
         let background_processor = lock(&self.background_processor).take();
         if let Some(task) = background_processor {
+            if how == Stopping::FailStop {
+                // A fail-stopped node writes no more on purpose, and a write already
+                // out to an unreachable store would hold the exit for the whole
+                // operation timeout. Stopping here is a crash at this instant, which
+                // the persisted state is built to survive (the manager is written
+                // before the monitors it depends on are flushed).
+                task.abort();
+            }
             match task.await {
+                Err(err) if err.is_cancelled() => {
+                    tracing::info!("the background processor was stopped without a last write")
+                }
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {
                     tracing::warn!(error = %err, "the last write of the background processor failed")
@@ -1293,6 +1316,20 @@ impl Node {
         self.metrics.lost_lease();
         self.stopped.send_replace(Some(reason));
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// How the node's tasks are stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stopping {
+    /// On request: the background processor writes the manager and flushes the
+    /// monitors one last time.
+    Cleanly,
+    /// On fail-stop: everything is stopped where it is, as by a crash.
+    FailStop,
 }
 
 impl Node {
@@ -1384,6 +1421,56 @@ fn read_network_graph(kv: &KvStore, network: Network, logger: &Logger) -> Networ
         },
         Err(_) => NetworkGraph::new(network, Arc::clone(logger)),
     }
+}
+
+/// Reads every stored channel monitor with its pending updates, [`MONITOR_READERS`] at
+/// a time: one after another, each costs a few store round trips, which with a thousand
+/// channels was most of a standby's takeover.
+///
+/// LDK's own `read_all_channel_monitors_with_updates` reads one at a time. Unlike it,
+/// this fails on a monitor stale since LDK 0.0.118 (instead of skipping it), which a
+/// node created on LDK 0.3 cannot have.
+fn read_monitors(
+    kv: &KvStore,
+    persister: &MonitorPersister,
+) -> Result<Vec<(BlockLocator, ChannelMonitor<InMemorySigner>)>, NodeError> {
+    let keys = KVStoreSync::list(
+        &**kv,
+        persist::CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE,
+        persist::CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE,
+    )
+    .map_err(persist_error)?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let read = Mutex::new(Vec::with_capacity(keys.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..MONITOR_READERS.min(keys.len()) {
+            scope.spawn(|| {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(key) = keys.get(index) else { return };
+                    let result = persister.read_channel_monitor_with_updates(key);
+                    let failed = result.is_err();
+                    lock(&read).push((index, result));
+                    if failed {
+                        // The others finish the monitor in hand and stop.
+                        next.store(keys.len(), Ordering::Relaxed);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut read = read.into_inner().unwrap_or_else(|e| e.into_inner());
+    // The store's order, as LDK's reader returns them.
+    read.sort_by_key(|(index, _)| *index);
+    read.into_iter()
+        .map(|(index, result)| {
+            result.map_err(|err| {
+                let what = format!("channel monitor {}: {err}", keys[index]);
+                NodeError::Persist(io::Error::new(err.kind(), what))
+            })
+        })
+        .collect()
 }
 
 /// The scorer is learned, not essential: an unreadable one starts over.
@@ -1659,5 +1746,5 @@ async fn fail_stopper(node: Arc<Node>) {
     tracing::error!(%reason, node_id = %node.node_id(), "fail-stop: the node no longer acts");
     let node2 = Arc::clone(&node);
     // stop_tasks aborts this task's siblings (and this one): run it detached.
-    tokio::spawn(async move { node2.stop_tasks(&reason).await });
+    tokio::spawn(async move { node2.stop_tasks(&reason, Stopping::FailStop).await });
 }
