@@ -335,8 +335,12 @@ async fn disrupt_repeatedly(backend: Backend, disruption: Disruption, rounds: us
 enum Round {
     /// The disruption to the standby's `node started`.
     TakenOver(Duration),
-    /// The active instance stopped acting this long before the new epoch was won.
-    FencedAhead(Duration),
+    /// The active instance stopped acting `ahead` of the new epoch being won, and its
+    /// process exited `exited_after` it stopped acting.
+    FencedAhead {
+        ahead: Duration,
+        exited_after: Duration,
+    },
     /// The active instance kept serving.
     Served,
     /// The active instance stopped; the disruption to the next `node started`.
@@ -604,7 +608,13 @@ impl Cluster {
             "round {round}: the cut-off instance stopped on its own\n{}",
             process.stderr()
         );
-        Round::FencedAhead(ahead)
+        let exited_after = SystemTime::now()
+            .duration_since(stopped_acting)
+            .unwrap_or_default();
+        Round::FencedAhead {
+            ahead,
+            exited_after,
+        }
     }
 
     /// Restarts the store server under load. The active instance may ride it out (its
