@@ -128,6 +128,28 @@ impl HolderProcess {
         }
     }
 
+    /// Waits until at least `count` writes were acknowledged, or until the holder
+    /// fenced itself first (a starved machine can hold its renewals past a short
+    /// deadline; it then stops writing, which is correct too). True if it fenced.
+    pub fn wait_acked_unless_fenced(&self, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.lines().iter().any(|line| line.starts_with("FENCED")) {
+                return true;
+            }
+            if self.acked().len() >= count {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "holder acknowledged {} of {count} writes within {timeout:?}; output tail: {:?}",
+                self.acked().len(),
+                self.lines().iter().rev().take(5).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends a signal (SIGSTOP, SIGCONT, SIGKILL ...).
     pub fn signal(&self, signal: Signal) {
         phalanx_testkit::process::signal(&self.child, signal).expect("signal the holder");
