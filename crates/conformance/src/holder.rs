@@ -116,25 +116,22 @@ impl HolderProcess {
 
     /// Waits until at least `count` writes were acknowledged.
     pub fn wait_acked(&self, count: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.acked().len() < count {
-            assert!(
-                Instant::now() < deadline,
-                "holder acknowledged {} of {count} writes within {timeout:?}; output tail: {:?}",
-                self.acked().len(),
-                self.lines().iter().rev().take(5).collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.wait_acked_until(count, timeout, false);
     }
 
     /// Waits until at least `count` writes were acknowledged, or until the holder
     /// fenced itself first (a starved machine can hold its renewals past a short
     /// deadline; it then stops writing, which is correct too). True if it fenced.
     pub fn wait_acked_unless_fenced(&self, count: usize, timeout: Duration) -> bool {
+        self.wait_acked_until(count, timeout, true)
+    }
+
+    /// Polls for `count` acknowledgements, giving up early (true) on a fence if
+    /// `stop_when_fenced`; panics with the output's tail after `timeout`.
+    fn wait_acked_until(&self, count: usize, timeout: Duration, stop_when_fenced: bool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.lines().iter().any(|line| line.starts_with("FENCED")) {
+            if stop_when_fenced && self.lines().iter().any(|line| line.starts_with("FENCED")) {
                 return true;
             }
             if self.acked().len() >= count {

@@ -664,19 +664,7 @@ mod tests {
     async fn retries_end_when_the_leadership_does() {
         let (kv, store, fence) = adapter(1);
         store.transient_failures.store(u64::MAX, Ordering::SeqCst);
-        let write = tokio::spawn(KVStore::write(&kv, "ns", "", "k", b"v".to_vec()));
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        assert!(
-            !write.is_finished(),
-            "the write is retried while the lease holds"
-        );
-        // The leadership's local deadline passes.
-        fence.fenced.store(true, Ordering::SeqCst);
-        let err = tokio::time::timeout(std::time::Duration::from_secs(5), write)
-            .await
-            .expect("the retries stop with the leadership")
-            .unwrap()
-            .expect_err("the write failed");
+        let err = write_until_the_leadership_ends(&kv, &fence).await;
         assert!(err.to_string().contains("leadership lost"), "{err}");
         assert_eq!(
             store.batches.load(Ordering::SeqCst),
@@ -685,22 +673,28 @@ mod tests {
         );
     }
 
+    /// Starts a write, checks that it is still waiting 200 ms later, ends the
+    /// leadership (its local deadline passes) and returns the write's error.
+    async fn write_until_the_leadership_ends(kv: &LdkKvStore, fence: &RecordingFence) -> io::Error {
+        let write = tokio::spawn(KVStore::write(kv, "ns", "", "k", b"v".to_vec()));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            !write.is_finished(),
+            "the write keeps waiting while the lease holds"
+        );
+        fence.fenced.store(true, Ordering::SeqCst);
+        tokio::time::timeout(std::time::Duration::from_secs(5), write)
+            .await
+            .expect("the write ended with the leadership")
+            .unwrap()
+            .expect_err("the write failed")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_the_store_never_answers_is_abandoned_when_the_leadership_ends() {
         let (kv, store, fence) = adapter(1);
         store.stalled.store(true, Ordering::SeqCst);
-        let write = tokio::spawn(KVStore::write(&kv, "ns", "", "k", b"v".to_vec()));
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        assert!(
-            !write.is_finished(),
-            "the write waits for the store while the lease holds"
-        );
-        fence.fenced.store(true, Ordering::SeqCst);
-        let err = tokio::time::timeout(std::time::Duration::from_secs(5), write)
-            .await
-            .expect("the write was abandoned with the leadership")
-            .unwrap()
-            .expect_err("an abandoned write fails");
+        let err = write_until_the_leadership_ends(&kv, &fence).await;
         assert!(err.to_string().contains("leadership lost"), "{err}");
         assert_eq!(store.batches.load(Ordering::SeqCst), 0);
     }
