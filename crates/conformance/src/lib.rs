@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
     ($harness:expr) => {
         $crate::conformance_tests!(@each $harness;
             crud_round_trip,
+            a_late_write_never_lands_over_a_newer_one,
             listing_is_per_namespace,
             invalid_keys_are_refused,
             values_of_32_mib_round_trip,

@@ -113,6 +113,91 @@ pub async fn crud_round_trip(env: &Env<'_>) {
     assert_eq!(store.read(&k).await.unwrap(), binary);
 }
 
+/// A sequenced mutation changes a key only if it is newer than the one that last changed
+/// it: a write that reaches the store late (timed out, retried, written again since)
+/// changes nothing, in a single write and in a batch alike, and a new epoch's first write
+/// is newer than anything of an older epoch.
+pub async fn a_late_write_never_lands_over_a_newer_one(env: &Env<'_>) {
+    let (_url, store, token, lease) = leader(env).await;
+    let k = key("monitors", "", "m");
+    let other = key("monitors", "", "other");
+    store
+        .write(token.sequenced(5), &k, b"five".to_vec())
+        .await
+        .unwrap();
+    store
+        .write(token.sequenced(3), &k, b"three, late".to_vec())
+        .await
+        .expect("a superseded write is not an error: a newer value is in place");
+    assert_eq!(store.read(&k).await.unwrap(), b"five");
+    store
+        .write(token.sequenced(5), &k, b"five, again".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read(&k).await.unwrap(),
+        b"five",
+        "same sequence: the retry's twin"
+    );
+    store.remove(token.sequenced(4), &k).await.unwrap();
+    assert_eq!(store.read(&k).await.unwrap(), b"five", "a late removal");
+    // In a batch, each key is judged on its own; the others still change.
+    store
+        .apply(
+            token.sequenced(4),
+            vec![
+                BatchOp::Put {
+                    key: k.clone(),
+                    value: b"four, late".to_vec(),
+                },
+                BatchOp::Put {
+                    key: other.clone(),
+                    value: b"four".to_vec(),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.read(&k).await.unwrap(), b"five");
+    assert_eq!(store.read(&other).await.unwrap(), b"four");
+    store
+        .write(token.sequenced(6), &k, b"six".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(store.read(&k).await.unwrap(), b"six");
+    // A token without a sequence always changes its own epoch's keys.
+    store
+        .write(token, &k, b"unsequenced".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(store.read(&k).await.unwrap(), b"unsequenced");
+    store
+        .write(token.sequenced(100), &k, b"hundred".to_vec())
+        .await
+        .unwrap();
+
+    // The next leadership starts its sequences again, and its writes are still newer.
+    lease.resign().await.unwrap();
+    let next = win_within(
+        store.as_ref(),
+        "b",
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )
+    .await;
+    let token = next.token();
+    store
+        .write(token.sequenced(1), &k, b"new epoch".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(store.read(&k).await.unwrap(), b"new epoch");
+    store.remove(token.sequenced(2), &k).await.unwrap();
+    assert_eq!(
+        store.read(&k).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
 /// Listing returns the keys of exactly one namespace.
 pub async fn listing_is_per_namespace(env: &Env<'_>) {
     let (_url, store, token, _lease) = leader(env).await;

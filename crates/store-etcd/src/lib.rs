@@ -12,6 +12,7 @@
 //! | `lease/epoch` | the last epoch ever granted, decimal |
 //! | `epochs/{epoch:020}` | `holder\nunix_ms` of each leadership |
 //! | `kv/{primary}/{secondary}/{key}` | a value |
+//! | `ver/{primary}/{secondary}/{key}` | the version (epoch, write sequence) that last changed it |
 //!
 //! Namespaces and keys never contain `/` (LDK's alphabet), so the layout is unambiguous.
 //!
@@ -26,6 +27,14 @@
 //! epoch", with the puts and deletes in its success branch. etcd applies a `Txn`
 //! atomically in its serialized log, so a write either commits while the epoch is
 //! current or writes nothing. The check rides in the write's own request.
+//!
+//! # Write order
+//! Inside that success branch, each operation is a nested `Txn` that compares the key's
+//! version key with the mutation's (epoch, write sequence), written as fixed-width hex
+//! so that etcd's byte-wise comparison orders them, and changes the value and its
+//! version only if the stored version is older or absent. A request that reaches a
+//! member late (its client timed out and wrote again since, perhaps through another
+//! member) changes nothing.
 //!
 //! # Server flags
 //! etcd's defaults refuse requests over 1.5 MiB and `Txn`s over 128 operations. Phalanx
@@ -124,6 +133,63 @@ impl KeyLayout {
     fn value(&self, key: &StoreKey) -> String {
         format!("{}{}", self.namespace(key.namespace()), key.key())
     }
+
+    fn version(&self, key: &StoreKey) -> String {
+        format!(
+            "{}ver/{}/{}/{}",
+            self.base,
+            key.primary(),
+            key.secondary(),
+            key.key()
+        )
+    }
+}
+
+/// The version of a mutation as etcd compares values, byte by byte: fixed-width hex of
+/// the epoch, then of the sequence, so that the byte order is the order of
+/// `FencingToken::supersedes`.
+fn version_value(token: FencingToken) -> String {
+    format!("{:016x}{:016x}", token.epoch().0, token.sequence())
+}
+
+/// One mutation of a batch, with the version key it keeps (see "Write order" in the
+/// crate docs). A sequenced one changes the key only if its version key is absent or
+/// holds an older version; etcd's value comparison fails on an absent key, so that case
+/// is the nested else branch.
+fn versioned_op(keys: &KeyLayout, token: FencingToken, op: BatchOp) -> Vec<TxnOp> {
+    let version_key = keys.version(op.key());
+    let changes = match op {
+        BatchOp::Put { key, value } => [
+            TxnOp::put(keys.value(&key), value, None),
+            TxnOp::put(version_key.clone(), version_value(token), None),
+        ],
+        BatchOp::Delete { key } => [
+            TxnOp::delete(keys.value(&key), None),
+            TxnOp::delete(version_key.clone(), None),
+        ],
+    };
+    if token.sequence() == 0 {
+        // Unsequenced: it changes the keys of its own epoch unconditionally, and no
+        // older epoch's write can still land (the fence refuses it).
+        return changes.to_vec();
+    }
+    let when_absent = Txn::new()
+        .when([Compare::create_revision(
+            version_key.clone(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(changes.clone());
+    vec![TxnOp::txn(
+        Txn::new()
+            .when([Compare::value(
+                version_key,
+                CompareOp::Less,
+                version_value(token),
+            )])
+            .and_then(changes)
+            .or_else([TxnOp::txn(when_absent)]),
+    )]
 }
 
 fn epoch_value(epoch: Epoch) -> String {
@@ -337,10 +403,7 @@ impl StateStore for EtcdStore {
         let keys = &self.inner.keys;
         let mutations: Vec<TxnOp> = ops
             .into_iter()
-            .map(|op| match op {
-                BatchOp::Put { key, value } => TxnOp::put(keys.value(&key), value, None),
-                BatchOp::Delete { key } => TxnOp::delete(keys.value(&key), None),
-            })
+            .flat_map(|op| versioned_op(keys, token, op))
             .collect();
         let txn = Txn::new()
             .when([Compare::value(

@@ -28,8 +28,12 @@
 //! exclusively, so it waits for every write in flight, and every write after it sees the
 //! new epoch: a write either commits before a takeover or writes nothing. The check
 //! rides in the write's own statement (no extra round trip) and writes nothing itself:
-//! no row lock, no WAL, no MultiXact when writers run concurrently. Renewals do not take
-//! the lock. No statement holds a lock across client round trips, so a stalled client
+//! no row lock, no WAL, no MultiXact when writers run concurrently. Each row also keeps
+//! the epoch and write sequence of the mutation that last changed it, and a mutation only
+//! changes a row it is newer than (`FencingToken::supersedes`): a statement that reaches
+//! the server late (its client timed out, retried, and wrote again since) changes
+//! nothing. A connection whose statement timed out is never handed out again. Renewals
+//! do not take the lock. No statement holds a lock across client round trips, so a stalled client
 //! cannot block the others.
 //!
 //! # Durability
@@ -88,7 +92,28 @@ const CURRENT_LEASE: &str = "SELECT holder, epoch,
 const LEASE_ROW: &str =
     "SELECT epoch, holder, expires_at > now() FROM phalanx_lease WHERE cluster = $1";
 
-const APPLY: &str = "WITH fence AS (
+/// Whether the mutation (epoch `$2`, sequence `$10` or `$7`) is newer than the one that
+/// last changed row `k`: `FencingToken::supersedes`, in SQL.
+macro_rules! newer_than {
+    ($row:literal, $sequence:literal) => {
+        concat!(
+            "(",
+            $row,
+            ".epoch < $2 OR (",
+            $row,
+            ".epoch = $2 AND (",
+            $sequence,
+            "::bigint = 0 OR ",
+            $row,
+            ".sequence < ",
+            $sequence,
+            "::bigint)))"
+        )
+    };
+}
+
+const APPLY: &str = concat!(
+    "WITH fence AS (
          SELECT phalanx_fence($1, $2) AS current
      ),
      deleted AS (
@@ -96,27 +121,44 @@ const APPLY: &str = "WITH fence AS (
          USING fence, unnest($3::text[], $4::text[], $5::text[]) AS d(p, s, k)
          WHERE fence.current
            AND k.cluster = $1 AND k.primary_ns = d.p AND k.secondary_ns = d.s AND k.key = d.k
+           AND ",
+    newer_than!("k", "$10"),
+    "
          RETURNING 1
      ),
      written AS (
-         INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch)
-         SELECT $1, u.p, u.s, u.k, u.v, $2
+         INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch, sequence)
+         SELECT $1, u.p, u.s, u.k, u.v, $2, $10
          FROM fence, unnest($6::text[], $7::text[], $8::text[], $9::bytea[]) AS u(p, s, k, v)
          WHERE fence.current
          ON CONFLICT (cluster, primary_ns, secondary_ns, key)
-         DO UPDATE SET value = excluded.value, epoch = excluded.epoch
+         DO UPDATE SET value = excluded.value, epoch = excluded.epoch, sequence = excluded.sequence
+         WHERE ",
+    newer_than!("phalanx_kv", "$10"),
+    "
          RETURNING 1
      )
-     SELECT current FROM fence";
+     SELECT current FROM fence"
+);
 
-/// The hot path (one value, as LDK writes): one row affected means written, none fenced.
-const PUT_ONE: &str = "WITH fence AS (
+/// The hot path (one value, as LDK writes): true means written (or superseded by a newer
+/// write already in place), false fenced.
+const PUT_ONE: &str = concat!(
+    "WITH fence AS (
          SELECT phalanx_fence($1, $2) AS current
+     ),
+     written AS (
+         INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch, sequence)
+         SELECT $1, $3, $4, $5, $6, $2, $7 FROM fence WHERE fence.current
+         ON CONFLICT (cluster, primary_ns, secondary_ns, key)
+         DO UPDATE SET value = excluded.value, epoch = excluded.epoch, sequence = excluded.sequence
+         WHERE ",
+    newer_than!("phalanx_kv", "$7"),
+    "
+         RETURNING 1
      )
-     INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch)
-     SELECT $1, $3, $4, $5, $6, $2 FROM fence WHERE fence.current
-     ON CONFLICT (cluster, primary_ns, secondary_ns, key)
-     DO UPDATE SET value = excluded.value, epoch = excluded.epoch";
+     SELECT current FROM fence"
+);
 
 const READ: &str = "SELECT value FROM phalanx_kv
      WHERE cluster = $1 AND primary_ns = $2 AND secondary_ns = $3 AND key = $4";
@@ -256,6 +298,10 @@ impl PostgresStore {
     }
 
     /// Runs `work` with a pooled client, bounded by the operation timeout.
+    ///
+    /// A client whose statement timed out is taken out of the pool and closed, never
+    /// handed out again: its statement may still be queued on the connection, and
+    /// whatever the next user sent would run after it.
     async fn with_client<T>(
         &self,
         op: &'static str,
@@ -263,13 +309,17 @@ impl PostgresStore {
     ) -> Result<T, StoreError> {
         let target = &self.inner.url.redacted;
         let limit = self.inner.options.operation_timeout;
-        let attempt = async {
-            let client = self.client(op).await?;
-            work(&client).await.map_err(|e| pg_error(op, target, e))
-        };
-        tokio::time::timeout(limit, attempt)
+        let deadline = tokio::time::Instant::now() + limit;
+        let client = tokio::time::timeout_at(deadline, self.client(op))
             .await
-            .unwrap_or_else(|_| Err(timeout(op, target, limit)))
+            .map_err(|_| timeout(op, target, limit))??;
+        match tokio::time::timeout_at(deadline, work(&client)).await {
+            Ok(result) => result.map_err(|e| pg_error(op, target, e)),
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(timeout(op, target, limit))
+            }
+        }
     }
 
     fn cluster(&self) -> &str {
@@ -399,12 +449,18 @@ impl StateStore for PostgresStore {
         }
         let cluster = self.cluster();
         let epoch = token.epoch().0 as i64;
+        let sequence = i64::try_from(token.sequence()).map_err(|_| {
+            StoreError::Config(format!(
+                "write sequence {} is out of range",
+                token.sequence()
+            ))
+        })?;
         if let [BatchOp::Put { key, value }] = ops.as_slice() {
-            let written = self
+            let row = self
                 .with_client("write", async |client| {
                     let statement = client.prepare_cached(PUT_ONE).await?;
                     client
-                        .execute(
+                        .query_one(
                             &statement,
                             &[
                                 &cluster,
@@ -413,12 +469,13 @@ impl StateStore for PostgresStore {
                                 &key.secondary(),
                                 &key.key(),
                                 value,
+                                &sequence,
                             ],
                         )
                         .await
                 })
                 .await?;
-            return if written == 1 {
+            return if row.get::<_, bool>(0) {
                 Ok(())
             } else {
                 Err(StoreError::fenced(self.fenced_reason(token).await))
@@ -455,6 +512,7 @@ impl StateStore for PostgresStore {
                             &puts[1],
                             &puts[2],
                             &values,
+                            &sequence,
                         ],
                     )
                     .await

@@ -88,6 +88,9 @@ const MIGRATIONS: &[&str] = &[
          END IF;
          RETURN won;
      END $$;",
+    // 3: the write sequence of the mutation that last changed each key, so that a write
+    // whose bytes reach the server late cannot overwrite a newer one (see `FencingToken`).
+    "ALTER TABLE phalanx_kv ADD COLUMN sequence bigint NOT NULL DEFAULT 0;",
 ];
 
 /// Applies missing migrations, one transaction each, under an advisory lock.

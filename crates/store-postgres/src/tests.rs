@@ -281,3 +281,133 @@ async fn writes_wait_for_the_synchronous_standby() {
     }
     assert_eq!(on_standby("k3"), "1");
 }
+
+/// A connection of the test's own, outside the store, as an operator's `psql` would be.
+async fn raw_session(url: &str) -> Client {
+    let config = PgUrl::parse(url, &options()).unwrap().config;
+    let (client, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn a_repeatable_read_default_cannot_let_a_write_slip_past_a_takeover() {
+    let url = postgres::shared().fresh_database().unwrap();
+    let db = url.rsplit('/').next().unwrap();
+    // An operator's (or a managed service's) default that would make the fence read the
+    // lease in a snapshot from before it waited for the takeover.
+    postgres::shared()
+        .psql(
+            db,
+            &format!("ALTER DATABASE {db} SET default_transaction_isolation = 'repeatable read'"),
+        )
+        .unwrap();
+    let store = PostgresStore::open(&url, options()).await.unwrap();
+    let lease = must_win(&store, "a", Duration::from_secs(60)).await;
+    let key = StoreKey::new("ns", "", "k").unwrap();
+    store
+        .write(lease.token(), &key, b"before".to_vec())
+        .await
+        .unwrap();
+
+    // A takeover in progress: it holds the cluster's lock exclusively, as
+    // `phalanx_acquire` does, while the old holder's write arrives.
+    let mut takeover = raw_session(&url).await;
+    let tx = takeover.transaction().await.unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(1886152824, hashtext('test'))",
+        &[],
+    )
+    .await
+    .unwrap();
+    let writer = store.clone();
+    let (token, write_key) = (lease.token(), key.clone());
+    let write =
+        tokio::spawn(async move { writer.write(token, &write_key, b"stale".to_vec()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!write.is_finished(), "the write waits for the takeover");
+    tx.execute(
+        "UPDATE phalanx_lease SET epoch = epoch + 1, holder = 'b' WHERE cluster = 'test'",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let err = write
+        .await
+        .unwrap()
+        .expect_err("a write that waited for a takeover is fenced by it");
+    assert!(err.is_fenced(), "{err}");
+    assert_eq!(store.read(&key).await.unwrap(), b"before");
+}
+
+#[tokio::test]
+async fn a_write_that_timed_out_cannot_land_over_a_newer_one() {
+    let url = postgres::shared().fresh_database().unwrap();
+    let server = format!("127.0.0.1:{}", postgres::shared().port());
+    let proxy = phalanx_testkit::proxy::TcpProxy::to(server.parse().unwrap())
+        .await
+        .unwrap();
+    let url = url.replace(&server, &proxy.addr().to_string());
+    let mut options = options();
+    options.operation_timeout = Duration::from_millis(700);
+    let store = PostgresStore::open(&url, options).await.unwrap();
+    let lease = must_win(&store, "a", Duration::from_secs(60)).await;
+    let token = lease.token();
+    let key = StoreKey::new("", "", "manager").unwrap();
+    // Every write statement that reaches the server is recorded, landed or not.
+    let db = url.rsplit('/').next().unwrap();
+    postgres::shared()
+        .psql(
+            db,
+            "CREATE TABLE write_attempts (id serial PRIMARY KEY, sequence bigint);
+             CREATE FUNCTION record_attempt() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO write_attempts (sequence) VALUES (NEW.sequence); RETURN NEW; END $$;
+             CREATE TRIGGER record_attempt BEFORE INSERT ON phalanx_kv
+                 FOR EACH ROW EXECUTE FUNCTION record_attempt();",
+        )
+        .unwrap();
+    store
+        .write(token.sequenced(1), &key, b"first".to_vec())
+        .await
+        .unwrap();
+
+    // The link delays the connection this write goes out on, past the client's timeout.
+    let held = proxy.hold_open_connections();
+    assert!(held.count() >= 1);
+    let err = store
+        .write(token.sequenced(2), &key, b"old".to_vec())
+        .await
+        .expect_err("the held write times out");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    // The retry of the same write goes out on a new connection and lands, and then the
+    // writer's next write of the key.
+    store
+        .write(token.sequenced(2), &key, b"old".to_vec())
+        .await
+        .unwrap();
+    store
+        .write(token.sequenced(3), &key, b"new".to_vec())
+        .await
+        .unwrap();
+    // Now the first attempt's bytes reach the server. Its epoch is still current, so the
+    // fence alone would let it through.
+    held.release();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempts = postgres::shared()
+            .psql(
+                &db,
+                "SELECT string_agg(sequence::text, ',' ORDER BY id) FROM write_attempts",
+            )
+            .unwrap();
+        if attempts == "1,2,3,2" {
+            break; // The late statement ran, after the newer write.
+        }
+        assert!(Instant::now() < deadline, "write attempts seen: {attempts}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.read(&key).await.unwrap(), b"new");
+}

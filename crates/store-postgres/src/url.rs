@@ -155,14 +155,19 @@ impl PgUrl {
             .keepalives_idle(Duration::from_secs(5))
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3)
-            // The server gives up on a runaway statement too, but only well after the
-            // client did: PostgreSQL answers a statement timeout during the wait for a
-            // synchronous standby by reporting the commit as *successful* (with a
-            // warning), so if the server's timeout fired first a write could be
-            // acknowledged without being on the replica. The client always gives up
-            // first and reports a transient error (outcome unknown) instead.
+            // The server gives up on a runaway statement too, but only after the client
+            // did, so a slow statement is reported by the client as a transient error
+            // (outcome unknown). (Any cancel of a commit's wait for a synchronous
+            // standby, by this timeout, an operator's `pg_cancel_backend` or a restart,
+            // makes PostgreSQL commit locally and report success with a warning; the
+            // timeout being longer than the client's is not a guard against that.)
+            //
+            // The isolation level is pinned: the fence reads the lease row with a fresh
+            // snapshot after waiting for a takeover's lock, which only READ COMMITTED
+            // gives. A database or role default of `repeatable read` would let a write
+            // check the epoch in a snapshot from before the takeover and commit after it.
             .options(format!(
-                "-c statement_timeout={}",
+                "-c statement_timeout={} -c default_transaction_isolation=read\\ committed",
                 server_statement_timeout(options.operation_timeout).as_millis()
             ))
             .ssl_mode(if tls.is_some() {
@@ -296,7 +301,10 @@ mod tests {
         assert!(url.tls.is_none());
         assert!(!format!("{url:?}").contains("p@ss"));
         // The server's statement timeout outlasts the client's (10 s by default).
-        assert_eq!(url.config.get_options(), Some("-c statement_timeout=20000"));
+        assert_eq!(
+            url.config.get_options(),
+            Some("-c statement_timeout=20000 -c default_transaction_isolation=read\\ committed")
+        );
     }
 
     #[test]

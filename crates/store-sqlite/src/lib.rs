@@ -496,14 +496,24 @@ fn apply_in(
         return Err(ApplyError::Fenced(current));
     }
     let epoch = token.epoch().0 as i64;
+    // SQLite stores integers as signed 64 bits; a sequence past that is a writer's bug.
+    let sequence = i64::try_from(token.sequence()).unwrap_or(i64::MAX);
+    // Only a mutation newer than the row's last one changes it (`FencingToken::supersedes`).
+    // Writes to one file are serialized by its lock, so nothing can land late here; the
+    // check keeps every backend to one contract.
     let mut put = tx.prepare_cached(
-        "INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch, sequence)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (cluster, primary_ns, secondary_ns, key)
-         DO UPDATE SET value = excluded.value, epoch = excluded.epoch",
+         DO UPDATE SET value = excluded.value, epoch = excluded.epoch, sequence = excluded.sequence
+         WHERE phalanx_kv.epoch < excluded.epoch
+            OR (phalanx_kv.epoch = excluded.epoch
+                AND (excluded.sequence = 0 OR phalanx_kv.sequence < excluded.sequence))",
     )?;
     let mut delete = tx.prepare_cached(
-        "DELETE FROM phalanx_kv WHERE cluster = ?1 AND primary_ns = ?2 AND secondary_ns = ?3 AND key = ?4",
+        "DELETE FROM phalanx_kv
+         WHERE cluster = ?1 AND primary_ns = ?2 AND secondary_ns = ?3 AND key = ?4
+           AND (epoch < ?5 OR (epoch = ?5 AND (?6 = 0 OR sequence < ?6)))",
     )?;
     for op in ops {
         match op {
@@ -514,11 +524,19 @@ fn apply_in(
                     key.secondary(),
                     key.key(),
                     value,
-                    epoch
+                    epoch,
+                    sequence
                 ])?;
             }
             BatchOp::Delete { key } => {
-                delete.execute(params![cluster, key.primary(), key.secondary(), key.key()])?;
+                delete.execute(params![
+                    cluster,
+                    key.primary(),
+                    key.secondary(),
+                    key.key(),
+                    epoch,
+                    sequence
+                ])?;
             }
         }
     }
@@ -608,17 +626,21 @@ impl LeaseStore for SqliteStore {
     ) -> Result<Acquisition, StoreError> {
         let holder = holder.clone();
         let store = self.clone();
-        let acquisition = self
-            .blocking("acquire", move |inner| inner.try_acquire(&holder, ttl))
-            .await?;
-        Ok(match acquisition {
-            Acquisition::Won(lease) => Acquisition::Won(Box::new(SqliteLease {
-                store: Some(store),
-                token: lease.token(),
-                ttl,
-            })),
-            held => held,
+        // The lease is made, with the handle that releases it on drop, inside the blocking
+        // task: taking the lock (and copying the replica) can outlive the operation
+        // timeout, and a result nobody waits for any more is dropped where it ends, which
+        // releases the lock instead of keeping it for a campaigner that never saw it won.
+        self.blocking("acquire", move |inner| {
+            Ok(match inner.try_acquire(&holder, ttl)? {
+                Acquisition::Won(lease) => Acquisition::Won(Box::new(SqliteLease {
+                    store: Some(store),
+                    token: lease.token(),
+                    ttl,
+                })),
+                held => held,
+            })
         })
+        .await
     }
 
     async fn current_lease(&self) -> Result<Option<LeaseInfo>, StoreError> {

@@ -28,6 +28,9 @@ const MIGRATIONS: &[&str] = &[
          acquired_at_ms INTEGER NOT NULL,
          PRIMARY KEY (cluster, epoch)
      );",
+    // 2: the write sequence of the mutation that last changed each key (see
+    // `FencingToken::supersedes`).
+    "ALTER TABLE phalanx_kv ADD COLUMN sequence INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version of the database.

@@ -174,3 +174,69 @@ async fn newer_schema_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("newer Phalanx"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_that_outlives_its_timeout_leaves_the_lock_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}/node.db?replica={}/replica.db",
+        dir.path().display(),
+        dir.path().display()
+    );
+    // Enough data that copying it to the replica takes longer than the timeout below.
+    {
+        let store = SqliteStore::open(&url, options()).await.unwrap();
+        let lease = must_win(&store, "a", Duration::from_secs(5)).await;
+        for i in 0..6 {
+            let key = StoreKey::new("ns", "", &format!("k{i}")).unwrap();
+            store
+                .write(lease.token(), &key, vec![i as u8; 8 * 1024 * 1024])
+                .await
+                .unwrap();
+        }
+        lease.resign().await.unwrap();
+    }
+    let mut impatient = options();
+    impatient.operation_timeout = Duration::from_millis(1);
+    let store = SqliteStore::open(&url, impatient).await.unwrap();
+    let err = store
+        .try_acquire(&holder("b"), Duration::from_secs(5))
+        .await
+        .expect_err("the acquire outlived its timeout");
+    assert!(err.is_transient(), "{err}");
+    // Whatever the abandoned acquire did, the next campaign can win.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut patient = options();
+        patient.operation_timeout = Duration::from_secs(10);
+        let retry = SqliteStore::open(&url, patient).await.unwrap();
+        match retry
+            .try_acquire(&holder("b"), Duration::from_secs(5))
+            .await
+        {
+            Ok(Acquisition::Won(lease)) => {
+                assert_eq!(
+                    lease.token().epoch(),
+                    Epoch(3),
+                    "the abandoned epoch stays used"
+                );
+                break;
+            }
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lock stayed taken by an acquire nobody saw: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // The impatient handle itself does not believe it leads.
+    let attempt = store
+        .try_acquire(&holder("b"), Duration::from_secs(5))
+        .await;
+    assert!(
+        !matches!(attempt, Ok(Acquisition::Held(Some(ref info))) if info.holder == "b"),
+        "{attempt:?}"
+    );
+}

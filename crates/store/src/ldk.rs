@@ -27,6 +27,10 @@ type KeySlot = Arc<tokio::sync::Mutex<u64>>;
 /// version is older than the last one applied to its key completes without writing (its
 /// value was superseded), as LDK's own filesystem store does.
 ///
+/// The version also travels to the store with each mutation
+/// ([`FencingToken::sequenced`]), which refuses to let a mutation change a key that a
+/// newer one changed: a write that timed out, whose retry landed, cannot land after it.
+///
 /// # Transient failures
 /// A write or removal the store could not answer (transient) is retried, with a short
 /// backoff, for as long as the [`FenceSource`] still gives a token: an etcd member lost
@@ -61,11 +65,20 @@ struct Inner {
     slots: Mutex<HashMap<StoreKey, KeySlot>>,
     lazy_removes: Mutex<LazyRemoves>,
     write_observer: Option<WriteObserver>,
+    failure_observer: Option<FailureObserver>,
 }
 
 /// Told of every transaction the adapter sends to the store: how long it took, and
 /// whether it committed. Called on the store's runtime, so it must be quick (a metric).
 pub type WriteObserver = Arc<dyn Fn(std::time::Duration, bool) + Send + Sync>;
+
+/// Told of every mutation that failed for good: fenced, permanent (a value too large, a
+/// full disk, a refused permission), or transient past the leadership's deadline. LDK's
+/// callers do not all stop on such a failure (the background processor's manager write
+/// ends the processor; a wallet write is reported to whoever asked), so a node hands in
+/// an observer that stops it: an instance that cannot persist must not keep its lease.
+/// Called on the store's runtime, with the error.
+pub type FailureObserver = Arc<dyn Fn(&StoreError) + Send + Sync>;
 
 /// Removals waiting for the flusher, each with the version and slot taken at its call (the
 /// slot stays in the map while referenced, so later calls to the key see the same one).
@@ -98,15 +111,17 @@ impl LdkKvStore {
         fence: Arc<dyn FenceSource>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
-        Self::observed(store, fence, runtime, None)
+        Self::observed(store, fence, runtime, None, None)
     }
 
-    /// As [`Self::new`], reporting every transaction sent to the store to `observer`.
+    /// As [`Self::new`], reporting every transaction sent to the store to
+    /// `write_observer` and every mutation that failed for good to `failure_observer`.
     pub fn observed(
         store: Arc<dyn StateStore>,
         fence: Arc<dyn FenceSource>,
         runtime: tokio::runtime::Handle,
         write_observer: Option<WriteObserver>,
+        failure_observer: Option<FailureObserver>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -117,6 +132,7 @@ impl LdkKvStore {
                 slots: Mutex::new(HashMap::new()),
                 lazy_removes: Mutex::new(LazyRemoves::default()),
                 write_observer,
+                failure_observer,
             }),
         }
     }
@@ -271,8 +287,16 @@ impl Inner {
             .map(|(key, ..)| BatchOp::Delete { key: key.clone() })
             .collect();
         let count = ops.len();
+        // Every key in the batch was last changed by a call older than its removal (the
+        // filter above), so the newest removal's version orders the whole batch.
+        let newest = held
+            .iter()
+            .map(|(_, version, ..)| *version)
+            .max()
+            .unwrap_or(0);
         let outcome = match self.fence.current_token() {
             Ok(token) => {
+                let token = token.sequenced(newest);
                 let mut outcome = Ok(());
                 // Chunks stay inside etcd's default limit of operations per transaction.
                 for chunk in ops.chunks(LAZY_REMOVE_BATCH) {
@@ -300,6 +324,11 @@ impl Inner {
             Err((token, err)) => {
                 if err.is_fenced() {
                     self.fence.report_fenced(token, &err.to_string());
+                }
+                // A lazy removal that did not answer may simply be lost (LDK allows it);
+                // one the store refused is a store that cannot be written.
+                if !err.is_transient() {
+                    self.observe_failure(&err);
                 }
                 tracing::warn!(epoch = %token.epoch(), count, error = %err.report(), "lazy removals failed; the keys stay");
             }
@@ -335,7 +364,9 @@ impl Inner {
         };
         let mut pause = RETRY_FIRST_PAUSE;
         loop {
-            let token = self.fence.current_token()?;
+            // The call's version orders it in the store too: if this attempt times out
+            // and a retry or a later call lands, this one can no longer land after them.
+            let token = self.fence.current_token()?.sequenced(version);
             match self.apply(token, vec![op.clone()]).await {
                 Ok(()) => {
                     *last_applied = version;
@@ -390,6 +421,13 @@ impl Inner {
             self.fence.report_fenced(token, &err.to_string());
         }
         tracing::error!(epoch = %token.epoch(), %key, error = %err.report(), "store mutation failed");
+        self.observe_failure(err);
+    }
+
+    fn observe_failure(&self, err: &StoreError) {
+        if let Some(observer) = &self.failure_observer {
+            observer(err);
+        }
     }
 }
 
@@ -517,7 +555,7 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
-    use crate::Epoch;
+    use crate::{Epoch, ErrorKind};
 
     /// An in-process store for the adapter's own logic (ordering, fencing hand-off). The
     /// backends are tested on real servers by `phalanx-conformance`.
@@ -531,6 +569,8 @@ mod tests {
         transient_failures: AtomicU64,
         /// Transactions never answer while set.
         stalled: AtomicBool,
+        /// Transactions fail as permanent (a full disk, a refused permission) while set.
+        refusing: AtomicBool,
     }
 
     #[async_trait]
@@ -564,6 +604,9 @@ mod tests {
             tokio::task::yield_now().await;
             if self.stalled.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
+            }
+            if self.refusing.load(Ordering::SeqCst) {
+                return Err(StoreError::permanent("apply", "the disk is full", None));
             }
             let failing = self.transient_failures.load(Ordering::SeqCst);
             if failing > 0 {
@@ -752,6 +795,7 @@ mod tests {
             Some(Arc::new(move |_took, committed| {
                 record.lock().unwrap().push(committed)
             })),
+            None,
         );
         KVStore::write(&kv, "ns", "", "a", vec![1]).await.unwrap();
         KVStore::remove(&kv, "ns", "", "a", false).await.unwrap();
@@ -760,6 +804,52 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(*seen.lock().unwrap(), [true, true, false]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_mutation_that_fails_for_good_is_observed() {
+        let store = Arc::new(MemoryStore::default());
+        store.current_epoch.store(1, Ordering::SeqCst);
+        let fence = Arc::new(RecordingFence {
+            epoch: 1,
+            ..Default::default()
+        });
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&failures);
+        let kv = LdkKvStore::observed(
+            store.clone(),
+            fence,
+            tokio::runtime::Handle::current(),
+            None,
+            Some(Arc::new(move |err: &StoreError| {
+                record.lock().unwrap().push(err.kind())
+            })),
+        );
+        // Retried transient failures and successes are not failures.
+        store.transient_failures.store(2, Ordering::SeqCst);
+        KVStore::write(&kv, "ns", "", "a", vec![1]).await.unwrap();
+        assert!(failures.lock().unwrap().is_empty());
+
+        store.refusing.store(true, Ordering::SeqCst);
+        KVStore::write(&kv, "ns", "", "a", vec![2])
+            .await
+            .unwrap_err();
+        KVStore::remove(&kv, "ns", "", "a", true).await.unwrap();
+        kv.flush_lazy_removes().await;
+        store.refusing.store(false, Ordering::SeqCst);
+        store.current_epoch.store(2, Ordering::SeqCst);
+        KVStore::write(&kv, "ns", "", "b", vec![1])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            *failures.lock().unwrap(),
+            [
+                ErrorKind::Permanent,
+                ErrorKind::Permanent,
+                ErrorKind::Fenced
+            ],
+            "the refused write, the refused lazy removal and the fenced write"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,15 @@ pub fn check_batch(ops: Vec<BatchOp>) -> Result<Vec<BatchOp>, StoreError> {
 ///    backend's operation timeout.
 /// 6. **Values** up to [`MAX_VALUE_BYTES`] are stored whole; larger ones fail with
 ///    [`StoreError::ValueTooLarge`] before anything is sent.
+/// 7. **No late landing.** A mutation whose token carries a write sequence
+///    ([`FencingToken::sequenced`]) changes a key only if the key was last changed by an
+///    older one (an earlier epoch, or the same epoch and a lower sequence; see
+///    [`FencingToken::supersedes`]), checked inside the same transaction; otherwise that
+///    operation changes nothing and the call still succeeds (a newer value is in place).
+///    So a write that timed out and was retried can never overwrite what its writer
+///    wrote after the retry, however late its bytes reach the store. (A key deleted
+///    since has no version left: a late put may recreate it. LDK only deletes keys it
+///    has superseded, such as monitor updates already folded into their monitor.)
 ///
 /// # What callers must do with errors
 ///

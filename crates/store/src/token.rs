@@ -22,20 +22,52 @@ impl fmt::Display for Epoch {
 /// A token is only obtained from a [`HeldLease`](crate::HeldLease); code that writes on a
 /// node's behalf gets it from a [`FenceSource`] just before each write, so that a holder
 /// whose lease lapsed locally stops writing even before the store could tell it.
+///
+/// # Write order
+/// A token may also carry a write sequence ([`FencingToken::sequenced`]): the writer's
+/// count of its calls, in call order. The store keeps, with each key, the epoch and
+/// sequence of the mutation that last changed it, and a sequenced mutation changes a key
+/// only if it is newer: a later epoch, or the same epoch and a higher sequence. So a
+/// write whose outcome its writer never saw (it timed out, the writer retried and wrote
+/// again since) cannot land later over the newer value: it finds a newer version and
+/// changes nothing. A token without a sequence (sequence 0) always changes the keys of
+/// its own epoch; it is for writers that never have two mutations of a key in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FencingToken {
     epoch: Epoch,
+    sequence: u64,
 }
 
 impl FencingToken {
-    /// A token for `epoch`. Backends create these when a lease is won; tests may too.
+    /// A token for `epoch`, without a write sequence. Backends create these when a lease
+    /// is won; tests may too.
     pub fn new(epoch: Epoch) -> Self {
-        Self { epoch }
+        Self { epoch, sequence: 0 }
+    }
+
+    /// The same token carrying write sequence `sequence` (see "Write order"): a writer
+    /// numbers its mutations 1, 2, 3 ... in the order of its calls.
+    pub fn sequenced(self, sequence: u64) -> Self {
+        Self { sequence, ..self }
     }
 
     /// The epoch the token proves.
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// The write sequence, 0 for none.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Whether a mutation with this token may change a key last changed at
+    /// (`stored_epoch`, `stored_sequence`): the rule every backend applies inside the
+    /// write's transaction (PostgreSQL and SQLite in SQL; this is its reference form).
+    pub fn supersedes(&self, stored_epoch: Epoch, stored_sequence: u64) -> bool {
+        stored_epoch < self.epoch
+            || (stored_epoch == self.epoch
+                && (self.sequence == 0 || stored_sequence < self.sequence))
     }
 }
 

@@ -37,6 +37,35 @@ pub struct TcpProxy {
     addr: SocketAddr,
     mode: watch::Sender<Mode>,
     accept: JoinHandle<()>,
+    /// Each open connection's own hold: while set, its bytes wait (as in a black hole)
+    /// whatever the proxy's mode.
+    holds: Holds,
+}
+
+type Holds = Arc<std::sync::Mutex<Vec<std::sync::Weak<watch::Sender<bool>>>>>;
+
+/// Connections held by [`TcpProxy::hold_open_connections`]; their bytes flow again on
+/// [`HeldConnections::release`] (or when this is dropped).
+pub struct HeldConnections {
+    held: Vec<Arc<watch::Sender<bool>>>,
+}
+
+impl HeldConnections {
+    /// How many connections are held.
+    pub fn count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Lets the held bytes through, in the order they were sent.
+    pub fn release(self) {}
+}
+
+impl Drop for HeldConnections {
+    fn drop(&mut self) {
+        for hold in &self.held {
+            hold.send_replace(false);
+        }
+    }
 }
 
 impl TcpProxy {
@@ -50,8 +79,33 @@ impl TcpProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let mode = watch::channel(Mode::Forward).0;
-        let accept = tokio::spawn(accept_loop(listener, route, mode.clone()));
-        Ok(Self { addr, mode, accept })
+        let holds = Holds::default();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            route,
+            mode.clone(),
+            Arc::clone(&holds),
+        ));
+        Ok(Self {
+            addr,
+            mode,
+            accept,
+            holds,
+        })
+    }
+
+    /// Holds the bytes of every connection open now (new ones flow as usual): a link
+    /// that delays one request past its client's timeout while the client's retry, on
+    /// a new connection, goes through.
+    pub fn hold_open_connections(&self) -> HeldConnections {
+        let mut holds = self.holds.lock().unwrap();
+        holds.retain(|hold| hold.strong_count() > 0);
+        let held: Vec<Arc<watch::Sender<bool>>> =
+            holds.iter().filter_map(std::sync::Weak::upgrade).collect();
+        for hold in &held {
+            hold.send_replace(true);
+        }
+        HeldConnections { held }
     }
 
     /// Where clients connect.
@@ -73,7 +127,7 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, route: Route, mode: watch::Sender<Mode>) {
+async fn accept_loop(listener: TcpListener, route: Route, mode: watch::Sender<Mode>, holds: Holds) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
@@ -81,6 +135,8 @@ async fn accept_loop(listener: TcpListener, route: Route, mode: watch::Sender<Mo
         let _ = client.set_nodelay(true);
         let route = Arc::clone(&route);
         let mode = mode.subscribe();
+        let hold = Arc::new(watch::channel(false).0);
+        holds.lock().unwrap().push(Arc::downgrade(&hold));
         tokio::spawn(async move {
             if *mode.borrow() == Mode::Close {
                 return;
@@ -92,20 +148,39 @@ async fn accept_loop(listener: TcpListener, route: Route, mode: watch::Sender<Mo
                 return;
             };
             let _ = server.set_nodelay(true);
-            relay(client, server, mode).await;
+            relay(client, server, mode, hold.subscribe()).await;
         });
     }
 }
 
 /// Copies bytes both ways while the mode is `Forward`, holds still in `Blackhole`, and
 /// returns (closing both sockets) in `Close` or when either side closes.
-async fn relay(client: TcpStream, server: TcpStream, mode: watch::Receiver<Mode>) {
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    mode: watch::Receiver<Mode>,
+    hold: watch::Receiver<bool>,
+) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     tokio::select! {
-        _ = pump(client_read, server_write, mode.clone()) => {}
-        _ = pump(server_read, client_write, mode.clone()) => {}
+        _ = pump(client_read, server_write, mode.clone(), hold.clone()) => {}
+        _ = pump(server_read, client_write, mode.clone(), hold) => {}
         _ = closed(mode) => {}
+    }
+}
+
+/// Waits until bytes may flow: the proxy forwards and this connection is not held.
+async fn flowing(mode: &mut watch::Receiver<Mode>, hold: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        if mode.wait_for(|m| *m == Mode::Forward).await.is_err() {
+            return false;
+        }
+        // A dropped hold (the proxy is gone) ends the connection with the mode.
+        let _ = hold.wait_for(|held| !*held).await;
+        if *mode.borrow() == Mode::Forward {
+            return true;
+        }
     }
 }
 
@@ -117,23 +192,27 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    mut hold: watch::Receiver<bool>,
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         // Hold still while the link is cut: bytes wait in the kernel's buffers.
-        if mode.wait_for(|m| *m == Mode::Forward).await.is_err() {
+        if !flowing(&mut mode, &mut hold).await {
             return;
         }
+        let mut stop_mode = mode.clone();
+        let mut stop_hold = hold.clone();
         let read = tokio::select! {
             read = from.read(&mut buffer) => read,
-            _ = mode.wait_for(|m| *m != Mode::Forward) => continue,
+            _ = stop_mode.wait_for(|m| *m != Mode::Forward) => continue,
+            _ = stop_hold.wait_for(|held| *held) => continue,
         };
         let n = match read {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
         // Bytes already read are delivered once the link forwards again.
-        if mode.wait_for(|m| *m == Mode::Forward).await.is_err() {
+        if !flowing(&mut mode, &mut hold).await {
             return;
         }
         if to.write_all(&buffer[..n]).await.is_err() {
@@ -195,6 +274,24 @@ mod tests {
             .await
             .expect("the proxy closes the connection");
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn holds_the_open_connections_while_new_ones_flow() {
+        let proxy = TcpProxy::to(echo_server().await).await.unwrap();
+        let mut old = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut old, b"one").await.unwrap(), b"one");
+        let held = proxy.hold_open_connections();
+        assert_eq!(held.count(), 1);
+        let late =
+            tokio::time::timeout(Duration::from_millis(300), round_trip(&mut old, b"late")).await;
+        assert!(late.is_err(), "a held connection's bytes crossed");
+        let mut new = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut new, b"new").await.unwrap(), b"new");
+        held.release();
+        let mut answer = [0u8; 4];
+        old.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"late");
     }
 
     #[tokio::test]
