@@ -90,6 +90,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         }
     };
     init_tracing(args.log_format);
+    exit_on_panic();
     let format = args.log_format;
     let mut signals = match Signals::new() {
         Ok(signals) => signals,
@@ -237,6 +238,24 @@ fn say(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
+}
+
+/// Makes a panic in any thread or task end the process at once with
+/// [`EXIT_NODE_STOPPED`], as a fail-stop does: a node with a dead task must not keep its
+/// lease (tokio would otherwise catch the panic and the rest of the node would go on),
+/// and a process that exits without writing cannot hurt its channels. The release
+/// profile aborts on panic too; this hook runs first and gives the status a supervisor
+/// restarts as a standby.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(
+            exit_status = EXIT_NODE_STOPPED,
+            "a thread panicked: the node stops without writing or broadcasting"
+        );
+        std::process::exit(i32::from(EXIT_NODE_STOPPED));
+    }));
 }
 
 /// Reports why the process cannot go on; returns [`EXIT_START_FAILED`].

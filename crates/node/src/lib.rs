@@ -18,6 +18,7 @@ pub mod node;
 pub mod payments;
 pub mod peers;
 pub mod persist;
+mod tasks;
 pub mod types;
 pub mod wallet;
 

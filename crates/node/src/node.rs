@@ -59,6 +59,7 @@ use crate::metrics::Metrics;
 use crate::payments::{Direction, PaymentRecord, PaymentStatus, PaymentStore};
 use crate::peers::{self, AddressBook, PeerError};
 use crate::persist::{FailStop, FailStopPersister};
+use crate::tasks::{Runs, Supervisor};
 use crate::types::{
     BumpHandler, Chain, ChainMonitor, ChannelManager, GossipSync, KvStore, Logger,
     MonitorPersister, NetworkGraph, OutputSweeper, PeerManager, Persister, Scorer,
@@ -316,11 +317,19 @@ impl Node {
         let runtime = tokio::runtime::Handle::current();
         let state_store: Arc<dyn StateStore> = store.clone();
         metrics.won_lease(epoch.0);
+        let fail_stop = FailStop::new();
+        let stop_on_failure = fail_stop.clone();
         let kv: KvStore = Arc::new(LdkKvStore::observed(
             state_store,
             leadership.fence(),
             store_runtime.handle(),
             Some(metrics.write_observer()),
+            // Any write that failed for good stops the node, whoever asked for it: the
+            // manager's writer (the background processor) only ends, and the wallet's
+            // and the sweeper's callers may only log.
+            Some(Arc::new(move |err: &StoreError| {
+                stop_on_failure.trigger(format!("a store write failed: {}", err.report()))
+            })),
         ));
         let chain = ChainClient::connect(&config.chain, config.network, runtime.clone()).await?;
         chain.broadcast_only_while(leadership.fence());
@@ -335,7 +344,6 @@ impl Node {
             now.subsec_nanos(),
             true,
         ));
-        let fail_stop = FailStop::new();
 
         let tip = init::validate_best_block_header(&*chain)
             .await
@@ -390,6 +398,7 @@ impl Node {
             tip_locator,
         )?);
         drop(seed);
+        wallet.stop_on_failure(fail_stop.clone());
         let wallet_keys = Arc::new(WalletKeys::new(Arc::clone(&keys), Arc::clone(&wallet)));
 
         let (manager_locator, channel_manager) = match KVStoreSync::read(
@@ -603,56 +612,80 @@ impl Node {
             })
         };
         let handler = Arc::clone(&events);
-        let background_processor = tokio::spawn(process_events_async(
-            Arc::clone(&kv),
-            move |event| Arc::clone(&handler).handle(event),
-            Arc::clone(&chain_monitor),
-            Arc::clone(&channel_manager),
-            NO_ONION_MESSENGER,
-            BpGossipSync::p2p(Arc::clone(&gossip_sync)),
-            Arc::clone(&peer_manager),
-            NO_LIQUIDITY_MANAGER,
-            Some(Arc::clone(&sweeper)),
-            Arc::clone(&logger),
-            Some(scorer),
-            sleeper,
-            false,
-            || SystemTime::now().duration_since(UNIX_EPOCH).ok(),
+        let supervisor = Supervisor {
+            fail_stop: fail_stop.clone(),
+            shutdown: node.shutdown.subscribe(),
+        };
+        let background_processor = tokio::spawn(supervisor.clone().background_processor(
+            process_events_async(
+                Arc::clone(&kv),
+                move |event| Arc::clone(&handler).handle(event),
+                Arc::clone(&chain_monitor),
+                Arc::clone(&channel_manager),
+                NO_ONION_MESSENGER,
+                BpGossipSync::p2p(Arc::clone(&gossip_sync)),
+                Arc::clone(&peer_manager),
+                NO_LIQUIDITY_MANAGER,
+                Some(Arc::clone(&sweeper)),
+                Arc::clone(&logger),
+                Some(scorer),
+                sleeper,
+                false,
+                || SystemTime::now().duration_since(UNIX_EPOCH).ok(),
+            ),
         ));
         *lock(&node.background_processor) = Some(background_processor);
 
+        // Every task runs until shutdown unless marked `Once`; one that panics, or ends
+        // early, stops the node, since a node missing one of them must not keep its lease.
         let mut tasks = Vec::new();
         for listener in tcp_listeners {
-            tasks.push(tokio::spawn(peers::accept_loop(
-                listener,
-                Arc::clone(&peer_manager),
-            )));
+            tasks.push(supervisor.spawn(
+                "the peer listener",
+                Runs::UntilShutdown,
+                peers::accept_loop(listener, Arc::clone(&peer_manager)),
+            ));
         }
-        tasks.push(tokio::spawn(block_poller(
-            Arc::clone(&node),
-            synced_tip,
-            header_cache,
-            config.chain.poll_interval,
-        )));
-        tasks.push(tokio::spawn(reconnect_loop(Arc::clone(&node))));
-        tasks.push(tokio::spawn(htlc_processor(
-            Arc::clone(&channel_manager),
-            config.lightning.forward_delay,
-            node.shutdown.subscribe(),
-        )));
-        tasks.push(tokio::spawn(fee_refresher(
-            Arc::clone(&chain),
-            node.shutdown.subscribe(),
-        )));
-        tasks.push(tokio::spawn(watch_leadership(
-            leadership.status(),
-            fail_stop.clone(),
-        )));
+        tasks.push(supervisor.spawn(
+            "the block poller",
+            Runs::UntilShutdown,
+            block_poller(
+                Arc::clone(&node),
+                synced_tip,
+                header_cache,
+                config.chain.poll_interval,
+            ),
+        ));
+        tasks.push(supervisor.spawn(
+            "the peer reconnector",
+            Runs::UntilShutdown,
+            reconnect_loop(Arc::clone(&node)),
+        ));
+        tasks.push(supervisor.spawn(
+            "the HTLC processor",
+            Runs::UntilShutdown,
+            htlc_processor(
+                Arc::clone(&channel_manager),
+                config.lightning.forward_delay,
+                node.shutdown.subscribe(),
+            ),
+        ));
+        tasks.push(supervisor.spawn(
+            "the fee refresher",
+            Runs::UntilShutdown,
+            fee_refresher(Arc::clone(&chain), node.shutdown.subscribe()),
+        ));
+        tasks.push(supervisor.spawn(
+            "the leadership watch",
+            Runs::Once,
+            watch_leadership(leadership.status(), fail_stop.clone()),
+        ));
         tasks.push(tokio::spawn(fail_stopper(Arc::clone(&node))));
-        tasks.push(tokio::spawn(clean_stale_monitor_updates(
-            Arc::clone(&persister),
-            node.shutdown.subscribe(),
-        )));
+        tasks.push(supervisor.spawn(
+            "the stale monitor update clean-up",
+            Runs::Once,
+            clean_stale_monitor_updates(Arc::clone(&persister), node.shutdown.subscribe()),
+        ));
         *lock(&node.tasks) = tasks;
         *lock(&node.leadership) = Some(leadership);
 

@@ -233,6 +233,8 @@ pub struct OnchainWallet {
     /// The first failure the wallet could not report to a caller (from [`Listen`] and the
     /// LDK traits), or the first store failure.
     failure: Mutex<Option<String>>,
+    /// Thrown on that failure (see [`OnchainWallet::stop_on_failure`]).
+    stop: std::sync::OnceLock<crate::persist::FailStop>,
 }
 
 impl OnchainWallet {
@@ -295,6 +297,7 @@ impl OnchainWallet {
             store,
             network,
             failure: Mutex::new(None),
+            stop: std::sync::OnceLock::new(),
         }
     }
 
@@ -394,11 +397,27 @@ impl OnchainWallet {
             .clone()
     }
 
+    /// Stops the node through `fail_stop` on the wallet's first failure (at once if it
+    /// has failed already): a wallet that can no longer apply blocks or persist is a
+    /// half-dead node, and it must not keep the lease.
+    pub fn stop_on_failure(&self, fail_stop: crate::persist::FailStop) {
+        let fail_stop = self.stop.get_or_init(|| fail_stop);
+        if let Some(failure) = self.failed() {
+            fail_stop.trigger(format!("on-chain wallet: {failure}"));
+        }
+    }
+
     fn note_failure(&self, what: &str, err: &WalletError) {
         tracing::error!(error = %err, "on-chain wallet: {what} failed");
-        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if failure.is_none() {
-            *failure = Some(format!("{what}: {err}"));
+        let first = {
+            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            if failure.is_none() {
+                *failure = Some(format!("{what}: {err}"));
+            }
+            failure.clone()
+        };
+        if let (Some(fail_stop), Some(first)) = (self.stop.get(), first) {
+            fail_stop.trigger(format!("on-chain wallet: {first}"));
         }
     }
 

@@ -11,6 +11,7 @@
 //! | `store_cut_off_*` | the active instance's store connection black-holed (its peers still reachable): it must stop before a standby can win |
 //! | `store_restart_*` | the store server restarted |
 //! | `etcd_member_then_quorum_loss` | one etcd member of three lost (the node keeps serving), then two (the active instance stops; nothing is lost when quorum returns) |
+//! | `manager_writes_refused_postgres` | the database refuses the active instance's ChannelManager writes (a permanent error, as a full disk gives): it must stop on its own with a healthy lease |
 //!
 //! An instance that stopped comes back as a standby, as its supervisor would restart it.
 //! Besides the stream's invariants, a watch polls every instance's state and the store's
@@ -93,6 +94,16 @@ async fn store_restart_etcd() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manager_writes_refused_postgres() {
+    disrupt_repeatedly(
+        Backend::Postgres,
+        Disruption::RefuseManagerWrites,
+        LAPSE_ROUNDS,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_member_then_quorum_loss() {
     disrupt_repeatedly(Backend::Etcd, Disruption::EtcdQuorum, 1).await;
 }
@@ -114,6 +125,10 @@ enum Disruption {
     /// Of three etcd members, one lost and brought back, then two (quorum) lost and
     /// brought back.
     EtcdQuorum,
+    /// The store refuses, permanently, every write of the ChannelManager by the active
+    /// instance (as a full disk or a revoked permission would): it must stop on its own,
+    /// though its lease is healthy, so that a standby takes over.
+    RefuseManagerWrites,
 }
 
 /// A store server of the scenario's own, for the scenarios that stop it.
@@ -287,6 +302,7 @@ async fn disrupt_repeatedly(backend: Backend, disruption: Disruption, rounds: us
                     .lose_members(server.etcd(), &stream, &mut target)
                     .await
             }
+            Disruption::RefuseManagerWrites => cluster.refuse_manager_writes(round).await,
         };
         downtimes.push(report);
         cluster.restart_stopped(round).await;
@@ -615,6 +631,54 @@ impl Cluster {
             ahead,
             exited_after,
         }
+    }
+
+    /// Makes the database refuse (a permanent error) every write of the ChannelManager
+    /// under the active instance's epoch: it must exit 75 on its own, naming the failed
+    /// write, and a standby (a new epoch, whose writes pass) must take over.
+    async fn refuse_manager_writes(&mut self, round: usize) -> Round {
+        let since = Instant::now();
+        let old = self.active;
+        let epoch = self.leaderships.last().expect("a leadership").1;
+        let database = self
+            .store_url
+            .rsplit('/')
+            .next()
+            .expect("a database name")
+            .to_owned();
+        let refuse = format!(
+            "CREATE OR REPLACE FUNCTION refuse_manager_{round}() RETURNS trigger
+                 LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.key = 'manager' AND NEW.epoch = {epoch} THEN
+                     RAISE EXCEPTION 'could not extend file: No space left on device';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_manager_{round} BEFORE INSERT OR UPDATE ON phalanx_kv
+                 FOR EACH ROW EXECUTE FUNCTION refuse_manager_{round}();"
+        );
+        phalanx_testkit::postgres::shared()
+            .psql(&database, &refuse)
+            .expect("the trigger is installed");
+        let process = &mut self.instances[old].process;
+        let status = process.wait_exit(common::EXIT_TIMEOUT).await;
+        let stopped_after = since.elapsed();
+        let stderr = process.stderr();
+        assert_eq!(
+            status.code(),
+            Some(EXIT_NODE_STOPPED),
+            "round {round}: the instance whose writes fail stopped on its own\n{stderr}"
+        );
+        assert!(
+            stderr.contains("No space left on device"),
+            "round {round}: it says which write failed\n{stderr}"
+        );
+        let took = self.next_leader(since).await;
+        println!(
+            "round {round}: refused writes to exit {stopped_after:?}, to the next leader {took:?}"
+        );
+        Round::Stopped(took)
     }
 
     /// Restarts the store server under load. The active instance may ride it out (its
