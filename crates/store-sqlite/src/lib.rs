@@ -249,7 +249,10 @@ impl Inner {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(Duration::ZERO)?;
+        // A short wait, not none: campaigners and readers that touch the file at the same
+        // instant would otherwise all see it busy and nobody would win the round. A lock
+        // kept by a leader stays busy past the wait, which reads as "held".
+        conn.busy_timeout(Duration::from_millis(200))?;
         // Exclusive locking mode before WAL: SQLite then keeps the WAL index in heap memory
         // and never releases the file lock once taken.
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;

@@ -240,3 +240,40 @@ async fn an_acquire_that_outlives_its_timeout_leaves_the_lock_free() {
         "{attempt:?}"
     );
 }
+
+/// A reader that has the file open at the instant of a campaign (a standby peeking at the
+/// lease, `phalanx store check`) delays the campaign; it does not make nobody win.
+#[tokio::test]
+async fn a_brief_reader_does_not_make_a_campaign_lose() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/node.db", dir.path().display());
+    let path = dir.path().join("node.db");
+    let store = SqliteStore::open(&url, options()).await.unwrap();
+    must_win(&store, "a", Duration::from_secs(5))
+        .await
+        .resign()
+        .await
+        .unwrap();
+
+    let (reading, read_started) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        let _: i64 = tx
+            .query_row("SELECT count(*) FROM phalanx_kv", [], |row| row.get(0))
+            .unwrap();
+        reading.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        tx.commit().unwrap();
+    });
+    read_started.recv().unwrap();
+    let attempt = store
+        .try_acquire(&holder("b"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    reader.join().unwrap();
+    assert!(
+        matches!(attempt, Acquisition::Won(_)),
+        "a reader's shared lock lost the round: {attempt:?}"
+    );
+}
