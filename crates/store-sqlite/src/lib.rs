@@ -23,10 +23,13 @@
 //! Core Lightning's `main:backup`. A crash between the two commits leaves the replica one
 //! unacknowledged transaction ahead; the next leader recreates it from the main file. If
 //! the main commit fails after the replica's, the store refuses further writes until
-//! restarted, because the files differ.
+//! restarted, because the files differ. Both files count their commits (`generation`):
+//! a main file that is missing, empty, or older than the replica by more than that one
+//! transaction is refused instead of being copied over the newer replica.
 
 #![warn(missing_docs)]
 
+mod generation;
 mod schema;
 mod url;
 
@@ -277,16 +280,33 @@ impl Inner {
                 Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
             )
         };
+        // A missing main file beside a replica is checked before opening it creates one.
+        if let Some(replica_path) = &self.config.replica
+            && !path.exists()
+        {
+            let replica = generation::inspect(replica_path)
+                .map_err(|e| sqlite_error("read replica", replica_path, e))?;
+            generation::may_recreate_replica(
+                &path,
+                &generation::FileState::Empty,
+                replica_path,
+                &replica,
+            )
+            .map_err(|why| StoreError::permanent("acquire", why, None))?;
+        }
         let mut main = match self.open_exclusive(&path) {
             Ok(conn) => conn,
             Err(err) if locked(&err) => return Ok(Acquisition::Held(None)),
             Err(err) => return Err(sqlite_error("acquire", &path, err)),
         };
-        let epoch = match Self::take_lock_and_bump_epoch(&mut main, self.cluster(), holder) {
+        let epoch = match self.take_lock_and_bump_epoch(&mut main, holder) {
             Ok(epoch) => epoch,
             // Dropping `main` closes it, releasing whatever it took.
-            Err(err) if locked(&err) => return Ok(Acquisition::Held(None)),
-            Err(err) => return Err(sqlite_error("acquire", &path, err)),
+            Err(TakeError::Sqlite(err)) if locked(&err) => return Ok(Acquisition::Held(None)),
+            Err(TakeError::Sqlite(err)) => return Err(sqlite_error("acquire", &path, err)),
+            Err(TakeError::Refused(why)) => {
+                return Err(StoreError::permanent("acquire", why, None));
+            }
         };
         let replica = match &self.config.replica {
             Some(replica_path) => Some(
@@ -310,13 +330,29 @@ impl Inner {
         })))
     }
 
+    /// Takes the main file's lock, checks that the replica (if any) may be recreated
+    /// from it, and bumps the epoch.
     fn take_lock_and_bump_epoch(
+        &self,
         main: &mut Connection,
-        cluster: &str,
         holder: &HolderId,
-    ) -> Result<Epoch, rusqlite::Error> {
+    ) -> Result<Epoch, TakeError> {
+        let cluster = self.cluster();
         let tx = main.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        if let Some(replica_path) = &self.config.replica {
+            // Read under the main file's lock: no other instance writes the replica now.
+            let main_state = generation::read_state(&tx)?;
+            let replica_state = generation::inspect(replica_path)?;
+            generation::may_recreate_replica(
+                self.path(),
+                &main_state,
+                replica_path,
+                &replica_state,
+            )
+            .map_err(TakeError::Refused)?;
+        }
         schema::migrate(&tx)?;
+        generation::count_commit(&tx)?;
         let previous: Option<i64> = tx
             .query_row(
                 "SELECT epoch FROM phalanx_lease WHERE cluster = ?1",
@@ -457,6 +493,18 @@ impl Inner {
     }
 }
 
+enum TakeError {
+    Sqlite(rusqlite::Error),
+    /// Taking the lease would lose data; the message says why and how to recover.
+    Refused(String),
+}
+
+impl From<rusqlite::Error> for TakeError {
+    fn from(err: rusqlite::Error) -> Self {
+        TakeError::Sqlite(err)
+    }
+}
+
 enum ApplyError {
     Fenced(Option<i64>),
     Sqlite(rusqlite::Error),
@@ -498,6 +546,7 @@ fn apply_in(
     if current != Some(token.epoch().0 as i64) {
         return Err(ApplyError::Fenced(current));
     }
+    generation::count_commit(tx)?;
     let epoch = token.epoch().0 as i64;
     // SQLite stores integers as signed 64 bits; a sequence past that is a writer's bug.
     let sequence = i64::try_from(token.sequence()).unwrap_or(i64::MAX);

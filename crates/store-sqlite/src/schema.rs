@@ -31,6 +31,15 @@ const MIGRATIONS: &[&str] = &[
     // 2: the write sequence of the mutation that last changed each key (see
     // `FencingToken::supersedes`).
     "ALTER TABLE phalanx_kv ADD COLUMN sequence INTEGER NOT NULL DEFAULT 0;",
+    // 3: the file's lineage and commit counter (see `generation`), so that an older or
+    // empty main file is never copied over a newer replica.
+    "CREATE TABLE phalanx_generation (
+         only_row INTEGER PRIMARY KEY CHECK (only_row = 0),
+         lineage TEXT NOT NULL,
+         commits INTEGER NOT NULL
+     );
+     INSERT INTO phalanx_generation (only_row, lineage, commits)
+         VALUES (0, lower(hex(randomblob(16))), 0);",
 ];
 
 /// The schema version of the database.

@@ -277,3 +277,113 @@ async fn a_brief_reader_does_not_make_a_campaign_lose() {
         "a reader's shared lock lost the round: {attempt:?}"
     );
 }
+
+async fn write_keys(store: &SqliteStore, holder: &str, range: std::ops::Range<u32>) {
+    let lease = must_win(store, holder, Duration::from_secs(5)).await;
+    for i in range {
+        let key = StoreKey::new("ns", "", &format!("k{i}")).unwrap();
+        store
+            .write(lease.token(), &key, i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    lease.resign().await.unwrap();
+}
+
+fn rows(path: &std::path::Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM phalanx_kv", [], |r| r.get(0))
+        .unwrap()
+}
+
+async fn refused_acquire(url: &str) -> StoreError {
+    let store = SqliteStore::open(url, options()).await.unwrap();
+    let err = store
+        .try_acquire(&holder("b"), Duration::from_secs(5))
+        .await
+        .expect_err("the start is refused");
+    assert!(!err.is_transient() && !err.is_fenced(), "{err}");
+    err
+}
+
+/// A lost main disk (the file missing, or an empty file in its place) never erases the
+/// replica that holds the node's state.
+#[tokio::test]
+async fn a_missing_or_empty_main_file_never_erases_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("node.db");
+    let replica = dir.path().join("replica.db");
+    let url = format!("sqlite://{}?replica={}", main.display(), replica.display());
+    let store = SqliteStore::open(&url, options()).await.unwrap();
+    write_keys(&store, "a", 0..20).await;
+    drop(store);
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", main.display()));
+    }
+    let err = refused_acquire(&url).await;
+    let message = err.to_string();
+    assert!(message.contains("holds no Phalanx data"), "{message}");
+    assert!(
+        message.contains(&format!("copy {} to {}", replica.display(), main.display())),
+        "{message}"
+    );
+    assert!(!main.exists(), "the refused start created no main file");
+    assert_eq!(rows(&replica), 20);
+
+    std::fs::write(&main, b"").unwrap();
+    let message = refused_acquire(&url).await.to_string();
+    assert!(message.contains("holds no Phalanx data"), "{message}");
+    assert_eq!(rows(&replica), 20);
+
+    // The recovery the message names works: the replica's copy becomes the main file.
+    std::fs::copy(&replica, &main).unwrap();
+    let store = SqliteStore::open(&url, options()).await.unwrap();
+    write_keys(&store, "b", 20..21).await;
+    assert_eq!(rows(&main), 21);
+    assert_eq!(rows(&replica), 21);
+}
+
+/// A main file restored from an older copy is refused instead of overwriting the newer
+/// replica; a replica one commit ahead (a crash between the two commits) is not.
+#[tokio::test]
+async fn an_older_main_file_never_overwrites_a_newer_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("node.db");
+    let replica = dir.path().join("replica.db");
+    let old_copy = dir.path().join("old.db");
+    let url = format!("sqlite://{}?replica={}", main.display(), replica.display());
+    let store = SqliteStore::open(&url, options()).await.unwrap();
+    write_keys(&store, "a", 0..5).await;
+    std::fs::copy(&main, &old_copy).unwrap();
+    write_keys(&store, "a", 5..15).await;
+    drop(store);
+
+    std::fs::copy(&old_copy, &main).unwrap();
+    let message = refused_acquire(&url).await.to_string();
+    assert!(
+        message.contains(&format!(
+            "{} is newer than {}",
+            replica.display(),
+            main.display()
+        )),
+        "{message}"
+    );
+    assert_eq!(rows(&replica), 15, "the newer replica is intact");
+
+    // The replica one commit ahead of the main file: the unacknowledged transaction of
+    // a crash between the replica's commit and the main file's.
+    std::fs::copy(&replica, &main).unwrap();
+    let conn = Connection::open(&replica).unwrap();
+    conn.execute("UPDATE phalanx_generation SET commits = commits + 1", [])
+        .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&url, options()).await.unwrap();
+    must_win(&store, "b", Duration::from_secs(5))
+        .await
+        .resign()
+        .await
+        .unwrap();
+    assert_eq!(rows(&replica), 15);
+}
