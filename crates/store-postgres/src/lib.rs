@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod notices;
 mod schema;
 mod url;
 
@@ -62,6 +63,7 @@ use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{pg_error, pool_error, timeout};
+use crate::notices::{Warnings, WatchedConnect};
 pub use crate::url::{DEFAULT_POOL_SIZE, PgUrl};
 
 /// How often a campaigner polls a held lease (takeover after a crash waits at most this).
@@ -93,7 +95,10 @@ const LEASE_ROW: &str =
     "SELECT epoch, holder, expires_at > now() FROM phalanx_lease WHERE cluster = $1";
 
 /// Whether the mutation (epoch `$2`, sequence `$10` or `$7`) is newer than the one that
-/// last changed row `k`: `FencingToken::supersedes`, in SQL.
+/// last changed row `k`: `FencingToken::supersedes`, in SQL. A retry that finds its own
+/// write in place changes nothing, yet still locks the row (`ON CONFLICT … DO UPDATE …
+/// WHERE` does), so its commit waits for the synchronous standby like the first one:
+/// `a_cancelled_wait_for_the_standby_is_an_unknown_outcome` checks that.
 macro_rules! newer_than {
     ($row:literal, $sequence:literal) => {
         concat!(
@@ -169,6 +174,24 @@ const LIST: &str = "SELECT key FROM phalanx_kv
 const EPOCH_HISTORY: &str = "SELECT epoch, holder, (extract(epoch FROM acquired_at) * 1000)::bigint
      FROM phalanx_epochs WHERE cluster = $1 ORDER BY epoch DESC LIMIT $2";
 
+/// What the server's durability settings put at risk, one sentence each (logged as
+/// warnings at start-up).
+fn durability_warnings(synchronous_commit: &str, standbys: &str) -> Vec<&'static str> {
+    let mut warnings = Vec::new();
+    if matches!(synchronous_commit, "off" | "local") {
+        warnings.push(
+            "synchronous_commit is weaker than on: acknowledged writes can be lost if the server crashes",
+        );
+    }
+    if standbys.trim().is_empty() {
+        warnings.push(
+            "synchronous_standby_names is empty: a write is acknowledged once it is on this \
+             server alone, and a failover of the database to an asynchronous standby can lose it",
+        );
+    }
+    warnings
+}
+
 /// A PostgreSQL state store for one cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -179,6 +202,8 @@ struct Inner {
     url: PgUrl,
     options: StoreOptions,
     pool: Pool,
+    /// Warnings the server attached to pooled statements' results.
+    warnings: Warnings,
     /// The session a campaigner polls with; it becomes the lease session when it wins.
     campaign_session: tokio::sync::Mutex<Option<LeaseSession>>,
 }
@@ -212,13 +237,24 @@ impl PostgresStore {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
+        let warnings = Warnings::default();
         let manager = match &url.tls {
-            Some(tls) => Manager::from_config(
+            Some(tls) => Manager::from_connect(
                 url.config.clone(),
-                MakeRustlsConnect::new((**tls).clone()),
+                WatchedConnect {
+                    tls: MakeRustlsConnect::new((**tls).clone()),
+                    warnings: warnings.clone(),
+                },
                 manager_config,
             ),
-            None => Manager::from_config(url.config.clone(), NoTls, manager_config),
+            None => Manager::from_connect(
+                url.config.clone(),
+                WatchedConnect {
+                    tls: NoTls,
+                    warnings: warnings.clone(),
+                },
+                manager_config,
+            ),
         };
         let pool = Pool::builder(manager)
             .max_size(url.pool_size)
@@ -233,6 +269,7 @@ impl PostgresStore {
                 url,
                 options,
                 pool,
+                warnings,
                 campaign_session: tokio::sync::Mutex::new(None),
             }),
         };
@@ -274,12 +311,8 @@ impl PostgresStore {
             let synchronous_commit: String = row.get(0);
             let standbys: String = row.get(1);
             let version: String = row.get(2);
-            if matches!(synchronous_commit.as_str(), "off" | "local") {
-                tracing::warn!(
-                    url = %target,
-                    synchronous_commit,
-                    "synchronous_commit is weaker than on: acknowledged writes can be lost if the server crashes"
-                );
+            for warning in durability_warnings(&synchronous_commit, &standbys) {
+                tracing::warn!(url = %target, synchronous_commit, synchronous_standby_names = %standbys, "{warning}");
             }
             tracing::info!(url = %target, version, synchronous_standby_names = %standbys, "connected to PostgreSQL");
             Ok(())
@@ -324,6 +357,24 @@ impl PostgresStore {
 
     fn cluster(&self) -> &str {
         self.inner.options.cluster.as_str()
+    }
+
+    /// A committed write is acknowledged only if the server attached no warning to it
+    /// (see `notices`): a cancelled wait for the synchronous standby means it may not
+    /// survive a failover, so its outcome is unknown and the caller retries.
+    fn unless_warned(&self, op: &'static str, mark: u64) -> Result<(), StoreError> {
+        if self.inner.warnings.since(mark) {
+            return Err(StoreError::transient(
+                op,
+                format!(
+                    "{}: PostgreSQL warned about the commit (a cancelled wait for the \
+                     synchronous standby leaves it on the primary only); its outcome is unknown",
+                    self.inner.url.redacted
+                ),
+                None,
+            ));
+        }
+        Ok(())
     }
 
     async fn connect_session(&self) -> Result<LeaseSession, StoreError> {
@@ -455,6 +506,7 @@ impl StateStore for PostgresStore {
                 token.sequence()
             ))
         })?;
+        let warnings = self.inner.warnings.mark();
         if let [BatchOp::Put { key, value }] = ops.as_slice() {
             let row = self
                 .with_client("write", async |client| {
@@ -476,7 +528,7 @@ impl StateStore for PostgresStore {
                 })
                 .await?;
             return if row.get::<_, bool>(0) {
-                Ok(())
+                self.unless_warned("write", warnings)
             } else {
                 Err(StoreError::fenced(self.fenced_reason(token).await))
             };
@@ -519,7 +571,7 @@ impl StateStore for PostgresStore {
             })
             .await?;
         if row.get::<_, bool>(0) {
-            Ok(())
+            self.unless_warned("write", warnings)
         } else {
             Err(StoreError::fenced(self.fenced_reason(token).await))
         }

@@ -411,3 +411,87 @@ async fn a_write_that_timed_out_cannot_land_over_a_newer_one() {
     }
     assert_eq!(store.read(&key).await.unwrap(), b"new");
 }
+
+/// A cancelled wait for the synchronous standby (here an operator's `pg_cancel_backend`)
+/// commits on the primary alone; PostgreSQL reports success with a warning. The write
+/// must report an unknown outcome, and its retry must wait for the standby again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_wait_for_the_standby_is_an_unknown_outcome() {
+    let primary = PostgresServer::start_with(PostgresOptions {
+        settings: vec![("synchronous_standby_names".into(), "*".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    let standby = primary.start_standby().unwrap();
+    primary
+        .wait_for_synchronous_standby(Duration::from_secs(30))
+        .unwrap();
+    let url = primary.fresh_database().unwrap();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let store = PostgresStore::open(&url, options()).await.unwrap();
+    let lease = must_win(&store, "a", Duration::from_secs(600)).await;
+    standby.stop().unwrap();
+
+    let key = StoreKey::new("ns", "", "k").unwrap();
+    let token = lease.token().sequenced(7);
+    let cancel_the_wait = || {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let cancelled = primary
+                .psql(
+                    &db,
+                    "SELECT count(*) FROM (SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+                     WHERE wait_event = 'SyncRep') AS c",
+                )
+                .unwrap();
+            if cancelled != "0" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no write waited for the standby");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let write = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move { store.write(token, &key, b"v".to_vec()).await })
+    };
+    tokio::task::block_in_place(cancel_the_wait);
+    let err = write
+        .await
+        .unwrap()
+        .expect_err("a commit on the primary alone");
+    assert!(err.is_transient(), "{}", err.report());
+    assert!(err.to_string().contains("outcome is unknown"), "{err}");
+    assert_eq!(
+        primary
+            .psql(&db, "SELECT count(*) FROM phalanx_kv WHERE key = 'k'")
+            .unwrap(),
+        "1",
+        "the cancelled commit is on the primary"
+    );
+
+    // The retry of the same write waits for the standby again instead of finding its
+    // row in place and reporting success.
+    let retry = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move { store.write(token, &key, b"v".to_vec()).await })
+    };
+    tokio::task::block_in_place(cancel_the_wait);
+    let err = retry.await.unwrap().expect_err("the retry waited too");
+    assert!(err.is_transient(), "{}", err.report());
+
+    standby.start_again().unwrap();
+    primary
+        .wait_for_synchronous_standby(Duration::from_secs(30))
+        .unwrap();
+    store.write(token, &key, b"v".to_vec()).await.unwrap();
+}
+
+#[test]
+fn durability_settings_that_risk_acknowledged_writes_are_named() {
+    assert!(durability_warnings("on", "standby1").is_empty());
+    let warnings = durability_warnings("on", "");
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains("synchronous_standby_names is empty"));
+    assert_eq!(durability_warnings("local", " ").len(), 2);
+}
