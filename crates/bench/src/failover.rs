@@ -25,7 +25,7 @@ use phalanx_api::{
     ApiClient, CreateInvoiceRequest, PayInvoiceRequest, PaymentDirection, ServerState,
 };
 use phalanx_devnet::chain::ChainControl;
-use phalanx_devnet::harness::{STEP_TIMEOUT, mine, node_config, wait_for};
+use phalanx_devnet::harness::{STEP_TIMEOUT, initialize_and_start, mine, node_config, wait_for};
 use phalanx_devnet::run::chain_config_from_url;
 use phalanx_node::Node;
 use phalanx_node::payments::{Direction, PaymentStatus};
@@ -120,13 +120,13 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     chain
         .ensure_funds(needed + Amount::from_sat(1_000_000))
         .await?;
-    let bob = Node::start(&node_config(chain.config(), &dir, "bob", None)?).await?;
+    let bob = initialize_and_start(&node_config(chain.config(), &dir, "bob", None)?).await?;
 
     // Alice's channels are opened by an instance run in this process, which then resigns
     // the lease to the cluster: the same seed (in `dir/alice`) and store.
     let alice_config = node_config(chain.config(), &dir, "alice", Some(store_url.clone()))?;
     let funding = {
-        let setup = Node::start(&alice_config).await?;
+        let setup = initialize_and_start(&alice_config).await?;
         let funding = open_channels(&chain, &setup, &bob, args.channels).await?;
         setup.shutdown().await;
         funding

@@ -7,10 +7,9 @@ use std::sync::{Arc, Mutex};
 use bitcoin::Amount;
 use clap::Args;
 use phalanx_devnet::chain::ChainControl;
-use phalanx_devnet::harness::{fund, node_config, open_channel};
+use phalanx_devnet::harness::{fund, initialize_and_start, node_config, open_channel};
 use phalanx_devnet::run::chain_config_from_url;
 use phalanx_devnet::stream::{self, Plan, Stats};
-use phalanx_node::Node;
 use phalanx_regtest::{Regtest, RegtestConfig};
 use phalanx_testkit::etcd::EtcdServer;
 use phalanx_testkit::postgres::PostgresServer;
@@ -75,8 +74,9 @@ pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
     let chain =
         ChainControl::connect(chain_config_from_url(&regtest.rpc_url_with_credentials())?).await?;
     chain.ensure_funds(Amount::from_sat(50_000_000)).await?;
-    let alice = Node::start(&node_config(chain.config(), &dir, "alice", alice_store)?).await?;
-    let bob = Node::start(&node_config(chain.config(), &dir, "bob", bob_store)?).await?;
+    let alice =
+        initialize_and_start(&node_config(chain.config(), &dir, "alice", alice_store)?).await?;
+    let bob = initialize_and_start(&node_config(chain.config(), &dir, "bob", bob_store)?).await?;
     // Room for every payment of every level in one direction.
     let levels = args.concurrency.len() as u64;
     let channel_sat = (args.payments * levels * args.amount_msat / 1000 * 2).max(1_000_000);

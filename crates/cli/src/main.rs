@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Run the node and its REST API until SIGTERM or SIGINT.
     Node(Box<node_cmd::NodeArgs>),
+    /// Record in the store that it belongs to this node (once, before the first start;
+    /// the same options as `node`). `node` refuses a store without this record.
+    Init(Box<node_cmd::NodeArgs>),
     /// Inspect a state store.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -93,8 +96,20 @@ struct StoreArgs {
 struct CheckReport {
     store: String,
     cluster: String,
+    /// The node the store belongs to (`phalanx init`); `None` when it has no record.
+    identity: Option<IdentityReport>,
+    /// Why the identity could not be read, if it could not (a lock held by the leader).
+    identity_error: Option<String>,
     lease: Option<LeaseReport>,
     epochs: Vec<EpochReport>,
+}
+
+#[derive(Serialize)]
+struct IdentityReport {
+    node_id: String,
+    network: String,
+    created_at_unix: u64,
+    schema_version: u32,
 }
 
 #[derive(Serialize)]
@@ -130,9 +145,23 @@ async fn check(args: StoreArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!(e.report()))
         .context("cannot read the epoch history")?;
+    let (identity, identity_error) = match phalanx_node::identity::read_identity(&*store).await {
+        Ok(identity) => (
+            identity.map(|identity| IdentityReport {
+                node_id: identity.node_id.to_string(),
+                network: identity.network.to_string(),
+                created_at_unix: identity.created_at_unix,
+                schema_version: identity.schema_version,
+            }),
+            None,
+        ),
+        Err(err) => (None, Some(err.to_string())),
+    };
     let report = CheckReport {
         store: store.describe(),
         cluster: args.cluster,
+        identity,
+        identity_error,
         lease: lease.map(|info| LeaseReport {
             holder: info.holder,
             epoch: info.epoch.0,
@@ -153,6 +182,14 @@ async fn check(args: StoreArgs) -> anyhow::Result<()> {
     }
     println!("store:   {}", report.store);
     println!("cluster: {}", report.cluster);
+    match (&report.identity, &report.identity_error) {
+        (Some(identity), _) => println!(
+            "node:    {} on {} (initialized at {} s since the Unix epoch, schema {})",
+            identity.node_id, identity.network, identity.created_at_unix, identity.schema_version
+        ),
+        (None, Some(err)) => println!("node:    unknown ({err})"),
+        (None, None) => println!("node:    none recorded (not initialized: `phalanx init`)"),
+    }
     match &report.lease {
         Some(lease) => println!(
             "lease:   held by {} at epoch {}{}",
@@ -235,7 +272,7 @@ async fn regtest(args: RegtestArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `phalanx node` sets up its own logging, once its configuration is read.
-    if !matches!(cli.command, Command::Node(_)) {
+    if !matches!(cli.command, Command::Node(_) | Command::Init(_)) {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("PHALANX_LOG")
@@ -260,6 +297,7 @@ fn main() -> ExitCode {
             Command::Ctl(args) => Ok(ctl::run(args).await),
             Command::Devnet(args) => Ok(devnet::run(args).await),
             Command::Node(args) => Ok(node_cmd::run(*args).await),
+            Command::Init(args) => Ok(node_cmd::init(*args).await),
         }
     });
     match result {

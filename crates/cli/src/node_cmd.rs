@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use phalanx_node::Node;
 use phalanx_node::config::{ConfigError, ConfigLayer, NodeConfig};
 use phalanx_node::control::NodeService;
+use phalanx_node::{Node, NodeError};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Exit status: stopped on request (SIGTERM or SIGINT), cleanly.
@@ -32,7 +32,8 @@ pub const EXIT_STOPPED_ON_REQUEST: u8 = 0;
 /// Exit status: could not start (store, chain, API address, seed or token), or a second
 /// signal cut the shutdown short.
 pub const EXIT_START_FAILED: u8 = 1;
-/// Exit status: the configuration is invalid; the message names the field.
+/// Exit status: the configuration is invalid (the message names the field), or the store
+/// is not this node's (no identity record: `phalanx init`; another node's or network's).
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit status (`EX_TEMPFAIL`): the node stopped on its own (lost the lease, fenced, a
 /// write failed). Restart the process: it comes back as a standby.
@@ -66,7 +67,8 @@ Exit status:
   0   stopped by SIGTERM or SIGINT: state persisted, lease resigned
   1   could not start (store, chain, API address, seed, token file), or a second \
 signal cut the shutdown short
-  2   invalid configuration (the message names the field)
+  2   invalid configuration (the message names the field), or the store is not this \
+node's: never initialized (run `phalanx init`), or another node's or network's
   75  the node stopped on its own (lost the lease, fenced, a write failed): restart \
 it, it comes back as a standby (EX_TEMPFAIL)")]
 pub struct NodeArgs {
@@ -152,9 +154,11 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         started = Node::start_with_metrics(&config, service.metrics()) => match started {
             Ok(node) => node,
             Err(err) => {
+                let refused = matches!(err, NodeError::Identity(_));
                 let code = fatal(format, format!("cannot start the node: {err}"));
                 drain_api(stop_api, api).await;
-                return code;
+                // Not this node's store: the operator must act, as for a bad config.
+                return if refused { ExitCode::from(EXIT_CONFIG) } else { code };
             }
         },
         signal = signals.next() => {
@@ -256,6 +260,48 @@ fn exit_on_panic() {
         );
         std::process::exit(i32::from(EXIT_NODE_STOPPED));
     }));
+}
+
+/// `phalanx init`: records in the configured store that it is this node's (see
+/// [`Node::initialize`]). Exit 0 when recorded or already this node's; 2 for an invalid
+/// configuration or a store of another node or network; 1 when the store or seed fails.
+pub async fn init(args: NodeArgs) -> ExitCode {
+    let config = match resolve(args.config.as_deref(), args.settings) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: invalid configuration: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(args.log_format);
+    if let Err(err) = std::fs::create_dir_all(&config.data_dir) {
+        return fatal(
+            args.log_format,
+            format!("cannot create {}: {err}", config.data_dir.display()),
+        );
+    }
+    match Node::initialize(&config).await {
+        Ok(done) => {
+            let identity = &done.identity;
+            say(&format!(
+                "{} node_id={} network={} created_at_unix={}",
+                if done.created {
+                    "initialized"
+                } else {
+                    "already initialized"
+                },
+                identity.node_id,
+                identity.network,
+                identity.created_at_unix
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(err @ NodeError::Identity(_)) => {
+            fatal(args.log_format, format!("cannot initialize: {err}"));
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(err) => fatal(args.log_format, format!("cannot initialize: {err}")),
+    }
 }
 
 /// Reports why the process cannot go on; returns [`EXIT_START_FAILED`].

@@ -20,8 +20,15 @@ async fn regtest() -> Regtest {
     regtest
 }
 
-/// A configuration file in `dir`: SQLite under `dir`, both listeners on ephemeral ports.
+/// A configuration file in `dir`: SQLite under `dir`, both listeners on ephemeral ports;
+/// the store is initialized with it.
 fn write_config(dir: &Path, rpc_url: &str) -> PathBuf {
+    let path = write_uninitialized_config(dir, rpc_url);
+    initialize(&path);
+    path
+}
+
+fn write_uninitialized_config(dir: &Path, rpc_url: &str) -> PathBuf {
     let text = format!(
         r#"
 network = "regtest"
@@ -357,4 +364,73 @@ async fn a_leader_that_misses_its_lease_deadline_exits_75_and_a_standby_takes_ov
     );
     let status = standby.terminate().await;
     assert_eq!(status.code(), Some(0), "{}", standby.stderr());
+}
+
+/// An empty store is not a new node: `phalanx node` refuses a store that `phalanx init`
+/// did not record as this node's, and a store recorded for another seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_not_this_nodes_is_refused_with_exit_2() {
+    let regtest = regtest().await;
+    let dir = phalanx_testkit::process::scratch_dir("node-cmd").unwrap();
+    let config = write_uninitialized_config(&dir, &regtest.rpc_url());
+    let store_url = format!("sqlite://{}/node.db", dir.display());
+    let check = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"))
+            .args([
+                "store",
+                "check",
+                "--url",
+                &store_url,
+                "--cluster",
+                "cli-test",
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+
+    let mut refused = node("node", &config, &[]);
+    let status = refused.wait_exit(EXIT_TIMEOUT).await;
+    let stderr = refused.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("holds no node identity"), "{stderr}");
+    assert!(stderr.contains("run `phalanx init`"), "{stderr}");
+    assert!(refused.line("node started").is_none());
+    assert!(check().contains("node:    none recorded"), "{}", check());
+
+    let first = initialize(&config);
+    assert!(first.starts_with("initialized node_id="), "{first}");
+    let node_id = first
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("node_id="))
+        .unwrap()
+        .to_owned();
+    let again = initialize(&config);
+    assert!(
+        again.starts_with(&format!("already initialized node_id={node_id}")),
+        "{again}"
+    );
+    let report = check();
+    assert!(
+        report.contains(&format!("node:    {node_id} on regtest")),
+        "{report}"
+    );
+
+    let mut accepted = node("node", &config, &[]);
+    let started = accepted.started().await;
+    assert_eq!(started.node_id, node_id);
+    assert!(accepted.terminate().await.success());
+
+    // Another seed (a lost seed file replaced by a new one) with the same store.
+    std::fs::rename(dir.join("seed"), dir.join("seed.kept")).unwrap();
+    let mut foreign = node("node", &config, &[]);
+    let status = foreign.wait_exit(EXIT_TIMEOUT).await;
+    let stderr = foreign.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("belongs to node {node_id} on regtest")),
+        "{stderr}"
+    );
+    std::fs::rename(dir.join("seed.kept"), dir.join("seed")).unwrap();
 }

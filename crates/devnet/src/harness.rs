@@ -16,6 +16,13 @@ use crate::chain::ChainControl;
 /// How long the devnet waits for any one step (a block to be seen, a channel to open).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Records the node's identity in its store (as `phalanx init` does; nothing when it is
+/// there already), then starts it.
+pub async fn initialize_and_start(config: &NodeConfig) -> Result<Arc<Node>, DevnetError> {
+    Node::initialize(config).await?;
+    Ok(Node::start(config).await?)
+}
+
 /// The configuration of a node named `name` with its data in `dir/name`, following the
 /// chain of `chain`, on `store_url` (SQLite in its data directory when `None`).
 pub fn node_config(

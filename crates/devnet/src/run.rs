@@ -13,7 +13,7 @@ use phalanx_regtest::{Regtest, RegtestConfig};
 
 use crate::DevnetError;
 use crate::chain::ChainControl;
-use crate::harness::{fund, node_config, open_channel};
+use crate::harness::{fund, initialize_and_start, node_config, open_channel};
 use crate::stream::{self, Stats};
 
 /// What the devnet does.
@@ -140,8 +140,8 @@ pub async fn run(
 
     println!("funding the chain wallet (mining to maturity)...");
     chain.ensure_funds(Amount::from_sat(5_000_000)).await?;
-    let alice = Node::start(&node_config(chain.config(), &dir, "alice", None)?).await?;
-    let bob = Node::start(&node_config(chain.config(), &dir, "bob", None)?).await?;
+    let alice = initialize_and_start(&node_config(chain.config(), &dir, "alice", None)?).await?;
+    let bob = initialize_and_start(&node_config(chain.config(), &dir, "bob", None)?).await?;
     let (stop_apis, apis_stopped) = tokio::sync::watch::channel(false);
     let alice_api = serve_api(&alice, &dir.join("alice"), apis_stopped.clone()).await?;
     let bob_api = serve_api(&bob, &dir.join("bob"), apis_stopped).await?;

@@ -195,7 +195,7 @@ fn count(n: usize) -> u32 {
 /// | `UnknownChannel` | `unknown_channel` |
 /// | `UnknownPayment` | `unknown_payment` |
 /// | `PaymentFailed` | `payment_failed` |
-/// | anything else (`Seed`, `Corrupt`, `Listen`, other wallet and LDK errors) | `internal` |
+/// | anything else (`Seed`, `Identity`, `Corrupt`, `Listen`, other wallet and LDK errors) | `internal` |
 pub fn error_code(err: &NodeError) -> ErrorCode {
     match err {
         NodeError::Stopped(_) | NodeError::LeaseHeldElsewhere(_) => ErrorCode::NotActive,
@@ -219,6 +219,7 @@ pub fn error_code(err: &NodeError) -> ErrorCode {
         NodeError::UnknownPayment(_) => ErrorCode::UnknownPayment,
         NodeError::PaymentFailed(_) => ErrorCode::PaymentFailed,
         NodeError::Seed(_)
+        | NodeError::Identity(_)
         | NodeError::Corrupt(_)
         | NodeError::Listen { .. }
         | NodeError::Wallet(_)

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod esplora;
 pub mod events;
+pub mod identity;
 pub mod keys;
 pub mod logger;
 pub mod metrics;
@@ -22,4 +23,4 @@ mod tasks;
 pub mod types;
 pub mod wallet;
 
-pub use node::{Node, NodeError};
+pub use node::{Initialized, Node, NodeError};

@@ -53,6 +53,7 @@ use tokio::task::JoinHandle;
 use crate::chain::{ChainClient, ChainError};
 use crate::config::NodeConfig;
 use crate::events::EventHandler;
+use crate::identity::{self, IDENTITY_SCHEMA_VERSION, IdentityError, NodeIdentity};
 use crate::keys::WalletKeys;
 use crate::logger::TracingLogger;
 use crate::metrics::Metrics;
@@ -151,6 +152,19 @@ pub enum NodeError {
     /// The node stopped (fenced, lost its lease, or a write failed) and does nothing more.
     #[error("the node has stopped: {0}")]
     Stopped(String),
+    /// The store is not this node's: no identity record (never initialized), or another
+    /// node's or network's. The operator must act; restarting cannot help.
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+}
+
+/// What [`Node::initialize`] found or did.
+#[derive(Clone, Debug)]
+pub struct Initialized {
+    /// The store's identity record.
+    pub identity: NodeIdentity,
+    /// Whether this call recorded it (false: the store was already this node's).
+    pub created: bool,
 }
 
 fn persist_error(err: io::Error) -> NodeError {
@@ -267,9 +281,71 @@ pub fn user_config() -> UserConfig {
 }
 
 impl Node {
+    /// Records in the store of `config` that it belongs to this node (the seed's node id,
+    /// creating the seed file if there is none, and the network): what `phalanx init`
+    /// does, once, before the node's first start. Takes the lease for the write, so no
+    /// instance may be running. A store that already names this node is left as it is;
+    /// one that names another node or network is an error.
+    pub async fn initialize(config: &NodeConfig) -> Result<Initialized, NodeError> {
+        let seed = FileSeedProvider::new(config.seed_file.clone(), true).seed()?;
+        let node_id = identity::node_id_of(&seed);
+        drop(seed);
+        let store_runtime = StoreRuntime::new()?;
+        let url = config.store.url.clone();
+        let options = StoreOptions::new(config.store.cluster.clone());
+        let instance = config.store.instance_id.clone();
+        let lease_timings = config.store.lease;
+        let network = config.network;
+        let work = AbortOnDrop(store_runtime.handle().spawn(async move {
+            let store = phalanx_store_connect::connect(&url, options).await?;
+            let lease_store: Arc<dyn LeaseStore> = store.clone();
+            let campaigner = Campaigner::new(lease_store, instance, lease_timings)?;
+            let mut election = campaigner.state();
+            let leadership = tokio::select! {
+                won = campaigner.campaign() => won?,
+                holder = led_by_another(&mut election, campaigner.holder()) => {
+                    return Err(NodeError::LeaseHeldElsewhere(holder));
+                }
+            };
+            let stored = identity::read_identity(&*store).await?;
+            let outcome = match stored {
+                Some(stored) => {
+                    identity::check(&store.describe(), Some(&stored), node_id, network)?;
+                    Initialized {
+                        identity: stored,
+                        created: false,
+                    }
+                }
+                None => {
+                    let record = NodeIdentity {
+                        node_id,
+                        network,
+                        created_at_unix: SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs(),
+                        schema_version: IDENTITY_SCHEMA_VERSION,
+                    };
+                    store
+                        .write(leadership.token()?, &identity::identity_key(), record.encode())
+                        .await?;
+                    tracing::info!(%node_id, %network, store = store.describe(), "recorded the node's identity");
+                    Initialized {
+                        identity: record,
+                        created: true,
+                    }
+                }
+            };
+            leadership.resign().await?;
+            Ok::<_, NodeError>(outcome)
+        }));
+        work.join().await
+    }
+
     /// Starts the node described by `config`: loads the seed, connects to the store and
-    /// wins its leadership (waiting while another instance holds it), connects to the
-    /// chain, loads the state, syncs to the tip and starts serving peers.
+    /// wins its leadership (waiting while another instance holds it), checks that the
+    /// store is this node's ([`Node::initialize`]), connects to the chain, loads the
+    /// state, syncs to the tip and starts serving peers.
     pub async fn start(config: &NodeConfig) -> Result<Arc<Node>, NodeError> {
         Self::start_with_metrics(config, Arc::new(Metrics::new())).await
     }
@@ -281,6 +357,8 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Node>, NodeError> {
         let seed = FileSeedProvider::new(config.seed_file.clone(), true).seed()?;
+        let node_id = identity::node_id_of(&seed);
+        let network = config.network;
         let store_runtime = StoreRuntime::new()?;
         let url = config.store.url.clone();
         let options = StoreOptions::new(config.store.cluster.clone());
@@ -307,6 +385,10 @@ impl Node {
                     }
                 }
             };
+            // Before anything is loaded or announced: an empty or foreign store is never
+            // taken for this node's.
+            let stored = identity::read_identity(&*store).await?;
+            identity::check(&store.describe(), stored.as_ref(), node_id, network)?;
             Ok::<_, NodeError>((store, leadership))
         }));
         let (store, leadership) = won.join().await?;

@@ -37,9 +37,17 @@ pub struct ConfigFile<'a> {
 }
 
 impl ConfigFile<'_> {
-    /// Writes `phalanx.toml` in the data directory; returns its path. Peers listen on an
+    /// Writes `phalanx.toml` in the data directory and initializes the node's store with
+    /// it (`phalanx init`, as an operator does once); returns its path. Peers listen on an
     /// ephemeral port, the chain is polled every 100 ms, forwards are not delayed.
     pub fn write(&self) -> PathBuf {
+        let path = self.write_uninitialized();
+        initialize(&path);
+        path
+    }
+
+    /// As [`Self::write`], without initializing the store.
+    pub fn write_uninitialized(&self) -> PathBuf {
         std::fs::create_dir_all(self.data_dir).unwrap();
         let text = format!(
             r#"
@@ -140,6 +148,27 @@ pub fn phalanx(name: &str, args: &[&str], env: &[(&str, &str)]) -> Phalanx {
         stdout,
         stderr,
     }
+}
+
+/// Runs `phalanx init --config <config>` to its end and returns its output; fails the
+/// test unless it succeeds.
+pub fn initialize(config: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["init", "--config", config.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run phalanx init");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "phalanx init --config {} failed ({}):\n{stdout}{}",
+        config.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 /// `phalanx node --config <config> extra...`.

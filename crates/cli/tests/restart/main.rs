@@ -281,9 +281,11 @@ impl World {
             .ensure_funds(Amount::from_sat(ALICE_FUNDS_SAT + 100_000))
             .await
             .expect("the chain wallet gathers coins");
-        let bob = Node::start(&node_config(chain.config(), &dir, "bob", None).unwrap())
+        let bob_config = node_config(chain.config(), &dir, "bob", None).unwrap();
+        Node::initialize(&bob_config)
             .await
-            .expect("bob starts");
+            .expect("bob's store is initialized");
+        let bob = Node::start(&bob_config).await.expect("bob starts");
         Self {
             dir,
             store_url,

@@ -216,8 +216,15 @@ pub fn channel_balance_msat(node: &Node, peer: bitcoin::secp256k1::PublicKey) ->
         .sum()
 }
 
-/// Starts a node, failing the test with the error if it does not start.
+/// Initializes the node's store (as `phalanx init` does; a no-op once done) and starts
+/// the node, failing the test with the error if it does not start.
 pub async fn start(config: &NodeConfig) -> Arc<Node> {
+    Node::initialize(config).await.unwrap_or_else(|err| {
+        panic!(
+            "node {} was not initialized: {err}",
+            config.data_dir.display()
+        )
+    });
     Node::start(config)
         .await
         .unwrap_or_else(|err| panic!("node {} did not start: {err}", config.data_dir.display()))
