@@ -1,6 +1,7 @@
 //! The tests every backend must pass. Each takes an [`Env`]: the backend's harness and
 //! the path of the holder binary for the crash tests.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -751,9 +752,16 @@ pub async fn clusters_on_one_store_are_separate(env: &Env<'_>) {
     let lease_two = try_win(two.as_ref(), "b", Duration::from_secs(30))
         .await
         .expect("separate lease");
+    let history: Vec<_> = two
+        .epoch_history(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| (record.epoch, record.holder))
+        .collect();
     assert_eq!(
-        lease_two.token().epoch(),
-        Epoch(1),
+        history,
+        [(lease_two.token().epoch(), "b".to_owned())],
         "epochs are per cluster"
     );
     assert_eq!(
@@ -920,13 +928,20 @@ pub async fn a_holder_paused_past_its_ttl_is_fenced_when_it_resumes(env: &Env<'_
 }
 
 /// SIGKILL of a holder in the middle of a write loop loses no acknowledged write, and the
-/// next leader takes over with a higher epoch.
+/// next leader takes over with a higher epoch. Rounds go on until
+/// [`MID_WRITE_KILLS`] holders were killed while writing (a starved machine may make a
+/// holder fence itself first, which proves nothing about a kill); fewer than
+/// [`REQUIRED_MID_WRITE_KILLS`] in [`MAX_KILL_ROUNDS`] rounds fails the test.
 pub async fn kill_9_loses_no_acknowledged_write(env: &Env<'_>) {
     let url = env.harness.fresh_url();
     let timings = env.harness.timings();
     let other = open(&url, "c").await;
     let mut last_epoch = 0;
-    for round in 0..3 {
+    let mut killed_writing = 0;
+    let mut rounds = 0;
+    while killed_writing < MID_WRITE_KILLS && rounds < MAX_KILL_ROUNDS {
+        let round = rounds;
+        rounds += 1;
         let mut holder = HolderProcess::spawn(
             env.holder_binary,
             &url,
@@ -941,12 +956,15 @@ pub async fn kill_9_loses_no_acknowledged_write(env: &Env<'_>) {
             30 + rand::random::<u32>() as usize % 100,
             Duration::from_secs(30),
         );
-        if fenced {
-            // What it acknowledged before it stopped must survive all the same.
-            eprintln!("round {round}: the holder fenced itself before the kill");
-        }
         holder.signal(Signal::SIGKILL);
-        let _ = holder.wait_exit(Duration::from_secs(10));
+        let status = holder.wait_exit(Duration::from_secs(10));
+        let fenced = fenced || holder.lines().iter().any(|line| line.starts_with("FENCED"));
+        if !fenced && status.signal() == Some(Signal::SIGKILL as i32) {
+            killed_writing += 1;
+        } else {
+            // What it acknowledged before it stopped must survive all the same.
+            eprintln!("round {round}: the holder fenced itself before the kill ({status})");
+        }
         let acked = holder.acked();
         let lease = win_within(other.as_ref(), "survivor", timings.ttl, timings.ttl * 6).await;
         assert!(lease.token().epoch().0 > epoch);
@@ -959,4 +977,16 @@ pub async fn kill_9_loses_no_acknowledged_write(env: &Env<'_>) {
         }
         lease.resign().await.unwrap();
     }
+    assert!(
+        killed_writing >= REQUIRED_MID_WRITE_KILLS,
+        "only {killed_writing} of {rounds} holders were killed while writing (the others fenced \
+         themselves first): too few to show anything about a kill in the middle of a write"
+    );
 }
+
+/// Holders killed while writing that [`kill_9_loses_no_acknowledged_write`] aims for.
+pub const MID_WRITE_KILLS: usize = 3;
+/// Holders killed while writing that it requires.
+pub const REQUIRED_MID_WRITE_KILLS: usize = 2;
+/// Rounds it runs at most.
+pub const MAX_KILL_ROUNDS: usize = 10;

@@ -9,7 +9,7 @@
 //! | key | value |
 //! |---|---|
 //! | `lease/leader` | the current epoch, decimal; bound to the holder's etcd lease |
-//! | `lease/epoch` | the last epoch ever granted, decimal |
+//! | `lease/epoch` | the last epoch granted, decimal |
 //! | `epochs/{epoch:020}` | `holder\nunix_ms` of each leadership |
 //! | `kv/{primary}/{secondary}/{key}` | a value |
 //! | `ver/{primary}/{secondary}/{key}` | the version (epoch, write sequence) that last changed it |
@@ -19,7 +19,9 @@
 //! # Lease and fencing
 //! Winning is one `Txn`: if the leader key does not exist and the epoch counter is
 //! unchanged since read, put the leader key (bound to a fresh etcd lease), the next epoch
-//! and its history record. The etcd lease expires by the etcd leader's clock a TTL after
+//! and its history record. The next epoch is past both the counter and the store's
+//! revision as read: epochs increase, not by one, and a snapshot restored with
+//! `--bump-revision` (see docs/operations.md) never issues an epoch again. The etcd lease expires by the etcd leader's clock a TTL after
 //! the last keep-alive, which deletes the leader key; resigning revokes it at once.
 //! Campaigners watch the leader key and try again when it is deleted.
 //!
@@ -468,7 +470,12 @@ impl LeaseStore for EtcdStore {
                 ),
                 None => (Epoch(0), 0),
             };
-            let epoch = Epoch(last_epoch.0 + 1);
+            // Past the store's revision, not only past the counter: a snapshot restore
+            // rolls the counter back, but restored with `--bump-revision` the revision
+            // moves past every revision (and so every epoch) issued before, so an epoch
+            // granted after a restore can never be one an old holder still has.
+            let store_revision = counter.header().map_or(0, |header| header.revision());
+            let epoch = Epoch((last_epoch.0 + 1).max(store_revision.max(0) as u64 + 1));
             let txn = Txn::new()
                 .when([
                     Compare::create_revision(keys.leader(), CompareOp::Equal, 0),

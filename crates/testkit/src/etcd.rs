@@ -2,7 +2,7 @@
 //! or a cluster of several.
 
 use std::fs::{self, File};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -334,6 +334,58 @@ impl EtcdServer {
             self.wait_healthy(index)?;
         }
         Ok(())
+    }
+
+    /// Saves a snapshot of the (single-member) server's data to `path`, as an operator's
+    /// backup would (`etcdctl snapshot save`).
+    pub fn save_snapshot(&self, path: &Path) -> anyhow::Result<()> {
+        anyhow::ensure!(self.options.members == 1, "snapshots of one member only");
+        let output = self
+            .etcdctl(&self.endpoint(0))?
+            .args(["snapshot", "save"])
+            .arg(path)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "etcdctl snapshot save failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    /// Replaces the (single-member) server's data with the snapshot at `path`, as a
+    /// disaster recovery does: stop the member, `etcdctl snapshot restore` into a fresh
+    /// data directory, start it on the same ports.
+    pub fn restore_snapshot(&self, path: &Path) -> anyhow::Result<()> {
+        anyhow::ensure!(self.options.members == 1, "snapshots of one member only");
+        self.kill_member(0);
+        let (name, data, peer_port) = {
+            let members = self.members.lock().unwrap();
+            let member = &members[0];
+            (
+                member.name.clone(),
+                member.data_dir.join("data"),
+                member.peer_port,
+            )
+        };
+        fs::remove_dir_all(&data)?;
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let output = Command::new(etcd_binary("etcdctl")?)
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(path)
+            .arg(format!("--name={name}"))
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--initial-cluster={name}={peer_url}"))
+            .arg("--initial-cluster-token=phalanx-test")
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "etcdctl snapshot restore failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.restart_member(0)
     }
 
     /// The last lines of member `index`'s log.
