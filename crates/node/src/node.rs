@@ -57,7 +57,7 @@ use crate::identity::{self, IDENTITY_SCHEMA_VERSION, IdentityError, NodeIdentity
 use crate::keys::WalletKeys;
 use crate::logger::TracingLogger;
 use crate::metrics::Metrics;
-use crate::payments::{Direction, PaymentRecord, PaymentStatus, PaymentStore};
+use crate::payments::{Direction, PaymentLocks, PaymentRecord, PaymentStatus, PaymentStore};
 use crate::peers::{self, AddressBook, PeerError};
 use crate::persist::{FailStop, FailStopPersister};
 use crate::tasks::{Runs, Supervisor};
@@ -183,6 +183,8 @@ pub struct Node {
     network_graph: Arc<NetworkGraph>,
     wallet: Arc<OnchainWallet>,
     payments: Arc<PaymentStore>,
+    /// Serializes the calls that start one payment (see `PaymentLocks`).
+    payment_locks: PaymentLocks,
     address_book: Arc<AddressBook>,
     events: Arc<EventHandler>,
     sweeper: Arc<OutputSweeper>,
@@ -666,6 +668,7 @@ impl Node {
             network_graph: Arc::clone(&network_graph),
             wallet: Arc::clone(&wallet),
             payments,
+            payment_locks: PaymentLocks::default(),
             address_book,
             events: Arc::clone(&events),
             sweeper: Arc::clone(&sweeper),
@@ -1266,6 +1269,8 @@ impl Node {
         // One payment per invoice: the id is the hash, so paying twice is refused by LDK too.
         let payment_id = PaymentId(payment_hash.0);
         let id = hex::encode(payment_id.0);
+        // Concurrent calls for one invoice take turns: the later one finds the record.
+        let _turn = self.payment_locks.lock(payment_id.0).await;
         if let Some(existing) = self.payments.get(Direction::Outbound, &id) {
             match existing.status {
                 PaymentStatus::Succeeded => {

@@ -238,3 +238,54 @@ impl PaymentStore {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// One lock per payment id, for the calls that start a payment: two concurrent calls to
+/// pay one invoice must not both find no record and both hand it to LDK (which refuses
+/// the second, whose failure would then mark the first's record failed while it is in
+/// flight). Locks nobody holds are forgotten.
+#[derive(Default)]
+pub(crate) struct PaymentLocks {
+    locks: Mutex<HashMap<[u8; 32], std::sync::Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl PaymentLocks {
+    /// Waits for the lock of payment `id`.
+    pub(crate) async fn lock(&self, id: [u8; 32]) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.retain(|_, lock| lock.strong_count() > 0);
+            match locks.get(&id).and_then(std::sync::Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(id, std::sync::Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use std::time::Duration;
+
+    use super::PaymentLocks;
+
+    #[tokio::test]
+    async fn one_payment_id_is_started_by_one_call_at_a_time() {
+        let locks = PaymentLocks::default();
+        let first = locks.lock([1; 32]).await;
+        // Another id is free; the same id waits.
+        drop(locks.lock([2; 32]).await);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), locks.lock([1; 32])).await;
+        assert!(waiting.is_err(), "a second call got the lock of a held id");
+        drop(first);
+        drop(locks.lock([1; 32]).await);
+        assert!(
+            locks.locks.lock().unwrap().len() <= 1,
+            "locks nobody holds are forgotten"
+        );
+    }
+}

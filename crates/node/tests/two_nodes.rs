@@ -96,21 +96,49 @@ async fn two_nodes_open_pay_both_ways_keysend_and_close_cooperatively() {
     .await;
     let keysend = 2_500_000;
 
-    let bob_msat = push_msat + to_bob + keysend - to_alice;
+    // One invoice paid by two concurrent calls (a client's retry racing its first try):
+    // both get the one payment, which is never recorded as failed, and is paid once.
+    let twice = 1_500_000;
+    let invoice = bob
+        .create_invoice(Some(twice), "paid by two calls", None)
+        .await
+        .unwrap()
+        .to_string();
+    let (first, second) = tokio::join!(
+        alice.pay_invoice(&invoice, None),
+        alice.pay_invoice(&invoice, None)
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first, second);
+    let status = alice.payment(Direction::Outbound, &first).unwrap().status;
+    assert_ne!(
+        status,
+        PaymentStatus::Failed,
+        "an in-flight payment recorded as failed"
+    );
+    let paid = alice.wait_payment(&first, PAYMENT_TIMEOUT).await.unwrap();
+    assert_eq!(paid.status, PaymentStatus::Succeeded, "{paid:?}");
+    wait_for("bob to record the payment", PAYMENT_TIMEOUT, || async {
+        bob.payment(Direction::Inbound, &paid.payment_hash)
+            .filter(|r| r.status == PaymentStatus::Succeeded)
+    })
+    .await;
+
+    let bob_msat = push_msat + to_bob + keysend + twice - to_alice;
     assert_eq!(
         alice
             .list_payments()
             .iter()
             .filter(|p| p.direction == Direction::Outbound)
             .count(),
-        101
+        102
     );
     assert_eq!(
         bob.list_payments()
             .iter()
             .filter(|p| p.direction == Direction::Inbound && p.status == PaymentStatus::Succeeded)
             .count(),
-        101
+        102
     );
 
     // Cooperative close: the funds come back on chain to both wallets.
