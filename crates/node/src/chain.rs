@@ -77,6 +77,58 @@ pub enum ChainError {
         /// What was wrong.
         message: String,
     },
+    /// Broadcasting is switched off (the instance is fenced, stopping, or past its
+    /// lease): nothing was sent.
+    #[error(
+        "not broadcasting: this instance is not the active one (fenced, stopping or past its lease)"
+    )]
+    BroadcastStopped,
+}
+
+/// What a failed broadcast says about whether the transaction went out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BroadcastOutcome {
+    /// It was never accepted: bitcoind refused it, or nothing was sent.
+    Refused,
+    /// bitcoind has it already (confirmed): as good as sent.
+    AlreadyConfirmed,
+    /// The answer was lost (a timeout, a dropped connection, garbage): it may be in a
+    /// mempool now, or later.
+    Unknown,
+}
+
+/// bitcoind's `RPC_DESERIALIZATION_ERROR`, `RPC_VERIFY_ERROR`, `RPC_VERIFY_REJECTED` and
+/// `RPC_VERIFY_ALREADY_IN_CHAIN`.
+const RPC_DESERIALIZATION_ERROR: i64 = -22;
+const RPC_VERIFY_ERROR: i64 = -25;
+const RPC_VERIFY_REJECTED: i64 = -26;
+const RPC_VERIFY_ALREADY_IN_CHAIN: i64 = -27;
+
+impl ChainError {
+    /// What this error from [`ChainClient::broadcast`] says about the transaction.
+    pub fn broadcast_outcome(&self) -> BroadcastOutcome {
+        match self {
+            ChainError::BroadcastStopped
+            | ChainError::Unauthorized { .. }
+            | ChainError::WrongNetwork { .. } => BroadcastOutcome::Refused,
+            ChainError::Rpc { code, .. } if *code == RPC_VERIFY_ALREADY_IN_CHAIN => {
+                BroadcastOutcome::AlreadyConfirmed
+            }
+            ChainError::Rpc { code, .. }
+                if [
+                    RPC_DESERIALIZATION_ERROR,
+                    RPC_VERIFY_ERROR,
+                    RPC_VERIFY_REJECTED,
+                ]
+                .contains(code) =>
+            {
+                BroadcastOutcome::Refused
+            }
+            ChainError::Rpc { .. }
+            | ChainError::Unreachable { .. }
+            | ChainError::Invalid { .. } => BroadcastOutcome::Unknown,
+        }
+    }
 }
 
 /// Longest wait for one RPC call (the HTTP client's own limit is minutes).
@@ -275,9 +327,10 @@ impl ChainClient {
     }
 
     /// Broadcasts one transaction, or a package (child last) with `submitpackage`.
+    /// Switched off ([`Self::is_broadcasting`]), it sends nothing and says so.
     pub async fn broadcast(&self, txs: Vec<Transaction>) -> Result<Vec<Txid>, ChainError> {
         if !self.is_broadcasting() {
-            return Ok(Vec::new());
+            return Err(ChainError::BroadcastStopped);
         }
         let txs = topological(txs);
         let through_bitcoind = self.broadcast_to_bitcoind(&txs).await;

@@ -204,7 +204,10 @@ pub fn error_code(err: &NodeError) -> ErrorCode {
         NodeError::Persist(err)
         | NodeError::Wallet(WalletError::Store(err))
         | NodeError::Peer(PeerError::Store { source: err, .. }) => io_code(err),
-        NodeError::Chain(_) | NodeError::Sync(_) => ErrorCode::ChainUnavailable,
+        NodeError::Chain(ChainError::BroadcastStopped) => ErrorCode::NotActive,
+        NodeError::Chain(_) | NodeError::Sync(_) | NodeError::SendOutcomeUnknown { .. } => {
+            ErrorCode::ChainUnavailable
+        }
         NodeError::InvalidInvoice(_) => ErrorCode::InvalidInvoice,
         NodeError::Wallet(WalletError::InvalidAddress(_)) => ErrorCode::InvalidAddress,
         NodeError::InsufficientFunds(_)
@@ -254,13 +257,15 @@ fn is_refusal(message: &str) -> bool {
 const _: fn(ErrorKind) = |kind| match kind {
     ErrorKind::NotFound | ErrorKind::Fenced | ErrorKind::Transient | ErrorKind::Permanent => {}
 };
-// Same for the chain's errors: all of them are `chain_unavailable`.
+// Same for the chain's errors: all of them are `chain_unavailable`, but a broadcaster
+// switched off (`not_active`).
 const _: fn(&ChainError) = |err| match err {
     ChainError::Unreachable { .. }
     | ChainError::Unauthorized { .. }
     | ChainError::WrongNetwork { .. }
     | ChainError::Rpc { .. }
-    | ChainError::Invalid { .. } => {}
+    | ChainError::Invalid { .. }
+    | ChainError::BroadcastStopped => {}
 };
 
 /// The facts of a channel that decide its [`ChannelState`].

@@ -50,7 +50,7 @@ use phalanx_store::{LdkKvStore, LeaseStore, StateStore, StoreError, StoreOptions
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::chain::{ChainClient, ChainError};
+use crate::chain::{BroadcastOutcome, ChainClient, ChainError};
 use crate::config::NodeConfig;
 use crate::events::EventHandler;
 use crate::identity::{self, IDENTITY_SCHEMA_VERSION, IdentityError, NodeIdentity};
@@ -71,6 +71,8 @@ use crate::wallet::{OnchainWallet, WalletBalance, WalletError};
 pub const PAYMENT_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the node tries to reconnect to channel peers it is not connected to.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the wallet's unconfirmed transactions are broadcast again.
+pub const WALLET_REBROADCAST_INTERVAL: Duration = Duration::from_secs(60);
 /// How often fee estimates are refreshed.
 pub const FEE_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a cooperative close is retried while LDK is busy with the channel.
@@ -152,6 +154,17 @@ pub enum NodeError {
     /// The node stopped (fenced, lost its lease, or a write failed) and does nothing more.
     #[error("the node has stopped: {0}")]
     Stopped(String),
+    /// An on-chain send was handed to the chain source, whose answer was lost: the
+    /// transaction is kept (its coins stay spent) and rebroadcast until it confirms.
+    #[error(
+        "transaction {txid} was sent but the chain source's answer was lost ({reason}): it is kept and rebroadcast, and may confirm; look it up before sending again"
+    )]
+    SendOutcomeUnknown {
+        /// The transaction.
+        txid: Txid,
+        /// What happened.
+        reason: String,
+    },
     /// The store is not this node's: no identity record (never initialized), or another
     /// node's or network's. The operator must act; restarting cannot help.
     #[error("{0}")]
@@ -756,6 +769,15 @@ impl Node {
             ),
         ));
         tasks.push(supervisor.spawn(
+            "the wallet rebroadcaster",
+            Runs::UntilShutdown,
+            wallet_rebroadcaster(
+                Arc::clone(&wallet),
+                Arc::clone(&chain),
+                node.shutdown.subscribe(),
+            ),
+        ));
+        tasks.push(supervisor.spawn(
             "the fee refresher",
             Runs::UntilShutdown,
             fee_refresher(Arc::clone(&chain), node.shutdown.subscribe()),
@@ -943,9 +965,23 @@ impl Node {
         let tx = self.wallet.create_send(address, amount, fee_rate)?;
         let txid = tx.compute_txid();
         if let Err(err) = self.chain.broadcast(vec![tx]).await {
-            // Never sent: its inputs are ours to spend again.
-            let _ = self.wallet.forget_transaction(txid);
-            return Err(err.into());
+            match err.broadcast_outcome() {
+                BroadcastOutcome::Refused => {
+                    // Never accepted: its inputs are ours to spend again.
+                    let _ = self.wallet.forget_transaction(txid);
+                    return Err(err.into());
+                }
+                BroadcastOutcome::AlreadyConfirmed => {}
+                BroadcastOutcome::Unknown => {
+                    // It may be in a mempool: forgetting it would let a retried
+                    // withdrawal pay again from other coins. The rebroadcaster sends it.
+                    tracing::warn!(%txid, %address, error = %err, "on-chain send: outcome unknown; keeping the transaction");
+                    return Err(NodeError::SendOutcomeUnknown {
+                        txid,
+                        reason: err.to_string(),
+                    });
+                }
+            }
         }
         tracing::info!(%txid, %address, ?amount, "sent on chain");
         Ok(txid)
@@ -1827,6 +1863,37 @@ async fn htlc_processor(
         }
         if channel_manager.needs_pending_htlc_processing() {
             channel_manager.process_pending_htlc_forwards();
+        }
+    }
+}
+
+/// Sends the wallet's unconfirmed transactions again, at once and then every
+/// [`WALLET_REBROADCAST_INTERVAL`]: one recorded before a crash and never broadcast, or
+/// whose broadcast's answer was lost, would otherwise keep its coins locked, unsent, for
+/// good. bitcoind answers a transaction it already has with success, so this is cheap.
+async fn wallet_rebroadcaster(
+    wallet: Arc<OnchainWallet>,
+    chain: Chain,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        for tx in wallet.unconfirmed_sends() {
+            let txid = tx.compute_txid();
+            match chain.broadcast(vec![tx]).await {
+                Ok(_) => tracing::debug!(%txid, "rebroadcast an unconfirmed wallet transaction"),
+                Err(ChainError::BroadcastStopped) => {
+                    // Switched off: the node is stopping; wait for it.
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(%txid, error = %err, "rebroadcasting an unconfirmed wallet transaction failed")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(WALLET_REBROADCAST_INTERVAL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
 }

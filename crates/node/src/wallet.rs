@@ -480,6 +480,26 @@ impl OnchainWallet {
         }
     }
 
+    /// The wallet's own unconfirmed transactions (those spending its coins: sends,
+    /// channel fundings), parents before children: what it must keep broadcasting until
+    /// they confirm. Transactions that conflict with a confirmed one are not listed.
+    pub fn unconfirmed_sends(&self) -> Vec<Transaction> {
+        let inner = self.lock();
+        let mut sends: Vec<(u64, Transaction)> = inner
+            .wallet
+            .transactions()
+            .filter(|tx| tx.chain_position.is_unconfirmed())
+            .filter(|tx| inner.wallet.sent_and_received(&tx.tx_node.tx).0 > Amount::ZERO)
+            .map(|tx| {
+                let first_seen = tx.tx_node.first_seen.unwrap_or(0);
+                (first_seen, (*tx.tx_node.tx).clone())
+            })
+            .collect();
+        // First seen first, which puts a parent before the child spending its change.
+        sends.sort_by_key(|(first_seen, _)| *first_seen);
+        sends.into_iter().map(|(_, tx)| tx).collect()
+    }
+
     /// The unspent outputs, unconfirmed ones included (but not those spent by a
     /// transaction the wallet recorded).
     pub fn list_utxos(&self) -> Vec<WalletUtxo> {

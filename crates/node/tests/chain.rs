@@ -164,13 +164,10 @@ async fn broadcasts_single_transactions_and_packages_until_stopped() {
         .build_send(&to_wallet, Amount::from_sat(30_000))
         .unwrap();
     client.broadcast_transactions(&[(&late, TransactionType::Sweep { channels: vec![] })]);
-    assert!(
-        client
-            .broadcast(vec![late.clone()])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(matches!(
+        client.broadcast(vec![late.clone()]).await,
+        Err(ChainError::BroadcastStopped)
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!regtest.chain().history().contains(&late.compute_txid()));
 }
@@ -291,4 +288,37 @@ async fn every_broadcast_also_goes_to_esplora_when_configured() {
             .unwrap_or_else(|| panic!("{bad} was accepted"));
         assert!(err.to_string().contains(bad), "{err}");
     }
+}
+
+/// Switched off, `broadcast` says that nothing was sent, instead of an empty success a
+/// caller would take for "sent"; and bitcoind's answers are told apart by what they
+/// mean for the transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcaster_switched_off_reports_that_nothing_was_sent() {
+    use phalanx_node::chain::BroadcastOutcome;
+    let regtest = regtest().await;
+    let client = ChainClient::connect(
+        &config(&regtest, false),
+        Network::Regtest,
+        tokio::runtime::Handle::current(),
+    )
+    .await
+    .unwrap();
+    let tx = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![],
+        output: vec![],
+    };
+    // A transaction bitcoind refuses outright is a refusal.
+    let refused = client.broadcast(vec![tx.clone()]).await.unwrap_err();
+    assert_eq!(
+        refused.broadcast_outcome(),
+        BroadcastOutcome::Refused,
+        "{refused}"
+    );
+    client.stop_broadcasting();
+    let err = client.broadcast(vec![tx]).await.unwrap_err();
+    assert!(matches!(err, ChainError::BroadcastStopped), "{err}");
+    assert_eq!(err.broadcast_outcome(), BroadcastOutcome::Refused);
 }
