@@ -25,7 +25,7 @@ use lightning_block_sync::gossip::UtxoSource;
 use lightning_block_sync::rest::RestClient;
 use lightning_block_sync::rpc::{RpcClient, RpcClientError};
 use lightning_block_sync::{BlockData, BlockHeaderData, BlockSource, BlockSourceResult};
-use phalanx_store::FenceSource;
+use phalanx_store::{Epoch, FenceSource, LeaseStore};
 use serde_json::{Value, json};
 
 use crate::config::ChainConfig;
@@ -77,6 +77,10 @@ pub enum ChainError {
         /// What was wrong.
         message: String,
     },
+    /// The store did not confirm that this instance still holds its lease: nothing was
+    /// sent.
+    #[error("not broadcasting: {0}")]
+    LeaseNotConfirmed(String),
     /// Broadcasting is switched off (the instance is fenced, stopping, or past its
     /// lease): nothing was sent.
     #[error(
@@ -109,6 +113,7 @@ impl ChainError {
     pub fn broadcast_outcome(&self) -> BroadcastOutcome {
         match self {
             ChainError::BroadcastStopped
+            | ChainError::LeaseNotConfirmed(_)
             | ChainError::Unauthorized { .. }
             | ChainError::WrongNetwork { .. } => BroadcastOutcome::Refused,
             ChainError::Rpc { code, .. } if *code == RPC_VERIFY_ALREADY_IN_CHAIN => {
@@ -163,6 +168,13 @@ const ALL_TARGETS: [ConfirmationTarget; 8] = [
     ConfirmationTarget::OutputSpendingFee,
 ];
 
+/// The store and epoch a broadcast must be confirmed with.
+struct LeaseCheck {
+    store: Arc<dyn LeaseStore>,
+    epoch: Epoch,
+    runtime: tokio::runtime::Handle,
+}
+
 /// How blocks are fetched.
 enum Blocks {
     Rpc,
@@ -179,6 +191,8 @@ pub struct ChainClient {
     broadcasting: AtomicBool,
     /// The leadership broadcasts depend on, once won.
     lease: std::sync::OnceLock<Arc<dyn FenceSource>>,
+    /// The store that confirms that leadership before each broadcast.
+    lease_check: std::sync::OnceLock<LeaseCheck>,
     /// A second broadcast source, if configured.
     esplora: Option<crate::esplora::Esplora>,
     runtime: tokio::runtime::Handle,
@@ -213,6 +227,7 @@ impl ChainClient {
             fees: RwLock::new(FeeTable(HashMap::new())),
             broadcasting: AtomicBool::new(true),
             lease: std::sync::OnceLock::new(),
+            lease_check: std::sync::OnceLock::new(),
             runtime,
         });
         let info = client.call("getblockchaininfo", &[]).await?;
@@ -317,6 +332,74 @@ impl ChainClient {
         }
     }
 
+    /// Before each broadcast, confirms with one round trip to `store` (run on
+    /// `store_runtime`) that the lease is still `epoch`'s. The local deadline alone cannot
+    /// tell: the monotonic clock does not advance while a VM is paused, so a thawed
+    /// ex-leader believes its lease runs while a standby has long taken over. Set once.
+    pub fn confirm_lease_with(
+        &self,
+        store: Arc<dyn LeaseStore>,
+        epoch: Epoch,
+        store_runtime: tokio::runtime::Handle,
+    ) {
+        let check = LeaseCheck {
+            store,
+            epoch,
+            runtime: store_runtime,
+        };
+        if self.lease_check.set(check).is_err() {
+            tracing::warn!("the broadcaster already confirms a lease");
+        }
+    }
+
+    /// Confirms the lease (see [`Self::confirm_lease_with`]); a lease another epoch
+    /// holds switches broadcasting off for good.
+    async fn confirm_lease(&self) -> Result<(), ChainError> {
+        let Some(check) = self.lease_check.get() else {
+            return Ok(());
+        };
+        let store = Arc::clone(&check.store);
+        let read = check
+            .runtime
+            .spawn(async move { store.current_lease().await });
+        let answer = match tokio::time::timeout(RPC_TIMEOUT, read).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(join)) => {
+                return Err(ChainError::LeaseNotConfirmed(format!(
+                    "the lease check failed: {join}"
+                )));
+            }
+            Err(_) => {
+                return Err(ChainError::LeaseNotConfirmed(format!(
+                    "the store did not answer within {RPC_TIMEOUT:?}"
+                )));
+            }
+        };
+        match answer {
+            Ok(Some(info))
+                if info.epoch == check.epoch
+                    && info.expires_in != Some(std::time::Duration::ZERO) =>
+            {
+                Ok(())
+            }
+            Ok(other) => {
+                self.stop_broadcasting();
+                let now = match other {
+                    Some(info) => format!("{} holds epoch {}", info.holder, info.epoch),
+                    None => "nobody holds it".to_owned(),
+                };
+                Err(ChainError::LeaseNotConfirmed(format!(
+                    "the lease of epoch {} is gone ({now})",
+                    check.epoch
+                )))
+            }
+            Err(err) => Err(ChainError::LeaseNotConfirmed(format!(
+                "the store could not confirm the lease: {}",
+                err.report()
+            ))),
+        }
+    }
+
     /// Whether broadcasting is still allowed.
     pub fn is_broadcasting(&self) -> bool {
         self.broadcasting.load(Ordering::SeqCst)
@@ -332,11 +415,19 @@ impl ChainClient {
         if !self.is_broadcasting() {
             return Err(ChainError::BroadcastStopped);
         }
+        self.confirm_lease().await?;
         let txs = topological(txs);
+        // Each sink checks the deadline again: the round trips before it take time.
+        if !self.is_broadcasting() {
+            return Err(ChainError::BroadcastStopped);
+        }
         let through_bitcoind = self.broadcast_to_bitcoind(&txs).await;
         let Some(esplora) = &self.esplora else {
             return through_bitcoind;
         };
+        if !self.is_broadcasting() {
+            return through_bitcoind;
+        }
         // Parents first, so each child finds its inputs.
         let mut esplora_accepted_all = true;
         for tx in &txs {

@@ -204,7 +204,9 @@ pub fn error_code(err: &NodeError) -> ErrorCode {
         NodeError::Persist(err)
         | NodeError::Wallet(WalletError::Store(err))
         | NodeError::Peer(PeerError::Store { source: err, .. }) => io_code(err),
-        NodeError::Chain(ChainError::BroadcastStopped) => ErrorCode::NotActive,
+        NodeError::Chain(ChainError::BroadcastStopped | ChainError::LeaseNotConfirmed(_)) => {
+            ErrorCode::NotActive
+        }
         NodeError::Chain(_) | NodeError::Sync(_) | NodeError::SendOutcomeUnknown { .. } => {
             ErrorCode::ChainUnavailable
         }
@@ -265,7 +267,8 @@ const _: fn(&ChainError) = |err| match err {
     | ChainError::WrongNetwork { .. }
     | ChainError::Rpc { .. }
     | ChainError::Invalid { .. }
-    | ChainError::BroadcastStopped => {}
+    | ChainError::BroadcastStopped
+    | ChainError::LeaseNotConfirmed(_) => {}
 };
 
 /// The facts of a channel that decide its [`ChannelState`].

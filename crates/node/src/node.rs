@@ -430,6 +430,7 @@ impl Node {
         ));
         let chain = ChainClient::connect(&config.chain, config.network, runtime.clone()).await?;
         chain.broadcast_only_while(leadership.fence());
+        chain.confirm_lease_with(store.clone(), epoch, store_runtime.handle().clone());
         let logger: Logger = Arc::new(TracingLogger);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -322,3 +322,63 @@ async fn a_broadcaster_switched_off_reports_that_nothing_was_sent() {
     assert!(matches!(err, ChainError::BroadcastStopped), "{err}");
     assert_eq!(err.broadcast_outcome(), BroadcastOutcome::Refused);
 }
+
+/// A frozen VM: its monotonic clock stood still, so its leadership's local deadline has
+/// not passed, yet a standby took the lease meanwhile. Each broadcast first asks the
+/// store, so the thawed instance sends nothing and stops broadcasting for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_over_meanwhile_stops_the_broadcast() {
+    use phalanx_store::testing::{must_win, win_within};
+    use phalanx_store::{ClusterName, StoreOptions};
+    let regtest = regtest().await;
+    regtest.mine(101, None);
+    let client = ChainClient::connect(
+        &config(&regtest, false),
+        Network::Regtest,
+        tokio::runtime::Handle::current(),
+    )
+    .await
+    .unwrap();
+    let url = phalanx_testkit::postgres::shared()
+        .fresh_database()
+        .unwrap();
+    let options = StoreOptions::new(ClusterName::new("thaw").unwrap());
+    let frozen = phalanx_store_connect::connect(&url, options.clone())
+        .await
+        .unwrap();
+    let standby = phalanx_store_connect::connect(&url, options).await.unwrap();
+    let ttl = Duration::from_secs(1);
+    let lease = must_win(frozen.as_ref(), "frozen", ttl).await;
+    client.confirm_lease_with(
+        frozen.clone(),
+        lease.token().epoch(),
+        tokio::runtime::Handle::current(),
+    );
+    let to_wallet = regtest.chain().wallet().default_address().script_pubkey();
+    let send = |sat| {
+        regtest
+            .chain()
+            .build_send(&to_wallet, Amount::from_sat(sat))
+            .unwrap()
+    };
+
+    let before = send(40_000);
+    client.broadcast(vec![before.clone()]).await.unwrap();
+    assert!(regtest.chain().mempool().contains(&before.compute_txid()));
+
+    // The lease is not renewed (the VM is paused); the standby wins after the TTL.
+    let _taken = win_within(standby.as_ref(), "standby", ttl, Duration::from_secs(30)).await;
+    let after = send(30_000);
+    let err = client.broadcast(vec![after.clone()]).await.unwrap_err();
+    assert!(
+        matches!(err, ChainError::LeaseNotConfirmed(ref why) if why.contains("standby holds epoch")),
+        "{err}"
+    );
+    assert!(
+        !client.is_broadcasting(),
+        "a lost lease switches broadcasting off"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!regtest.chain().history().contains(&after.compute_txid()));
+    drop(lease);
+}
