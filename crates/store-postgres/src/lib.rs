@@ -89,7 +89,8 @@ const CURRENT_LEASE: &str = "SELECT holder, epoch,
      FROM phalanx_lease l
      WHERE cluster = $1 AND holder IS NOT NULL AND expires_at > now()
        AND EXISTS (SELECT 1 FROM pg_stat_activity a
-                   WHERE a.pid = l.holder_pid AND a.backend_start = l.holder_backend_start)";
+                   WHERE a.pid = l.holder_pid
+                     AND (a.backend_start = l.holder_backend_start OR a.backend_start IS NULL))";
 
 const LEASE_ROW: &str =
     "SELECT epoch, holder, expires_at > now() FROM phalanx_lease WHERE cluster = $1";
@@ -303,7 +304,9 @@ impl PostgresStore {
                 .query_one(
                     "SELECT current_setting('synchronous_commit'),
                             current_setting('synchronous_standby_names'),
-                            current_setting('server_version')",
+                            current_setting('server_version'),
+                            coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+                                OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')",
                     &[],
                 )
                 .await
@@ -311,6 +314,13 @@ impl PostgresStore {
             let synchronous_commit: String = row.get(0);
             let standbys: String = row.get(1);
             let version: String = row.get(2);
+            let sees_all_sessions: bool = row.get(3);
+            if !sees_all_sessions {
+                tracing::info!(
+                    url = %target,
+                    "this role sees other roles' sessions by pid only (it is neither superuser nor pg_read_all_stats): a holder under another role is taken over at once when its session ends, unless its pid was reused meanwhile (then after the lease TTL)"
+                );
+            }
             for warning in durability_warnings(&synchronous_commit, &standbys) {
                 tracing::warn!(url = %target, synchronous_commit, synchronous_standby_names = %standbys, "{warning}");
             }

@@ -91,6 +91,21 @@ const MIGRATIONS: &[&str] = &[
     // 3: the write sequence of the mutation that last changed each key, so that a write
     // whose bytes reach the server late cannot overwrite a newer one (see `FencingToken`).
     "ALTER TABLE phalanx_kv ADD COLUMN sequence bigint NOT NULL DEFAULT 0;",
+    // 4: a holder whose session another role cannot see in detail is alive while its pid
+    // is. `pg_stat_activity` hides other roles' `backend_start` (NULL) from a role that
+    // is neither superuser nor `pg_read_all_stats`; matching on it made every live
+    // holder of another role look gone, and each campaign took the lease from it. By pid
+    // alone, a holder whose pid was reused by another session meanwhile is waited for
+    // until its lease expires: a slower takeover, never a second leader.
+    "CREATE OR REPLACE FUNCTION phalanx_lease_is_free(l phalanx_lease) RETURNS boolean
+         LANGUAGE sql VOLATILE AS $$
+         SELECT l.holder IS NULL
+             OR l.expires_at <= clock_timestamp()
+             OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                            WHERE a.pid = l.holder_pid
+                              AND (a.backend_start = l.holder_backend_start
+                                   OR a.backend_start IS NULL))
+     $$;",
 ];
 
 /// Applies missing migrations, one transaction each, under an advisory lock.

@@ -495,3 +495,85 @@ fn durability_settings_that_risk_acknowledged_writes_are_named() {
     assert!(warnings[0].contains("synchronous_standby_names is empty"));
     assert_eq!(durability_warnings("local", " ").len(), 2);
 }
+
+/// One database role per instance, neither superuser nor `pg_read_all_stats`: each sees
+/// the other's session in `pg_stat_activity` only by its pid. A live holder must still
+/// look alive (no takeover while it renews), and a dead one gone (takeover before the TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_under_separate_roles_see_each_others_lease() {
+    let server = postgres::shared();
+    let url = server.fresh_database().unwrap();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let (role_a, role_b) = (
+        phalanx_testkit::unique_name("node_a"),
+        phalanx_testkit::unique_name("node_b"),
+    );
+    for role in [&role_a, &role_b] {
+        server
+            .psql(
+                &db,
+                &format!(
+                    "CREATE ROLE {role} LOGIN; GRANT ALL ON SCHEMA public TO {role};
+                     GRANT ALL ON DATABASE {db} TO {role};"
+                ),
+            )
+            .unwrap();
+    }
+    let as_role = |role: &str| url.replacen("postgres@", &format!("{role}@"), 1);
+    let first = PostgresStore::open(&as_role(&role_a), options())
+        .await
+        .unwrap();
+    server
+        .psql(
+            &db,
+            &format!(
+                "GRANT ALL ON ALL TABLES IN SCHEMA public TO {role_b};
+                 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role_b};"
+            ),
+        )
+        .unwrap();
+    let second = PostgresStore::open(&as_role(&role_b), options())
+        .await
+        .unwrap();
+    // The test's premise: the other role's session details are hidden.
+    let hidden = server
+        .psql(
+            &db,
+            &format!(
+                "SET ROLE {role_b}; SELECT count(*) FROM pg_stat_activity
+                 WHERE usename = '{role_a}' AND backend_start IS NULL"
+            ),
+        )
+        .unwrap();
+    assert_ne!(hidden.trim(), "0", "the other role's sessions are visible");
+
+    let lease = must_win(&first, "a", Duration::from_secs(60)).await;
+    for _ in 0..10 {
+        let attempt = second
+            .try_acquire(&HolderId::new("b").unwrap(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(
+            matches!(attempt, Acquisition::Held(Some(ref info)) if info.holder == "a"),
+            "the live holder looked gone: {attempt:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    server
+        .psql(
+            &db,
+            "SELECT pg_terminate_backend(holder_pid) FROM phalanx_lease WHERE cluster = 'test'",
+        )
+        .unwrap();
+    let started = Instant::now();
+    let taken = phalanx_store::testing::win_within(
+        &second,
+        "b",
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "no TTL wait");
+    assert!(taken.token().epoch() > lease.token().epoch());
+}
