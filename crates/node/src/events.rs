@@ -241,7 +241,8 @@ impl EventHandler {
             } => {
                 if self
                     .sweeper
-                    .track_spendable_outputs(outputs, channel_id, counterparty_node_id, false, None)
+                    // Static outputs pay the wallet already (see `SweepSpender`).
+                    .track_spendable_outputs(outputs, channel_id, counterparty_node_id, true, None)
                     .await
                     .is_err()
                 {

@@ -7,9 +7,13 @@
 
 use std::sync::Arc;
 
-use bitcoin::ScriptBuf;
+use bitcoin::absolute::LockTime;
+use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::{ScriptBuf, Transaction, TxOut};
 use lightning::ln::script::ShutdownScript;
-use lightning::sign::{InMemorySigner, KeysManager, SignerProvider};
+use lightning::sign::{
+    InMemorySigner, KeysManager, OutputSpender, SignerProvider, SpendableOutputDescriptor,
+};
 
 use crate::wallet::OnchainWallet;
 
@@ -57,5 +61,63 @@ impl SignerProvider for WalletKeys {
         ShutdownScript::try_from(script).map_err(|err| {
             tracing::error!(error = ?err, "the wallet's address is not a valid shutdown script");
         })
+    }
+}
+
+/// The output sweeper's spender: LDK's keys, for every output but those that already pay
+/// the wallet.
+///
+/// A cooperative close (and a penalty claim) pays the wallet's own address (see
+/// [`WalletKeys`]); LDK still reports it as a `StaticOutput` to sweep, which the
+/// `KeysManager` cannot sign for, and the sweeper spends all its pending outputs in one
+/// transaction: one such output made every later sweep fail, force-close outputs
+/// included. Such outputs are the wallet's already; they are left out here (the node
+/// also stops handing them to the sweeper), so sweepers that persisted them before keep
+/// working, and forget them once the wallet spends them.
+pub struct SweepSpender {
+    keys: Arc<KeysManager>,
+    wallet: Arc<OnchainWallet>,
+}
+
+impl SweepSpender {
+    /// Spends with `keys`, leaving out `wallet`'s own outputs.
+    pub fn new(keys: Arc<KeysManager>, wallet: Arc<OnchainWallet>) -> Self {
+        Self { keys, wallet }
+    }
+
+    /// Whether the sweeper should leave `descriptor` to the wallet.
+    pub fn pays_the_wallet(&self, descriptor: &SpendableOutputDescriptor) -> bool {
+        matches!(descriptor, SpendableOutputDescriptor::StaticOutput { output, .. }
+            if self.wallet.is_mine(&output.script_pubkey))
+    }
+}
+
+impl OutputSpender for SweepSpender {
+    fn spend_spendable_outputs(
+        &self,
+        descriptors: &[&SpendableOutputDescriptor],
+        outputs: Vec<TxOut>,
+        change_destination_script: ScriptBuf,
+        feerate_sat_per_1000_weight: u32,
+        locktime: Option<LockTime>,
+        secp_ctx: &Secp256k1<All>,
+    ) -> Result<Transaction, ()> {
+        let to_spend: Vec<&SpendableOutputDescriptor> = descriptors
+            .iter()
+            .copied()
+            .filter(|descriptor| !self.pays_the_wallet(descriptor))
+            .collect();
+        if to_spend.is_empty() {
+            // Only the wallet's own outputs: nothing for the sweeper to do.
+            return Err(());
+        }
+        self.keys.spend_spendable_outputs(
+            &to_spend,
+            outputs,
+            change_destination_script,
+            feerate_sat_per_1000_weight,
+            locktime,
+            secp_ctx,
+        )
     }
 }

@@ -54,7 +54,7 @@ use crate::chain::{BroadcastOutcome, ChainClient, ChainError};
 use crate::config::NodeConfig;
 use crate::events::EventHandler;
 use crate::identity::{self, IDENTITY_SCHEMA_VERSION, IdentityError, NodeIdentity};
-use crate::keys::WalletKeys;
+use crate::keys::{SweepSpender, WalletKeys};
 use crate::logger::TracingLogger;
 use crate::metrics::Metrics;
 use crate::payments::{Direction, PaymentLocks, PaymentRecord, PaymentStatus, PaymentStore};
@@ -1669,7 +1669,7 @@ fn read_sweeper(
                 Arc::clone(chain),
                 Arc::clone(chain),
                 None,
-                Arc::clone(keys),
+                Arc::new(SweepSpender::new(Arc::clone(keys), Arc::clone(wallet))),
                 Arc::clone(wallet),
                 Arc::clone(kv),
                 Arc::clone(logger),
@@ -1683,7 +1683,7 @@ fn read_sweeper(
             Arc::clone(chain),
             Arc::clone(chain),
             None,
-            Arc::clone(keys),
+            Arc::new(SweepSpender::new(Arc::clone(keys), Arc::clone(wallet))),
             Arc::clone(wallet),
             Arc::clone(kv),
             Arc::clone(logger),

@@ -19,7 +19,7 @@ use lightning::util::wallet_utils::WalletSync;
 use phalanx_store::LdkKvStore;
 
 use crate::chain::ChainClient;
-use crate::keys::WalletKeys;
+use crate::keys::{SweepSpender, WalletKeys};
 use crate::logger::TracingLogger;
 use crate::persist::FailStopPersister;
 use crate::wallet::OnchainWallet;
@@ -83,8 +83,15 @@ pub type PeerManager = peer_handler::PeerManager<
     Arc<ChainMonitor>,
 >;
 /// Sweeps what closed channels leave us into the wallet.
-pub type OutputSweeper =
-    sweep::OutputSweeper<Chain, Arc<OnchainWallet>, Chain, ChainFilter, KvStore, Logger, Keys>;
+pub type OutputSweeper = sweep::OutputSweeper<
+    Chain,
+    Arc<OnchainWallet>,
+    Chain,
+    ChainFilter,
+    KvStore,
+    Logger,
+    Arc<SweepSpender>,
+>;
 /// Anchor fee bumping, paid from the wallet.
 pub type BumpHandler = BumpTransactionEventHandlerSync<
     Chain,

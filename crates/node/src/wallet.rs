@@ -480,6 +480,11 @@ impl OnchainWallet {
         }
     }
 
+    /// Whether `script` is one of the wallet's (revealed) scripts.
+    pub fn is_mine(&self, script: &bitcoin::Script) -> bool {
+        self.lock().wallet.is_mine(script.to_owned())
+    }
+
     /// The wallet's own unconfirmed transactions (those spending its coins: sends,
     /// channel fundings), parents before children: what it must keep broadcasting until
     /// they confirm. Transactions that conflict with a confirmed one are not listed.
