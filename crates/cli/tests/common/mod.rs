@@ -306,6 +306,58 @@ impl Drop for Phalanx {
         }
         if std::thread::panicking() {
             eprintln!("--- stderr of {} ---\n{}", self.name, self.stderr());
+        } else {
+            // Kept for `FailureLogs`: a scenario may fail long after this process ended.
+            ENDED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((self.name.clone(), tail(&self.stderr(), ENDED_TAIL_LINES)));
+        }
+    }
+}
+
+/// Lines kept of each process that ended before the test failed.
+const ENDED_TAIL_LINES: usize = 60;
+
+/// The stderr tails of the processes of this test that ended (tests run one per process).
+static ENDED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Prints, when the test fails, the stderr tail of every `phalanx` process that ended
+/// earlier in it (those still running print theirs when dropped) and the logs named with
+/// [`FailureLogs::with`] (the store servers'): a multi-process scenario's cause is
+/// rarely in the process that noticed.
+pub struct FailureLogs<'a> {
+    extra: Vec<(String, Box<dyn Fn() -> String + 'a>)>,
+}
+
+impl<'a> FailureLogs<'a> {
+    pub fn new() -> Self {
+        Self { extra: Vec::new() }
+    }
+
+    /// Also prints `log()` under `name`.
+    pub fn with(mut self, name: &str, log: impl Fn() -> String + 'a) -> Self {
+        self.extra.push((name.to_owned(), Box::new(log)));
+        self
+    }
+}
+
+impl Drop for FailureLogs<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (name, tail) in ENDED.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            eprintln!("--- stderr of {name} (ended earlier; last lines) ---\n{tail}");
+        }
+        for (name, log) in &self.extra {
+            eprintln!("--- {name} ---\n{}", log());
         }
     }
 }

@@ -165,6 +165,18 @@ impl OwnServer {
         (own, url)
     }
 
+    /// The last lines of the server's log (every member's, for etcd).
+    fn log_tail(&self) -> String {
+        match self {
+            OwnServer::None => "(the shared server)".to_owned(),
+            OwnServer::Postgres(server) => server.log_tail(),
+            OwnServer::Etcd(server) => (0..server.endpoints().len())
+                .map(|member| format!("member {member}:\n{}", server.log_tail(member)))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
     /// Stops the server and starts it again on the same data and ports.
     async fn restart(&self) {
         match self {
@@ -208,6 +220,8 @@ async fn disrupt_repeatedly(backend: Backend, disruption: Disruption, rounds: us
     })
     .await;
     let server = own_server.expect("the store was made");
+    let logs =
+        crate::common::FailureLogs::new().with("the store server's log", || server.log_tail());
     let World {
         dir,
         store_url,
@@ -341,6 +355,7 @@ async fn disrupt_repeatedly(backend: Backend, disruption: Disruption, rounds: us
         let status = instance.process.terminate().await;
         assert_eq!(status.code(), Some(0), "{}", instance.process.stderr());
     }
+    drop(logs);
     drop(server);
     bob.shutdown().await;
 }
