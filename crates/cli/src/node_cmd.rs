@@ -82,16 +82,23 @@ pub struct NodeArgs {
     settings: ConfigLayer,
 }
 
+/// Resolves the configuration and starts logging; an invalid one is reported and
+/// answered with [`EXIT_CONFIG`].
+fn configure(args: &NodeArgs) -> Result<NodeConfig, ExitCode> {
+    let config = resolve(args.config.as_deref(), args.settings.clone()).map_err(|err| {
+        eprintln!("error: invalid configuration: {err}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    init_tracing(args.log_format);
+    Ok(config)
+}
+
 /// Runs the node until it is stopped; returns the exit status (see [`NodeArgs`]).
 pub async fn run(args: NodeArgs) -> ExitCode {
-    let config = match resolve(args.config.as_deref(), args.settings) {
+    let config = match configure(&args) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: invalid configuration: {err}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    init_tracing(args.log_format);
     exit_on_panic();
     let format = args.log_format;
     let mut signals = match Signals::new() {
@@ -266,14 +273,10 @@ fn exit_on_panic() {
 /// [`Node::initialize`]). Exit 0 when recorded or already this node's; 2 for an invalid
 /// configuration or a store of another node or network; 1 when the store or seed fails.
 pub async fn init(args: NodeArgs) -> ExitCode {
-    let config = match resolve(args.config.as_deref(), args.settings) {
+    let config = match configure(&args) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: invalid configuration: {err}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    init_tracing(args.log_format);
     if let Err(err) = std::fs::create_dir_all(&config.data_dir) {
         return fatal(
             args.log_format,

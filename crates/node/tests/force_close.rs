@@ -8,14 +8,9 @@ use std::time::Duration;
 use bitcoin::Amount;
 use common::*;
 use lightning::types::payment::{PaymentHash, PaymentPreimage};
-use phalanx_node::Node;
 use phalanx_node::payments::{Direction, PaymentStatus};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn claimable_balances(node: &Node) -> usize {
-    node.chain_monitor().get_claimable_balances(&[]).len()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wallet() {

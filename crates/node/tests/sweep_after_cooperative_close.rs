@@ -7,13 +7,8 @@ use std::time::Duration;
 
 use bitcoin::Amount;
 use common::*;
-use phalanx_node::Node;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn claimable_balances(node: &Node) -> usize {
-    node.chain_monitor().get_claimable_balances(&[]).len()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_force_close_after_a_cooperative_close_is_swept_to_the_wallet() {

@@ -216,6 +216,11 @@ pub fn channel_balance_msat(node: &Node, peer: bitcoin::secp256k1::PublicKey) ->
         .sum()
 }
 
+/// How many balances `node`'s monitors still have to claim on chain.
+pub fn claimable_balances(node: &Node) -> usize {
+    node.chain_monitor().get_claimable_balances(&[]).len()
+}
+
 /// Initializes the node's store (as `phalanx init` does; a no-op once done) and starts
 /// the node, failing the test with the error if it does not start.
 pub async fn start(config: &NodeConfig) -> Arc<Node> {
