@@ -181,6 +181,9 @@ pub async fn open_channel(
     )
     .await;
     mine(regtest, &[from, to], 6).await;
+    // Usable, and each side has the other's `channel_update`: an invoice's route hints
+    // leave out a channel whose counterparty's forwarding fees are not known yet, so an
+    // invoice made before that message arrives cannot be paid through the channel.
     wait_for(
         "the channel to be usable on both sides",
         Duration::from_secs(30),
@@ -188,7 +191,11 @@ pub async fn open_channel(
             let usable = |node: &Node, peer| {
                 node.list_channels()
                     .iter()
-                    .filter(|c| c.counterparty.node_id == peer && c.is_usable)
+                    .filter(|c| {
+                        c.counterparty.node_id == peer
+                            && c.is_usable
+                            && c.counterparty.forwarding_info.is_some()
+                    })
                     .count()
             };
             (usable(from, to.node_id()) > 0 && usable(to, from.node_id()) > 0).then_some(())
