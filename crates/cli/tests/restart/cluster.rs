@@ -277,12 +277,7 @@ async fn disrupt_repeatedly(backend: Backend, disruption: Disruption, rounds: us
     fund_alice(chain, bob, &alice).await;
     let channel = Channel::open(regtest, chain, bob, &alice).await;
 
-    let stream = Arc::new(Stream::new(
-        alice.clone(),
-        Arc::clone(bob),
-        // Enough that no worker runs out of payments before the last round.
-        (rounds * 2 + 1) * PAYMENTS_PER_ROUND + 2 * CONCURRENCY,
-    ));
+    let stream = Arc::new(Stream::open_ended(alice.clone(), Arc::clone(bob), rounds));
     let mut workers: Vec<_> = (0..CONCURRENCY)
         .map(|_| tokio::spawn(worker(Arc::clone(&stream))))
         .collect();
@@ -322,6 +317,7 @@ async fn disrupt_repeatedly(backend: Backend, disruption: Disruption, rounds: us
         cluster.restart_stopped(round).await;
     }
 
+    stream.finish();
     for mut worker in workers {
         let outcome = outcome(&mut worker).await;
         assert_eq!(
@@ -346,7 +342,7 @@ async fn disrupt_repeatedly(backend: Backend, disruption: Disruption, rounds: us
         "{backend:?}: {rounds} rounds of {disruption:?}, {} payments in {} tries; {} \
          leaderships ({unannounced} won but not announced); per round: {downtimes:?}; \
          {:?} in all",
-        stream.payments,
+        stream.payments(),
         attempts.len(),
         cluster.leaderships.len(),
         began.elapsed()

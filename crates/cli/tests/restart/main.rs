@@ -175,7 +175,8 @@ async fn kill_alice_during_a_payment_stream(backend: Backend) {
         .filter(|a| a.outcome == Outcome::Succeeded)
         .count();
     assert_eq!(
-        succeeded, stream.payments,
+        succeeded,
+        stream.payments(),
         "the stream finished: each of its payments succeeded once"
     );
 
@@ -441,7 +442,8 @@ struct Stream {
     alice: ApiClient,
     bob: Arc<Node>,
     deadline: Instant,
-    payments: usize,
+    /// The number of payments the stream makes: slots below it are taken, none above.
+    payments: AtomicUsize,
     next_slot: AtomicUsize,
     succeeded: AtomicUsize,
     in_flight: AtomicUsize,
@@ -450,17 +452,43 @@ struct Stream {
 
 impl Stream {
     fn new(alice: ApiClient, bob: Arc<Node>, payments: usize) -> Self {
+        // The failover rounds make the stream longer.
+        let deadline = Instant::now() + STREAM_TIMEOUT * (1 + payments / PAYMENTS) as u32;
+        Self::until(alice, bob, payments, deadline)
+    }
+
+    fn until(alice: ApiClient, bob: Arc<Node>, payments: usize, deadline: Instant) -> Self {
         Self {
             alice,
             bob,
-            // The failover rounds make the stream longer.
-            deadline: Instant::now() + STREAM_TIMEOUT * (1 + payments / PAYMENTS) as u32,
-            payments,
+            deadline,
+            payments: AtomicUsize::new(payments),
             next_slot: AtomicUsize::new(0),
             succeeded: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             attempts: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A stream that keeps paying until [`finish`](Self::finish): for scenarios whose
+    /// rounds take as long as the disruption does, which no fixed count can cover (a
+    /// stream that ran dry mid-round looks like payments that stopped flowing).
+    fn open_ended(alice: ApiClient, bob: Arc<Node>, rounds: usize) -> Self {
+        let deadline = Instant::now() + STREAM_TIMEOUT * (1 + rounds) as u32;
+        Self::until(alice, bob, usize::MAX, deadline)
+    }
+
+    /// Takes no new payment; those under way go on to their end.
+    fn finish(&self) {
+        // A worker that took slot N after this read sees N >= the limit and stops; one
+        // that took it before is counted: the limit is exactly the slots taken.
+        let taken = self.next_slot.load(Ordering::SeqCst);
+        self.payments.fetch_min(taken, Ordering::SeqCst);
+    }
+
+    /// The number of payments the stream makes (once finished).
+    fn payments(&self) -> usize {
+        self.payments.load(Ordering::SeqCst)
     }
 }
 
@@ -488,7 +516,7 @@ async fn outcome(worker: &mut tokio::task::JoinHandle<Result<(), String>>) -> St
 async fn worker(stream: Arc<Stream>) -> Result<(), String> {
     loop {
         let slot = stream.next_slot.fetch_add(1, Ordering::SeqCst);
-        if slot >= stream.payments {
+        if slot >= stream.payments() {
             return Ok(());
         }
         let way = if slot.is_multiple_of(2) {
