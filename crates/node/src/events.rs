@@ -281,6 +281,14 @@ impl EventHandler {
                 ..
             } => {
                 tracing::info!(channel = %channel_id, peer = %counterparty_node_id, %funding_txo, "channel pending");
+                // LDK broadcast our funding now (an inbound channel's is not the wallet's,
+                // and releasing it does nothing): the wallet may rebroadcast it.
+                if let Err(err) = self.wallet.release_funding(funding_txo.txid) {
+                    if let WalletError::Store(err) = err {
+                        return Err(self.store_failed("releasing a funding transaction", err));
+                    }
+                    tracing::warn!(channel = %channel_id, error = %err, "cannot release the funding transaction");
+                }
             }
             Event::ChannelReady {
                 channel_id,

@@ -634,6 +634,14 @@ impl Node {
         fail_unsent_payments(&payments, &channel_manager)
             .await
             .map_err(persist_error)?;
+        // Before the rebroadcaster starts: a funding recorded for a channel that was never
+        // funded must not reach the chain.
+        let fundings: HashSet<bitcoin::Txid> = channel_manager
+            .list_channels()
+            .iter()
+            .filter_map(|channel| channel.funding_txo.map(|outpoint| outpoint.txid))
+            .collect();
+        wallet.settle_funding_holds(|txid| fundings.contains(txid))?;
         let address_book = Arc::new(AddressBook::new(Arc::clone(&kv)));
         let bump_handler: Arc<BumpHandler> = Arc::new(BumpTransactionEventHandlerSync::new(
             Arc::clone(&chain),

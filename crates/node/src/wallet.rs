@@ -17,6 +17,17 @@
 //! next successful write, so nothing is lost if the node goes on, but the caller must treat
 //! a store error as fatal: a fenced write means another instance leads now.
 //!
+//! # Funding transactions
+//! A funding transaction is signed and recorded before LDK has the counterparty's
+//! signature of the node's first commitment, and must not reach the chain before: its
+//! coins would sit in a 2-of-2 output the node cannot spend alone. So it is *held* (its
+//! txid under [`FUNDING_HOLDS_KEY`], written before the transaction is recorded) until LDK
+//! broadcasts it ([`OnchainWallet::release_funding`], on `ChannelPending`), and
+//! [`OnchainWallet::unconfirmed_sends`] leaves held transactions out. At start a hold whose
+//! channel LDK does not know is a funding the node crashed in the middle of (LDK never
+//! persists a channel before it is funded): the transaction is forgotten and its coins are
+//! spendable again ([`OnchainWallet::settle_funding_holds`]).
+//!
 //! # Chain
 //! Blocks come from LDK's block sync through [`Listen`], full blocks, in chain order. A new
 //! wallet is anchored at its birthday (the tip when the node first started), so block sync
@@ -29,6 +40,7 @@
 //! The change set keeps one checkpoint per connected block (about 80 bytes of JSON each)
 //! and every transaction of the wallet, and it is rewritten whole on every change.
 
+use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -62,6 +74,9 @@ pub const PRIMARY_NAMESPACE: &str = "bdk_wallet";
 pub const SECONDARY_NAMESPACE: &str = "";
 /// The key of the wallet's change set.
 pub const CHANGESET_KEY: &str = "changeset";
+/// The key of the txids of the funding transactions LDK has not broadcast yet (a JSON
+/// list), in the wallet's namespaces.
+pub const FUNDING_HOLDS_KEY: &str = "funding_holds";
 
 /// Highest fee rate a transaction of this wallet may pay, in sat/vB: a guard against a fee
 /// estimate or a caller gone wrong burning the wallet's coins.
@@ -179,10 +194,12 @@ struct Inner {
     /// The last timestamp given to BDK for a mempool event: strictly increasing, so that
     /// "seen" and "evicted" events of one transaction keep their order within a second.
     clock: u64,
+    /// Funding transactions recorded but not broadcast by LDK yet: never rebroadcast.
+    funding_holds: BTreeSet<Txid>,
 }
 
 impl Inner {
-    fn new(wallet: Wallet, merged: ChangeSet) -> Self {
+    fn new(wallet: Wallet, merged: ChangeSet, funding_holds: BTreeSet<Txid>) -> Self {
         let graph = &merged.tx_graph;
         let clock = graph
             .last_seen
@@ -197,6 +214,7 @@ impl Inner {
             merged,
             dirty: false,
             clock,
+            funding_holds,
         };
         inner.absorb_staged();
         inner
@@ -265,17 +283,35 @@ impl OnchainWallet {
             Err(err) if err.kind() == io::ErrorKind::NotFound => None,
             Err(err) => return Err(WalletError::Store(err)),
         };
+        let funding_holds = match KVStoreSync::read(
+            &store,
+            PRIMARY_NAMESPACE,
+            SECONDARY_NAMESPACE,
+            FUNDING_HOLDS_KEY,
+        ) {
+            Ok(bytes) => serde_json::from_slice::<BTreeSet<Txid>>(&bytes)
+                .map_err(|err| WalletError::Corrupt(format!("the funding holds: {err}")))?,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(err) => return Err(WalletError::Store(err)),
+        };
         let wallet = match stored {
             Some(changeset) => {
                 let wallet = Self::load(&keys, network, changeset.clone())?;
-                let this = Self::assemble(wallet, changeset, keys, store, network);
+                let this = Self::assemble(wallet, changeset, funding_holds, keys, store, network);
                 let tip = this.best_block();
                 tracing::info!(%network, height = tip.height, block = %tip.block_hash, "on-chain wallet loaded");
                 this
             }
             None => {
                 let wallet = Self::create(&keys, network, &birthday)?;
-                let this = Self::assemble(wallet, ChangeSet::default(), keys, store, network);
+                let this = Self::assemble(
+                    wallet,
+                    ChangeSet::default(),
+                    funding_holds,
+                    keys,
+                    store,
+                    network,
+                );
                 this.persist(&mut this.lock())?;
                 tracing::info!(%network, height = birthday.height, block = %birthday.block_hash, "on-chain wallet created");
                 this
@@ -287,12 +323,13 @@ impl OnchainWallet {
     fn assemble(
         wallet: Wallet,
         merged: ChangeSet,
+        funding_holds: BTreeSet<Txid>,
         keys: Keys,
         store: LdkKvStore,
         network: Network,
     ) -> Self {
         Self {
-            inner: Mutex::new(Inner::new(wallet, merged)),
+            inner: Mutex::new(Inner::new(wallet, merged, funding_holds)),
             keys,
             store,
             network,
@@ -444,6 +481,20 @@ impl OnchainWallet {
         }
     }
 
+    /// Writes the funding holds.
+    fn persist_holds(&self, inner: &Inner) -> Result<(), WalletError> {
+        let bytes = serde_json::to_vec(&inner.funding_holds)
+            .map_err(|err| WalletError::Corrupt(format!("cannot encode the holds: {err}")))?;
+        KVStoreSync::write(
+            &self.store,
+            PRIMARY_NAMESPACE,
+            SECONDARY_NAMESPACE,
+            FUNDING_HOLDS_KEY,
+            bytes,
+        )
+        .map_err(WalletError::Store)
+    }
+
     /// Remembers a store failure of a call (the caller gets the error too).
     fn noting<T>(&self, what: &str, result: Result<T, WalletError>) -> Result<T, WalletError> {
         if let Err(err @ WalletError::Store(_)) = &result {
@@ -486,14 +537,16 @@ impl OnchainWallet {
     }
 
     /// The wallet's own unconfirmed transactions (those spending its coins: sends,
-    /// channel fundings), parents before children: what it must keep broadcasting until
-    /// they confirm. Transactions that conflict with a confirmed one are not listed.
+    /// channel fundings LDK broadcast), parents before children: what it must keep
+    /// broadcasting until they confirm. Transactions that conflict with a confirmed one
+    /// are not listed, nor are [held](Self::release_funding) fundings.
     pub fn unconfirmed_sends(&self) -> Vec<Transaction> {
         let inner = self.lock();
         let mut sends: Vec<(u64, Transaction)> = inner
             .wallet
             .transactions()
             .filter(|tx| tx.chain_position.is_unconfirmed())
+            .filter(|tx| !inner.funding_holds.contains(&tx.tx_node.txid))
             .filter(|tx| inner.wallet.sent_and_received(&tx.tx_node.tx).0 > Amount::ZERO)
             .map(|tx| {
                 let first_seen = tx.tx_node.first_seen.unwrap_or(0);
@@ -521,9 +574,10 @@ impl OnchainWallet {
     }
 
     /// Builds and signs a transaction paying exactly `amount` to `script` at `fee_rate`,
-    /// change back to the wallet; records it as unconfirmed (its inputs are not used
-    /// again unless it is [forgotten](Self::forget_transaction)), persists, returns it.
-    /// The caller broadcasts it.
+    /// change back to the wallet; holds it (it is not rebroadcast until
+    /// [released](Self::release_funding)), records it as unconfirmed (its inputs are not
+    /// used again unless it is [forgotten](Self::forget_transaction)), persists, returns
+    /// it. LDK broadcasts it once the channel's first commitment is signed.
     ///
     /// It spends confirmed coins and the wallet's own unconfirmed change, never an
     /// unconfirmed payment from someone else (its sender could still double-spend it).
@@ -533,7 +587,48 @@ impl OnchainWallet {
         amount: Amount,
         fee_rate: FeeRate,
     ) -> Result<Transaction, WalletError> {
-        self.build_and_record(Some((script, amount)), None, fee_rate)
+        self.build_and_record(Some((script, amount)), None, fee_rate, Hold::Funding)
+    }
+
+    /// LDK broadcast the funding transaction `txid` (its channel's first commitment is
+    /// signed): from now on it is rebroadcast until it confirms. Idempotent.
+    pub fn release_funding(&self, txid: Txid) -> Result<(), WalletError> {
+        let mut inner = self.lock();
+        if inner.funding_holds.remove(&txid) {
+            self.noting(
+                "releasing a funding transaction",
+                self.persist_holds(&inner),
+            )?;
+            tracing::debug!(%txid, "funding transaction released for rebroadcast");
+        }
+        Ok(())
+    }
+
+    /// The funding transactions held (recorded, not broadcast by LDK yet).
+    pub fn funding_holds(&self) -> Vec<Txid> {
+        self.lock().funding_holds.iter().copied().collect()
+    }
+
+    /// At start, before anything is rebroadcast: releases the held fundings of channels
+    /// LDK knows (`is_channel_funding`), which it broadcast or will, and forgets the others,
+    /// whose channel was never funded (LDK does not persist such a channel): their coins
+    /// are spendable again. Returns the txids forgotten.
+    pub fn settle_funding_holds(
+        &self,
+        is_channel_funding: impl Fn(&Txid) -> bool,
+    ) -> Result<Vec<Txid>, WalletError> {
+        let held = self.funding_holds();
+        let mut forgotten = Vec::new();
+        for txid in held {
+            if is_channel_funding(&txid) {
+                self.release_funding(txid)?;
+            } else {
+                tracing::warn!(%txid, "a funding transaction was recorded for a channel that was never funded: forgetting it, its coins are spendable again");
+                self.forget_transaction(txid)?;
+                forgotten.push(txid);
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Builds and signs a payment to `address` (which must be of the wallet's network) of
@@ -555,8 +650,10 @@ impl OnchainWallet {
             .map_err(|err| WalletError::InvalidAddress(format!("{address:?}: {err}")))?;
         let script = address.script_pubkey();
         match amount {
-            Some(amount) => self.build_and_record(Some((script, amount)), None, fee_rate),
-            None => self.build_and_record(None, Some(script), fee_rate),
+            Some(amount) => {
+                self.build_and_record(Some((script, amount)), None, fee_rate, Hold::None)
+            }
+            None => self.build_and_record(None, Some(script), fee_rate, Hold::None),
         }
     }
 
@@ -565,6 +662,7 @@ impl OnchainWallet {
         recipient: Option<(ScriptBuf, Amount)>,
         drain_to: Option<ScriptBuf>,
         fee_rate: FeeRate,
+        hold: Hold,
     ) -> Result<Transaction, WalletError> {
         if fee_rate > FeeRate::from_sat_per_vb_u32(MAX_FEE_RATE_SAT_PER_VB) {
             return Err(WalletError::Build(format!(
@@ -595,6 +693,15 @@ impl OnchainWallet {
             .finish()
             .map_err(|err| build_error(err, requested))?;
         let tx = self.sign_own(&inner.wallet, psbt)?;
+        if hold == Hold::Funding {
+            // Before the transaction is recorded: a crash in between leaves a hold of a
+            // transaction the wallet never had, which the start-up settling drops.
+            inner.funding_holds.insert(tx.compute_txid());
+            if let Err(err) = self.persist_holds(&inner) {
+                inner.funding_holds.remove(&tx.compute_txid());
+                return self.noting("holding a funding transaction", Err(err));
+            }
+        }
         let seen = inner.tick();
         inner.wallet.apply_unconfirmed_txs([(tx.clone(), seen)]);
         self.noting("recording a new transaction", self.persist(&mut inner))?;
@@ -628,6 +735,11 @@ impl OnchainWallet {
         let evicted = inner.tick();
         inner.wallet.apply_evicted_txs([(txid, evicted)]);
         self.noting("forgetting a transaction", self.persist(&mut inner))?;
+        // After the eviction is stored: a crash in between leaves a hold of a transaction
+        // that is gone, which the start-up settling drops.
+        if inner.funding_holds.remove(&txid) {
+            self.noting("dropping a funding hold", self.persist_holds(&inner))?;
+        }
         tracing::info!(%txid, "forgot an unconfirmed wallet transaction");
         Ok(())
     }
@@ -715,6 +827,13 @@ impl OnchainWallet {
         let mut inner = self.lock();
         self.disconnect_to(&mut inner, fork)
     }
+}
+
+/// Whether a new transaction waits for LDK before it may be broadcast.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    None,
+    Funding,
 }
 
 fn confirmation_height(output: &LocalOutput) -> Option<u32> {

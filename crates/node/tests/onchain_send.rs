@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bitcoin::Amount;
+use bitcoin::hashes::Hash as _;
 use common::*;
 use phalanx_node::NodeError;
 use phalanx_testkit::proxy::{Mode, TcpProxy};
@@ -79,4 +80,46 @@ async fn a_send_whose_answer_is_lost_is_kept_and_broadcast_again() {
         !matches!(err, NodeError::SendOutcomeUnknown { .. }),
         "{err}"
     );
+}
+
+/// A funding transaction recorded for a channel that was never funded (a kill -9 after
+/// the wallet signed it, before the peer signed the first commitment): the next start
+/// never broadcasts it, which would lock its coins in a 2-of-2 output nobody can close,
+/// and gives its coins back to the wallet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_funding_recorded_for_a_channel_never_funded_is_never_broadcast() {
+    let regtest = regtest().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = node_config(&regtest, dir.path(), "alice", None);
+    let alice = start(&config).await;
+    fund(&regtest, &alice, Amount::from_sat(1_000_000)).await;
+    // What the funding event handler records, with no channel behind it.
+    let script = bitcoin::ScriptBuf::new_p2wsh(&bitcoin::WScriptHash::from_byte_array([9; 32]));
+    let funding = alice
+        .wallet()
+        .create_funding_transaction(
+            script,
+            Amount::from_sat(400_000),
+            bitcoin::FeeRate::from_sat_per_vb_u32(2),
+        )
+        .unwrap();
+    let txid = funding.compute_txid();
+    assert!(alice.onchain_balance().total_sat < 1_000_000 - 400_000);
+
+    alice.shutdown().await;
+    drop(alice);
+    let alice = start(&config).await;
+    // Settled before the rebroadcaster's first pass: forgotten, so never sent.
+    assert!(alice.wallet().funding_holds().is_empty());
+    assert_eq!(
+        alice.onchain_balance().total_sat,
+        1_000_000,
+        "its coins are the wallet's again"
+    );
+    assert!(alice.wallet().unconfirmed_sends().is_empty());
+    assert!(
+        !regtest.chain().history().contains(&txid),
+        "the funding of a channel that does not exist reached the chain"
+    );
+    alice.shutdown().await;
 }

@@ -785,3 +785,76 @@ async fn change_destinations_are_fresh_persisted_wallet_scripts() {
     assert!(utxos.iter().all(|utxo| utxo.is_change));
     assert_eq!(wallet.balance().confirmed_sat, 100_000);
 }
+
+/// A funding transaction is recorded before the channel's first commitment is signed: it
+/// must never be rebroadcast until LDK releases it, across a reload too; and at start one
+/// whose channel was never funded is forgotten, its coins spendable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_funding_is_held_until_released_and_dropped_when_its_channel_never_came() {
+    let env = Env::start().await;
+    let wallet = funded_wallet(&env, &[300_000, 300_000]).await;
+    // The abandoned funding comes last: the others never spend its change.
+    let send = wallet
+        .create_send(
+            &env.outside_address().to_string(),
+            Some(Amount::from_sat(50_000)),
+            fee_rate(),
+        )
+        .unwrap();
+    let released = wallet
+        .create_funding_transaction(channel_script(b"a"), Amount::from_sat(100_000), fee_rate())
+        .unwrap();
+    let abandoned = wallet
+        .create_funding_transaction(channel_script(b"b"), Amount::from_sat(100_000), fee_rate())
+        .unwrap();
+    let rebroadcast = |wallet: &OnchainWallet| -> HashSet<Txid> {
+        wallet
+            .unconfirmed_sends()
+            .iter()
+            .map(|tx| tx.compute_txid())
+            .collect()
+    };
+    // A send is rebroadcast at once; neither funding is.
+    assert_eq!(rebroadcast(&wallet), HashSet::from([send.compute_txid()]));
+
+    // Held across a reload (a crash before the peer signed).
+    drop(wallet);
+    let wallet = env.wallet();
+    assert_eq!(rebroadcast(&wallet), HashSet::from([send.compute_txid()]));
+    let mut held = wallet.funding_holds();
+    held.sort();
+    let mut expected = vec![released.compute_txid(), abandoned.compute_txid()];
+    expected.sort();
+    assert_eq!(held, expected);
+
+    // LDK knows the channel of the first only: it is released, the other forgotten.
+    let forgotten = wallet
+        .settle_funding_holds(|txid| *txid == released.compute_txid())
+        .unwrap();
+    assert_eq!(forgotten, [abandoned.compute_txid()]);
+    assert!(wallet.funding_holds().is_empty());
+    assert_eq!(
+        rebroadcast(&wallet),
+        HashSet::from([send.compute_txid(), released.compute_txid()])
+    );
+    // The abandoned funding's coins are back, not those the others spent.
+    let spent_by_others: HashSet<OutPoint> = input_set(&released)
+        .union(&input_set(&send))
+        .copied()
+        .collect();
+    let free: HashSet<OutPoint> = sorted_utxos(&wallet).iter().map(|u| u.0).collect();
+    assert!(
+        input_set(&abandoned).is_subset(&free),
+        "its coins are spendable again"
+    );
+    assert!(free.is_disjoint(&spent_by_others));
+
+    // And all of it persisted.
+    drop(wallet);
+    let wallet = env.wallet();
+    assert!(wallet.funding_holds().is_empty());
+    assert_eq!(
+        rebroadcast(&wallet),
+        HashSet::from([send.compute_txid(), released.compute_txid()])
+    );
+}

@@ -202,6 +202,8 @@ pub async fn open_channel(
         },
     )
     .await;
+    // LDK broadcast the funding: the wallet no longer holds it back from rebroadcasts.
+    assert!(from.wallet().funding_holds().is_empty());
 }
 
 /// The msat `node` can send right now over its channels to `peer`.
