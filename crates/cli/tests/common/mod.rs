@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -94,6 +94,17 @@ pub struct Phalanx {
     pub child: Child,
     pub stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    /// Where its stderr is also written as it comes: what is left of a test that was
+    /// killed (a timeout) before it could print anything. Removed when the process is
+    /// dropped in a test that did not fail.
+    log_file: Option<PathBuf>,
+}
+
+/// The directory of this test process's log files.
+fn log_dir() -> PathBuf {
+    std::env::temp_dir()
+        .join("phalanx-test-logs")
+        .join(std::process::id().to_string())
 }
 
 /// The fields of the `node started` line.
@@ -131,11 +142,23 @@ pub fn phalanx(name: &str, args: &[&str], env: &[(&str, &str)]) -> Phalanx {
     let stderr = Arc::new(Mutex::new(String::new()));
     let text = Arc::clone(&stderr);
     let mut err = child.stderr.take().unwrap();
+    let safe_name: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let log_file = log_dir().join(format!("{safe_name}-{}.log", child.id()));
+    let mut file = std::fs::create_dir_all(log_dir())
+        .and_then(|()| std::fs::File::create(&log_file))
+        .ok();
+    let log_file = file.is_some().then_some(log_file);
     std::thread::spawn(move || {
         let mut buffer = [0u8; 4096];
         while let Ok(n) = err.read(&mut buffer) {
             if n == 0 {
                 break;
+            }
+            if let Some(file) = &mut file {
+                let _ = file.write_all(&buffer[..n]);
             }
             text.lock()
                 .unwrap()
@@ -147,6 +170,7 @@ pub fn phalanx(name: &str, args: &[&str], env: &[(&str, &str)]) -> Phalanx {
         child,
         stdout,
         stderr,
+        log_file,
     }
 }
 
@@ -305,8 +329,18 @@ impl Drop for Phalanx {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- stderr of {} ---\n{}", self.name, self.stderr());
+            let file = self
+                .log_file
+                .as_ref()
+                .map(|path| format!(" (also in {})", path.display()))
+                .unwrap_or_default();
+            eprintln!("--- stderr of {}{file} ---\n{}", self.name, self.stderr());
         } else {
+            if let Some(path) = &self.log_file {
+                let _ = std::fs::remove_file(path);
+                // The last one out removes the directory (it fails while others remain).
+                let _ = std::fs::remove_dir(log_dir());
+            }
             // Kept for `FailureLogs`: a scenario may fail long after this process ended.
             ENDED
                 .lock()
