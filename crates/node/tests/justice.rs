@@ -15,12 +15,41 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_commitment_on_chain_is_punished() {
+    punish(false).await;
+}
+
+/// The closing output of a cooperative close pays Bob's wallet; it must not keep the
+/// sweeper from claiming his side of a later cheat (it did, every sweep failing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_commitment_after_a_cooperative_close_is_punished() {
+    punish(true).await;
+}
+
+async fn punish(cooperative_close_first: bool) {
     let regtest = regtest().await;
     let dir = tempfile::tempdir().unwrap();
     let mallory_config = node_config(&regtest, dir.path(), "mallory", None);
     let mallory = start(&mallory_config).await;
     let bob = start(&node_config(&regtest, dir.path(), "bob", None)).await;
     fund(&regtest, &mallory, Amount::from_sat(1_000_000)).await;
+    if cooperative_close_first {
+        // A channel that gives Bob 100_000 sat, closed cooperatively, deep enough that
+        // LDK hands its closing output to the node.
+        open_channel(&regtest, &mallory, &bob, 250_000, 100_000_000).await;
+        let first = bob.list_channels().pop().unwrap();
+        let wallet_before = bob.onchain_balance().total_sat;
+        bob.close_channel(&first.channel_id.to_string(), false)
+            .await
+            .unwrap();
+        wait_for("the cooperative close", WAIT, || async {
+            regtest.mine(1, None);
+            let closed = bob.list_channels().is_empty() && mallory.list_channels().is_empty();
+            let paid = bob.onchain_balance().confirmed_sat >= wallet_before + 99_000;
+            (closed && paid).then_some(())
+        })
+        .await;
+        mine(&regtest, &[&mallory, &bob], 10).await;
+    }
     let channel_sat = 500_000;
     open_channel(&regtest, &mallory, &bob, channel_sat, 0).await;
 
