@@ -93,7 +93,26 @@ impl EtcdServer {
     }
 
     /// Starts a server with the given options.
+    ///
+    /// The ports are picked free and released before etcd binds them, so another process
+    /// may take one meanwhile: such a start is retried on new ports.
     pub fn start_with(options: EtcdOptions) -> anyhow::Result<Self> {
+        const ATTEMPTS: usize = 5;
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(options.clone()) {
+                Err(err)
+                    if attempt < ATTEMPTS
+                        && format!("{err:#}").contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn start_once(options: EtcdOptions) -> anyhow::Result<Self> {
         anyhow::ensure!(options.members >= 1, "an etcd cluster needs a member");
         let dir = scratch_dir("etcd")?;
         let members: Vec<Member> = (0..options.members)
