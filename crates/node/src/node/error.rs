@@ -1,0 +1,92 @@
+//! Why the node could not start or do what it was asked.
+
+use super::*;
+
+/// Why the node could not start or do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The seed could not be loaded or created.
+    #[error("seed: {0}")]
+    Seed(#[from] phalanx_secrets::SecretsError),
+    /// The state store failed or refused (see [`StoreError::kind`]).
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// Reading or writing the node's state failed.
+    #[error("state store: {0}")]
+    Persist(#[source] io::Error),
+    /// The stored state cannot be decoded.
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+    /// The chain source failed.
+    #[error("chain source: {0}")]
+    Chain(#[from] ChainError),
+    /// Block sync failed.
+    #[error("chain sync: {0}")]
+    Sync(String),
+    /// The on-chain wallet refused.
+    #[error("{0}")]
+    Wallet(#[from] WalletError),
+    /// A peer address could not be bound.
+    #[error("cannot listen for peers on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A peer could not be reached.
+    #[error("{0}")]
+    Peer(#[from] PeerError),
+    /// The request names something invalid.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A BOLT11 invoice that cannot be paid.
+    #[error("invalid invoice: {0}")]
+    InvalidInvoice(String),
+    /// The peer is not connected.
+    #[error("peer {0} is not connected")]
+    PeerNotConnected(PublicKey),
+    /// No such channel.
+    #[error("no channel {0}")]
+    UnknownChannel(String),
+    /// No such payment.
+    #[error("no payment {0}")]
+    UnknownPayment(String),
+    /// The payment could not be started, or failed.
+    #[error("payment failed: {0}")]
+    PaymentFailed(String),
+    /// Not enough funds.
+    #[error("insufficient funds: {0}")]
+    InsufficientFunds(String),
+    /// LDK refused the operation.
+    #[error("{0}")]
+    Lightning(String),
+    /// Another instance leads the cluster and this one is not allowed to wait for it.
+    #[error(
+        "the lease of this cluster is held by {0}; stop that instance, or set `[cluster] enabled = true` (--cluster-enabled) on every instance to run this one as its standby"
+    )]
+    LeaseHeldElsewhere(String),
+    /// The node stopped (fenced, lost its lease, or a write failed) and does nothing more.
+    #[error("the node has stopped: {0}")]
+    Stopped(String),
+    /// An on-chain send was handed to the chain source, whose answer was lost: the
+    /// transaction is kept (its coins stay spent) and rebroadcast until it confirms.
+    #[error(
+        "transaction {txid} was sent but the chain source's answer was lost ({reason}): it is kept and rebroadcast, and may confirm; look it up before sending again"
+    )]
+    SendOutcomeUnknown {
+        /// The transaction.
+        txid: Txid,
+        /// What happened.
+        reason: String,
+    },
+    /// The store is not this node's: no identity record (never initialized), or another
+    /// node's or network's. The operator must act; restarting cannot help.
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+}
+
+pub(super) fn persist_error(err: io::Error) -> NodeError {
+    NodeError::Persist(err)
+}
