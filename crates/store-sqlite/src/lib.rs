@@ -48,6 +48,18 @@ pub use crate::url::SqliteConfig;
 
 /// How long a campaigner waits between attempts to take the file lock.
 const CAMPAIGN_POLL: Duration = Duration::from_millis(100);
+/// Attempts of one `try_acquire` while the file is busy (see `Inner::try_acquire`).
+const CONTENDED_ATTEMPTS: u32 = 3;
+
+/// 10 to 59 ms, different for each holder and attempt and from one call to the next, so
+/// that campaigners that collided do not collide again.
+fn contention_pause(holder: &HolderId, attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    holder.as_str().hash(&mut hasher);
+    attempt.hash(&mut hasher);
+    Duration::from_millis(10 + hasher.finish() % 50)
+}
 
 /// A SQLite state store for one cluster. Cheap to clone.
 #[derive(Clone)]
@@ -264,7 +276,29 @@ impl Inner {
         Ok(conn)
     }
 
+    /// Campaigners that open the file at the same instant can all find it busy: in
+    /// exclusive locking mode each keeps the shared lock its first read took while it
+    /// waits out the others', and nobody wins the round (seen under load in the
+    /// conformance suite). A few attempts, apart by a pause that differs per holder and
+    /// per try, let one through; a lock a leader keeps stays busy through all of them.
     fn try_acquire(&self, holder: &HolderId, ttl: Duration) -> Result<Acquisition, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.try_acquire_once(holder, ttl)? {
+                Acquisition::Held(None) if attempt < CONTENDED_ATTEMPTS => {
+                    std::thread::sleep(contention_pause(holder, attempt));
+                    attempt += 1;
+                }
+                outcome => return Ok(outcome),
+            }
+        }
+    }
+
+    fn try_acquire_once(
+        &self,
+        holder: &HolderId,
+        ttl: Duration,
+    ) -> Result<Acquisition, StoreError> {
         let mut leader = self.leader();
         if let Some(conns) = leader.as_ref() {
             return Ok(Acquisition::Held(Some(LeaseInfo {

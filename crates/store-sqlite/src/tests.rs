@@ -387,3 +387,56 @@ async fn an_older_main_file_never_overwrites_a_newer_replica() {
         .unwrap();
     assert_eq!(rows(&replica), 15);
 }
+
+/// Campaigners released at the same instant, round after round: exactly one wins each
+/// round. Without the retries on a busy file, some rounds had no winner at all (each
+/// kept the shared lock of its first read while waiting out the others').
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigners_that_collide_still_elect_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/node.db", dir.path().display());
+    let mut stores = Vec::new();
+    for _ in 0..8 {
+        stores.push(SqliteStore::open(&url, options()).await.unwrap());
+    }
+    let mut empty_rounds = 0;
+    for round in 0..12 {
+        let barrier = Arc::new(std::sync::Barrier::new(stores.len()));
+        let attempts: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, store)| {
+                let inner = Arc::clone(&store.inner);
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    inner
+                        .try_acquire(&holder(&format!("h{i}")), Duration::from_secs(30))
+                        .unwrap()
+                })
+            })
+            .collect();
+        let winners: Vec<_> = attempts
+            .into_iter()
+            .map(|attempt| attempt.join().unwrap())
+            .enumerate()
+            .filter_map(|(i, outcome)| match outcome {
+                Acquisition::Won(lease) => Some((i, lease.token().epoch())),
+                Acquisition::Held(_) => None,
+            })
+            .collect();
+        assert!(
+            winners.len() <= 1,
+            "round {round}: {} winners",
+            winners.len()
+        );
+        if winners.is_empty() {
+            empty_rounds += 1;
+        }
+        // What `resign` does.
+        for (i, epoch) in winners {
+            stores[i].inner.release(epoch);
+        }
+    }
+    assert_eq!(empty_rounds, 0, "rounds in 12 that nobody won");
+}
