@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use phalanx_instance::InstanceError;
 use phalanx_node::config::{ConfigError, ConfigLayer, NodeConfig};
 use phalanx_node::control::NodeService;
-use phalanx_node::{Node, NodeError};
+use phalanx_node::{Node, NodeBuilder};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Exit status: stopped on request (SIGTERM or SIGINT), cleanly.
@@ -157,11 +158,12 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         "starting the node (waiting for the lease if another instance holds it)"
     );
 
+    // Campaigning (a standby waits here), then loading: the API tells them apart.
     let node = tokio::select! {
-        started = Node::start_with_metrics(&config, service.metrics()) => match started {
+        started = start_node(&config, &service) => match started {
             Ok(node) => node,
             Err(err) => {
-                let refused = matches!(err, NodeError::Identity(_));
+                let refused = err.is_identity();
                 let code = fatal(format, format!("cannot start the node: {err}"));
                 drain_api(stop_api, api).await;
                 // Not this node's store: the operator must act, as for a bad config.
@@ -223,6 +225,19 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     code
 }
 
+/// Wins the lease, tells the API the node is loading, and builds the node.
+async fn start_node(
+    config: &NodeConfig,
+    service: &NodeService,
+) -> Result<Arc<Node>, InstanceError> {
+    let won = phalanx_instance::campaign(config, &service.metrics()).await?;
+    tracing::info!(epoch = %won.epoch(), "the lease is won; loading the node");
+    service.set_loading();
+    Ok(won
+        .build(NodeBuilder::new(config).metrics(service.metrics()))
+        .await?)
+}
+
 /// The file's settings under the flags' and the environment's.
 fn resolve(file: Option<&std::path::Path>, flags: ConfigLayer) -> Result<NodeConfig, ConfigError> {
     let base = match file {
@@ -270,7 +285,7 @@ fn exit_on_panic() {
 }
 
 /// `phalanx init`: records in the configured store that it is this node's (see
-/// [`Node::initialize`]). Exit 0 when recorded or already this node's; 2 for an invalid
+/// [`phalanx_instance::initialize`]). Exit 0 when recorded or already this node's; 2 for an invalid
 /// configuration or a store of another node or network; 1 when the store or seed fails.
 pub async fn init(args: NodeArgs) -> ExitCode {
     let config = match configure(&args) {
@@ -283,7 +298,7 @@ pub async fn init(args: NodeArgs) -> ExitCode {
             format!("cannot create {}: {err}", config.data_dir.display()),
         );
     }
-    match Node::initialize(&config).await {
+    match phalanx_instance::initialize(&config).await {
         Ok(done) => {
             let identity = &done.identity;
             say(&format!(
@@ -299,7 +314,7 @@ pub async fn init(args: NodeArgs) -> ExitCode {
             ));
             ExitCode::SUCCESS
         }
-        Err(err @ NodeError::Identity(_)) => {
+        Err(err) if err.is_identity() => {
             fatal(args.log_format, format!("cannot initialize: {err}"));
             ExitCode::from(EXIT_CONFIG)
         }

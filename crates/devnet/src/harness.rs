@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, Network};
 use phalanx_node::config::{ApiConfig, ChainConfig, LightningConfig, NodeConfig, StoreConfig};
+use phalanx_node::metrics::Metrics;
 use phalanx_node::{Node, NodeError};
 use phalanx_store::{ClusterName, HolderId};
 
@@ -19,8 +20,8 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Records the node's identity in its store (as `phalanx init` does; nothing when it is
 /// there already), then starts it.
 pub async fn initialize_and_start(config: &NodeConfig) -> Result<Arc<Node>, DevnetError> {
-    Node::initialize(config).await?;
-    Ok(Node::start(config).await?)
+    phalanx_instance::initialize(config).await?;
+    Ok(phalanx_instance::start(config, Arc::new(Metrics::new())).await?)
 }
 
 /// The configuration of a node named `name` with its data in `dir/name`, following the

@@ -19,6 +19,9 @@ pub enum DevnetError {
     /// A node failed.
     #[error("node: {0}")]
     Node(#[from] phalanx_node::NodeError),
+    /// A node could not be started.
+    #[error("node: {0}")]
+    Start(#[from] phalanx_instance::InstanceError),
     /// Something did not happen in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),

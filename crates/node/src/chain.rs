@@ -41,6 +41,9 @@ pub enum ChainError {
         /// What happened.
         message: String,
     },
+    /// The Esplora endpoint, the second broadcast source, cannot be used.
+    #[error(transparent)]
+    Esplora(#[from] crate::esplora::EsploraError),
     /// bitcoind refused the credentials.
     #[error(
         "bitcoind at {url} refused the RPC credentials (check chain.rpc_user and chain.rpc_password)"
@@ -129,9 +132,12 @@ impl ChainError {
             {
                 BroadcastOutcome::Refused
             }
+            // Esplora's answers are only logged: an Esplora error here is not the
+            // broadcast's, so it says nothing of the transaction.
             ChainError::Rpc { .. }
             | ChainError::Unreachable { .. }
-            | ChainError::Invalid { .. } => BroadcastOutcome::Unknown,
+            | ChainError::Invalid { .. }
+            | ChainError::Esplora(_) => BroadcastOutcome::Unknown,
         }
     }
 }

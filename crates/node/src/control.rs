@@ -8,14 +8,15 @@
 //!
 //! | situation | [`ServerState`] | authenticated calls |
 //! |-----------|-----------------|---------------------|
-//! | no node yet: a standby campaigning for the lease, or loading after winning it | `WAITING_TO_START` | `503 not_active` |
+//! | no node yet: a standby campaigning for the lease | `WAITING_TO_START` | `503 not_active` |
+//! | the lease is won and the node is loading ([`NodeService::set_loading`]) | `RPC_ACTIVE` | `503 not_active` |
 //! | the node is set and running | `SERVER_ACTIVE` | served |
 //! | shutdown begun ([`NodeService::set_stopping`]), or the node stopped on its own (fail-stop, lost lease) | `WAITING_TO_START` | `503 not_active` |
 //!
 //! A stopped node never serves again in this process (its owner exits and is restarted
 //! as a standby), so after a stop the state is the standby's, `WAITING_TO_START`, not
-//! `NON_EXISTING` (which tells LND-style probes that no wallet exists). `RPC_ACTIVE` is
-//! not used: [`Node::start`] wins the lease and loads the state as one step.
+//! `NON_EXISTING` (which tells LND-style probes that no wallet exists). `RPC_ACTIVE`
+//! means what it means to LND: the API is up and the node's subsystems are not yet.
 //!
 //! Calls that change state (`send_onchain`, `connect_peer`, `open_channel`,
 //! `create_invoice`, `pay_invoice`, `keysend`) run the node's method in a task of their
@@ -55,6 +56,7 @@ pub const MAX_PAYMENT_WAIT_SECS: u64 = 3_600;
 #[derive(Default)]
 pub struct NodeService {
     node: OnceLock<Arc<Node>>,
+    loading: AtomicBool,
     stopping: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -73,7 +75,14 @@ impl NodeService {
         Ok(())
     }
 
-    /// The instance's metrics: give them to [`Node::start_with_metrics`].
+    /// Marks the lease as won and the node as loading: `RPC_ACTIVE` until
+    /// [`Self::set_node`] (or [`Self::set_stopping`]).
+    pub fn set_loading(&self) {
+        self.loading.store(true, Ordering::SeqCst);
+        tracing::info!("API serving: RPC_ACTIVE (the lease is won; the node is loading)");
+    }
+
+    /// The instance's metrics: give them to the [`crate::NodeBuilder`].
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
     }
@@ -195,10 +204,10 @@ fn count(n: usize) -> u32 {
 /// | `UnknownChannel` | `unknown_channel` |
 /// | `UnknownPayment` | `unknown_payment` |
 /// | `PaymentFailed` | `payment_failed` |
-/// | anything else (`Seed`, `Identity`, `Corrupt`, `Listen`, other wallet and LDK errors) | `internal` |
+/// | anything else (other wallet and LDK errors) | `internal` |
 pub fn error_code(err: &NodeError) -> ErrorCode {
     match err {
-        NodeError::Stopped(_) | NodeError::LeaseHeldElsewhere(_) => ErrorCode::NotActive,
+        NodeError::Stopped(_) => ErrorCode::NotActive,
         NodeError::Store(err) if err.is_fenced() => ErrorCode::NotActive,
         NodeError::Store(_) => ErrorCode::StoreUnavailable,
         NodeError::Persist(err)
@@ -207,9 +216,7 @@ pub fn error_code(err: &NodeError) -> ErrorCode {
         NodeError::Chain(ChainError::BroadcastStopped | ChainError::LeaseNotConfirmed(_)) => {
             ErrorCode::NotActive
         }
-        NodeError::Chain(_) | NodeError::Sync(_) | NodeError::SendOutcomeUnknown { .. } => {
-            ErrorCode::ChainUnavailable
-        }
+        NodeError::Chain(_) | NodeError::SendOutcomeUnknown { .. } => ErrorCode::ChainUnavailable,
         NodeError::InvalidInvoice(_) => ErrorCode::InvalidInvoice,
         NodeError::Wallet(WalletError::InvalidAddress(_)) => ErrorCode::InvalidAddress,
         NodeError::InsufficientFunds(_)
@@ -223,12 +230,7 @@ pub fn error_code(err: &NodeError) -> ErrorCode {
         NodeError::UnknownChannel(_) => ErrorCode::UnknownChannel,
         NodeError::UnknownPayment(_) => ErrorCode::UnknownPayment,
         NodeError::PaymentFailed(_) => ErrorCode::PaymentFailed,
-        NodeError::Seed(_)
-        | NodeError::Identity(_)
-        | NodeError::Corrupt(_)
-        | NodeError::Listen { .. }
-        | NodeError::Wallet(_)
-        | NodeError::Lightning(_) => ErrorCode::Internal,
+        NodeError::Wallet(_) | NodeError::Lightning(_) => ErrorCode::Internal,
     }
 }
 
@@ -267,6 +269,7 @@ const _: fn(&ChainError) = |err| match err {
     | ChainError::WrongNetwork { .. }
     | ChainError::Rpc { .. }
     | ChainError::Invalid { .. }
+    | ChainError::Esplora(_)
     | ChainError::BroadcastStopped
     | ChainError::LeaseNotConfirmed(_) => {}
 };
@@ -373,14 +376,21 @@ pub fn payment(record: PaymentRecord) -> Payment {
 
 impl NodeControl for NodeService {
     fn metrics(&self) -> String {
-        let node = self.node.get().filter(|node| node.stop_reason().is_none());
-        self.metrics.render(self.state(), node.map(|n| &**n))
+        // The node's own metrics, however it was built: they hold its store transactions.
+        let metrics = self.node.get().map_or(&self.metrics, |node| node.metrics());
+        let running = self.node.get().filter(|node| node.stop_reason().is_none());
+        metrics.render(self.state(), running.map(|node| node.gauges()).as_ref())
     }
 
     fn state(&self) -> ServerState {
         match self.node.get() {
             Some(node) if !self.stopping.load(Ordering::SeqCst) && node.holds_leadership() => {
                 ServerState::ServerActive
+            }
+            None if self.loading.load(Ordering::SeqCst)
+                && !self.stopping.load(Ordering::SeqCst) =>
+            {
+                ServerState::RpcActive
             }
             _ => ServerState::WaitingToStart,
         }
@@ -404,7 +414,7 @@ impl NodeControl for NodeService {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            epoch: node.epoch(),
+            epoch: node.epoch().0,
             version: env!("CARGO_PKG_VERSION").to_owned(),
         })
     }
@@ -671,10 +681,6 @@ mod tests {
                 }),
                 ErrorCode::ChainUnavailable,
             ),
-            (
-                NodeError::Sync("no tip".into()),
-                ErrorCode::ChainUnavailable,
-            ),
             (NodeError::Stopped("fenced".into()), ErrorCode::NotActive),
             (
                 NodeError::Wallet(WalletError::InvalidAddress("tb1...".into())),
@@ -721,7 +727,6 @@ mod tests {
                 NodeError::Lightning("cannot create the invoice: x".into()),
                 ErrorCode::Internal,
             ),
-            (NodeError::Corrupt("manager".into()), ErrorCode::Internal),
         ];
         for (err, code) in cases {
             assert_eq!(error_code(&err), code, "{err:?}");
@@ -782,6 +787,19 @@ mod tests {
         let err = service.active().err().unwrap();
         assert_eq!(err.code, ErrorCode::NotActive);
         assert_eq!(err.state, Some(ServerState::WaitingToStart));
+        service.set_stopping();
+        assert_eq!(service.state(), ServerState::WaitingToStart);
+    }
+
+    #[test]
+    fn a_service_whose_lease_is_won_reports_loading_and_refuses() {
+        let service = NodeService::new();
+        service.set_loading();
+        assert_eq!(service.state(), ServerState::RpcActive);
+        let err = service.active().err().unwrap();
+        assert_eq!(err.code, ErrorCode::NotActive);
+        assert_eq!(err.state, Some(ServerState::RpcActive));
+        // Stopping while loading is the standby's state again.
         service.set_stopping();
         assert_eq!(service.state(), ServerState::WaitingToStart);
     }

@@ -11,10 +11,47 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
-use crate::chain::ChainError;
-
 /// The longest an Esplora post may take.
 pub const ESPLORA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why Esplora could not be used: its own errors, never reported as bitcoind's.
+#[derive(Debug, thiserror::Error)]
+pub enum EsploraError {
+    /// The configured URL cannot be an Esplora endpoint.
+    #[error("invalid Esplora URL {url}: {message}")]
+    InvalidUrl {
+        /// The URL as configured.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Esplora could not be reached, or did not answer in time.
+    #[error("cannot reach Esplora at {url}: {message}")]
+    Unreachable {
+        /// The endpoint.
+        url: String,
+        /// What happened.
+        message: String,
+    },
+    /// Esplora answered with an HTTP error: it refused the transaction.
+    #[error("Esplora at {url} refused the transaction: HTTP {status}: {message}")]
+    Refused {
+        /// The endpoint.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// Its answer.
+        message: String,
+    },
+    /// Esplora's answer could not be understood.
+    #[error("Esplora at {url} answered something unexpected: {message}")]
+    Invalid {
+        /// The endpoint.
+        url: String,
+        /// Its answer.
+        message: String,
+    },
+}
 
 /// An Esplora endpoint (`http://` or `https://`, e.g. `https://blockstream.info/api`).
 pub struct Esplora {
@@ -24,8 +61,8 @@ pub struct Esplora {
 
 impl Esplora {
     /// Checks the URL; `https` uses the system's root certificates.
-    pub fn new(url: &str) -> Result<Self, ChainError> {
-        let invalid = |message: String| ChainError::Unreachable {
+    pub fn new(url: &str) -> Result<Self, EsploraError> {
+        let invalid = |message: String| EsploraError::InvalidUrl {
             url: url.to_owned(),
             message,
         };
@@ -64,21 +101,21 @@ impl Esplora {
     }
 
     /// Posts `tx`; Esplora answers with its txid.
-    pub async fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
+    pub async fn broadcast(&self, tx: &Transaction) -> Result<Txid, EsploraError> {
         match tokio::time::timeout(ESPLORA_TIMEOUT, self.post_tx(serialize_hex(tx))).await {
             Ok(result) => result,
             Err(_) => Err(self.unreachable(format!("no answer within {ESPLORA_TIMEOUT:?}"))),
         }
     }
 
-    fn unreachable(&self, message: String) -> ChainError {
-        ChainError::Unreachable {
+    fn unreachable(&self, message: String) -> EsploraError {
+        EsploraError::Unreachable {
             url: self.url.to_string(),
             message,
         }
     }
 
-    async fn post_tx(&self, body: String) -> Result<Txid, ChainError> {
+    async fn post_tx(&self, body: String) -> Result<Txid, EsploraError> {
         let host = self.url.host_str().unwrap_or_default().to_owned();
         let port = self.url.port_or_known_default().unwrap_or(80);
         let path = format!("{}/tx", self.url.path().trim_end_matches('/'));
@@ -104,14 +141,14 @@ impl Esplora {
         };
         let (status, text) = response;
         if !status.is_success() {
-            return Err(ChainError::Rpc {
-                method: "esplora POST /tx",
-                code: i64::from(status.as_u16()),
+            return Err(EsploraError::Refused {
+                url: self.url.to_string(),
+                status: status.as_u16(),
                 message: text,
             });
         }
-        text.trim().parse().map_err(|_| ChainError::Invalid {
-            method: "esplora POST /tx",
+        text.trim().parse().map_err(|_| EsploraError::Invalid {
+            url: self.url.to_string(),
             message: text,
         })
     }
@@ -120,7 +157,7 @@ impl Esplora {
         &self,
         io: I,
         request: hyper::Request<Full<Bytes>>,
-    ) -> Result<(hyper::StatusCode, String), ChainError>
+    ) -> Result<(hyper::StatusCode, String), EsploraError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {

@@ -2,7 +2,9 @@
 //!
 //! Every byte of the node's state goes through the fenced [`phalanx_store::StateStore`],
 //! written with the token of the current leadership; the seed comes from a
-//! `phalanx-secrets` provider and never enters the store.
+//! `phalanx-secrets` provider and never enters the store. A [`NodeBuilder`] builds the
+//! node from a store, a leadership and a seed provider it is handed; this crate never
+//! opens a store by URL.
 
 #![warn(missing_docs)]
 
@@ -23,4 +25,4 @@ mod tasks;
 pub mod types;
 pub mod wallet;
 
-pub use node::{Initialized, Node, NodeError};
+pub use node::{BuildError, Node, NodeBuilder, NodeError, StoreRuntime};

@@ -3,7 +3,8 @@
 //! They exist from the process's start, before the node does, so that a standby reports
 //! its state too. Counters and latencies are recorded as things happen (lease renewals
 //! by the campaigner, store transactions by the store adapter); peers, channels and
-//! payments are read from the node when the metrics are scraped.
+//! payments are handed in as [`NodeGauges`] when the metrics are scraped. This module
+//! is a leaf: it knows nothing of the node, which feeds it.
 //!
 //! | metric | type | meaning |
 //! |--------|------|---------|
@@ -33,10 +34,26 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::node::Node;
-use crate::payments::{Direction, PaymentStatus};
-
 type Labels = Vec<(&'static str, &'static str)>;
+
+/// The payment directions and statuses, as labelled.
+pub const PAYMENT_DIRECTIONS: [&str; 2] = ["inbound", "outbound"];
+/// See [`PAYMENT_DIRECTIONS`].
+pub const PAYMENT_STATUSES: [&str; 4] = ["pending", "accepted", "succeeded", "failed"];
+
+/// What a running node reports at a scrape.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeGauges {
+    /// Connected peers.
+    pub peers: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Of them, usable ones.
+    pub usable_channels: usize,
+    /// Payment records by (direction, status), labelled as in [`PAYMENT_DIRECTIONS`]
+    /// and [`PAYMENT_STATUSES`]; missing pairs are zero.
+    pub payments: HashMap<(&'static str, &'static str), usize>,
+}
 
 /// The instance's metrics (see the [module docs](self)).
 pub struct Metrics {
@@ -144,7 +161,7 @@ impl Metrics {
     }
 
     /// Records a lease this process won.
-    pub(crate) fn won_lease(&self, epoch: u64) {
+    pub fn won_lease(&self, epoch: u64) {
         self.leaderships.inc();
         self.lease_held.set(1);
         self.lease_epoch
@@ -152,12 +169,12 @@ impl Metrics {
     }
 
     /// Records that this process no longer holds its lease.
-    pub(crate) fn lost_lease(&self) {
+    pub fn lost_lease(&self) {
         self.lease_held.set(0);
     }
 
     /// What the campaigner reports renewals to.
-    pub(crate) fn renewal_observer(self: &Arc<Self>) -> RenewalObserver {
+    pub fn renewal_observer(self: &Arc<Self>) -> RenewalObserver {
         let metrics = Arc::clone(self);
         Arc::new(move |took: Duration, outcome| {
             let outcome = match outcome {
@@ -174,7 +191,7 @@ impl Metrics {
     }
 
     /// What the store adapter reports transactions to.
-    pub(crate) fn write_observer(self: &Arc<Self>) -> WriteObserver {
+    pub fn write_observer(self: &Arc<Self>) -> WriteObserver {
         let metrics = Arc::clone(self);
         Arc::new(move |took: Duration, committed| {
             let outcome = if committed { "committed" } else { "failed" };
@@ -187,44 +204,31 @@ impl Metrics {
     }
 
     /// The metrics in Prometheus' text format, with `state` as this instance's state and
-    /// the node's peers, channels and payments if it runs.
-    pub fn render(&self, state: ServerState, node: Option<&Node>) -> String {
+    /// the running node's `gauges` if it runs.
+    pub fn render(&self, state: ServerState, gauges: Option<&NodeGauges>) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         for candidate in ServerState::ALL {
             self.server_state
                 .get_or_create(&vec![("state", candidate.as_str())])
                 .set(i64::from(candidate == state));
         }
-        if let Some(node) = node {
-            self.peers.set(node.list_peers().len() as i64);
-            let channels = node.list_channels();
-            let usable = channels.iter().filter(|c| c.is_usable).count() as i64;
+        if let Some(gauges) = gauges {
+            let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
+            self.peers.set(gauge(gauges.peers));
             self.channels
                 .get_or_create(&vec![("usable", "true")])
-                .set(usable);
+                .set(gauge(gauges.usable_channels));
             self.channels
                 .get_or_create(&vec![("usable", "false")])
-                .set(channels.len() as i64 - usable);
-            let mut counts: HashMap<(&'static str, &'static str), i64> = HashMap::new();
-            for record in node.list_payments() {
-                let direction = match record.direction {
-                    Direction::Inbound => "inbound",
-                    Direction::Outbound => "outbound",
-                };
-                let status = match record.status {
-                    PaymentStatus::Pending => "pending",
-                    PaymentStatus::Accepted => "accepted",
-                    PaymentStatus::Succeeded => "succeeded",
-                    PaymentStatus::Failed => "failed",
-                };
-                *counts.entry((direction, status)).or_default() += 1;
-            }
-            for direction in ["inbound", "outbound"] {
-                for status in ["pending", "accepted", "succeeded", "failed"] {
-                    let count = counts.get(&(direction, status)).copied().unwrap_or(0);
+                .set(gauge(
+                    gauges.channels.saturating_sub(gauges.usable_channels),
+                ));
+            for direction in PAYMENT_DIRECTIONS {
+                for status in PAYMENT_STATUSES {
+                    let count = gauges.payments.get(&(direction, status)).copied();
                     self.payments
                         .get_or_create(&vec![("direction", direction), ("status", status)])
-                        .set(count);
+                        .set(gauge(count.unwrap_or(0)));
                 }
             }
         }
@@ -253,7 +257,13 @@ mod tests {
         (metrics.renewal_observer())(Duration::from_millis(2), Ok(()));
         (metrics.write_observer())(Duration::from_millis(1), true);
         (metrics.write_observer())(Duration::from_millis(1), false);
-        let text = metrics.render(ServerState::ServerActive, None);
+        let gauges = NodeGauges {
+            peers: 2,
+            channels: 3,
+            usable_channels: 1,
+            payments: HashMap::from([(("outbound", "succeeded"), 5)]),
+        };
+        let text = metrics.render(ServerState::ServerActive, Some(&gauges));
         for line in [
             "phalanx_server_state{state=\"SERVER_ACTIVE\"} 1",
             "phalanx_server_state{state=\"WAITING_TO_START\"} 0",
@@ -265,6 +275,11 @@ mod tests {
             "phalanx_store_transactions_total{outcome=\"committed\"} 1",
             "phalanx_store_transactions_total{outcome=\"failed\"} 1",
             "phalanx_store_transaction_seconds_count 2",
+            "phalanx_peers 2",
+            "phalanx_channels{usable=\"true\"} 1",
+            "phalanx_channels{usable=\"false\"} 2",
+            "phalanx_payments{direction=\"outbound\",status=\"succeeded\"} 5",
+            "phalanx_payments{direction=\"inbound\",status=\"pending\"} 0",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }

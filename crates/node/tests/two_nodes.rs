@@ -141,6 +141,29 @@ async fn two_nodes_open_pay_both_ways_keysend_and_close_cooperatively() {
         102
     );
 
+    // An API put in front of a node built elsewhere (as the devnet does) serves that
+    // node's own metrics: its store transactions and payments, not a fresh set of zeros.
+    let service = phalanx_node::control::NodeService::new();
+    assert!(service.set_node(Arc::clone(&alice)).is_ok());
+    let text = phalanx_api::NodeControl::metrics(&service);
+    let committed = metric(
+        &text,
+        "phalanx_store_transactions_total{outcome=\"committed\"}",
+    );
+    assert!(
+        committed >= 102,
+        "{committed} store transactions after 102 payments:\n{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "phalanx_payments{direction=\"outbound\",status=\"succeeded\"}"
+        ),
+        102,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "phalanx_lease_held"), 1, "{text}");
+
     // Cooperative close: the funds come back on chain to both wallets.
     let channel = alice.list_channels().pop().unwrap();
     let funding = channel.funding_txo.unwrap();
@@ -214,4 +237,11 @@ async fn two_nodes_open_pay_both_ways_keysend_and_close_cooperatively() {
 
     alice.shutdown().await;
     bob.shutdown().await;
+}
+
+/// The value of the sample `name` (with its labels) in Prometheus text; 0 if absent.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
 }

@@ -71,12 +71,14 @@ impl Env {
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/node.db", dir.path().display());
-        let backend = phalanx_store_connect::connect(
-            &url,
-            StoreOptions::new(ClusterName::new("wallet").unwrap()),
-        )
-        .await
-        .unwrap();
+        let backend = Arc::new(
+            phalanx_store_sqlite::SqliteStore::open(
+                &url,
+                StoreOptions::new(ClusterName::new("wallet").unwrap()),
+            )
+            .await
+            .unwrap(),
+        );
         let store = Arc::new(FaultyStore::new(backend));
         let faults = store.faults();
         let leadership = Campaigner::new(

@@ -283,10 +283,12 @@ impl World {
             .await
             .expect("the chain wallet gathers coins");
         let bob_config = node_config(chain.config(), &dir, "bob", None).unwrap();
-        Node::initialize(&bob_config)
+        phalanx_instance::initialize(&bob_config)
             .await
             .expect("bob's store is initialized");
-        let bob = Node::start(&bob_config).await.expect("bob starts");
+        let bob = phalanx_instance::start(&bob_config, Default::default())
+            .await
+            .expect("bob starts");
         Self {
             dir,
             store_url,

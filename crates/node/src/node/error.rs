@@ -1,40 +1,22 @@
-//! Why the node could not start or do what it was asked.
+//! Why the node could not be built ([`BuildError`]) or do what it was asked ([`NodeError`]).
 
 use super::*;
 
-/// Why the node could not start or do what it was asked.
+/// Why a running node could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// The seed could not be loaded or created.
-    #[error("seed: {0}")]
-    Seed(#[from] phalanx_secrets::SecretsError),
     /// The state store failed or refused (see [`StoreError::kind`]).
     #[error("state store: {0}")]
     Store(#[from] StoreError),
     /// Reading or writing the node's state failed.
     #[error("state store: {0}")]
     Persist(#[source] io::Error),
-    /// The stored state cannot be decoded.
-    #[error("stored state is corrupt: {0}")]
-    Corrupt(String),
     /// The chain source failed.
     #[error("chain source: {0}")]
     Chain(#[from] ChainError),
-    /// Block sync failed.
-    #[error("chain sync: {0}")]
-    Sync(String),
     /// The on-chain wallet refused.
     #[error("{0}")]
     Wallet(#[from] WalletError),
-    /// A peer address could not be bound.
-    #[error("cannot listen for peers on {address}: {source}")]
-    Listen {
-        /// The address.
-        address: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// A peer could not be reached.
     #[error("{0}")]
     Peer(#[from] PeerError),
@@ -62,11 +44,6 @@ pub enum NodeError {
     /// LDK refused the operation.
     #[error("{0}")]
     Lightning(String),
-    /// Another instance leads the cluster and this one is not allowed to wait for it.
-    #[error(
-        "the lease of this cluster is held by {0}; stop that instance, or set `[cluster] enabled = true` (--cluster-enabled) on every instance to run this one as its standby"
-    )]
-    LeaseHeldElsewhere(String),
     /// The node stopped (fenced, lost its lease, or a write failed) and does nothing more.
     #[error("the node has stopped: {0}")]
     Stopped(String),
@@ -81,10 +58,49 @@ pub enum NodeError {
         /// What happened.
         reason: String,
     },
+}
+
+/// Why [`NodeBuilder::build`] could not build the node. Every variant is final for
+/// this attempt: the instance exits and is restarted (as a standby, if one leads now).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The seed could not be loaded or created.
+    #[error("seed: {0}")]
+    Seed(#[from] phalanx_secrets::SecretsError),
     /// The store is not this node's: no identity record (never initialized), or another
     /// node's or network's. The operator must act; restarting cannot help.
     #[error("{0}")]
     Identity(#[from] IdentityError),
+    /// The state store failed or refused (see [`StoreError::kind`]).
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// Reading the node's state failed.
+    #[error("state store: {0}")]
+    Persist(#[source] io::Error),
+    /// The store's own runtime failed (see [`StoreRuntime::run`]).
+    #[error("state store: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The stored state cannot be decoded.
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+    /// The chain source failed.
+    #[error("chain source: {0}")]
+    Chain(#[from] ChainError),
+    /// The sync to the chain tip failed.
+    #[error("chain sync: {0}")]
+    Sync(String),
+    /// The on-chain wallet could not be loaded.
+    #[error("{0}")]
+    Wallet(#[from] WalletError),
+    /// A peer address could not be bound.
+    #[error("cannot listen for peers on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub(super) fn persist_error(err: io::Error) -> NodeError {

@@ -1,17 +1,18 @@
 //! The node: LDK assembled over the fenced store, started and stopped as one.
 //!
-//! Start-up order (LDK's, see `ChannelManagerReadArgs`): win the leadership, read the
+//! Start-up order (LDK's, see `ChannelManagerReadArgs`): an instance wins the leadership
+//! (`phalanx-instance`) and hands it to the [`NodeBuilder`], which reads the
 //! monitors, read the ChannelManager with them, bring every listener (monitors, manager,
 //! sweeper, wallet) to the chain tip, hand the monitors to the ChainMonitor, and only then
 //! start the background processor, the peers and the block poller.
 //!
-//! Where things are: `start` (initializing a store, and the start-up itself), `restore`
+//! Where things are: `builder` (the start-up from the parts handed to it), `restore`
 //! (reading the graph, monitors, scorer and sweeper), `sync` (blocks to every listener),
 //! `loops` (the background loops), `runtime` (the store's own runtime), `error`; and the
 //! operations, each an `impl Node` of its own: `onchain`, `peering`, `channels`,
 //! `payments`. This file holds the node itself, its accessors and its shutdown.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,29 +51,30 @@ use lightning_background_processor::{
 use lightning_block_sync::poll::{ChainPoller, ValidatedBlockHeader};
 use lightning_block_sync::{SpvClient, init};
 use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
-use phalanx_cluster::{Campaigner, Leadership, LeadershipStatus};
+use phalanx_cluster::{Leadership, LeadershipStatus};
 use phalanx_secrets::{FileSeedProvider, SeedProvider};
-use phalanx_store::{LdkKvStore, LeaseStore, StateStore, StoreError, StoreOptions};
+use phalanx_store::{Epoch, LdkKvStore, StateStore, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::chain::{BroadcastOutcome, ChainClient, ChainError};
 use crate::config::NodeConfig;
 use crate::events::EventHandler;
-use crate::identity::{self, IDENTITY_SCHEMA_VERSION, IdentityError, NodeIdentity};
+use crate::identity::{self, IdentityError};
 use crate::keys::{SweepSpender, WalletKeys};
 use crate::logger::TracingLogger;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NodeGauges};
 use crate::payments::{Direction, PaymentLocks, PaymentRecord, PaymentStatus, PaymentStore};
 use crate::peers::{self, AddressBook, PeerError};
 use crate::persist::{FailStop, FailStopPersister};
 use crate::tasks::{Runs, Supervisor};
 use crate::types::{
-    BumpHandler, Chain, ChainMonitor, ChannelManager, GossipSync, KvStore, Logger,
-    MonitorPersister, NetworkGraph, OutputSweeper, PeerManager, Persister, Scorer,
+    BumpHandler, Chain, ChainMonitor, ChannelManager, GossipSync, KvStore, Logger, MessageRouter,
+    MonitorPersister, NetworkGraph, OutputSweeper, PeerManager, Persister, Router, Scorer,
 };
 use crate::wallet::{OnchainWallet, WalletBalance, WalletError};
 
+mod builder;
 mod channels;
 mod error;
 mod loops;
@@ -81,15 +83,15 @@ mod payments;
 mod peering;
 mod restore;
 mod runtime;
-mod start;
 mod sync;
 
+pub use self::builder::NodeBuilder;
+pub use self::error::BuildError;
 pub use self::error::NodeError;
 use self::error::*;
 use self::loops::*;
 use self::restore::*;
-use self::runtime::*;
-pub use self::start::Initialized;
+pub use self::runtime::StoreRuntime;
 use self::sync::*;
 
 /// How long an outbound payment keeps retrying other routes.
@@ -140,7 +142,7 @@ pub struct Node {
     kv: KvStore,
     metrics: Arc<Metrics>,
     listen_addresses: Vec<SocketAddr>,
-    epoch: u64,
+    epoch: Epoch,
     leadership: Mutex<Option<Leadership>>,
     /// Tells the background tasks to finish.
     shutdown: watch::Sender<bool>,
@@ -188,7 +190,7 @@ impl Node {
     }
 
     /// The epoch of the leadership this instance writes with.
-    pub fn epoch(&self) -> u64 {
+    pub fn epoch(&self) -> Epoch {
         self.epoch
     }
 
@@ -244,6 +246,36 @@ impl Node {
             self.events.forwarded_fees_msat.load(Ordering::Relaxed),
             self.events.forwarded_payments.load(Ordering::Relaxed),
         )
+    }
+
+    /// The metrics this node records into (handed to its builder).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// What the node reports at a metrics scrape: peers, channels, payments.
+    pub fn gauges(&self) -> NodeGauges {
+        let channels = self.list_channels();
+        let mut payments = HashMap::new();
+        for record in self.payments.list() {
+            let direction = match record.direction {
+                Direction::Inbound => "inbound",
+                Direction::Outbound => "outbound",
+            };
+            let status = match record.status {
+                PaymentStatus::Pending => "pending",
+                PaymentStatus::Accepted => "accepted",
+                PaymentStatus::Succeeded => "succeeded",
+                PaymentStatus::Failed => "failed",
+            };
+            *payments.entry((direction, status)).or_default() += 1;
+        }
+        NodeGauges {
+            peers: self.list_peers().len(),
+            channels: channels.len(),
+            usable_channels: channels.iter().filter(|c| c.is_usable).count(),
+            payments,
+        }
     }
 
     /// Why the node stopped, if it did.

@@ -32,13 +32,13 @@ pub(super) fn read_network_graph(kv: &KvStore, network: Network, logger: &Logger
 pub(super) fn read_monitors(
     kv: &KvStore,
     persister: &MonitorPersister,
-) -> Result<Vec<(BlockLocator, ChannelMonitor<InMemorySigner>)>, NodeError> {
+) -> Result<Vec<(BlockLocator, ChannelMonitor<InMemorySigner>)>, BuildError> {
     let keys = KVStoreSync::list(
         &**kv,
         persist::CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE,
         persist::CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE,
     )
-    .map_err(persist_error)?;
+    .map_err(BuildError::Persist)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let read = Mutex::new(Vec::with_capacity(keys.len()));
     std::thread::scope(|scope| {
@@ -66,7 +66,7 @@ pub(super) fn read_monitors(
         .map(|(index, result)| {
             result.map_err(|err| {
                 let what = format!("channel monitor {}: {err}", keys[index]);
-                NodeError::Persist(io::Error::new(err.kind(), what))
+                BuildError::Persist(io::Error::new(err.kind(), what))
             })
         })
         .collect()
@@ -99,7 +99,7 @@ pub(super) fn read_sweeper(
     wallet: &Arc<OnchainWallet>,
     logger: &Logger,
     tip: BlockLocator,
-) -> Result<OutputSweeper, NodeError> {
+) -> Result<OutputSweeper, BuildError> {
     match KVStoreSync::read(
         &**kv,
         persist::OUTPUT_SWEEPER_PERSISTENCE_PRIMARY_NAMESPACE,
@@ -117,7 +117,7 @@ pub(super) fn read_sweeper(
                 Arc::clone(logger),
             );
             let (_, sweeper) = <(BlockLocator, OutputSweeper)>::read(&mut &bytes[..], args)
-                .map_err(|err| NodeError::Corrupt(format!("output sweeper: {err:?}")))?;
+                .map_err(|err| BuildError::Corrupt(format!("output sweeper: {err:?}")))?;
             Ok(sweeper)
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(OutputSweeper::new(
@@ -130,7 +130,7 @@ pub(super) fn read_sweeper(
             Arc::clone(kv),
             Arc::clone(logger),
         )),
-        Err(err) => Err(persist_error(err)),
+        Err(err) => Err(BuildError::Persist(err)),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The store's own runtime, and tasks that end with the future that awaits them.
+//! The store's own runtime.
 
 use super::*;
 
@@ -9,30 +9,44 @@ use super::*;
 /// handled, say). A store future that needed one of those workers would never finish:
 /// a deadlock. On its own runtime, store I/O and the lease always make progress, whatever
 /// the node's workers are doing.
-pub(super) struct StoreRuntime(Option<tokio::runtime::Runtime>);
+///
+/// An instance opens the store and campaigns on it ([`Self::run`]), then hands it to
+/// [`NodeBuilder::build`], which keeps it for the node's life.
+pub struct StoreRuntime(Option<tokio::runtime::Runtime>);
 
 impl StoreRuntime {
-    pub(super) fn new() -> Result<Self, NodeError> {
+    /// A runtime of two worker threads, `phalanx-store`.
+    pub fn new() -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("phalanx-store")
             .enable_all()
             .build()
             .map_err(|err| {
-                NodeError::Persist(io::Error::new(
-                    io::ErrorKind::Other,
-                    format!("cannot start the store runtime: {err}"),
-                ))
+                std::io::Error::other(format!("cannot start the store runtime: {err}"))
             })?;
         Ok(Self(Some(runtime)))
     }
 
-    pub(super) fn handle(&self) -> tokio::runtime::Handle {
+    /// A handle to spawn on it.
+    pub fn handle(&self) -> tokio::runtime::Handle {
         self.0
             .as_ref()
             .expect("the store runtime lives until drop")
             .handle()
             .clone()
+    }
+
+    /// Runs `work` on this runtime and waits for it. Cancelling the wait (dropping the
+    /// future) aborts the work. An error is a panic of `work`.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let mut task = AbortOnDrop(self.handle().spawn(work));
+        (&mut task.0)
+            .await
+            .map_err(|err| std::io::Error::other(format!("the store task failed: {err}")))
     }
 }
 
@@ -45,20 +59,8 @@ impl Drop for StoreRuntime {
     }
 }
 
-/// A task aborted when its handle is dropped (when `Node::start` is cancelled, say).
-pub(super) struct AbortOnDrop<T>(pub(super) JoinHandle<T>);
-
-impl<T> AbortOnDrop<Result<T, NodeError>> {
-    pub(super) async fn join(mut self) -> Result<T, NodeError> {
-        match (&mut self.0).await {
-            Ok(result) => result,
-            Err(err) => Err(NodeError::Persist(io::Error::new(
-                io::ErrorKind::Other,
-                format!("the store task failed: {err}"),
-            ))),
-        }
-    }
-}
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

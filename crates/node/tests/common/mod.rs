@@ -233,13 +233,15 @@ pub fn claimable_balances(node: &Node) -> usize {
 /// Initializes the node's store (as `phalanx init` does; a no-op once done) and starts
 /// the node, failing the test with the error if it does not start.
 pub async fn start(config: &NodeConfig) -> Arc<Node> {
-    Node::initialize(config).await.unwrap_or_else(|err| {
-        panic!(
-            "node {} was not initialized: {err}",
-            config.data_dir.display()
-        )
-    });
-    Node::start(config)
+    phalanx_instance::initialize(config)
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "node {} was not initialized: {err}",
+                config.data_dir.display()
+            )
+        });
+    phalanx_instance::start(config, Default::default())
         .await
         .unwrap_or_else(|err| panic!("node {} did not start: {err}", config.data_dir.display()))
 }

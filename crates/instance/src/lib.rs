@@ -1,0 +1,220 @@
+//! One instance of a Phalanx cluster, from its configuration to a running node.
+//!
+//! The steps, in order: open the store named by the configuration's URL on a
+//! [`StoreRuntime`] of its own, campaign for the lease ([`campaign`]), and hand what was
+//! won to the [`NodeBuilder`] ([`Won::build`]). Between the two an API can tell its
+//! callers that this instance leads and is loading. [`start`] runs them all;
+//! [`initialize`] records a new store as this node's (`phalanx init`).
+//!
+//! This is the only layer that names the store backends (through
+//! `phalanx-store-connect`): the node is built from a store it is handed.
+
+#![warn(missing_docs)]
+
+use std::io;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use phalanx_cluster::{Campaigner, ElectionState, Leadership};
+use phalanx_node::config::NodeConfig;
+use phalanx_node::identity::{self, IDENTITY_SCHEMA_VERSION, IdentityError, NodeIdentity};
+use phalanx_node::metrics::Metrics;
+use phalanx_node::{BuildError, Node, NodeBuilder, StoreRuntime};
+use phalanx_secrets::{FileSeedProvider, SecretsError, SeedProvider};
+use phalanx_store::{Epoch, HolderId, LeaseStore, Store, StoreError, StoreOptions};
+use tokio::sync::watch;
+
+/// Why an instance could not win its lease, or its node could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// The store could not be opened, or campaigning on it failed.
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// The store's own runtime could not be started, or its task failed.
+    #[error("state store: {0}")]
+    Runtime(#[source] io::Error),
+    /// The seed could not be loaded or created.
+    #[error("seed: {0}")]
+    Seed(#[from] SecretsError),
+    /// The store is not this node's, or names another network.
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+    /// Another instance leads the cluster and this one is not allowed to wait for it.
+    #[error(
+        "the lease of this cluster is held by {0}; stop that instance, or set `[cluster] enabled = true` (--cluster-enabled) on every instance to run this one as its standby"
+    )]
+    LeaseHeldElsewhere(String),
+    /// The lease was won and the node could not be built.
+    #[error("{0}")]
+    Build(#[from] BuildError),
+}
+
+impl InstanceError {
+    /// Whether the operator must act before a restart can help: the store is another
+    /// node's, or was never initialized.
+    pub fn is_identity(&self) -> bool {
+        matches!(
+            self,
+            Self::Identity(_) | Self::Build(BuildError::Identity(_))
+        )
+    }
+}
+
+/// The lease won on the configured store: hand it to the builder with [`Won::build`].
+pub struct Won {
+    store: Arc<dyn Store>,
+    leadership: Leadership,
+    runtime: StoreRuntime,
+}
+
+impl Won {
+    /// The epoch this instance leads.
+    pub fn epoch(&self) -> Epoch {
+        self.leadership.epoch()
+    }
+
+    /// Builds the node with what was won (see [`NodeBuilder::build`]).
+    pub async fn build(self, builder: NodeBuilder) -> Result<Arc<Node>, BuildError> {
+        builder
+            .build(self.store, self.leadership, self.runtime)
+            .await
+    }
+}
+
+/// Opens the store of `config` and campaigns for its lease, renewals recorded into
+/// `metrics`. With `[cluster] enabled` it waits while another instance leads (a
+/// standby); without, another live leader is an error, and only this instance's own
+/// lease (a restart after a crash) is waited out.
+pub async fn campaign(config: &NodeConfig, metrics: &Arc<Metrics>) -> Result<Won, InstanceError> {
+    let runtime = StoreRuntime::new().map_err(InstanceError::Runtime)?;
+    let url = config.store.url.clone();
+    let options = StoreOptions::new(config.store.cluster.clone());
+    let instance = config.store.instance_id.clone();
+    let renewal_observer = metrics.renewal_observer();
+    let wait_for_leader = config.store.cluster_enabled;
+    let lease_timings = config.store.lease;
+    // Opening, campaigning and renewing run on the store runtime (see StoreRuntime).
+    let (store, leadership) = runtime
+        .run(async move {
+            let store = phalanx_store_connect::connect(&url, options).await?;
+            let lease_store: Arc<dyn LeaseStore> = store.clone();
+            let campaigner = Campaigner::new(lease_store, instance, lease_timings)?
+                .observe_renewals(renewal_observer);
+            let leadership = if wait_for_leader {
+                campaigner.campaign().await?
+            } else {
+                win_unless_led(&campaigner).await?
+            };
+            Ok::<_, InstanceError>((store, leadership))
+        })
+        .await
+        .map_err(InstanceError::Runtime)??;
+    Ok(Won {
+        store,
+        leadership,
+        runtime,
+    })
+}
+
+/// Campaigns for the lease and builds the node of `config` with its seed file, recording
+/// into `metrics`: [`campaign`], then [`Won::build`].
+pub async fn start(config: &NodeConfig, metrics: Arc<Metrics>) -> Result<Arc<Node>, InstanceError> {
+    let won = campaign(config, &metrics).await?;
+    Ok(won.build(NodeBuilder::new(config).metrics(metrics)).await?)
+}
+
+/// What [`initialize`] found or did.
+#[derive(Clone, Debug)]
+pub struct Initialized {
+    /// The store's identity record.
+    pub identity: NodeIdentity,
+    /// Whether this call recorded it (false: the store was already this node's).
+    pub created: bool,
+}
+
+/// Records in the store of `config` that it belongs to this node (the seed's node id,
+/// creating the seed file if there is none, and the network): what `phalanx init` does,
+/// once, before the node's first start. Takes the lease for the write, so no instance
+/// may be running. A store that already names this node is left as it is; one that
+/// names another node or network is an error.
+pub async fn initialize(config: &NodeConfig) -> Result<Initialized, InstanceError> {
+    let seed = FileSeedProvider::new(config.seed_file.clone(), true).seed()?;
+    let node_id = identity::node_id_of(&seed);
+    drop(seed);
+    let runtime = StoreRuntime::new().map_err(InstanceError::Runtime)?;
+    let url = config.store.url.clone();
+    let options = StoreOptions::new(config.store.cluster.clone());
+    let instance = config.store.instance_id.clone();
+    let lease_timings = config.store.lease;
+    let network = config.network;
+    runtime
+        .run(async move {
+            let store = phalanx_store_connect::connect(&url, options).await?;
+            let lease_store: Arc<dyn LeaseStore> = store.clone();
+            let campaigner = Campaigner::new(lease_store, instance, lease_timings)?;
+            let leadership = win_unless_led(&campaigner).await?;
+            let outcome = match identity::read_identity(&*store).await? {
+                Some(stored) => {
+                    identity::check(&store.describe(), Some(&stored), node_id, network)?;
+                    Initialized {
+                        identity: stored,
+                        created: false,
+                    }
+                }
+                None => {
+                    let record = NodeIdentity {
+                        node_id,
+                        network,
+                        created_at_unix: SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs(),
+                        schema_version: IDENTITY_SCHEMA_VERSION,
+                    };
+                    store
+                        .write(leadership.token()?, &identity::identity_key(), record.encode())
+                        .await?;
+                    tracing::info!(%node_id, %network, store = store.describe(), "recorded the node's identity");
+                    Initialized {
+                        identity: record,
+                        created: true,
+                    }
+                }
+            };
+            leadership.resign().await?;
+            Ok::<_, InstanceError>(outcome)
+        })
+        .await
+        .map_err(InstanceError::Runtime)?
+}
+
+/// Wins the lease unless another instance leads: that is an error to report, not a
+/// leader to wait for. This instance's own lease (a restart after a crash) is waited out.
+async fn win_unless_led(campaigner: &Campaigner) -> Result<Leadership, InstanceError> {
+    let mut election = campaigner.state();
+    tokio::select! {
+        won = campaigner.campaign() => Ok(won?),
+        holder = led_by_another(&mut election, campaigner.holder()) => {
+            Err(InstanceError::LeaseHeldElsewhere(holder))
+        }
+    }
+}
+
+/// Resolves with a description of the holder once the campaign sees the lease held by
+/// an instance other than `me` (or by a holder the store does not name).
+async fn led_by_another(election: &mut watch::Receiver<ElectionState>, me: &HolderId) -> String {
+    loop {
+        if let ElectionState::Campaigning { leader } = &*election.borrow_and_update() {
+            match leader {
+                Some(lease) if lease.holder != me.as_str() => {
+                    return format!("instance {} (epoch {})", lease.holder, lease.epoch);
+                }
+                None => return "another process".to_owned(),
+                Some(_) => {}
+            }
+        }
+        if election.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
