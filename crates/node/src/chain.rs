@@ -1,33 +1,23 @@
 //! The chain source: bitcoind over JSON-RPC (and optionally REST for blocks), through
 //! LDK's own `lightning-block-sync` clients. It estimates fees (`estimatesmartfee`),
 //! broadcasts (`sendrawtransaction`, `submitpackage` for packages), and serves blocks to
-//! the chain listeners.
-//!
-//! Broadcasting can be switched off for good ([`ChainClient::stop_broadcasting`]): a
-//! fenced instance must never broadcast from in-memory state that may be newer than what
-//! the store holds (safety rule 4). It is also tied to the leadership
-//! ([`ChainClient::broadcast_only_while`]): past the lease's local deadline nothing is
-//! sent, even before the node has noticed it lost the lease (a paused process that
-//! wakes up runs whatever was due before its renewal task).
+//! the chain listeners. What allows a broadcast (the fence) is in [`crate::broadcast`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine;
-use bitcoin::consensus::encode::serialize_hex;
-use bitcoin::{BlockHash, Network, Transaction, Txid};
+use bitcoin::{BlockHash, Network};
 use lightning::chain::chaininterface::{
-    BroadcasterInterface, ConfirmationTarget, FEERATE_FLOOR_SATS_PER_KW, FeeEstimator,
-    TransactionType,
+    ConfirmationTarget, FEERATE_FLOOR_SATS_PER_KW, FeeEstimator,
 };
 use lightning_block_sync::gossip::UtxoSource;
 use lightning_block_sync::rest::RestClient;
 use lightning_block_sync::rpc::{RpcClient, RpcClientError};
 use lightning_block_sync::{BlockData, BlockHeaderData, BlockSource, BlockSourceResult};
-use phalanx_store::{Epoch, FenceSource, LeaseStore};
 use serde_json::{Value, json};
 
+use crate::broadcast::BroadcastGate;
 use crate::config::ChainConfig;
 
 /// Why the chain source failed.
@@ -174,13 +164,6 @@ const ALL_TARGETS: [ConfirmationTarget; 8] = [
     ConfirmationTarget::OutputSpendingFee,
 ];
 
-/// The store and epoch a broadcast must be confirmed with.
-struct LeaseCheck {
-    store: Arc<dyn LeaseStore>,
-    epoch: Epoch,
-    runtime: tokio::runtime::Handle,
-}
-
 /// How blocks are fetched.
 enum Blocks {
     Rpc,
@@ -194,16 +177,13 @@ pub struct ChainClient {
     blocks: Blocks,
     network: Network,
     fees: RwLock<FeeTable>,
-    broadcasting: AtomicBool,
-    /// The leadership broadcasts depend on, once won.
-    lease: std::sync::OnceLock<Arc<dyn FenceSource>>,
-    /// The store that confirms that leadership before each broadcast.
-    lease_check: std::sync::OnceLock<LeaseCheck>,
+    /// What allows a broadcast (see [`crate::broadcast`]).
+    pub(crate) gate: BroadcastGate,
     /// A second broadcast source, if configured.
-    esplora: Option<crate::esplora::Esplora>,
-    runtime: tokio::runtime::Handle,
+    pub(crate) esplora: Option<crate::esplora::Esplora>,
+    pub(crate) runtime: tokio::runtime::Handle,
     /// Itself, so the synchronous broadcaster can hand a task an owned handle.
-    me: std::sync::Weak<ChainClient>,
+    pub(crate) me: std::sync::Weak<ChainClient>,
 }
 
 impl ChainClient {
@@ -231,9 +211,7 @@ impl ChainClient {
             },
             network,
             fees: RwLock::new(FeeTable(HashMap::new())),
-            broadcasting: AtomicBool::new(true),
-            lease: std::sync::OnceLock::new(),
-            lease_check: std::sync::OnceLock::new(),
+            gate: BroadcastGate::default(),
             runtime,
         });
         let info = client.call("getblockchaininfo", &[]).await?;
@@ -320,183 +298,6 @@ impl ChainClient {
         *self.fees.write().unwrap_or_else(|e| e.into_inner()) = FeeTable(table);
         Ok(())
     }
-
-    /// Never broadcast again (the instance is fenced or stopping).
-    pub fn stop_broadcasting(&self) {
-        if self.broadcasting.swap(false, Ordering::SeqCst) {
-            tracing::warn!(
-                "broadcasting stopped: this instance will not send transactions any more"
-            );
-        }
-    }
-
-    /// Broadcasts only while `lease` gives a token (its holder has not lost it and its
-    /// local deadline has not passed). Set once, before anything is broadcast.
-    pub fn broadcast_only_while(&self, lease: Arc<dyn FenceSource>) {
-        if self.lease.set(lease).is_err() {
-            tracing::warn!("the broadcaster was already tied to a leadership");
-        }
-    }
-
-    /// Before each broadcast, confirms with one round trip to `store` (run on
-    /// `store_runtime`) that the lease is still `epoch`'s. The local deadline alone cannot
-    /// tell: the monotonic clock does not advance while a VM is paused, so a thawed
-    /// ex-leader believes its lease runs while a standby has long taken over. Set once.
-    pub fn confirm_lease_with(
-        &self,
-        store: Arc<dyn LeaseStore>,
-        epoch: Epoch,
-        store_runtime: tokio::runtime::Handle,
-    ) {
-        let check = LeaseCheck {
-            store,
-            epoch,
-            runtime: store_runtime,
-        };
-        if self.lease_check.set(check).is_err() {
-            tracing::warn!("the broadcaster already confirms a lease");
-        }
-    }
-
-    /// Confirms the lease (see [`Self::confirm_lease_with`]); a lease another epoch
-    /// holds switches broadcasting off for good.
-    async fn confirm_lease(&self) -> Result<(), ChainError> {
-        let Some(check) = self.lease_check.get() else {
-            return Ok(());
-        };
-        let store = Arc::clone(&check.store);
-        let read = check
-            .runtime
-            .spawn(async move { store.current_lease().await });
-        let answer = match tokio::time::timeout(RPC_TIMEOUT, read).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(join)) => {
-                return Err(ChainError::LeaseNotConfirmed(format!(
-                    "the lease check failed: {join}"
-                )));
-            }
-            Err(_) => {
-                return Err(ChainError::LeaseNotConfirmed(format!(
-                    "the store did not answer within {RPC_TIMEOUT:?}"
-                )));
-            }
-        };
-        match answer {
-            Ok(Some(info))
-                if info.epoch == check.epoch
-                    && info.expires_in != Some(std::time::Duration::ZERO) =>
-            {
-                Ok(())
-            }
-            Ok(other) => {
-                self.stop_broadcasting();
-                let now = match other {
-                    Some(info) => format!("{} holds epoch {}", info.holder, info.epoch),
-                    None => "nobody holds it".to_owned(),
-                };
-                Err(ChainError::LeaseNotConfirmed(format!(
-                    "the lease of epoch {} is gone ({now})",
-                    check.epoch
-                )))
-            }
-            Err(err) => Err(ChainError::LeaseNotConfirmed(format!(
-                "the store could not confirm the lease: {}",
-                err.report()
-            ))),
-        }
-    }
-
-    /// Whether broadcasting is still allowed.
-    pub fn is_broadcasting(&self) -> bool {
-        self.broadcasting.load(Ordering::SeqCst)
-            && self
-                .lease
-                .get()
-                .is_none_or(|lease| lease.current_token().is_ok())
-    }
-
-    /// Broadcasts one transaction, or a package (child last) with `submitpackage`.
-    /// Switched off ([`Self::is_broadcasting`]), it sends nothing and says so.
-    pub async fn broadcast(&self, txs: Vec<Transaction>) -> Result<Vec<Txid>, ChainError> {
-        if !self.is_broadcasting() {
-            return Err(ChainError::BroadcastStopped);
-        }
-        self.confirm_lease().await?;
-        let txs = topological(txs);
-        // Each sink checks the deadline again: the round trips before it take time.
-        if !self.is_broadcasting() {
-            return Err(ChainError::BroadcastStopped);
-        }
-        let through_bitcoind = self.broadcast_to_bitcoind(&txs).await;
-        let Some(esplora) = &self.esplora else {
-            return through_bitcoind;
-        };
-        if !self.is_broadcasting() {
-            return through_bitcoind;
-        }
-        // Parents first, so each child finds its inputs.
-        let mut esplora_accepted_all = true;
-        for tx in &txs {
-            let txid = tx.compute_txid();
-            match esplora.broadcast(tx).await {
-                Ok(_) => tracing::debug!(%txid, url = esplora.url(), "broadcast to esplora"),
-                Err(err) => {
-                    esplora_accepted_all = false;
-                    tracing::warn!(%txid, url = esplora.url(), error = %err, "esplora refused the transaction");
-                }
-            }
-        }
-        match through_bitcoind {
-            Err(err) if esplora_accepted_all => {
-                tracing::warn!(error = %err, "bitcoind refused a broadcast that esplora accepted");
-                Ok(txs.iter().map(Transaction::compute_txid).collect())
-            }
-            other => other,
-        }
-    }
-
-    async fn broadcast_to_bitcoind(&self, txs: &[Transaction]) -> Result<Vec<Txid>, ChainError> {
-        if txs.len() == 1 {
-            let answer = self
-                .call("sendrawtransaction", &[json!(serialize_hex(&txs[0]))])
-                .await?;
-            let txid = answer
-                .as_str()
-                .and_then(|t| t.parse().ok())
-                .ok_or_else(|| ChainError::Invalid {
-                    method: "sendrawtransaction",
-                    message: answer.to_string(),
-                })?;
-            return Ok(vec![txid]);
-        }
-        let hexes: Vec<Value> = txs.iter().map(|tx| json!(serialize_hex(tx))).collect();
-        let answer = self.call("submitpackage", &[Value::Array(hexes)]).await?;
-        if answer["package_msg"] != "success" {
-            return Err(ChainError::Invalid {
-                method: "submitpackage",
-                message: answer.to_string(),
-            });
-        }
-        Ok(txs.iter().map(Transaction::compute_txid).collect())
-    }
-}
-
-/// Parents before children (LDK hands packages in no particular order).
-fn topological(mut txs: Vec<Transaction>) -> Vec<Transaction> {
-    let mut ordered = Vec::with_capacity(txs.len());
-    while !txs.is_empty() {
-        let ids: Vec<Txid> = txs.iter().map(Transaction::compute_txid).collect();
-        let ready = txs
-            .iter()
-            .position(|tx| {
-                tx.input
-                    .iter()
-                    .all(|input| !ids.contains(&input.previous_output.txid))
-            })
-            .unwrap_or(0);
-        ordered.push(txs.remove(ready));
-    }
-    ordered
 }
 
 impl FeeEstimator for ChainClient {
@@ -508,30 +309,6 @@ impl FeeEstimator for ChainClient {
             .get(&target)
             .copied()
             .unwrap_or(FEERATE_FLOOR_SATS_PER_KW)
-    }
-}
-
-impl BroadcasterInterface for ChainClient {
-    fn broadcast_transactions(&self, txs: &[(&Transaction, TransactionType)]) {
-        if !self.is_broadcasting() {
-            for (tx, kind) in txs {
-                tracing::warn!(txid = %tx.compute_txid(), ?kind, "not broadcasting: broadcasting is stopped");
-            }
-            return;
-        }
-        let Some(me) = self.me.upgrade() else { return };
-        let owned: Vec<Transaction> = txs.iter().map(|(tx, _)| (*tx).clone()).collect();
-        let kinds: Vec<String> = txs.iter().map(|(_, kind)| format!("{kind:?}")).collect();
-        // LDK rebroadcasts what does not confirm, so a failure here is only logged.
-        self.runtime.spawn(async move {
-            let txids: Vec<Txid> = owned.iter().map(Transaction::compute_txid).collect();
-            match me.broadcast(owned).await {
-                Ok(_) => tracing::info!(?txids, ?kinds, "broadcast"),
-                Err(err) => {
-                    tracing::warn!(?txids, ?kinds, error = %err, "broadcast failed; LDK will retry")
-                }
-            }
-        });
     }
 }
 
