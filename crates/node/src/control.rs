@@ -33,6 +33,7 @@ use std::time::Duration;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, FeeRate};
 use lightning::ln::channel_state::{ChannelDetails, ChannelShutdownState};
+use lightning::util::errors::APIError;
 use phalanx_api::{
     ApiError, Balance, Channel, ChannelState, CloseChannelRequest, ConnectPeerRequest,
     CreateInvoiceRequest, DEFAULT_PAYMENT_TIMEOUT_SECS, ErrorCode, Invoice, KeysendRequest,
@@ -194,17 +195,18 @@ fn count(n: usize) -> u32 {
 /// |------------|------|
 /// | `Stopped`; a store or wallet-store error of kind fenced (the lease is lost) | `not_active` |
 /// | `Store`, `Persist`, `Wallet(Store)`, `Peer(Store)` otherwise | `store_unavailable` |
-/// | `Chain`, `Sync` | `chain_unavailable` |
+/// | `Chain`, `SendOutcomeUnknown` | `chain_unavailable` |
 /// | `InvalidInvoice` | `invalid_invoice` |
 /// | `Wallet(InvalidAddress)` | `invalid_address` |
 /// | `InsufficientFunds`, `Wallet(InsufficientFunds)` | `insufficient_funds` |
 /// | `InvalidRequest`, `Wallet(Build)`, `Lightning` refusals of the request (LDK's `APIMisuseError`, `FeeRateTooHigh`, `ChannelUnavailable`, `IncompatibleShutdownScript`) | `invalid_request` |
+/// | `Lightning(MonitorUpdateInProgress)` | `store_unavailable` |
 /// | `PeerNotConnected` | `unknown_peer` |
 /// | `Peer(Unreachable)` | `peer_unreachable` |
 /// | `UnknownChannel` | `unknown_channel` |
 /// | `UnknownPayment` | `unknown_payment` |
 /// | `PaymentFailed` | `payment_failed` |
-/// | anything else (other wallet and LDK errors) | `internal` |
+/// | anything else (other wallet errors, `Invoice`, LDK's `InvalidRoute`) | `internal` |
 pub fn error_code(err: &NodeError) -> ErrorCode {
     match err {
         NodeError::Stopped(_) => ErrorCode::NotActive,
@@ -224,13 +226,13 @@ pub fn error_code(err: &NodeError) -> ErrorCode {
         NodeError::InvalidRequest(_) | NodeError::Wallet(WalletError::Build(_)) => {
             ErrorCode::InvalidRequest
         }
-        NodeError::Lightning(message) if is_refusal(message) => ErrorCode::InvalidRequest,
+        NodeError::Lightning { err, .. } => lightning_error_code(err),
         NodeError::PeerNotConnected(_) => ErrorCode::UnknownPeer,
         NodeError::Peer(PeerError::Unreachable { .. }) => ErrorCode::PeerUnreachable,
         NodeError::UnknownChannel(_) => ErrorCode::UnknownChannel,
         NodeError::UnknownPayment(_) => ErrorCode::UnknownPayment,
         NodeError::PaymentFailed(_) => ErrorCode::PaymentFailed,
-        NodeError::Wallet(_) | NodeError::Lightning(_) => ErrorCode::Internal,
+        NodeError::Wallet(_) | NodeError::Invoice(_) => ErrorCode::Internal,
     }
 }
 
@@ -244,17 +246,18 @@ fn io_code(err: &lightning::io::Error) -> ErrorCode {
     }
 }
 
-/// Whether LDK refused the request itself (its `APIError`, formatted with `{:?}`), as
-/// opposed to failing.
-fn is_refusal(message: &str) -> bool {
-    [
-        "APIMisuseError",
-        "FeeRateTooHigh",
-        "ChannelUnavailable",
-        "IncompatibleShutdownScript",
-    ]
-    .iter()
-    .any(|name| message.starts_with(name))
+/// The code of LDK's answer: a refusal of the request itself is the caller's to fix
+/// (`invalid_request`); a monitor update still being written is the store's; the rest
+/// is ours. No wildcard: a new LDK variant must be placed here.
+fn lightning_error_code(err: &APIError) -> ErrorCode {
+    match err {
+        APIError::APIMisuseError { .. }
+        | APIError::FeeRateTooHigh { .. }
+        | APIError::ChannelUnavailable { .. }
+        | APIError::IncompatibleShutdownScript { .. } => ErrorCode::InvalidRequest,
+        APIError::MonitorUpdateInProgress => ErrorCode::StoreUnavailable,
+        APIError::InvalidRoute { .. } => ErrorCode::Internal,
+    }
 }
 
 // Keeps the store's error kinds in view: a new kind must be placed in `error_code`.
@@ -716,15 +719,32 @@ mod tests {
                 ErrorCode::InvalidRequest,
             ),
             (
-                NodeError::Lightning("APIMisuseError { err: \"too small\" }".into()),
+                NodeError::Lightning {
+                    op: "open",
+                    err: APIError::APIMisuseError {
+                        err: "too small".into(),
+                    },
+                },
                 ErrorCode::InvalidRequest,
             ),
             (
-                NodeError::Lightning("ChannelUnavailable { err: \"peer gone\" }".into()),
+                NodeError::Lightning {
+                    op: "close",
+                    err: APIError::ChannelUnavailable {
+                        err: "peer gone".into(),
+                    },
+                },
                 ErrorCode::InvalidRequest,
             ),
             (
-                NodeError::Lightning("cannot create the invoice: x".into()),
+                NodeError::Lightning {
+                    op: "close",
+                    err: APIError::MonitorUpdateInProgress,
+                },
+                ErrorCode::StoreUnavailable,
+            ),
+            (
+                NodeError::Invoice(lightning_invoice::SignOrCreationError::SignError(())),
                 ErrorCode::Internal,
             ),
         ];

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bitcoin::Amount;
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use common::*;
+use phalanx_api::ErrorCode;
 use phalanx_node::NodeError;
+use phalanx_node::control::error_code;
 use phalanx_node::payments::{Direction, PaymentStatus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -112,6 +114,14 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .await
         .unwrap_err();
     assert!(matches!(err, NodeError::InvalidRequest(_)), "{err}");
+    // A channel LDK itself refuses (under its 1000 sat minimum) is the caller's mistake,
+    // not the node's failure: `invalid_request`, never `internal`.
+    let err = alice
+        .open_channel(bob.node_id(), None, 500, 0, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NodeError::Lightning { .. }), "{err}");
+    assert_eq!(error_code(&err), ErrorCode::InvalidRequest, "{err}");
     let address = bob.new_address().unwrap().to_string();
     let err = alice
         .send_onchain(&address, Some(Amount::from_sat(50_000_000)), None)

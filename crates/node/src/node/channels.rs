@@ -44,7 +44,10 @@ impl Node {
                 None,
                 Some(config),
             )
-            .map_err(|err| NodeError::Lightning(format!("{err:?}")))?;
+            .map_err(|err| NodeError::Lightning {
+                op: "cannot open the channel",
+                err,
+            })?;
         tracing::info!(channel = %channel_id, peer = %node_id, amount_sat, push_msat, public, "opening channel");
         Ok((channel_id, user_channel_id))
     }
@@ -67,7 +70,10 @@ impl Node {
                     &channel.counterparty.node_id,
                     "closed by the operator".into(),
                 )
-                .map_err(|err| NodeError::Lightning(format!("{err:?}")));
+                .map_err(|err| NodeError::Lightning {
+                    op: "cannot force-close the channel",
+                    err,
+                });
         }
         // LDK refuses to start a shutdown while a monitor update is being written, which
         // is most of the time on a busy channel: retry for a moment while the peer is
@@ -89,7 +95,12 @@ impl Node {
                     tracing::debug!(channel = %channel.channel_id, reason = %err, "close refused for now; retrying");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(err) => return Err(NodeError::Lightning(format!("{err:?}"))),
+                Err(err) => {
+                    return Err(NodeError::Lightning {
+                        op: "cannot close the channel",
+                        err,
+                    });
+                }
             }
         }
     }

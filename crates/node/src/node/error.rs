@@ -41,9 +41,18 @@ pub enum NodeError {
     /// Not enough funds.
     #[error("insufficient funds: {0}")]
     InsufficientFunds(String),
-    /// LDK refused the operation.
-    #[error("{0}")]
-    Lightning(String),
+    /// LDK refused or failed the operation `op`; its own error, kept typed so that a
+    /// refusal (the caller's to fix) is told apart from a failure.
+    #[error("{op}: {err:?}")]
+    Lightning {
+        /// What was asked of LDK.
+        op: &'static str,
+        /// LDK's answer (its `Debug` is its message: `APIError` has no `Display`).
+        err: lightning::util::errors::APIError,
+    },
+    /// LDK could not make or sign the invoice.
+    #[error("cannot create the invoice: {0}")]
+    Invoice(lightning_invoice::SignOrCreationError<()>),
     /// The node stopped (fenced, lost its lease, or a write failed) and does nothing more.
     #[error("the node has stopped: {0}")]
     Stopped(String),

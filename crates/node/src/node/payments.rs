@@ -64,7 +64,7 @@ impl Node {
         let invoice = self
             .channel_manager
             .create_bolt11_invoice(params)
-            .map_err(|err| NodeError::Lightning(format!("cannot create the invoice: {err:?}")))?;
+            .map_err(NodeError::Invoice)?;
         let hash = invoice.payment_hash().to_string();
         let mut record = PaymentRecord::pending(Direction::Inbound, hash.clone(), hash);
         record.amount_msat = amount_msat;
