@@ -508,7 +508,7 @@ async fn probe_payment(bob: &Arc<Node>, alice: &ApiClient) -> anyhow::Result<()>
             continue;
         };
         if let Ok(id) = bob.pay_invoice(&invoice.invoice, None).await
-            && let Ok(record) = bob.wait_payment(&id, PAYMENT_TIMEOUT).await
+            && let Ok(record) = bob.wait_payment(id, PAYMENT_TIMEOUT).await
             && record.status == PaymentStatus::Succeeded
         {
             return Ok(());
@@ -612,7 +612,7 @@ async fn bob_pays(bob: &Node, alice: &ApiClient) -> bool {
         return false;
     };
     matches!(
-        bob.wait_payment(&id, PAYMENT_TIMEOUT).await,
+        bob.wait_payment(id, PAYMENT_TIMEOUT).await,
         Ok(record) if record.status == PaymentStatus::Succeeded
     )
 }

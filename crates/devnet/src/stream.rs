@@ -83,7 +83,7 @@ pub async fn pay_once(
         .await
         .map_err(|e| e.to_string())?;
     let record = payer
-        .wait_payment(&id, PAYMENT_TIMEOUT)
+        .wait_payment(id, PAYMENT_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
     match record.status {
@@ -96,8 +96,8 @@ pub async fn pay_once(
         }
     }
     let latency = started.elapsed();
-    let hash = invoice.payment_hash().to_string();
-    match payee.wait_inbound(&hash, PAYMENT_TIMEOUT).await {
+    let hash = lightning::types::payment::PaymentHash(invoice.payment_hash().0);
+    match payee.wait_inbound(hash, PAYMENT_TIMEOUT).await {
         Some(record) if record.status == PaymentStatus::Succeeded => {}
         other => return Err(format!("the payer saw success but the payee has {other:?}")),
     }

@@ -33,6 +33,9 @@ use std::time::Duration;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, FeeRate};
 use lightning::ln::channel_state::{ChannelDetails, ChannelShutdownState};
+use lightning::ln::channelmanager::PaymentId;
+use lightning::ln::types::ChannelId;
+use lightning::types::payment::PaymentHash;
 use lightning::util::errors::APIError;
 use phalanx_api::{
     ApiError, Balance, Channel, ChannelState, CloseChannelRequest, ConnectPeerRequest,
@@ -132,7 +135,7 @@ impl NodeService {
     async fn outcome(
         &self,
         node: &Node,
-        id: &str,
+        id: PaymentId,
         wait: bool,
         timeout_secs: Option<u64>,
     ) -> Result<Payment, ApiError> {
@@ -144,8 +147,11 @@ impl NodeService {
                 .await
                 .map_err(|err| self.error(err))?
         } else {
-            node.payment(Direction::Outbound, id).ok_or_else(|| {
-                ApiError::internal(format!("payment {id} was started but has no record"))
+            node.outbound_payment(id).ok_or_else(|| {
+                ApiError::internal(format!(
+                    "payment {} was started but has no record",
+                    hex::encode(id.0)
+                ))
             })?
         };
         Ok(payment(record))
@@ -160,6 +166,14 @@ async fn detached<T: Send + 'static>(
         tracing::error!(error = %err, "an API operation panicked");
         ApiError::internal("the operation failed unexpectedly; see the node's log")
     })
+}
+
+/// 32 bytes of hex (the API checked the form already; this is the conversion).
+fn parse_hex32(text: &str, what: &str) -> Result<[u8; 32], ApiError> {
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| ApiError::invalid_request(format!("{what} {text:?} is not 32 bytes of hex")))
 }
 
 fn parse_node_id(text: &str) -> Result<PublicKey, ApiError> {
@@ -473,10 +487,10 @@ impl NodeControl for NodeService {
         Ok(node
             .list_peers()
             .into_iter()
-            .map(|(node_id, address, inbound)| Peer {
-                node_id: node_id.to_string(),
-                address,
-                inbound,
+            .map(|peer| Peer {
+                node_id: peer.node_id.to_string(),
+                address: peer.address,
+                inbound: peer.inbound,
             })
             .collect())
     }
@@ -492,12 +506,12 @@ impl NodeControl for NodeService {
         let connected = node
             .list_peers()
             .into_iter()
-            .find(|(id, ..)| *id == node_id);
+            .find(|peer| peer.node_id == node_id);
         Ok(match connected {
-            Some((_, address, inbound)) => Peer {
+            Some(peer) => Peer {
                 node_id: req.node_id,
-                address: address.or(Some(req.address)),
-                inbound,
+                address: peer.address.or(Some(req.address)),
+                inbound: peer.inbound,
             },
             None => Peer {
                 node_id: req.node_id,
@@ -520,15 +534,15 @@ impl NodeControl for NodeService {
             Some(address) => Some(resolve(address).await?),
             None => None,
         };
-        let (channel_id, user_channel_id) = detached(async move {
+        let opened = detached(async move {
             node.open_channel(node_id, address, req.amount_sat, req.push_msat, req.public)
                 .await
         })
         .await?
         .map_err(|err| self.error(err))?;
         Ok(OpenChannelResponse {
-            channel_id: hex::encode(channel_id.0),
-            user_channel_id: user_channel_id.to_string(),
+            channel_id: hex::encode(opened.temporary_channel_id.0),
+            user_channel_id: opened.user_channel_id.to_string(),
         })
     }
 
@@ -543,6 +557,7 @@ impl NodeControl for NodeService {
         req: CloseChannelRequest,
     ) -> Result<(), ApiError> {
         let node = Arc::clone(self.active()?);
+        let channel_id = ChannelId(parse_hex32(&channel_id, "channel id")?);
         detached(async move { node.close_channel(&channel_id, req.force).await })
             .await?
             .map_err(|err| self.error(err))
@@ -571,7 +586,7 @@ impl NodeControl for NodeService {
         let id = detached(async move { task_node.pay_invoice(&invoice, amount_msat).await })
             .await?
             .map_err(|err| self.error(err))?;
-        self.outcome(&node, &id, req.wait, req.timeout_secs).await
+        self.outcome(&node, id, req.wait, req.timeout_secs).await
     }
 
     async fn keysend(&self, req: KeysendRequest) -> Result<Payment, ApiError> {
@@ -582,7 +597,7 @@ impl NodeControl for NodeService {
         let id = detached(async move { task_node.keysend(node_id, amount_msat).await })
             .await?
             .map_err(|err| self.error(err))?;
-        self.outcome(&node, &id, req.wait, req.timeout_secs).await
+        self.outcome(&node, id, req.wait, req.timeout_secs).await
     }
 
     async fn list_payments(&self) -> Result<Vec<Payment>, ApiError> {
@@ -598,7 +613,8 @@ impl NodeControl for NodeService {
         // At most one inbound record per hash, and the node pays an invoice once: when
         // both exist (a payment to ourselves is refused, so only by a peer reusing a
         // hash), the latest change wins.
-        node.payments_by_hash(&payment_hash)
+        let hash = PaymentHash(parse_hex32(&payment_hash, "payment hash")?);
+        node.payments_by_hash(hash)
             .into_iter()
             .max_by_key(|r| (r.updated_at, r.direction == Direction::Outbound))
             .map(payment)

@@ -26,4 +26,7 @@ mod tasks;
 pub mod types;
 pub mod wallet;
 
-pub use node::{BuildError, Node, NodeBuilder, NodeError, StoreRuntime};
+pub use node::{
+    BuildError, ForwardingStats, Node, NodeBuilder, NodeError, OpenedChannel, PeerDetails,
+    StoreRuntime,
+};

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lightning::io;
+use lightning::types::payment::PaymentHash;
 use lightning::util::persist::{KVStore, KVStoreSync};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -82,6 +83,12 @@ pub struct PaymentRecord {
 }
 
 impl PaymentRecord {
+    /// The payment hash, typed (`None` only for a record whose hash was never known).
+    pub fn hash(&self) -> Option<PaymentHash> {
+        let bytes = hex::decode(&self.payment_hash).ok()?;
+        Some(PaymentHash(bytes.try_into().ok()?))
+    }
+
     /// A new pending record.
     pub fn pending(direction: Direction, payment_id: String, payment_hash: String) -> Self {
         let now = unix_now();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bitcoin::Amount;
 use common::*;
 use lightning::types::payment::{PaymentHash, PaymentPreimage};
-use phalanx_node::payments::{Direction, PaymentStatus};
+use phalanx_node::payments::PaymentStatus;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -33,7 +33,7 @@ async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wall
         .unwrap();
     let id = alice.pay_invoice(&invoice.to_string(), None).await.unwrap();
     wait_for("bob to hold the HTLC", WAIT, || async {
-        bob.payment(Direction::Inbound, &hash.to_string())
+        bob.inbound_payment(hash)
             .filter(|r| r.status == PaymentStatus::Accepted)
     })
     .await;
@@ -44,7 +44,7 @@ async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wall
     let channel = alice.list_channels().pop().unwrap();
     let funding = channel.funding_txo.unwrap().into_bitcoin_outpoint();
     alice
-        .close_channel(&channel.channel_id.to_string(), true)
+        .close_channel(&channel.channel_id, true)
         .await
         .unwrap();
     let commitment = wait_for("alice's commitment transaction", WAIT, || async {
@@ -71,7 +71,7 @@ async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wall
     let paid = wait_for("alice to learn the preimage on chain", WAIT, || async {
         regtest.mine(1, None);
         alice
-            .payment(Direction::Outbound, &id)
+            .outbound_payment(id)
             .filter(|r| r.status == PaymentStatus::Succeeded)
     })
     .await;
@@ -80,7 +80,7 @@ async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wall
         Some(preimage.to_string().as_str())
     );
     wait_for("bob to record the payment", WAIT, || async {
-        bob.payment(Direction::Inbound, &hash.to_string())
+        bob.inbound_payment(hash)
             .filter(|r| r.status == PaymentStatus::Succeeded)
     })
     .await;

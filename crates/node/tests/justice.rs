@@ -38,9 +38,7 @@ async fn punish(cooperative_close_first: bool) {
         open_channel(&regtest, &mallory, &bob, 250_000, 100_000_000).await;
         let first = bob.list_channels().pop().unwrap();
         let wallet_before = bob.onchain_balance().total_sat;
-        bob.close_channel(&first.channel_id.to_string(), false)
-            .await
-            .unwrap();
+        bob.close_channel(&first.channel_id, false).await.unwrap();
         wait_for("the cooperative close", WAIT, || async {
             regtest.mine(1, None);
             let closed = bob.list_channels().is_empty() && mallory.list_channels().is_empty();
@@ -71,7 +69,7 @@ async fn punish(cooperative_close_first: bool) {
             .await
             .unwrap();
         assert_eq!(
-            mallory.wait_payment(&id, WAIT).await.unwrap().status,
+            mallory.wait_payment(id, WAIT).await.unwrap().status,
             PaymentStatus::Succeeded
         );
     }

@@ -23,10 +23,7 @@ async fn a_force_close_after_a_cooperative_close_is_swept_to_the_wallet() {
     let first = alice.list_channels().pop().unwrap();
 
     // A cooperative close, deep enough that LDK hands its output to the node.
-    alice
-        .close_channel(&first.channel_id.to_string(), false)
-        .await
-        .unwrap();
+    alice.close_channel(&first.channel_id, false).await.unwrap();
     wait_for("the cooperative close", WAIT, || async {
         regtest.mine(1, None);
         alice.list_channels().is_empty().then_some(())
@@ -38,9 +35,7 @@ async fn a_force_close_after_a_cooperative_close_is_swept_to_the_wallet() {
     open_channel(&regtest, &alice, &bob, 300_000, 0).await;
     let second = bob.list_channels().pop().unwrap();
     let wallet_before = alice.onchain_balance().total_sat;
-    bob.close_channel(&second.channel_id.to_string(), true)
-        .await
-        .unwrap();
+    bob.close_channel(&second.channel_id, true).await.unwrap();
     let swept = wait_for("alice's side swept to her wallet", WAIT, || async {
         mine(&regtest, &[&alice, &bob], 1).await;
         let balance = alice.onchain_balance();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bitcoin::Amount;
 use common::*;
-use phalanx_node::payments::{Direction, PaymentStatus};
+use lightning::types::payment::PaymentHash;
+use phalanx_node::payments::PaymentStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pays_c_through_b_and_b_earns_the_fee() {
@@ -24,7 +25,7 @@ async fn a_pays_c_through_b_and_b_earns_the_fee() {
         alice
             .list_peers()
             .iter()
-            .all(|(id, ..)| *id != carol.node_id())
+            .all(|peer| peer.node_id != carol.node_id())
     );
 
     let mut fees_paid = 0;
@@ -36,20 +37,20 @@ async fn a_pays_c_through_b_and_b_earns_the_fee() {
             .unwrap();
         let id = alice.pay_invoice(&invoice.to_string(), None).await.unwrap();
         let paid = alice
-            .wait_payment(&id, Duration::from_secs(30))
+            .wait_payment(id, Duration::from_secs(30))
             .await
             .unwrap();
         assert_eq!(paid.status, PaymentStatus::Succeeded, "{paid:?}");
         let fee = paid.fee_msat.expect("a routed payment reports its fee");
         assert!(fee > 0, "bob forwards for a fee");
         fees_paid += fee;
-        let hash = invoice.payment_hash().to_string();
+        let hash = PaymentHash(invoice.payment_hash().0);
         let received = wait_for(
             "carol to record the payment",
             Duration::from_secs(30),
             || async {
                 carol
-                    .payment(Direction::Inbound, &hash)
+                    .inbound_payment(hash)
                     .filter(|r| r.status == PaymentStatus::Succeeded)
             },
         )
@@ -65,7 +66,7 @@ async fn a_pays_c_through_b_and_b_earns_the_fee() {
         Duration::from_secs(30),
         || async {
             let stats = bob.forwarding_stats();
-            (stats.1 == 5).then_some(stats)
+            (stats.payments == 5).then_some((stats.fees_msat, stats.payments))
         },
     )
     .await;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bitcoin::Amount;
 use common::*;
+use lightning::types::payment::PaymentHash;
 use phalanx_node::Node;
 use phalanx_node::payments::{Direction, PaymentStatus};
 
@@ -33,14 +34,14 @@ async fn pay_invoices(
                     .await
                     .unwrap();
                 let id = payer.pay_invoice(&invoice.to_string(), None).await.unwrap();
-                let record = payer.wait_payment(&id, PAYMENT_TIMEOUT).await.unwrap();
+                let record = payer.wait_payment(id, PAYMENT_TIMEOUT).await.unwrap();
                 assert_eq!(record.status, PaymentStatus::Succeeded, "{record:?}");
                 assert_eq!(
                     record.fee_msat.unwrap_or(0),
                     0,
                     "a direct payment pays no routing fee"
                 );
-                invoice.payment_hash().to_string()
+                PaymentHash(invoice.payment_hash().0)
             }));
         }
         for handle in handles {
@@ -50,7 +51,7 @@ async fn pay_invoices(
                 "the payee to record the payment",
                 PAYMENT_TIMEOUT,
                 || async {
-                    let received = payee.payments_by_hash(&hash);
+                    let received = payee.payments_by_hash(hash);
                     (received.len() == 1 && received[0].status == PaymentStatus::Succeeded)
                         .then_some(())
                 },
@@ -87,10 +88,10 @@ async fn two_nodes_open_pay_both_ways_keysend_and_close_cooperatively() {
 
     // Keysend, recorded on both sides under the same hash.
     let id = alice.keysend(bob.node_id(), 2_500_000).await.unwrap();
-    let sent = alice.wait_payment(&id, PAYMENT_TIMEOUT).await.unwrap();
+    let sent = alice.wait_payment(id, PAYMENT_TIMEOUT).await.unwrap();
     assert_eq!(sent.status, PaymentStatus::Succeeded, "{sent:?}");
     wait_for("bob to record the keysend", PAYMENT_TIMEOUT, || async {
-        bob.payment(Direction::Inbound, &sent.payment_hash)
+        bob.inbound_payment(sent.hash().unwrap())
             .filter(|r| r.status == PaymentStatus::Succeeded)
     })
     .await;
@@ -110,16 +111,16 @@ async fn two_nodes_open_pay_both_ways_keysend_and_close_cooperatively() {
     );
     let (first, second) = (first.unwrap(), second.unwrap());
     assert_eq!(first, second);
-    let status = alice.payment(Direction::Outbound, &first).unwrap().status;
+    let status = alice.outbound_payment(first).unwrap().status;
     assert_ne!(
         status,
         PaymentStatus::Failed,
         "an in-flight payment recorded as failed"
     );
-    let paid = alice.wait_payment(&first, PAYMENT_TIMEOUT).await.unwrap();
+    let paid = alice.wait_payment(first, PAYMENT_TIMEOUT).await.unwrap();
     assert_eq!(paid.status, PaymentStatus::Succeeded, "{paid:?}");
     wait_for("bob to record the payment", PAYMENT_TIMEOUT, || async {
-        bob.payment(Direction::Inbound, &paid.payment_hash)
+        bob.inbound_payment(paid.hash().unwrap())
             .filter(|r| r.status == PaymentStatus::Succeeded)
     })
     .await;
@@ -168,7 +169,7 @@ async fn two_nodes_open_pay_both_ways_keysend_and_close_cooperatively() {
     let channel = alice.list_channels().pop().unwrap();
     let funding = channel.funding_txo.unwrap();
     alice
-        .close_channel(&channel.channel_id.to_string(), false)
+        .close_channel(&channel.channel_id, false)
         .await
         .unwrap();
     let closing = wait_for(

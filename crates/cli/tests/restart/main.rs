@@ -643,7 +643,7 @@ async fn bob_pays(stream: &Stream, slot: usize, amount_msat: u64) -> Result<Atte
         Ok(id) => {
             let record = stream
                 .bob
-                .wait_payment(&id, deadline.saturating_duration_since(Instant::now()))
+                .wait_payment(id, deadline.saturating_duration_since(Instant::now()))
                 .await
                 .map_err(|err| format!("bob lost his payment {payment_hash}: {err}"))?;
             match record.status {
@@ -658,7 +658,8 @@ async fn bob_pays(stream: &Stream, slot: usize, amount_msat: u64) -> Result<Atte
             }
         }
         // Refused at once (no usable channel while Alice is away): recorded as failed.
-        Err(err) => match stream.bob.payment(Direction::Outbound, &payment_hash) {
+        // An invoice's payment id is its hash.
+        Err(err) => match stream.bob.outbound_payment(payment_id_of(&payment_hash)) {
             Some(record) if record.status == PaymentStatus::Failed => {
                 Outcome::Failed(err.to_string())
             }
@@ -1067,4 +1068,10 @@ fn violations(attempts: &[Attempt], alice: &Ledger, bob: &Ledger) -> Vec<String>
         }
     }
     found
+}
+
+/// The payment id of paying the invoice with this hash (hex): the hash itself.
+fn payment_id_of(payment_hash: &str) -> lightning::ln::channelmanager::PaymentId {
+    let bytes = hex::decode(payment_hash).expect("the API gives hex hashes");
+    lightning::ln::channelmanager::PaymentId(bytes.try_into().expect("32 bytes"))
 }

@@ -4,7 +4,7 @@ use super::*;
 
 impl Node {
     /// Opens a channel to a connected peer (connecting first when `address` is given),
-    /// funded from the wallet. Returns the temporary channel id and the user channel id.
+    /// funded from the wallet.
     pub async fn open_channel(
         &self,
         node_id: PublicKey,
@@ -12,7 +12,7 @@ impl Node {
         amount_sat: u64,
         push_msat: u64,
         public: bool,
-    ) -> Result<(ChannelId, u128), NodeError> {
+    ) -> Result<OpenedChannel, NodeError> {
         self.check_running()?;
         if let Some(address) = address {
             self.connect_peer(node_id, address).await?;
@@ -49,7 +49,10 @@ impl Node {
                 err,
             })?;
         tracing::info!(channel = %channel_id, peer = %node_id, amount_sat, push_msat, public, "opening channel");
-        Ok((channel_id, user_channel_id))
+        Ok(OpenedChannel {
+            temporary_channel_id: channel_id,
+            user_channel_id,
+        })
     }
 
     /// The channels.
@@ -58,7 +61,11 @@ impl Node {
     }
 
     /// Closes a channel: cooperatively, or by broadcasting our commitment (`force`).
-    pub async fn close_channel(&self, channel_id: &str, force: bool) -> Result<(), NodeError> {
+    pub async fn close_channel(
+        &self,
+        channel_id: &ChannelId,
+        force: bool,
+    ) -> Result<(), NodeError> {
         self.check_running()?;
         let channel = self.find_channel(channel_id)?;
         if force {
@@ -105,18 +112,11 @@ impl Node {
         }
     }
 
-    pub(super) fn find_channel(&self, channel_id: &str) -> Result<ChannelDetails, NodeError> {
-        let bytes = <[u8; 32]>::try_from(hex::decode(channel_id).map_err(|_| {
-            NodeError::InvalidRequest(format!("channel id {channel_id:?} is not hex"))
-        })?)
-        .map_err(|_| {
-            NodeError::InvalidRequest(format!("channel id {channel_id:?} is not 32 bytes"))
-        })?;
-        let wanted = ChannelId(bytes);
+    pub(super) fn find_channel(&self, channel_id: &ChannelId) -> Result<ChannelDetails, NodeError> {
         self.channel_manager
             .list_channels()
             .into_iter()
-            .find(|c| c.channel_id == wanted)
-            .ok_or_else(|| NodeError::UnknownChannel(channel_id.to_owned()))
+            .find(|c| c.channel_id == *channel_id)
+            .ok_or_else(|| NodeError::UnknownChannel(channel_id.to_string()))
     }
 }

@@ -153,6 +153,36 @@ pub struct Node {
     _store_runtime: StoreRuntime,
 }
 
+/// What an instance forwarded since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardingStats {
+    /// Fees earned (msat).
+    pub fees_msat: u64,
+    /// Payments forwarded.
+    pub payments: u64,
+}
+
+/// A connected peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerDetails {
+    /// Its node id.
+    pub node_id: PublicKey,
+    /// Its address as seen on the connection, when known.
+    pub address: Option<String>,
+    /// Whether it dialled us.
+    pub inbound: bool,
+}
+
+/// A channel being opened: LDK's temporary id (replaced by the funding's once the
+/// funding transaction is made) and the id that stays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenedChannel {
+    /// The temporary channel id.
+    pub temporary_channel_id: ChannelId,
+    /// The user channel id, which stays for the channel's life.
+    pub user_channel_id: u128,
+}
+
 /// LDK's configuration for a Phalanx node.
 pub fn user_config() -> UserConfig {
     let mut config = UserConfig::default();
@@ -239,13 +269,12 @@ impl Node {
         &self.sweeper
     }
 
-    /// Forwarding fees earned since this instance started (msat), and the number of
-    /// payments forwarded.
-    pub fn forwarding_stats(&self) -> (u64, u64) {
-        (
-            self.events.forwarded_fees_msat.load(Ordering::Relaxed),
-            self.events.forwarded_payments.load(Ordering::Relaxed),
-        )
+    /// What this instance forwarded since it started.
+    pub fn forwarding_stats(&self) -> ForwardingStats {
+        ForwardingStats {
+            fees_msat: self.events.forwarded_fees_msat.load(Ordering::Relaxed),
+            payments: self.events.forwarded_payments.load(Ordering::Relaxed),
+        }
     }
 
     /// The metrics this node records into (handed to its builder).

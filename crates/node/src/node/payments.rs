@@ -129,7 +129,7 @@ impl Node {
         &self,
         invoice: &str,
         amount_msat: Option<u64>,
-    ) -> Result<String, NodeError> {
+    ) -> Result<PaymentId, NodeError> {
         self.check_running()?;
         let invoice = Bolt11Invoice::from_str(invoice.trim())
             .map_err(|err| NodeError::InvalidInvoice(err.to_string()))?;
@@ -177,7 +177,7 @@ impl Node {
                         "this invoice was already paid".into(),
                     ));
                 }
-                PaymentStatus::Pending | PaymentStatus::Accepted => return Ok(id),
+                PaymentStatus::Pending | PaymentStatus::Accepted => return Ok(payment_id),
                 PaymentStatus::Failed => {}
             }
         }
@@ -201,11 +201,15 @@ impl Node {
         {
             return Err(self.refused_payment(&id, format!("{err:?}")).await);
         }
-        Ok(id)
+        Ok(payment_id)
     }
 
     /// Sends `amount_msat` to `node_id` without an invoice (keysend).
-    pub async fn keysend(&self, node_id: PublicKey, amount_msat: u64) -> Result<String, NodeError> {
+    pub async fn keysend(
+        &self,
+        node_id: PublicKey,
+        amount_msat: u64,
+    ) -> Result<PaymentId, NodeError> {
         self.check_running()?;
         if amount_msat == 0 {
             return Err(NodeError::InvalidRequest(
@@ -236,30 +240,31 @@ impl Node {
         ) {
             return Err(self.refused_payment(&id, format!("{err:?}")).await);
         }
-        Ok(id)
+        Ok(payment_id)
     }
 
     /// Waits until the outbound payment `id` succeeds or fails, or `timeout` passes.
     pub async fn wait_payment(
         &self,
-        id: &str,
+        id: PaymentId,
         timeout: Duration,
     ) -> Result<PaymentRecord, NodeError> {
+        let id = hex::encode(id.0);
         self.payments
-            .wait_final(Direction::Outbound, id, timeout)
+            .wait_final(Direction::Outbound, &id, timeout)
             .await
-            .ok_or_else(|| NodeError::UnknownPayment(id.to_owned()))
+            .ok_or(NodeError::UnknownPayment(id))
     }
 
     /// Waits until the inbound payment `payment_hash` is received (or failed), or
     /// `timeout` passes; returns its record then.
     pub async fn wait_inbound(
         &self,
-        payment_hash: &str,
+        payment_hash: PaymentHash,
         timeout: Duration,
     ) -> Option<PaymentRecord> {
         self.payments
-            .wait_final(Direction::Inbound, payment_hash, timeout)
+            .wait_final(Direction::Inbound, &payment_hash.to_string(), timeout)
             .await
     }
 
@@ -268,14 +273,20 @@ impl Node {
         self.payments.list()
     }
 
-    /// The payments with this hash.
-    pub fn payments_by_hash(&self, payment_hash: &str) -> Vec<PaymentRecord> {
-        self.payments.by_hash(payment_hash)
+    /// The payments with this hash (inbound and outbound).
+    pub fn payments_by_hash(&self, payment_hash: PaymentHash) -> Vec<PaymentRecord> {
+        self.payments.by_hash(&payment_hash.to_string())
     }
 
-    /// One payment by direction and id.
-    pub fn payment(&self, direction: Direction, id: &str) -> Option<PaymentRecord> {
-        self.payments.get(direction, id)
+    /// The outbound payment `id`.
+    pub fn outbound_payment(&self, id: PaymentId) -> Option<PaymentRecord> {
+        self.payments.get(Direction::Outbound, &hex::encode(id.0))
+    }
+
+    /// The inbound payment (invoice or keysend) of `payment_hash`.
+    pub fn inbound_payment(&self, payment_hash: PaymentHash) -> Option<PaymentRecord> {
+        self.payments
+            .get(Direction::Inbound, &payment_hash.to_string())
     }
 }
 

@@ -32,17 +32,15 @@ impl Node {
         Ok(())
     }
 
-    /// Connected peers: node id, remote address (when known) and whether they dialled us.
-    pub fn list_peers(&self) -> Vec<(PublicKey, Option<String>, bool)> {
+    /// Connected peers.
+    pub fn list_peers(&self) -> Vec<PeerDetails> {
         self.peer_manager
             .list_peers()
             .into_iter()
-            .map(|peer| {
-                (
-                    peer.counterparty_node_id,
-                    peer.socket_address.map(|a| a.to_string()),
-                    peer.is_inbound_connection,
-                )
+            .map(|peer| PeerDetails {
+                node_id: peer.counterparty_node_id,
+                address: peer.socket_address.map(|a| a.to_string()),
+                inbound: peer.is_inbound_connection,
             })
             .collect()
     }
