@@ -183,7 +183,6 @@ impl NodeBuilder {
             chain_monitor,
             channel_manager,
             peer_manager,
-            network_graph: routing.network_graph,
             wallet,
             payments,
             payment_locks: PaymentLocks::default(),

@@ -130,7 +130,6 @@ pub struct Node {
     chain_monitor: Arc<ChainMonitor>,
     channel_manager: Arc<ChannelManager>,
     peer_manager: Arc<PeerManager>,
-    network_graph: Arc<NetworkGraph>,
     wallet: Arc<OnchainWallet>,
     payments: Arc<PaymentStore>,
     /// Serializes the calls that start one payment (see `PaymentLocks`).
@@ -234,24 +233,9 @@ impl Node {
         self.channel_manager.current_best_block()
     }
 
-    /// The LDK channel manager (for tests and the API).
-    pub fn channel_manager(&self) -> &Arc<ChannelManager> {
-        &self.channel_manager
-    }
-
-    /// The LDK peer manager.
-    pub fn peer_manager(&self) -> &Arc<PeerManager> {
-        &self.peer_manager
-    }
-
     /// The LDK chain monitor.
     pub fn chain_monitor(&self) -> &Arc<ChainMonitor> {
         &self.chain_monitor
-    }
-
-    /// The channel graph.
-    pub fn network_graph(&self) -> &Arc<NetworkGraph> {
-        &self.network_graph
     }
 
     /// The on-chain wallet.
@@ -262,11 +246,6 @@ impl Node {
     /// The chain client.
     pub fn chain(&self) -> &Chain {
         &self.chain
-    }
-
-    /// Outputs being swept to the wallet.
-    pub fn sweeper(&self) -> &Arc<OutputSweeper> {
-        &self.sweeper
     }
 
     /// What this instance forwarded since it started.
