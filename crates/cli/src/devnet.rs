@@ -50,7 +50,17 @@ pub async fn run(args: DevnetArgs) -> ExitCode {
         let _ = tokio::signal::ctrl_c().await;
     };
     match phalanx_devnet::run(options, interrupt).await {
-        Ok(summary) if summary.all_succeeded() && summary.succeeded > 0 => ExitCode::SUCCESS,
+        Ok(summary)
+            if summary.all_succeeded()
+                && summary.succeeded > 0
+                && summary.violations.is_empty() =>
+        {
+            ExitCode::SUCCESS
+        }
+        Ok(summary) if !summary.violations.is_empty() => {
+            eprintln!("error: {} invariant violations", summary.violations.len());
+            ExitCode::FAILURE
+        }
         Ok(summary) => {
             eprintln!(
                 "error: {} of {} payments failed",

@@ -1,16 +1,35 @@
 //! `phalanx node`: the real binary on the in-process regtest chain, driven through its
 //! REST API and signals.
 
-mod common;
-
-use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bitcoin::Network;
 use nix::sys::signal::Signal;
 use phalanx_api::{ApiClient, ClientError, ErrorCode, ServerState};
+use phalanx_e2e::process::{self, EXIT_TIMEOUT, LogFile, NodeBinary, NodeProcess};
+use phalanx_node::config::ChainConfig;
 use phalanx_regtest::{Regtest, RegtestConfig};
+
+/// The binary under test.
+fn phalanx_binary() -> NodeBinary {
+    NodeBinary::new(env!("CARGO_BIN_EXE_phalanx"))
+}
+
+/// `phalanx args...` with no `PHALANX_*` variable but those of `env`.
+fn phalanx(name: &str, args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+    process::spawn(&phalanx_binary(), name, args, env, LogFile::Temporary)
+}
+
+/// `phalanx node --config <config> extra...`.
+fn node(name: &str, config: &Path, extra: &[&str]) -> NodeProcess {
+    process::node(&phalanx_binary(), name, config, extra)
+}
+
+/// `phalanx init --config <config>`, which must succeed; its output.
+fn initialize(config: &Path) -> String {
+    process::initialize(&phalanx_binary(), config)
+}
 
 async fn regtest() -> Regtest {
     let regtest = Regtest::start(RegtestConfig::default())
@@ -29,35 +48,16 @@ fn write_config(dir: &Path, rpc_url: &str) -> PathBuf {
 }
 
 fn write_uninitialized_config(dir: &Path, rpc_url: &str) -> PathBuf {
-    let text = format!(
-        r#"
-network = "regtest"
-data_dir = "{dir}"
-
-[store]
-url = "sqlite://{dir}/node.db"
-cluster = "cli-test"
-instance_id = "a"
-
-[chain]
-rpc_url = "{rpc_url}"
-rpc_user = "phalanx"
-rpc_password = "phalanx"
-poll_interval_ms = 100
-
-[lightning]
-listen = ["127.0.0.1:0"]
-alias = "cli-test"
-forward_delay_ms = 0
-
-[api]
-listen = "127.0.0.1:0"
-"#,
-        dir = dir.display()
-    );
-    let path = dir.join("phalanx.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let chain = ChainConfig {
+        rpc_url: rpc_url.to_owned(),
+        rpc_user: "phalanx".into(),
+        rpc_password: "phalanx".into(),
+        rest_url: None,
+        esplora_url: None,
+        poll_interval: Duration::from_millis(100),
+    };
+    let store_url = format!("sqlite://{}/node.db", dir.display());
+    process::ConfigFile::new(dir, &store_url, "cli-test", &chain).write_uninitialized()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +171,7 @@ async fn a_bad_configuration_exits_2_naming_the_field() {
         assert_eq!(status.code(), Some(2), "{file:?}: {stderr}");
         assert!(stderr.contains(needle), "{file:?}: {stderr}");
         assert!(
-            process.stdout.lock().unwrap().is_empty(),
+            process.stdout_lines().is_empty(),
             "nothing starts on a bad configuration"
         );
     }

@@ -112,6 +112,31 @@ impl ChainControl {
         )))
     }
 
+    /// Whether `outpoint` is unspent, in the chain and its mempool (`gettxout`).
+    pub async fn is_unspent(&self, outpoint: &bitcoin::OutPoint) -> Result<bool, DevnetError> {
+        let answer = self
+            .client
+            .call(
+                "gettxout",
+                &[
+                    json!(outpoint.txid.to_string()),
+                    json!(outpoint.vout),
+                    json!(true),
+                ],
+            )
+            .await?;
+        Ok(!answer.is_null())
+    }
+
+    /// Whether `txid` is in the chain's mempool.
+    pub async fn in_mempool(&self, txid: &bitcoin::Txid) -> Result<bool, DevnetError> {
+        let mempool = self.client.call("getrawmempool", &[]).await?;
+        let txid = txid.to_string();
+        Ok(mempool
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(txid.as_str()))))
+    }
+
     /// Pays `amount` to `address` from the chain wallet.
     pub async fn send_to(&self, address: &str, amount: Amount) -> Result<String, DevnetError> {
         let txid = self

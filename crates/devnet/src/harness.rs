@@ -1,11 +1,15 @@
-//! Starting nodes on a regtest chain and bringing them to a funded channel.
+//! Starting nodes on a regtest chain and bringing them to funded, usable channels: the
+//! primitives the devnet, the end-to-end tests (`phalanx-e2e`, which panics where these
+//! return errors) and the benchmarks share. The chain is driven over its RPC
+//! ([`ChainControl`]), so they work against the built-in chain and a real bitcoind.
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bitcoin::{Amount, Network};
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Amount, Network, OutPoint};
 use phalanx_node::config::{ApiConfig, ChainConfig, LightningConfig, NodeConfig, StoreConfig};
 use phalanx_node::metrics::Metrics;
 use phalanx_node::{Node, NodeError};
@@ -16,6 +20,14 @@ use crate::chain::ChainControl;
 
 /// How long the devnet waits for any one step (a block to be seen, a channel to open).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Channels opened before their fundings are confirmed: LDK accepts at most four inbound
+/// channels per peer whose funding has not confirmed (`MAX_UNFUNDED_CHANS_PER_PEER`).
+pub const OPENS_AT_ONCE: usize = 4;
+
+/// Payments from the chain's wallet between two blocks when funding in bulk (Bitcoin
+/// Core limits chains of unconfirmed transactions).
+const SENDS_PER_BLOCK: usize = 20;
 
 /// Records the node's identity in its store (as `phalanx init` does; nothing when it is
 /// there already), then starts it.
@@ -87,7 +99,7 @@ where
 }
 
 /// Waits until every node has processed the chain's tip.
-pub async fn wait_synced(chain: &ChainControl, nodes: &[&Arc<Node>]) -> Result<(), DevnetError> {
+pub async fn wait_synced(chain: &ChainControl, nodes: &[&Node]) -> Result<(), DevnetError> {
     let height = chain.height().await?;
     for node in nodes {
         wait_for("a node to process the chain tip", STEP_TIMEOUT, || async {
@@ -100,21 +112,13 @@ pub async fn wait_synced(chain: &ChainControl, nodes: &[&Arc<Node>]) -> Result<(
 }
 
 /// Mines `count` blocks and waits until every node has processed them.
-pub async fn mine(
-    chain: &ChainControl,
-    nodes: &[&Arc<Node>],
-    count: u32,
-) -> Result<(), DevnetError> {
+pub async fn mine(chain: &ChainControl, nodes: &[&Node], count: u32) -> Result<(), DevnetError> {
     chain.mine(count).await?;
     wait_synced(chain, nodes).await
 }
 
 /// Pays `amount` from the chain wallet to `node` and confirms it.
-pub async fn fund(
-    chain: &ChainControl,
-    node: &Arc<Node>,
-    amount: Amount,
-) -> Result<(), DevnetError> {
+pub async fn fund(chain: &ChainControl, node: &Node, amount: Amount) -> Result<(), DevnetError> {
     chain
         .ensure_funds(amount + Amount::from_sat(100_000))
         .await?;
@@ -132,20 +136,34 @@ pub async fn fund(
     .await
 }
 
+/// Whether `node` has a usable channel with `peer` whose forwarding fees it knows: an
+/// invoice's route hints leave out a channel whose counterparty's `channel_update` has
+/// not arrived, so an invoice made before that cannot be paid through it.
+pub fn usable_with(node: &Node, peer: PublicKey) -> bool {
+    node.list_channels().iter().any(|c| {
+        c.counterparty.node_id == peer && c.is_usable && c.counterparty.forwarding_info.is_some()
+    })
+}
+
+/// The funding outpoints of `node`'s channels with `peer`.
+pub fn fundings_with(node: &Node, peer: PublicKey) -> Vec<OutPoint> {
+    node.list_channels()
+        .iter()
+        .filter(|c| c.counterparty.node_id == peer)
+        .filter_map(|c| c.funding_txo.map(|o| o.into_bitcoin_outpoint()))
+        .collect()
+}
+
 /// Opens a channel from `from` to `to`, confirms it, and waits until both sides can
-/// route through it.
+/// route through it; returns its funding outpoint.
 pub async fn open_channel(
     chain: &ChainControl,
-    from: &Arc<Node>,
-    to: &Arc<Node>,
+    from: &Node,
+    to: &Node,
     amount_sat: u64,
     push_msat: u64,
-) -> Result<(), DevnetError> {
-    let before = from
-        .list_channels()
-        .iter()
-        .filter(|c| c.funding_txo.is_some())
-        .count();
+) -> Result<OutPoint, DevnetError> {
+    let before = fundings_with(from, to.node_id());
     from.open_channel(
         to.node_id(),
         Some(to.listen_addresses()[0]),
@@ -154,38 +172,112 @@ pub async fn open_channel(
         false,
     )
     .await?;
-    wait_for("the funding transaction", STEP_TIMEOUT, || async {
-        (from
-            .list_channels()
-            .iter()
-            .filter(|c| c.funding_txo.is_some())
-            .count()
-            > before)
-            .then_some(())
+    let funding = wait_for("the funding transaction", STEP_TIMEOUT, || async {
+        fundings_with(from, to.node_id())
+            .into_iter()
+            .find(|outpoint| !before.contains(outpoint))
     })
     .await?;
-    // Give the broadcast a moment to reach the chain's mempool before mining.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for _ in 0..6 {
-        mine(chain, &[from, to], 1).await?;
-    }
-    let peer_ready = |node: &Arc<Node>, peer| {
-        node.list_channels().iter().any(|c| {
-            c.counterparty.node_id == peer
-                && c.is_usable
-                && c.counterparty.forwarding_info.is_some()
-        })
-    };
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    while !(peer_ready(from, to.node_id()) && peer_ready(to, from.node_id())) {
-        if Instant::now() >= deadline {
-            return Err(DevnetError::Timeout(format!(
-                "the channel to be usable on both sides (waited {STEP_TIMEOUT:?})"
-            )));
+    // LDK broadcasts the funding once the peer's `funding_signed` is persisted.
+    wait_for(
+        "the funding transaction in the mempool",
+        STEP_TIMEOUT,
+        || async { chain.in_mempool(&funding.txid).await.ok()?.then_some(()) },
+    )
+    .await?;
+    mine(chain, &[from, to], 6).await?;
+    wait_for(
+        "the channel to be usable on both sides",
+        STEP_TIMEOUT,
+        || async {
+            (usable_with(from, to.node_id()) && usable_with(to, from.node_id())).then_some(())
+        },
+    )
+    .await?;
+    Ok(funding)
+}
+
+/// Opens `count` channels of `channel_sat` from `from` to `to`, pushing half of each,
+/// confirms them and waits until both sides can use every one; returns their funding
+/// outpoints.
+///
+/// In bulk: the chain's wallet first pays `from` one coin per channel (with
+/// `fee_reserve_sat` for the funding's fee), so that no funding waits for the change of
+/// another; the channels are then opened [`OPENS_AT_ONCE`] at a time.
+pub async fn open_channels(
+    chain: &ChainControl,
+    from: &Node,
+    to: &Node,
+    count: usize,
+    channel_sat: u64,
+    fee_reserve_sat: u64,
+) -> Result<Vec<OutPoint>, DevnetError> {
+    let coin = Amount::from_sat(channel_sat + fee_reserve_sat);
+    chain
+        .ensure_funds(coin * count as u64 + Amount::from_sat(100_000))
+        .await?;
+    let before = from.onchain_balance().confirmed_sat;
+    let address = from.new_address()?.to_string();
+    for sent in 0..count {
+        chain.send_to(&address, coin).await?;
+        if (sent + 1) % SENDS_PER_BLOCK == 0 {
+            chain.mine(1).await?;
         }
-        // The funding may have missed the first block: keep mining, slowly.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        chain.mine(1).await?;
     }
-    Ok(())
+    mine(chain, &[from, to], 1).await?;
+    let funded_total = before + coin.to_sat() * count as u64;
+    wait_for("the coins to confirm", STEP_TIMEOUT, || async {
+        (from.onchain_balance().confirmed_sat >= funded_total).then_some(())
+    })
+    .await?;
+
+    // LDK counts an inbound channel as unfunded until its funding confirms: open four,
+    // confirm them, open the next four.
+    let confirmed_at_peer = || {
+        to.list_channels()
+            .iter()
+            .filter(|c| c.counterparty.node_id == from.node_id())
+            .filter(|c| c.confirmations.is_some_and(|n| n > 0))
+            .count()
+    };
+    let already = confirmed_at_peer();
+    let mut opened = 0;
+    while opened < count {
+        let batch = OPENS_AT_ONCE.min(count - opened);
+        for _ in 0..batch {
+            from.open_channel(
+                to.node_id(),
+                Some(to.listen_addresses()[0]),
+                channel_sat,
+                channel_sat * 1000 / 2,
+                false,
+            )
+            .await?;
+        }
+        opened += batch;
+        wait_for("the fundings to reach the peer", STEP_TIMEOUT, || async {
+            (fundings_with(to, from.node_id()).len() >= already + opened).then_some(())
+        })
+        .await?;
+        // Each funding is broadcast once the peer's `funding_signed` is back: mine until
+        // the peer sees all of them confirmed.
+        wait_for("the fundings to confirm", STEP_TIMEOUT, || async {
+            mine(chain, &[from, to], 1).await.ok()?;
+            (confirmed_at_peer() >= already + opened).then_some(())
+        })
+        .await?;
+    }
+    mine(chain, &[from, to], 6).await?;
+    let timeout = STEP_TIMEOUT + Duration::from_millis(100) * count as u32;
+    wait_for("the channels to be usable", timeout, || async {
+        let usable = to
+            .list_channels()
+            .iter()
+            .filter(|c| c.counterparty.node_id == from.node_id())
+            .filter(|c| c.is_usable && c.counterparty.forwarding_info.is_some())
+            .count();
+        (usable >= already + count).then_some(())
+    })
+    .await?;
+    Ok(fundings_with(to, from.node_id()))
 }

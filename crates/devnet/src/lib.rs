@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod harness;
+pub mod invariants;
 pub mod run;
 pub mod stream;
 

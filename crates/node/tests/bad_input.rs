@@ -1,22 +1,21 @@
 //! Bad input gets a clear error and changes nothing.
 
-mod common;
-
 use std::time::Duration;
 
 use bitcoin::Amount;
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use common::*;
 use lightning::ln::channelmanager::PaymentId;
 use lightning::ln::types::ChannelId;
 use phalanx_api::ErrorCode;
+use phalanx_e2e::chain::TestChain;
+use phalanx_e2e::nodes::*;
 use phalanx_node::NodeError;
 use phalanx_node::control::error_code;
 use phalanx_node::payments::{Direction, PaymentStatus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_are_refused_and_change_nothing() {
-    let regtest = regtest().await;
+    let regtest = TestChain::start().await;
     let dir = tempfile::tempdir().unwrap();
     let alice = start(&node_config(&regtest, dir.path(), "alice", None)).await;
     let bob = start(&node_config(&regtest, dir.path(), "bob", None)).await;

@@ -1,20 +1,19 @@
 //! Force close with an HTLC in flight: the HTLC is resolved on chain, and every output
 //! comes back to the wallets (the broadcaster's after the CSV delay, through the sweeper).
 
-mod common;
-
 use std::time::Duration;
 
 use bitcoin::Amount;
-use common::*;
 use lightning::types::payment::{PaymentHash, PaymentPreimage};
+use phalanx_e2e::chain::TestChain;
+use phalanx_e2e::nodes::*;
 use phalanx_node::payments::PaymentStatus;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn force_close_resolves_the_in_flight_htlc_on_chain_and_sweeps_to_the_wallet() {
-    let regtest = regtest().await;
+    let regtest = TestChain::start().await;
     let dir = tempfile::tempdir().unwrap();
     let alice = start(&node_config(&regtest, dir.path(), "alice", None)).await;
     let bob = start(&node_config(&regtest, dir.path(), "bob", None)).await;

@@ -1,13 +1,12 @@
 //! Justice: a counterparty that broadcasts a revoked commitment loses the channel to a
 //! penalty transaction.
 
-mod common;
-
 use std::time::Duration;
 
 use bitcoin::Amount;
-use common::*;
 use lightning::util::ser::Writeable;
+use phalanx_e2e::chain::TestChain;
+use phalanx_e2e::nodes::*;
 use phalanx_node::payments::PaymentStatus;
 use phalanx_secrets::{FileSeedProvider, SeedProvider};
 
@@ -26,7 +25,7 @@ async fn a_revoked_commitment_after_a_cooperative_close_is_punished() {
 }
 
 async fn punish(cooperative_close_first: bool) {
-    let regtest = regtest().await;
+    let regtest = TestChain::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mallory_config = node_config(&regtest, dir.path(), "mallory", None);
     let mallory = start(&mallory_config).await;

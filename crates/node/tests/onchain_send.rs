@@ -1,19 +1,18 @@
 //! On-chain sends whose outcome is unknown: kept, reported as such, and broadcast again,
 //! also after a restart (a transaction recorded but never broadcast).
 
-mod common;
-
 use std::time::Duration;
 
 use bitcoin::Amount;
 use bitcoin::hashes::Hash as _;
-use common::*;
+use phalanx_e2e::chain::TestChain;
+use phalanx_e2e::nodes::*;
 use phalanx_node::NodeError;
 use phalanx_testkit::proxy::{Mode, TcpProxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_send_whose_answer_is_lost_is_kept_and_broadcast_again() {
-    let regtest = regtest().await;
+    let regtest = TestChain::start().await;
     let dir = tempfile::tempdir().unwrap();
     // The node reaches bitcoind through a link the test can cut.
     let link = TcpProxy::to(regtest.addr()).await.unwrap();
@@ -88,7 +87,7 @@ async fn a_send_whose_answer_is_lost_is_kept_and_broadcast_again() {
 /// and gives its coins back to the wallet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_funding_recorded_for_a_channel_never_funded_is_never_broadcast() {
-    let regtest = regtest().await;
+    let regtest = TestChain::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = node_config(&regtest, dir.path(), "alice", None);
     let alice = start(&config).await;

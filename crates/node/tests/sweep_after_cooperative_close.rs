@@ -1,18 +1,17 @@
 //! Outputs of a force close are swept after the node had a cooperative close: the
 //! closing output already pays the wallet and must not poison every later sweep.
 
-mod common;
-
 use std::time::Duration;
 
 use bitcoin::Amount;
-use common::*;
+use phalanx_e2e::chain::TestChain;
+use phalanx_e2e::nodes::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_force_close_after_a_cooperative_close_is_swept_to_the_wallet() {
-    let regtest = regtest().await;
+    let regtest = TestChain::start().await;
     let dir = tempfile::tempdir().unwrap();
     let alice = start(&node_config(&regtest, dir.path(), "alice", None)).await;
     let bob = start(&node_config(&regtest, dir.path(), "bob", None)).await;

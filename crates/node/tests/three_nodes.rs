@@ -1,17 +1,16 @@
 //! Three nodes A-B-C: A pays C through B, and B earns its forwarding fee.
 
-mod common;
-
 use std::time::Duration;
 
 use bitcoin::Amount;
-use common::*;
 use lightning::types::payment::PaymentHash;
+use phalanx_e2e::chain::TestChain;
+use phalanx_e2e::nodes::*;
 use phalanx_node::payments::PaymentStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pays_c_through_b_and_b_earns_the_fee() {
-    let regtest = regtest().await;
+    let regtest = TestChain::start().await;
     let dir = tempfile::tempdir().unwrap();
     let alice = start(&node_config(&regtest, dir.path(), "alice", None)).await;
     let bob = start(&node_config(&regtest, dir.path(), "bob", None)).await;

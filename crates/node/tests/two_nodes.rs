@@ -1,13 +1,12 @@
 //! Two nodes on the regtest chain: fund, open, pay both ways, keysend, close.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use bitcoin::Amount;
-use common::*;
 use lightning::types::payment::PaymentHash;
+use phalanx_e2e::chain::TestChain;
+use phalanx_e2e::nodes::*;
 use phalanx_node::Node;
 use phalanx_node::payments::{Direction, PaymentStatus};
 
@@ -65,7 +64,7 @@ async fn pay_invoices(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_open_pay_both_ways_keysend_and_close_cooperatively() {
-    let regtest = regtest().await;
+    let regtest = TestChain::start().await;
     let dir = tempfile::tempdir().unwrap();
     let alice = start(&node_config(&regtest, dir.path(), "alice", None)).await;
     let bob = start(&node_config(&regtest, dir.path(), "bob", None)).await;

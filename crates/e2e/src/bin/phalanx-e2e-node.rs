@@ -1,0 +1,44 @@
+//! `phalanx node` and `phalanx init` as the end-to-end scenarios run them: the same code
+//! (`phalanx_cli::node_cmd`), in a binary of this crate so that its tests can name it
+//! (`env!("CARGO_BIN_EXE_phalanx-e2e-node")`, see `phalanx_e2e::node_binary!`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use phalanx_cli::node_cmd::{self, NodeArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "phalanx-e2e-node",
+    about = "phalanx node and init, for the scenarios"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// `phalanx node`.
+    Node(Box<NodeArgs>),
+    /// `phalanx init`.
+    Init(Box<NodeArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Node(args) => runtime.block_on(node_cmd::run(*args)),
+        Command::Init(args) => runtime.block_on(node_cmd::init(*args)),
+    }
+}
