@@ -13,7 +13,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use phalanx_cluster::{Campaigner, ElectionState, Leadership};
 use phalanx_node::config::NodeConfig;
@@ -21,7 +21,7 @@ use phalanx_node::identity::{self, IDENTITY_SCHEMA_VERSION, IdentityError, NodeI
 use phalanx_node::metrics::Metrics;
 use phalanx_node::{BuildError, Node, NodeBuilder, StoreRuntime};
 use phalanx_secrets::{FileSeedProvider, SecretsError, SeedProvider};
-use phalanx_store::{Epoch, HolderId, LeaseStore, Store, StoreError, StoreOptions};
+use phalanx_store::{Epoch, ErrorKind, HolderId, LeaseStore, Store, StoreError, StoreOptions};
 use tokio::sync::watch;
 
 /// Why an instance could not win its lease, or its node could not be built.
@@ -81,8 +81,8 @@ impl Won {
     }
 }
 
-/// Opens the store of `config` and campaigns for its lease, renewals recorded into
-/// `metrics`. With `[cluster] enabled` it waits while another instance leads (a
+/// Opens the store of `config` (waiting while it cannot be reached, see [`open_store`])
+/// and campaigns for its lease, renewals recorded into `metrics`. With `[cluster] enabled` it waits while another instance leads (a
 /// standby); without, another live leader is an error, and only this instance's own
 /// lease (a restart after a crash) is waited out.
 pub async fn campaign(config: &NodeConfig, metrics: &Arc<Metrics>) -> Result<Won, InstanceError> {
@@ -96,7 +96,7 @@ pub async fn campaign(config: &NodeConfig, metrics: &Arc<Metrics>) -> Result<Won
     // Opening, campaigning and renewing run on the store runtime (see StoreRuntime).
     let (store, leadership) = runtime
         .run(async move {
-            let store = phalanx_store_connect::connect(&url, options).await?;
+            let store = open_store(&url, options).await?;
             let lease_store: Arc<dyn LeaseStore> = store.clone();
             let campaigner = Campaigner::new(lease_store, instance, lease_timings)?
                 .observe_renewals(renewal_observer);
@@ -114,6 +114,34 @@ pub async fn campaign(config: &NodeConfig, metrics: &Arc<Metrics>) -> Result<Won
         leadership,
         runtime,
     })
+}
+
+/// The first pause before opening the store again after a transient failure.
+pub const OPEN_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest pause between two tries at opening the store.
+pub const OPEN_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Opens the store at `url`, trying again while it is unreachable (a transient error: a
+/// database restarting, a network partition): an instance started meanwhile, a standby
+/// restarted by its supervisor say, waits for the store as it waits for the lease,
+/// instead of exiting. A permanent error (a malformed URL, refused credentials, an
+/// unknown database) is returned at once.
+async fn open_store(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    let mut pause = OPEN_RETRY_FIRST;
+    loop {
+        match phalanx_store_connect::connect(url, options.clone()).await {
+            Err(err) if err.kind() == ErrorKind::Transient => {
+                tracing::warn!(
+                    error = %err.report(),
+                    retry_in_ms = pause.as_millis() as u64,
+                    "the store cannot be opened yet; trying again"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(OPEN_RETRY_MAX);
+            }
+            opened => return opened,
+        }
+    }
 }
 
 /// Campaigns for the lease and builds the node of `config` with its seed file, recording
