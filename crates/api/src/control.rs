@@ -43,7 +43,11 @@ use crate::types::{
 ///   with the payment `pending`; without `wait`, once the payment is under way. A
 ///   payment that was sent and failed is `Ok` with status `failed` and a
 ///   `failure_reason`; `payment_failed` is for a payment refused before anything was
-///   sent (already paid, duplicate in flight, no route).
+///   sent (already paid, no route). Paying an invoice whose payment is in flight is not
+///   an error: it answers that payment (same id), so a client's retry never pays twice
+///   and never sees a failure that did not happen. The cases of
+///   [`crate::contract`] (feature `test-utils`) pin this contract down and run against
+///   every implementation.
 pub trait NodeControl: Send + Sync + 'static {
     /// Where this instance stands. Never fails, never blocks.
     fn state(&self) -> ServerState;
@@ -79,8 +83,8 @@ pub trait NodeControl: Send + Sync + 'static {
         req: ConnectPeerRequest,
     ) -> impl Future<Output = Result<Peer, ApiError>> + Send;
 
-    /// `DELETE /v1/peers/{node_id}`: disconnect and stop reconnecting; `unknown_peer`
-    /// if not connected.
+    /// `DELETE /v1/peers/{node_id}`: disconnect; `unknown_peer` if not connected. A peer
+    /// with channels is reconnected later by the node.
     fn disconnect_peer(&self, node_id: String)
     -> impl Future<Output = Result<(), ApiError>> + Send;
 

@@ -20,7 +20,7 @@ use crate::types::ServerState;
 /// | `unknown_channel`     | 404 | no channel with that id |
 /// | `unknown_payment`     | 404 | no payment with that hash |
 /// | `method_not_allowed`  | 405 | the route exists, not with this method |
-/// | `payment_failed`      | 409 | the payment cannot be made in the node's current state and nothing was sent: the invoice is already paid or being paid, or the node refused to start it (no route, no usable channel). A payment that was sent and then failed is not an error: the route answers 200 with the payment's `status` `failed` and its `failure_reason` |
+/// | `payment_failed`      | 409 | the payment cannot be made in the node's current state and nothing was sent: the invoice is already paid, or the node refused to start it (no route, no usable channel). A payment that was sent and then failed is not an error: the route answers 200 with the payment's `status` `failed` and its `failure_reason` |
 /// | `internal`            | 500 | a bug or an unexpected failure; the node's log has the details |
 /// | `peer_unreachable`    | 502 | the peer could not be connected to |
 /// | `not_active`          | 503 | this instance does not serve (a standby, or starting); the body's `state` says which |

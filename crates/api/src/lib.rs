@@ -10,17 +10,24 @@
 //! - [`types`]: the JSON bodies; [`ApiError`] / [`ErrorCode`]: the errors, each code
 //!   with its HTTP status, all as `{"error":{"code":"...","message":"..."}}`.
 //!
-//! With the `test-utils` feature, [`fake::FakeNode`] is an in-memory `NodeControl` for
-//! tests.
+//! With the `test-utils` feature, for tests:
+//! - [`stub::StubNode`]: a scripted `NodeControl` with no behaviour of its own. A test
+//!   queues the answer of each call and reads back the arguments each call received,
+//!   so tests of the server, the client and `phalanx ctl` check what those carry.
+//! - [`contract`]: the `NodeControl` contract as a suite of cases, run against the stub
+//!   (the server and the client carry each prescribed answer) and against the real node
+//!   (the node gives it).
 
 #![warn(missing_docs)]
 
 mod client;
+#[cfg(feature = "test-utils")]
+pub mod contract;
 mod control;
 mod error;
-#[cfg(feature = "test-utils")]
-pub mod fake;
 mod server;
+#[cfg(feature = "test-utils")]
+pub mod stub;
 mod token;
 pub mod types;
 pub mod validate;

@@ -1,5 +1,8 @@
-//! The API over real TCP: the server with a fake node, through `ApiClient` and through
-//! raw HTTP requests.
+//! The API over real TCP: the server in front of a scripted node ([`StubNode`]), through
+//! `ApiClient` and through raw HTTP requests. The stub has no behaviour of its own: each
+//! test scripts the node's answers, then checks that the client gets exactly those and
+//! that the node receives exactly the request made. What the node itself answers is the
+//! contract suite's (`phalanx_api::contract`).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -12,15 +15,30 @@ use hyper::http::{HeaderMap, Method, Request, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use phalanx_api::fake::{FAKE_NODE_ID, FakeNode, UNREACHABLE_HOST};
+use phalanx_api::stub::{self, StubCall, StubNode};
 use phalanx_api::*;
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-const PEER: &str = "02aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+/// The node's id (the generator point: a valid compressed key).
+const NODE_ID: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+/// A peer's id (twice the generator).
+const PEER: &str = "02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5";
+/// Another peer's id (three times the generator).
+const OTHER_PEER: &str = "02f9308a019258c31049344f85f89d5229b531c845836f99b08601f113bce036f9";
+const ADDRESS: &str = "bcrt1qs758ursh4q9z627kt3pp5yysm78ddny6txaqgw";
+const TXID: &str = "a1075db55d416d3ca199f55b6084e2115b9345e16c5cf302fc80e9d5fbf5d48d";
+const CHANNEL_ID: &str = "3f2a9c1e7b5d4a6f8e0c2b4d6a8f1e3c5b7d9a0e2c4f6b8d1a3e5c7f9b0d2e4a";
+const TEMPORARY_CHANNEL_ID: &str =
+    "8d1f3b5a7c9e0d2f4a6c8e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d1f";
+const USER_CHANNEL_ID: &str = "146379209481364289471203458349762351617";
+const PAYMENT_HASH: &str = "5b2f8e1d4c7a0b3e6d9f2a5c8b1e4d7a0c3f6b9e2d5a8c1f4b7e0d3a6c9f2b5e";
+const PREIMAGE: &str = "c4e7a0d3b6f9c2e5a8d1b4f7e0c3a6d9b2f5e8a1c4d7b0e3f6a9c2d5b8e1f4a7";
+const INVOICE: &str = "lnbcrt210n1pn8xq3ypp5tvhcu8fx8g9n4k0x8f7ryq2v4tuk9pz7nqd3q8j0ww0cxqrrssrzjqgkjyd3q5dv6gllh77kygly9c3kfy0d9xwyjyxsq9nq";
 
 struct Harness {
-    node: Arc<FakeNode>,
+    node: Arc<StubNode>,
     addr: SocketAddr,
     token: ApiToken,
     shutdown: Option<oneshot::Sender<()>>,
@@ -37,7 +55,7 @@ struct Answer {
 
 impl Harness {
     async fn start() -> Self {
-        let node = Arc::new(FakeNode::new());
+        let node = Arc::new(StubNode::new());
         let token = ApiToken::generate().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -118,47 +136,94 @@ impl Harness {
             .unwrap()
             .unwrap();
     }
+
+    /// Queues the node's answer to the next call of `method`.
+    fn script(&self, method: stub::Method, answer: impl Serialize) {
+        self.node.reply(method, Ok(answer));
+    }
+
+    /// Queues the node's refusal of the next call of `method`.
+    fn refuse(&self, method: stub::Method, error: &ApiError) {
+        self.node.reply_json(method, Err(error.clone()));
+    }
+
+    /// The last call the node received is `method` with exactly `args`.
+    #[track_caller]
+    fn assert_called(&self, method: stub::Method, args: Value) {
+        assert_eq!(self.node.last_call(), Some(StubCall { method, args }));
+    }
 }
 
-/// Every authenticated route with a body that would be accepted.
-fn authenticated_routes() -> Vec<(&'static str, String, String)> {
-    let hash = "ab".repeat(32);
+/// Every authenticated route with a body that would be accepted, and the node method it
+/// calls.
+fn authenticated_routes() -> Vec<(&'static str, String, String, stub::Method)> {
+    use stub::Method as M;
     vec![
-        ("GET", "/v1/info".into(), String::new()),
-        ("POST", "/v1/onchain/address".into(), String::new()),
-        ("GET", "/v1/onchain/balance".into(), String::new()),
+        ("GET", "/v1/info".into(), String::new(), M::Info),
+        (
+            "POST",
+            "/v1/onchain/address".into(),
+            String::new(),
+            M::NewAddress,
+        ),
+        (
+            "GET",
+            "/v1/onchain/balance".into(),
+            String::new(),
+            M::Balance,
+        ),
         (
             "POST",
             "/v1/onchain/send".into(),
-            r#"{"address":"bcrt1qx","amount_sat":1000}"#.into(),
+            format!(r#"{{"address":"{ADDRESS}","amount_sat":1000}}"#),
+            M::SendOnchain,
         ),
-        ("GET", "/v1/peers".into(), String::new()),
+        ("GET", "/v1/peers".into(), String::new(), M::ListPeers),
         (
             "POST",
             "/v1/peers".into(),
             format!(r#"{{"uri":"{PEER}@127.0.0.1:9735"}}"#),
+            M::ConnectPeer,
         ),
-        ("DELETE", format!("/v1/peers/{PEER}"), String::new()),
+        (
+            "DELETE",
+            format!("/v1/peers/{PEER}"),
+            String::new(),
+            M::DisconnectPeer,
+        ),
         (
             "POST",
             "/v1/channels".into(),
             format!(r#"{{"node_id":"{PEER}","amount_sat":100000}}"#),
+            M::OpenChannel,
         ),
-        ("GET", "/v1/channels".into(), String::new()),
-        ("POST", format!("/v1/channels/{hash}/close"), "{}".into()),
-        ("POST", "/v1/invoices".into(), "{}".into()),
+        ("GET", "/v1/channels".into(), String::new(), M::ListChannels),
+        (
+            "POST",
+            format!("/v1/channels/{CHANNEL_ID}/close"),
+            "{}".into(),
+            M::CloseChannel,
+        ),
+        ("POST", "/v1/invoices".into(), "{}".into(), M::CreateInvoice),
         (
             "POST",
             "/v1/payments".into(),
-            r#"{"invoice":"lnbcrt1x"}"#.into(),
+            format!(r#"{{"invoice":"{INVOICE}"}}"#),
+            M::PayInvoice,
         ),
         (
             "POST",
             "/v1/payments/keysend".into(),
             format!(r#"{{"node_id":"{PEER}","amount_msat":1000}}"#),
+            M::Keysend,
         ),
-        ("GET", "/v1/payments".into(), String::new()),
-        ("GET", format!("/v1/payments/{hash}"), String::new()),
+        ("GET", "/v1/payments".into(), String::new(), M::ListPayments),
+        (
+            "GET",
+            format!("/v1/payments/{PAYMENT_HASH}"),
+            String::new(),
+            M::GetPayment,
+        ),
     ]
 }
 
@@ -173,6 +238,171 @@ fn assert_error(answer: &Answer, status: u16, code: &str) {
         "{}",
         answer.body
     );
+}
+
+/// The client got exactly `error`, with the HTTP status `status`.
+#[track_caller]
+fn assert_api_error<T: std::fmt::Debug>(
+    result: Result<T, ClientError>,
+    status: u16,
+    error: &ApiError,
+) {
+    match result {
+        Err(ClientError::Api {
+            status: got,
+            error: got_error,
+        }) => {
+            assert_eq!(got, status, "{got_error:?}");
+            assert_eq!(&got_error, error);
+        }
+        other => panic!("expected HTTP {status} {error:?}, got {other:?}"),
+    }
+}
+
+fn node_info() -> NodeInfo {
+    NodeInfo {
+        node_id: NODE_ID.into(),
+        alias: "phalanx-test".into(),
+        network: "regtest".into(),
+        block_height: 144,
+        block_hash: "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206".into(),
+        num_peers: 2,
+        num_channels: 2,
+        num_usable_channels: 1,
+        listen_addresses: vec!["127.0.0.1:9735".into(), "[::1]:9735".into()],
+        epoch: 7,
+        version: "0.1.0".into(),
+    }
+}
+
+fn balance() -> Balance {
+    Balance {
+        onchain_confirmed_sat: 1_000_000,
+        onchain_unconfirmed_sat: 25_000,
+        onchain_total_sat: 1_025_000,
+        lightning_outbound_msat: 95_000_000,
+        lightning_inbound_msat: 5_000_000,
+    }
+}
+
+fn peer() -> Peer {
+    Peer {
+        node_id: PEER.into(),
+        address: Some("127.0.0.1:9735".into()),
+        inbound: false,
+    }
+}
+
+fn opened() -> OpenChannelResponse {
+    OpenChannelResponse {
+        channel_id: TEMPORARY_CHANNEL_ID.into(),
+        user_channel_id: USER_CHANNEL_ID.into(),
+    }
+}
+
+/// A channel just opened: no funding transaction yet.
+fn pending_channel() -> Channel {
+    Channel {
+        channel_id: TEMPORARY_CHANNEL_ID.into(),
+        user_channel_id: USER_CHANNEL_ID.into(),
+        counterparty_node_id: PEER.into(),
+        funding_txid: None,
+        funding_output_index: None,
+        short_channel_id: None,
+        capacity_sat: 100_000,
+        outbound_msat: 95_000_000,
+        inbound_msat: 5_000_000,
+        state: ChannelState::PendingOpen,
+        is_usable: false,
+        is_public: true,
+        confirmations: None,
+        confirmations_required: Some(6),
+    }
+}
+
+fn ready_channel() -> Channel {
+    Channel {
+        channel_id: CHANNEL_ID.into(),
+        user_channel_id: "87263519283746501928374650192837465".into(),
+        counterparty_node_id: OTHER_PEER.into(),
+        funding_txid: Some(TXID.into()),
+        funding_output_index: Some(1),
+        short_channel_id: Some("108x1x1".into()),
+        capacity_sat: 250_000,
+        outbound_msat: 120_000_000,
+        inbound_msat: 127_500_000,
+        state: ChannelState::Ready,
+        is_usable: true,
+        is_public: false,
+        confirmations: Some(37),
+        confirmations_required: Some(6),
+    }
+}
+
+fn invoice() -> Invoice {
+    Invoice {
+        invoice: INVOICE.into(),
+        payment_hash: PAYMENT_HASH.into(),
+        expires_at: 1_717_172_317,
+    }
+}
+
+/// A payment as a node reports it: a preimage once succeeded, a fee once an outbound
+/// payment succeeded, a reason once failed.
+fn payment(
+    payment_hash: &str,
+    direction: PaymentDirection,
+    status: PaymentStatus,
+    amount_msat: u64,
+) -> Payment {
+    let outbound = direction == PaymentDirection::Outbound;
+    Payment {
+        payment_id: if outbound {
+            payment_hash.chars().rev().collect()
+        } else {
+            payment_hash.into()
+        },
+        payment_hash: payment_hash.into(),
+        preimage: (status == PaymentStatus::Succeeded).then(|| PREIMAGE.into()),
+        direction,
+        status,
+        amount_msat: Some(amount_msat),
+        fee_msat: (outbound && status == PaymentStatus::Succeeded).then_some(21),
+        failure_reason: (status == PaymentStatus::Failed).then(|| "no route to the payee".into()),
+        created_at: 1_717_171_717,
+        updated_at: 1_717_171_720,
+    }
+}
+
+/// A realistic answer of the node to `method`.
+fn answer_of(method: stub::Method) -> Value {
+    use stub::Method as M;
+    let pending = || {
+        payment(
+            PAYMENT_HASH,
+            PaymentDirection::Outbound,
+            PaymentStatus::Pending,
+            1_000,
+        )
+    };
+    let answer = match method {
+        M::Info => serde_json::to_value(node_info()),
+        M::NewAddress => serde_json::to_value(NewAddress {
+            address: ADDRESS.into(),
+        }),
+        M::Balance => serde_json::to_value(balance()),
+        M::SendOnchain => serde_json::to_value(SendOnchainResponse { txid: TXID.into() }),
+        M::ListPeers => serde_json::to_value(vec![peer()]),
+        M::ConnectPeer => serde_json::to_value(peer()),
+        M::DisconnectPeer | M::CloseChannel => Ok(Value::Null),
+        M::OpenChannel => serde_json::to_value(opened()),
+        M::ListChannels => serde_json::to_value(vec![ready_channel(), pending_channel()]),
+        M::CreateInvoice => serde_json::to_value(invoice()),
+        M::PayInvoice | M::Keysend => serde_json::to_value(pending()),
+        M::ListPayments => serde_json::to_value(vec![pending()]),
+        M::GetPayment => serde_json::to_value(pending()),
+    };
+    answer.unwrap()
 }
 
 #[tokio::test]
@@ -240,7 +470,7 @@ async fn metrics_need_the_token_but_not_the_lease() {
     h.node.set_state(ServerState::WaitingToStart);
     let text = h.client().metrics().await.unwrap();
     assert!(
-        text.contains("fake_state{state=\"WAITING_TO_START\"} 1"),
+        text.contains("stub_state{state=\"WAITING_TO_START\"} 1"),
         "{text}"
     );
     h.stop().await;
@@ -254,7 +484,8 @@ async fn every_other_route_needs_the_token() {
     let wrong = format!("Bearer {}", String::from_utf8(wrong).unwrap());
     let basic = format!("Basic {}", h.token.expose());
     let bare = h.token.expose().to_owned();
-    for (method, path, body) in authenticated_routes() {
+    let mut called = Vec::new();
+    for (method, path, body, node_method) in authenticated_routes() {
         for auth in [None, Some(wrong.as_str()), Some(&basic), Some(&bare)] {
             let answer = h
                 .raw(method, &path, auth, Some("application/json"), &body)
@@ -263,14 +494,17 @@ async fn every_other_route_needs_the_token() {
             assert_eq!(answer.headers[header::WWW_AUTHENTICATE], "Bearer");
         }
         // The scheme is case-insensitive.
+        h.node.reply_json(node_method, Ok(answer_of(node_method)));
         let lower = format!("bearer {}", h.token.expose());
         let answer = h
             .raw(method, &path, Some(&lower), Some("application/json"), &body)
             .await;
-        assert_ne!(answer.status, 401, "{method} {path}: {}", answer.body);
+        assert_eq!(answer.status, 200, "{method} {path}: {}", answer.body);
+        // The node was called once, by the authenticated request, on its method.
+        called.push(node_method);
+        let calls: Vec<_> = h.node.calls().into_iter().map(|c| c.method).collect();
+        assert_eq!(calls, called, "{method} {path}");
     }
-    let calls = h.node.calls();
-    assert_eq!(calls.len(), authenticated_routes().len(), "{calls:?}");
 
     let client = ApiClient::new(&h.url())
         .unwrap()
@@ -293,7 +527,7 @@ async fn a_standby_serves_nothing() {
         ServerState::NonExisting,
     ] {
         h.node.set_state(state);
-        for (method, path, body) in authenticated_routes() {
+        for (method, path, body, _) in authenticated_routes() {
             let answer = h.authed(method, &path, &body).await;
             assert_error(&answer, 503, "not_active");
             assert_eq!(answer.body["error"]["state"], state.as_str());
@@ -315,8 +549,10 @@ async fn a_standby_serves_nothing() {
         }
         other => panic!("{other:?}"),
     }
+    assert!(h.node.calls().is_empty(), "{:?}", h.node.calls());
     h.node.set_state(ServerState::ServerActive);
-    h.client().balance().await.unwrap();
+    h.script(stub::Method::Balance, balance());
+    assert_eq!(h.client().balance().await.unwrap(), balance());
     h.stop().await;
 }
 
@@ -534,6 +770,7 @@ async fn every_code_has_its_status() {
             answer.body["error"]["message"],
             format!("{name} from the node")
         );
+        h.assert_called(stub::Method::Info, Value::Null);
 
         h.node.fail_next(ApiError::new(code, "again"));
         match h.client().list_channels().await {
@@ -543,86 +780,129 @@ async fn every_code_has_its_status() {
             }
             other => panic!("{other:?}"),
         }
+        h.assert_called(stub::Method::ListChannels, Value::Null);
     }
     h.stop().await;
 }
 
 #[tokio::test]
 async fn every_route_round_trips() {
+    use stub::Method as M;
     let h = Harness::start().await;
     let c = h.client();
+    let upper_peer = PEER.to_uppercase();
 
-    let info = c.info().await.unwrap();
-    assert_eq!(info.node_id, FAKE_NODE_ID);
-    assert_eq!(info.epoch, 7);
-    assert_eq!(info.listen_addresses, vec!["127.0.0.1:9735"]);
+    // The node's answers reach the client whole.
+    h.script(M::Info, node_info());
+    assert_eq!(c.info().await.unwrap(), node_info());
+    h.assert_called(M::Info, Value::Null);
+    h.script(
+        M::NewAddress,
+        NewAddress {
+            address: ADDRESS.into(),
+        },
+    );
+    assert_eq!(c.new_address().await.unwrap().address, ADDRESS);
+    h.assert_called(M::NewAddress, Value::Null);
+    h.script(M::Balance, balance());
+    assert_eq!(c.balance().await.unwrap(), balance());
+    h.assert_called(M::Balance, Value::Null);
 
-    let address = c.new_address().await.unwrap().address;
-    assert!(address.starts_with("bcrt1q"));
-    assert_ne!(c.new_address().await.unwrap().address, address);
-
-    let balance = c.balance().await.unwrap();
-    assert_eq!(balance.onchain_confirmed_sat, 1_000_000);
-
+    // On chain: the request reaches the node as made, the address trimmed.
+    h.script(M::SendOnchain, SendOnchainResponse { txid: TXID.into() });
     let sent = c
         .send_onchain(&SendOnchainRequest {
-            address: address.clone(),
+            address: ADDRESS.into(),
             amount_sat: Some(1000),
             send_all: false,
             fee_rate_sat_per_vb: Some(2),
         })
         .await
         .unwrap();
-    assert_eq!(sent.txid.len(), 64);
-    assert_eq!(
-        h.node.last_call().unwrap().args,
-        json!({"address": address, "amount_sat": 1000, "send_all": false, "fee_rate_sat_per_vb": 2})
+    assert_eq!(sent.txid, TXID);
+    h.assert_called(
+        M::SendOnchain,
+        json!({"address": ADDRESS, "amount_sat": 1000, "send_all": false, "fee_rate_sat_per_vb": 2}),
     );
-    assert_eq!(c.balance().await.unwrap().onchain_confirmed_sat, 999_000);
-    let err = c
+    h.script(M::SendOnchain, SendOnchainResponse { txid: TXID.into() });
+    c.send_onchain(&SendOnchainRequest {
+        address: format!(" {ADDRESS}\n"),
+        amount_sat: None,
+        send_all: true,
+        fee_rate_sat_per_vb: None,
+    })
+    .await
+    .unwrap();
+    h.assert_called(
+        M::SendOnchain,
+        json!({"address": ADDRESS, "send_all": true}),
+    );
+    // The node's refusal reaches the client whole, with its status.
+    let wrong_network = ApiError::new(
+        ErrorCode::InvalidAddress,
+        "`tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx` is a testnet address, the node is on regtest",
+    );
+    h.refuse(M::SendOnchain, &wrong_network);
+    let refused = c
         .send_onchain(&SendOnchainRequest {
-            address: "tb1qwrongnetwork".into(),
+            address: "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx".into(),
             amount_sat: Some(1),
             send_all: false,
             fee_rate_sat_per_vb: None,
         })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, ClientError::Api { status: 400, error } if error.code == ErrorCode::InvalidAddress),
-        "{err:?}"
+        .await;
+    assert_api_error(refused, 400, &wrong_network);
+    h.assert_called(
+        M::SendOnchain,
+        json!({"address": "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx", "amount_sat": 1, "send_all": false}),
     );
 
     // Peers: the node receives the node id lowercased.
-    let upper = PEER.to_uppercase();
-    let peer = c
+    h.script(M::ConnectPeer, peer());
+    let connected = c
         .connect_peer(&ConnectPeerRequest {
-            node_id: upper.clone(),
+            node_id: upper_peer.clone(),
             address: "127.0.0.1:9735".into(),
         })
         .await
         .unwrap();
-    assert_eq!(peer.node_id, PEER);
-    assert_eq!(
-        h.node.last_call().unwrap().args,
-        json!({"node_id": PEER, "address": "127.0.0.1:9735"})
+    assert_eq!(connected, peer());
+    h.assert_called(
+        M::ConnectPeer,
+        json!({"node_id": PEER, "address": "127.0.0.1:9735"}),
     );
-    assert_eq!(c.list_peers().await.unwrap(), vec![peer.clone()]);
-    let err = c
+    let peers = vec![
+        peer(),
+        Peer {
+            node_id: OTHER_PEER.into(),
+            address: None,
+            inbound: true,
+        },
+    ];
+    h.script(M::ListPeers, &peers);
+    assert_eq!(c.list_peers().await.unwrap(), peers);
+    h.assert_called(M::ListPeers, Value::Null);
+    let unreachable = ApiError::new(
+        ErrorCode::PeerUnreachable,
+        format!("cannot connect to {PEER}@unreachable.invalid:9735: connection refused"),
+    );
+    h.refuse(M::ConnectPeer, &unreachable);
+    let refused = c
         .connect_peer(
-            &ConnectPeerRequest::from_uri(&format!("{PEER}@{UNREACHABLE_HOST}:9735")).unwrap(),
+            &ConnectPeerRequest::from_uri(&format!("{PEER}@unreachable.invalid:9735")).unwrap(),
         )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, ClientError::Api { status: 502, error } if error.code == ErrorCode::PeerUnreachable),
-        "{err:?}"
+        .await;
+    assert_api_error(refused, 502, &unreachable);
+    h.assert_called(
+        M::ConnectPeer,
+        json!({"node_id": PEER, "address": "unreachable.invalid:9735"}),
     );
 
     // Channels.
-    let opened = c
+    h.script(M::OpenChannel, opened());
+    let open = c
         .open_channel(&OpenChannelRequest {
-            node_id: PEER.into(),
+            node_id: upper_peer.clone(),
             address: None,
             amount_sat: 100_000,
             push_msat: 5_000,
@@ -630,43 +910,46 @@ async fn every_route_round_trips() {
         })
         .await
         .unwrap();
-    assert_eq!(opened.channel_id.len(), 64);
-    let channels = c.list_channels().await.unwrap();
-    assert_eq!(channels.len(), 1);
-    let channel = &channels[0];
-    assert_eq!(channel.channel_id, opened.channel_id);
-    assert_eq!(channel.user_channel_id, opened.user_channel_id);
-    assert_eq!(channel.state, ChannelState::PendingOpen);
-    assert_eq!(channel.capacity_sat, 100_000);
-    assert_eq!(channel.inbound_msat, 5_000);
-    assert!(channel.is_public);
+    assert_eq!(open, opened());
+    h.assert_called(
+        M::OpenChannel,
+        json!({"node_id": PEER, "amount_sat": 100000, "push_msat": 5000, "public": true}),
+    );
+    let channels = vec![ready_channel(), pending_channel()];
+    h.script(M::ListChannels, &channels);
+    assert_eq!(c.list_channels().await.unwrap(), channels);
+    h.assert_called(M::ListChannels, Value::Null);
+    // The node receives the channel id lowercased.
+    h.script(M::CloseChannel, ());
     c.close_channel(
-        &opened.channel_id.to_uppercase(),
+        &CHANNEL_ID.to_uppercase(),
         &CloseChannelRequest { force: true },
     )
     .await
     .unwrap();
-    assert_eq!(
-        h.node.last_call().unwrap().args,
-        json!({"channel_id": opened.channel_id, "req": {"force": true}})
+    h.assert_called(
+        M::CloseChannel,
+        json!({"channel_id": CHANNEL_ID, "req": {"force": true}}),
     );
-    assert_eq!(
-        c.list_channels().await.unwrap()[0].state,
-        ChannelState::Closing
+    let no_channel = ApiError::new(
+        ErrorCode::UnknownChannel,
+        format!("no channel {}", "00".repeat(32)),
     );
-    let err = c
+    h.refuse(M::CloseChannel, &no_channel);
+    let refused = c
         .close_channel(&"00".repeat(32), &CloseChannelRequest::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, ClientError::Api { status: 404, error } if error.code == ErrorCode::UnknownChannel),
-        "{err:?}"
+        .await;
+    assert_api_error(refused, 404, &no_channel);
+    h.assert_called(
+        M::CloseChannel,
+        json!({"channel_id": "00".repeat(32), "req": {"force": false}}),
     );
     // An empty body is a cooperative close.
+    h.script(M::CloseChannel, ());
     let answer = h
         .raw(
             "POST",
-            &format!("/v1/channels/{}/close", opened.channel_id),
+            &format!("/v1/channels/{CHANNEL_ID}/close"),
             Some(&format!("Bearer {}", h.token.expose())),
             None,
             "",
@@ -674,21 +957,22 @@ async fn every_route_round_trips() {
         .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body, json!({}));
-    assert_eq!(
-        h.node.last_call().unwrap().args["req"],
-        json!({"force": false})
+    h.assert_called(
+        M::CloseChannel,
+        json!({"channel_id": CHANNEL_ID, "req": {"force": false}}),
     );
 
-    c.disconnect_peer(PEER).await.unwrap();
-    assert!(c.list_peers().await.unwrap().is_empty());
-    let err = c.disconnect_peer(PEER).await.unwrap_err();
-    assert!(
-        matches!(&err, ClientError::Api { status: 404, error } if error.code == ErrorCode::UnknownPeer),
-        "{err:?}"
-    );
+    h.script(M::DisconnectPeer, ());
+    c.disconnect_peer(&upper_peer).await.unwrap();
+    h.assert_called(M::DisconnectPeer, json!(PEER));
+    let not_connected = ApiError::new(ErrorCode::UnknownPeer, format!("not connected to {PEER}"));
+    h.refuse(M::DisconnectPeer, &not_connected);
+    assert_api_error(c.disconnect_peer(PEER).await, 404, &not_connected);
+    h.assert_called(M::DisconnectPeer, json!(PEER));
 
     // Invoices and payments.
-    let invoice = c
+    h.script(M::CreateInvoice, invoice());
+    let created = c
         .create_invoice(&CreateInvoiceRequest {
             amount_msat: Some(21_000),
             description: "coffee".into(),
@@ -696,110 +980,165 @@ async fn every_route_round_trips() {
         })
         .await
         .unwrap();
-    assert!(invoice.invoice.starts_with("lnbcrt"));
-    assert!(invoice.expires_at > 1_700_000_000);
-    let inbound = c.get_payment(&invoice.payment_hash).await.unwrap();
-    assert_eq!(inbound.direction, PaymentDirection::Inbound);
-    assert_eq!(inbound.status, PaymentStatus::Pending);
-    assert_eq!(inbound.amount_msat, Some(21_000));
+    assert_eq!(created, invoice());
+    h.assert_called(
+        M::CreateInvoice,
+        json!({"amount_msat": 21000, "description": "coffee", "expiry_secs": 600}),
+    );
+    let inbound = payment(
+        PAYMENT_HASH,
+        PaymentDirection::Inbound,
+        PaymentStatus::Pending,
+        21_000,
+    );
+    h.script(M::GetPayment, &inbound);
+    // The node receives the payment hash lowercased.
+    let got = c.get_payment(&PAYMENT_HASH.to_uppercase()).await.unwrap();
+    assert_eq!(got, inbound);
+    h.assert_called(M::GetPayment, json!(PAYMENT_HASH));
 
-    let paid = c
+    let paid = payment(
+        PAYMENT_HASH,
+        PaymentDirection::Outbound,
+        PaymentStatus::Succeeded,
+        21_000,
+    );
+    h.script(M::PayInvoice, &paid);
+    let got = c
         .pay_invoice(&PayInvoiceRequest {
-            invoice: format!("lightning:{}", invoice.invoice),
+            invoice: format!("lightning:{INVOICE}"),
             amount_msat: None,
             wait: true,
             timeout_secs: Some(30),
         })
         .await
         .unwrap();
-    assert_eq!(paid.status, PaymentStatus::Succeeded);
-    assert_eq!(paid.direction, PaymentDirection::Outbound);
-    assert_eq!(paid.payment_hash, invoice.payment_hash);
-    assert!(paid.preimage.is_some());
-    assert_eq!(
-        h.node.last_call().unwrap().args["invoice"],
-        invoice.invoice,
-        "the URI scheme is stripped"
+    assert_eq!(got, paid);
+    // The URI scheme is stripped.
+    h.assert_called(
+        M::PayInvoice,
+        json!({"invoice": INVOICE, "wait": true, "timeout_secs": 30}),
     );
+    let paid_already = ApiError::new(
+        ErrorCode::PaymentFailed,
+        "this invoice is already paid or being paid",
+    );
+    h.refuse(M::PayInvoice, &paid_already);
     let again = c
         .pay_invoice(&PayInvoiceRequest {
-            invoice: invoice.invoice.clone(),
+            invoice: INVOICE.into(),
             amount_msat: None,
             wait: true,
             timeout_secs: None,
         })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&again, ClientError::Api { status: 409, error } if error.code == ErrorCode::PaymentFailed),
-        "{again:?}"
+        .await;
+    assert_api_error(again, 409, &paid_already);
+    h.assert_called(M::PayInvoice, json!({"invoice": INVOICE, "wait": true}));
+    // A payment that was sent and failed is an answer, not an error.
+    let failed_hash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let failed = payment(
+        failed_hash,
+        PaymentDirection::Outbound,
+        PaymentStatus::Failed,
+        1,
     );
-    let failed = c
+    h.script(M::PayInvoice, &failed);
+    let got = c
         .pay_invoice(&PayInvoiceRequest {
-            invoice: "lnbcrt1failme".into(),
+            invoice: "lnbcrt1pn8xq3ysp5anyamount".into(),
             amount_msat: Some(1),
             wait: true,
             timeout_secs: None,
         })
         .await
         .unwrap();
-    assert_eq!(failed.status, PaymentStatus::Failed);
-    assert_eq!(
-        failed.failure_reason.as_deref(),
-        Some("no route to the payee")
+    assert_eq!(got, failed);
+    assert_eq!(got.failure_reason.as_deref(), Some("no route to the payee"));
+    h.assert_called(
+        M::PayInvoice,
+        json!({"invoice": "lnbcrt1pn8xq3ysp5anyamount", "amount_msat": 1, "wait": true}),
     );
-    let err = c
+    let mainnet = ApiError::new(
+        ErrorCode::InvalidInvoice,
+        "the invoice is for bitcoin, the node is on regtest",
+    );
+    h.refuse(M::PayInvoice, &mainnet);
+    let refused = c
         .pay_invoice(&PayInvoiceRequest {
-            invoice: "lnbc-mainnet".into(),
+            invoice: "lnbc10u1pn8xq3ypp5mainnet".into(),
             amount_msat: None,
             wait: false,
             timeout_secs: None,
         })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, ClientError::Api { status: 400, error } if error.code == ErrorCode::InvalidInvoice),
-        "{err:?}"
+        .await;
+    assert_api_error(refused, 400, &mainnet);
+    h.assert_called(
+        M::PayInvoice,
+        json!({"invoice": "lnbc10u1pn8xq3ypp5mainnet", "wait": false}),
     );
 
-    let sent = c
+    let keysend_hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let sent = payment(
+        keysend_hash,
+        PaymentDirection::Outbound,
+        PaymentStatus::Pending,
+        5_000,
+    );
+    h.script(M::Keysend, &sent);
+    let got = c
         .keysend(&KeysendRequest {
-            node_id: PEER.into(),
+            node_id: upper_peer.clone(),
             amount_msat: 5_000,
             wait: false,
             timeout_secs: None,
         })
         .await
         .unwrap();
-    assert_eq!(sent.status, PaymentStatus::Pending);
-    assert_eq!(h.node.last_call().unwrap().args["wait"], false);
-
-    let payments = c.list_payments().await.unwrap();
-    assert_eq!(payments.len(), 4);
-    assert_eq!(payments[0], sent, "newest first");
-    assert_eq!(c.get_payment(&sent.payment_hash).await.unwrap(), sent);
-    let err = c.get_payment(&"cd".repeat(32)).await.unwrap_err();
-    assert!(
-        matches!(&err, ClientError::Api { status: 404, error } if error.code == ErrorCode::UnknownPayment),
-        "{err:?}"
+    assert_eq!(got, sent);
+    h.assert_called(
+        M::Keysend,
+        json!({"node_id": PEER, "amount_msat": 5000, "wait": false}),
     );
+
+    // The list keeps the node's order.
+    let payments = vec![sent, failed, paid, inbound];
+    h.script(M::ListPayments, &payments);
+    assert_eq!(c.list_payments().await.unwrap(), payments);
+    h.assert_called(M::ListPayments, Value::Null);
+    let unknown = ApiError::new(
+        ErrorCode::UnknownPayment,
+        format!("no payment with hash {}", "cd".repeat(32)),
+    );
+    h.refuse(M::GetPayment, &unknown);
+    assert_api_error(c.get_payment(&"cd".repeat(32)).await, 404, &unknown);
+    h.assert_called(M::GetPayment, json!("cd".repeat(32)));
+
+    // One call of the node per request: the server neither skips nor repeats.
+    assert_eq!(h.node.calls().len(), 25, "{:?}", h.node.calls());
     h.stop().await;
 }
 
 #[tokio::test]
 async fn the_wire_format_is_snake_case_with_units() {
+    use stub::Method as M;
     let h = Harness::start().await;
+    h.script(M::Balance, balance());
     let answer = h.authed("GET", "/v1/onchain/balance", "").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.headers[header::CONTENT_TYPE], "application/json");
     assert_eq!(
         answer.body,
         json!({
             "onchain_confirmed_sat": 1_000_000,
-            "onchain_unconfirmed_sat": 0,
-            "onchain_total_sat": 1_000_000,
-            "lightning_outbound_msat": 0,
-            "lightning_inbound_msat": 0,
+            "onchain_unconfirmed_sat": 25_000,
+            "onchain_total_sat": 1_025_000,
+            "lightning_outbound_msat": 95_000_000,
+            "lightning_inbound_msat": 5_000_000,
         })
     );
+
+    // The node receives the request with its defaults filled in.
+    h.script(M::OpenChannel, opened());
     let answer = h
         .authed(
             "POST",
@@ -808,37 +1147,70 @@ async fn the_wire_format_is_snake_case_with_units() {
         )
         .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    assert!(answer.body["channel_id"].is_string());
-    assert!(answer.body["user_channel_id"].is_string());
     assert_eq!(
-        h.node.last_call().unwrap().args,
-        json!({"node_id": PEER, "address": "127.0.0.1:9735", "amount_sat": 50000, "push_msat": 0, "public": false})
+        answer.body,
+        json!({"channel_id": TEMPORARY_CHANNEL_ID, "user_channel_id": USER_CHANNEL_ID})
     );
+    h.assert_called(
+        M::OpenChannel,
+        json!({"node_id": PEER, "address": "127.0.0.1:9735", "amount_sat": 50000, "push_msat": 0, "public": false}),
+    );
+
+    // Unknown values are null, not left out.
+    h.script(M::ListChannels, vec![pending_channel(), ready_channel()]);
     let answer = h.authed("GET", "/v1/channels", "").await;
-    let channel = &answer.body["channels"][0];
-    assert_eq!(channel["state"], "pending_open");
-    for field in [
-        "channel_id",
-        "user_channel_id",
-        "counterparty_node_id",
-        "funding_txid",
-        "funding_output_index",
-        "short_channel_id",
-        "capacity_sat",
-        "outbound_msat",
-        "inbound_msat",
-        "is_usable",
-        "is_public",
-        "confirmations",
-        "confirmations_required",
-    ] {
-        assert!(channel.get(field).is_some(), "{field} missing: {channel}");
-    }
+    assert_eq!(
+        answer.body,
+        json!({"channels": [
+            {
+                "channel_id": TEMPORARY_CHANNEL_ID,
+                "user_channel_id": USER_CHANNEL_ID,
+                "counterparty_node_id": PEER,
+                "funding_txid": null,
+                "funding_output_index": null,
+                "short_channel_id": null,
+                "capacity_sat": 100_000,
+                "outbound_msat": 95_000_000,
+                "inbound_msat": 5_000_000,
+                "state": "pending_open",
+                "is_usable": false,
+                "is_public": true,
+                "confirmations": null,
+                "confirmations_required": 6,
+            },
+            {
+                "channel_id": CHANNEL_ID,
+                "user_channel_id": "87263519283746501928374650192837465",
+                "counterparty_node_id": OTHER_PEER,
+                "funding_txid": TXID,
+                "funding_output_index": 1,
+                "short_channel_id": "108x1x1",
+                "capacity_sat": 250_000,
+                "outbound_msat": 120_000_000,
+                "inbound_msat": 127_500_000,
+                "state": "ready",
+                "is_usable": true,
+                "is_public": false,
+                "confirmations": 37,
+                "confirmations_required": 6,
+            },
+        ]})
+    );
+
+    h.script(M::ListPeers, vec![peer()]);
     let answer = h.authed("GET", "/v1/peers", "").await;
     assert_eq!(
         answer.body,
         json!({"peers": [{"node_id": PEER, "address": "127.0.0.1:9735", "inbound": false}]})
     );
+
+    let sent = payment(
+        PAYMENT_HASH,
+        PaymentDirection::Outbound,
+        PaymentStatus::Succeeded,
+        7,
+    );
+    h.script(M::Keysend, &sent);
     let answer = h
         .authed(
             "POST",
@@ -846,11 +1218,47 @@ async fn the_wire_format_is_snake_case_with_units() {
             &format!(r#"{{"node_id":"{PEER}","amount_msat":7}}"#),
         )
         .await;
-    assert_eq!(answer.body["direction"], "outbound");
-    assert_eq!(answer.body["status"], "succeeded", "wait defaults to true");
-    assert_eq!(answer.body["amount_msat"], 7);
+    h.assert_called(
+        M::Keysend,
+        json!({"node_id": PEER, "amount_msat": 7, "wait": true}),
+    );
+    let paid = json!({
+        "payment_id": sent.payment_id,
+        "payment_hash": PAYMENT_HASH,
+        "preimage": PREIMAGE,
+        "direction": "outbound",
+        "status": "succeeded",
+        "amount_msat": 7,
+        "fee_msat": 21,
+        "failure_reason": null,
+        "created_at": 1_717_171_717,
+        "updated_at": 1_717_171_720,
+    });
+    assert_eq!(answer.body, paid);
+
+    // wait defaults to true; the URI scheme and the blanks around go.
+    let pending = payment(
+        PAYMENT_HASH,
+        PaymentDirection::Outbound,
+        PaymentStatus::Pending,
+        21_000,
+    );
+    h.script(M::PayInvoice, &pending);
+    let answer = h
+        .authed(
+            "POST",
+            "/v1/payments",
+            &format!(r#"{{"invoice":" lightning:{INVOICE} "}}"#),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["status"], "pending");
+    assert_eq!(answer.body["preimage"], Value::Null);
+    h.assert_called(M::PayInvoice, json!({"invoice": INVOICE, "wait": true}));
+
+    h.script(M::ListPayments, vec![&sent]);
     let answer = h.authed("GET", "/v1/payments", "").await;
-    assert_eq!(answer.body["payments"].as_array().unwrap().len(), 1);
+    assert_eq!(answer.body, json!({"payments": [paid]}));
     h.stop().await;
 }
 
@@ -878,6 +1286,7 @@ async fn requests_are_logged_without_the_token() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let h = Harness::start().await;
+    h.script(stub::Method::Info, node_info());
     h.client().info().await.unwrap();
     let _ = h
         .raw(
@@ -1003,6 +1412,7 @@ async fn a_base_url_with_a_path_prefix_works() {
         }
         other => panic!("{other:?}"),
     }
+    assert!(h.node.calls().is_empty(), "{:?}", h.node.calls());
     h.stop().await;
 }
 
