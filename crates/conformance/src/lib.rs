@@ -2,11 +2,13 @@
 //!
 //! One list of tests ([`suite`]) runs against every backend through
 //! [`conformance_tests!`], each on a real server the test process starts (see
-//! `phalanx-testkit`). A backend's test file is one macro call plus the tests only that
-//! backend needs (restarting its server, the SQLite replica):
+//! `phalanx-testkit`). The tests get their stores from the backend's
+//! [`StoreFactory`], never from a URL of their own. A backend's
+//! test file is one macro call plus the tests only that backend needs (restarting its
+//! server, the SQLite replica):
 //!
 //! ```ignore
-//! phalanx_conformance::conformance_tests!(phalanx_conformance::harness::Postgres);
+//! phalanx_conformance::conformance_tests!(phalanx_conformance::factory::Postgres);
 //! ```
 //!
 //! The crash tests run the lease holder in a child process (the `phalanx-store-holder`
@@ -15,7 +17,7 @@
 
 #![warn(missing_docs)]
 
-pub mod harness;
+pub mod factory;
 pub mod holder;
 pub mod restart;
 pub mod suite;
@@ -26,9 +28,11 @@ use std::time::Duration;
 pub use phalanx_store::testing::{must_win, try_win, win_within};
 use phalanx_store::{ClusterName, Store, StoreOptions};
 
-pub use harness::Harness;
+pub use factory::StoreFactory;
 
-/// Opens a handle on `url` for `cluster` with test timeouts.
+/// Opens a handle on `url` for `cluster` with test timeouts, for the tests that start a
+/// server of their own (the restart tests); suite tests use their
+/// [`StoreFactory`].
 pub async fn open(url: &str, cluster: &str) -> Arc<dyn Store> {
     phalanx_store_connect::connect(url, store_options(cluster))
         .await
@@ -43,14 +47,15 @@ pub fn store_options(cluster: &str) -> StoreOptions {
     options
 }
 
-/// Runs the whole conformance suite as `#[tokio::test]`s against `$harness` (an
-/// expression whose type implements [`Harness`]).
+/// Runs the whole conformance suite as `#[tokio::test]`s against `$factory` (an
+/// expression whose type implements [`StoreFactory`]).
 #[macro_export]
 macro_rules! conformance_tests {
-    ($harness:expr) => {
-        $crate::conformance_tests!(@each $harness;
+    ($factory:expr) => {
+        $crate::conformance_tests!(@each $factory;
             crud_round_trip,
             a_late_write_never_lands_over_a_newer_one,
+            a_write_sequence_past_i64_is_refused,
             listing_is_per_namespace,
             invalid_keys_are_refused,
             values_of_32_mib_round_trip,
@@ -72,15 +77,16 @@ macro_rules! conformance_tests {
             campaigners_and_self_fencing_on_the_backend,
             a_holder_paused_past_its_ttl_is_fenced_when_it_resumes,
             kill_9_loses_no_acknowledged_write,
+            no_call_hangs_when_the_link_is_cut,
         );
     };
-    (@each $harness:expr; $($name:ident),* $(,)?) => {
+    (@each $factory:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                $crate::harness::init();
+                $crate::factory::init();
                 let env = $crate::suite::Env {
-                    harness: &$harness,
+                    factory: &$factory,
                     holder_binary: ::std::path::Path::new(env!("CARGO_BIN_EXE_phalanx-store-holder")),
                 };
                 $crate::suite::$name(&env).await;

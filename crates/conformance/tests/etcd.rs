@@ -1,6 +1,6 @@
 //! The conformance suite on etcd.
 
-phalanx_conformance::conformance_tests!(phalanx_conformance::harness::Etcd);
+phalanx_conformance::conformance_tests!(phalanx_conformance::factory::Etcd);
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use phalanx_testkit::etcd::EtcdServer;
 /// (the restart was shorter than the lease) or ends cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_killed_and_restarted_under_a_write_loop() {
-    phalanx_conformance::harness::init();
+    phalanx_conformance::factory::init();
     let server = std::sync::Arc::new(EtcdServer::start().unwrap());
     let url = server.url("restart");
     let restarted = server.clone();

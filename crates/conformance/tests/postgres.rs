@@ -1,6 +1,6 @@
 //! The conformance suite on postgres.
 
-phalanx_conformance::conformance_tests!(phalanx_conformance::harness::Postgres);
+phalanx_conformance::conformance_tests!(phalanx_conformance::factory::Postgres);
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use phalanx_testkit::postgres::PostgresServer;
 /// standby could have taken over at once) or continues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restarted_under_a_write_loop() {
-    phalanx_conformance::harness::init();
+    phalanx_conformance::factory::init();
     let server = std::sync::Arc::new(PostgresServer::start().unwrap());
     let url = server.fresh_database().unwrap();
     let restarted = server.clone();

@@ -1,19 +1,19 @@
 //! The conformance suite on sqlite.
 
-phalanx_conformance::conformance_tests!(phalanx_conformance::harness::Sqlite);
+phalanx_conformance::conformance_tests!(phalanx_conformance::factory::Sqlite);
 
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use phalanx_conformance::Harness;
-use phalanx_conformance::harness::Sqlite;
+use phalanx_conformance::StoreFactory;
+use phalanx_conformance::factory::Sqlite;
 use phalanx_conformance::holder::{HolderProcess, WriteMode};
 
 /// kill -9 of a holder writing through a replica: every acknowledged write is in both
 /// files, and both pass SQLite's integrity check.
 #[test]
 fn replica_has_every_acknowledged_write_after_kill_9() {
-    phalanx_conformance::harness::init();
+    phalanx_conformance::factory::init();
     let main_dir = phalanx_testkit::process::scratch_dir("sqlite-main").unwrap();
     let replica_dir = phalanx_testkit::process::scratch_dir("sqlite-replica").unwrap();
     let main = main_dir.join("node.db");

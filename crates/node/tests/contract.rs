@@ -65,10 +65,7 @@ impl ContractDriver for NodeDriver {
             .create_hold_invoice(Some(amount_msat), hash, "contract, held", None)
             .await
             .expect("bob makes a hold invoice");
-        self.held
-            .lock()
-            .unwrap()
-            .insert(hash.to_string(), preimage);
+        self.held.lock().unwrap().insert(hash.to_string(), preimage);
         PeerInvoice {
             invoice: invoice.to_string(),
             payment_hash: hash.to_string(),
@@ -78,11 +75,15 @@ impl ContractDriver for NodeDriver {
     async fn release(&self, invoice: &PeerInvoice) {
         let preimage = self.held.lock().unwrap()[&invoice.payment_hash];
         let hash: PaymentHash = preimage.into();
-        wait_for("bob to hold the payment", Duration::from_secs(30), || async {
-            self.bob
-                .inbound_payment(hash)
-                .filter(|r| r.status == PaymentStatus::Accepted)
-        })
+        wait_for(
+            "bob to hold the payment",
+            Duration::from_secs(30),
+            || async {
+                self.bob
+                    .inbound_payment(hash)
+                    .filter(|r| r.status == PaymentStatus::Accepted)
+            },
+        )
         .await;
         self.bob
             .settle_hold_invoice(preimage)

@@ -5,6 +5,9 @@ use etcd_client::Error;
 use phalanx_store::StoreError;
 use tonic::Code;
 
+/// The backend's name in its timeout errors (see `phalanx_store::backend::timeout`).
+pub(crate) const BACKEND: &str = "etcd";
+
 /// Maps an etcd client error for `op` against `target` (a redacted URL). The messages
 /// carry the server's words and the root cause; the client's own error text (a long
 /// debug dump for transport failures) is left out.
@@ -114,13 +117,4 @@ fn report(err: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     out
-}
-
-/// A transient timeout error for `op`.
-pub fn timeout(op: &'static str, target: &str, after: std::time::Duration) -> StoreError {
-    StoreError::transient(
-        op,
-        format!("etcd at {target} did not answer within {after:?}"),
-        None,
-    )
 }

@@ -53,11 +53,12 @@
 #![warn(missing_docs)]
 
 mod error;
+mod keys;
 mod url;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
@@ -65,13 +66,17 @@ use etcd_client::{
     KvClient, LeaseKeepAliveStream, LeaseKeeper, SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
     WatchOptions,
 };
+use phalanx_store::backend::{
+    now_unix_ms, read_config_file, refused_epoch, stale_epoch, within, write_sequence,
+};
 use phalanx_store::{
     Acquisition, BatchOp, Epoch, EpochRecord, FencingToken, HeldLease, HolderId, LeaseExpiry,
     LeaseInfo, LeaseStore, MAX_VALUE_BYTES, Namespace, StateStore, StoreError, StoreKey,
     StoreOptions, check_batch,
 };
 
-use crate::error::{etcd_error, timeout};
+use crate::error::{BACKEND, etcd_error};
+use crate::keys::{KeyLayout, epoch_value, parse_epoch, versioned_op};
 pub use crate::url::{EtcdTlsFiles, EtcdUrl};
 
 /// Leave room above the largest value for the request's framing.
@@ -95,127 +100,9 @@ struct Inner {
     leader_seen_at: AtomicI64,
 }
 
-/// Where each kind of key lives.
-struct KeyLayout {
-    base: String,
-}
-
-impl KeyLayout {
-    fn new(prefix: &str, cluster: &str) -> Self {
-        Self {
-            base: format!("/{prefix}/{cluster}/"),
-        }
-    }
-
-    fn leader(&self) -> String {
-        format!("{}lease/leader", self.base)
-    }
-
-    fn epoch_counter(&self) -> String {
-        format!("{}lease/epoch", self.base)
-    }
-
-    fn history_prefix(&self) -> String {
-        format!("{}epochs/", self.base)
-    }
-
-    fn history(&self, epoch: Epoch) -> String {
-        format!("{}{:020}", self.history_prefix(), epoch.0)
-    }
-
-    fn namespace(&self, namespace: &Namespace) -> String {
-        format!(
-            "{}kv/{}/{}/",
-            self.base,
-            namespace.primary(),
-            namespace.secondary()
-        )
-    }
-
-    fn value(&self, key: &StoreKey) -> String {
-        format!("{}{}", self.namespace(key.namespace()), key.key())
-    }
-
-    fn version(&self, key: &StoreKey) -> String {
-        format!(
-            "{}ver/{}/{}/{}",
-            self.base,
-            key.primary(),
-            key.secondary(),
-            key.key()
-        )
-    }
-}
-
-/// The version of a mutation as etcd compares values, byte by byte: fixed-width hex of
-/// the epoch, then of the sequence, so that the byte order is the order of
-/// `FencingToken::supersedes`.
-fn version_value(token: FencingToken) -> String {
-    format!("{:016x}{:016x}", token.epoch().0, token.sequence())
-}
-
-/// One mutation of a batch, with the version key it keeps (see "Write order" in the
-/// crate docs). A sequenced one changes the key only if its version key is absent or
-/// holds an older version; etcd's value comparison fails on an absent key, so that case
-/// is the nested else branch.
-fn versioned_op(keys: &KeyLayout, token: FencingToken, op: BatchOp) -> Vec<TxnOp> {
-    let version_key = keys.version(op.key());
-    let changes = match op {
-        BatchOp::Put { key, value } => [
-            TxnOp::put(keys.value(&key), value, None),
-            TxnOp::put(version_key.clone(), version_value(token), None),
-        ],
-        BatchOp::Delete { key } => [
-            TxnOp::delete(keys.value(&key), None),
-            TxnOp::delete(version_key.clone(), None),
-        ],
-    };
-    if token.sequence() == 0 {
-        // Unsequenced: it changes the keys of its own epoch unconditionally, and no
-        // older epoch's write can still land (the fence refuses it).
-        return changes.to_vec();
-    }
-    let when_absent = Txn::new()
-        .when([Compare::create_revision(
-            version_key.clone(),
-            CompareOp::Equal,
-            0,
-        )])
-        .and_then(changes.clone());
-    vec![TxnOp::txn(
-        Txn::new()
-            .when([Compare::value(
-                version_key,
-                CompareOp::Less,
-                version_value(token),
-            )])
-            .and_then(changes)
-            .or_else([TxnOp::txn(when_absent)]),
-    )]
-}
-
-fn epoch_value(epoch: Epoch) -> String {
-    epoch.0.to_string()
-}
-
-fn parse_epoch(value: &[u8]) -> Option<Epoch> {
-    std::str::from_utf8(value).ok()?.parse().ok().map(Epoch)
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
+/// Reads a file an `etcds://` URL names.
 fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|e| {
-        StoreError::Config(format!(
-            "cannot read the etcd {what} {}: {e}",
-            path.display()
-        ))
-    })
+    read_config_file(path, &format!("etcd {what}"))
 }
 
 impl EtcdStore {
@@ -253,9 +140,9 @@ impl EtcdStore {
             connect = connect.with_tls(tls);
         }
         let limit = options.connect_timeout + options.operation_timeout;
-        let client = tokio::time::timeout(limit, Client::connect(url.endpoints(), Some(connect)))
-            .await
-            .map_err(|_| timeout("connect", &redacted, limit))?
+        let connecting = Client::connect(url.endpoints(), Some(connect));
+        let client = within(BACKEND, "connect", &redacted, limit, connecting)
+            .await?
             .map_err(|e| etcd_error("connect", &redacted, e))?;
         let kv = client
             .kv_client()
@@ -294,11 +181,10 @@ impl EtcdStore {
         op: &'static str,
         request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, StoreError> {
-        let limit = self.inner.options.operation_timeout;
-        tokio::time::timeout(limit, request)
-            .await
-            .map_err(|_| timeout(op, &self.inner.redacted, limit))?
-            .map_err(|e| etcd_error(op, &self.inner.redacted, e))
+        let (target, limit) = (&self.inner.redacted, self.inner.options.operation_timeout);
+        within(BACKEND, op, target, limit, request)
+            .await?
+            .map_err(|e| etcd_error(op, target, e))
     }
 
     /// The leader key's epoch and the holder recorded for it, read in one request.
@@ -339,17 +225,15 @@ impl EtcdStore {
         Ok(Some((epoch, holder, lease_id)))
     }
 
-    async fn fenced_reason(&self, token: FencingToken) -> String {
+    /// The fenced error for a refused token, saying why as far as the leader key tells.
+    async fn fenced_error(&self, token: FencingToken) -> StoreError {
         match self.leader_info().await {
-            Ok(Some((epoch, holder, _))) => format!(
-                "epoch {} is stale; the cluster is at epoch {epoch} (holder {holder})",
-                token.epoch()
-            ),
-            Ok(None) => format!(
+            Ok(Some((epoch, holder, _))) => stale_epoch(token, epoch, Some(&holder)),
+            Ok(None) => StoreError::fenced(format!(
                 "the lease of epoch {} expired or was resigned (no leader key)",
                 token.epoch()
-            ),
-            Err(err) => format!("epoch {} was refused ({})", token.epoch(), err.report()),
+            )),
+            Err(err) => refused_epoch(token, Some(&err)),
         }
     }
 }
@@ -402,6 +286,8 @@ impl StateStore for EtcdStore {
         if ops.is_empty() {
             return Ok(());
         }
+        // etcd compares the whole 64 bits, but every backend refuses what SQL cannot store.
+        write_sequence(token)?;
         let keys = &self.inner.keys;
         let mutations: Vec<TxnOp> = ops
             .into_iter()
@@ -418,7 +304,7 @@ impl StateStore for EtcdStore {
         if response.succeeded() {
             Ok(())
         } else {
-            Err(StoreError::fenced(self.fenced_reason(token).await))
+            Err(self.fenced_error(token).await)
         }
     }
 }
@@ -670,9 +556,9 @@ impl HeldLease for EtcdLease {
                 Err(e) => Err(etcd_error("renew", &redacted, e)),
             }
         };
-        let outcome = tokio::time::timeout(limit, attempt)
+        let outcome = within(BACKEND, "renew", &redacted, limit, attempt)
             .await
-            .unwrap_or_else(|_| Err(timeout("renew", &redacted, limit)));
+            .and_then(|answered| answered);
         match outcome {
             Ok(ttl) if ttl > 0 => Ok(()),
             Ok(_) => Err(StoreError::fenced(format!(

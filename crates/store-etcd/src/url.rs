@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use percent_encoding::percent_decode_str;
 use phalanx_store::StoreError;
+use phalanx_store::backend::{percent_decode, query_pairs, unknown_option};
 
 /// Where and how to reach an etcd cluster.
 #[derive(Clone, PartialEq, Eq)]
@@ -40,11 +40,13 @@ fn config_error(message: impl Into<String>) -> StoreError {
     StoreError::Config(message.into())
 }
 
+/// The options an `etcd://` URL takes.
+const OPTIONS: &[&str] = &["cacert", "cert", "key", "domain"];
+
+/// Decodes one part of the URL, strictly; the error names the part, never its text (it
+/// may be the password).
 fn decode(text: &str, what: &str) -> Result<String, StoreError> {
-    percent_decode_str(text)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| config_error(format!("the {what} in the etcd URL is not UTF-8")))
+    percent_decode(text, &format!("{what} in the etcd URL"))
 }
 
 impl EtcdUrl {
@@ -108,12 +110,7 @@ impl EtcdUrl {
 
         let mut files = EtcdTlsFiles::default();
         let (mut cert, mut key) = (None, None);
-        for pair in query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter(|p| !p.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (name, value) in query.into_iter().flat_map(query_pairs) {
             let value = decode(value, name)?;
             if value.is_empty() {
                 return Err(config_error(format!(
@@ -125,11 +122,7 @@ impl EtcdUrl {
                 "cert" => cert = Some(PathBuf::from(value)),
                 "key" => key = Some(PathBuf::from(value)),
                 "domain" => files.domain = Some(value),
-                other => {
-                    return Err(config_error(format!(
-                        "unknown etcd URL option {other:?} (known: cacert, cert, key, domain)"
-                    )));
-                }
+                other => return Err(unknown_option("etcd", other, OPTIONS)),
             }
         }
         files.client = match (cert, key) {
@@ -229,6 +222,11 @@ mod tests {
         assert_eq!(url.redacted(), "etcds://root@h:2379/p");
         assert!(!format!("{url:?}").contains("p@ss"));
 
+        // `+` is a plus sign, as in every store URL.
+        let url = EtcdUrl::parse("etcds://u:a+b@h/p?cacert=/c+a.pem").unwrap();
+        assert_eq!(url.credentials, Some(("u".into(), "a+b".into())));
+        assert_eq!(url.tls.unwrap().ca, Some(PathBuf::from("/c+a.pem")));
+
         let url = EtcdUrl::parse("etcd://[::1]:2379/p").unwrap();
         assert_eq!(url.hosts, ["[::1]:2379"]);
     }
@@ -251,6 +249,13 @@ mod tests {
                 "unknown etcd URL option \"timeout\"",
             ),
             ("etcds://a/p?cacert=", "needs a value"),
+            // Escapes are decoded strictly everywhere, as in every store URL.
+            ("etcd://u:p%zz@a/p", "bad percent-escape in the password"),
+            ("etcd://a/p%2", "bad percent-escape in the prefix"),
+            (
+                "etcds://a/p?cacert=/x%zz",
+                "bad percent-escape in the cacert",
+            ),
         ] {
             let err = EtcdUrl::parse(url)
                 .err()

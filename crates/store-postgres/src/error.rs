@@ -3,6 +3,9 @@
 use phalanx_store::StoreError;
 use tokio_postgres::error::SqlState;
 
+/// The backend's name in its timeout errors (see `phalanx_store::backend::timeout`).
+pub(crate) const BACKEND: &str = "PostgreSQL";
+
 /// Maps a client error for `op` against the server at `target` (a redacted URL).
 pub fn pg_error(op: &'static str, target: &str, err: tokio_postgres::Error) -> StoreError {
     let Some(code) = err.code().cloned() else {
@@ -60,13 +63,4 @@ pub fn pool_error(op: &'static str, target: &str, err: deadpool_postgres::PoolEr
             Some(Box::new(other) as _),
         ),
     }
-}
-
-/// A transient timeout error for `op`.
-pub fn timeout(op: &'static str, target: &str, after: std::time::Duration) -> StoreError {
-    StoreError::transient(
-        op,
-        format!("PostgreSQL at {target} did not answer within {after:?}"),
-        None,
-    )
 }

@@ -12,7 +12,8 @@
 //! exists in `pg_stat_activity`: when a holder's process dies its TCP connection closes,
 //! PostgreSQL ends the session within milliseconds, and a standby takes over without
 //! waiting for the TTL. The holder in turn treats the end of its own lease session as
-//! the end of its leadership ([`HeldLease::session_lost`]).
+//! the end of its leadership
+//! ([`HeldLease::session_lost`](phalanx_store::HeldLease::session_lost)).
 //!
 //! Winning is one call of the `phalanx_acquire` function: it checks the row is free
 //! (without locks, so waiting campaigners cost the leader nothing), takes the cluster's
@@ -46,134 +47,29 @@
 #![warn(missing_docs)]
 
 mod error;
+mod lease;
 mod notices;
 mod schema;
+mod sql;
 mod url;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use phalanx_store::backend::{self, refused_epoch, stale_epoch, within, write_sequence};
 use phalanx_store::{
-    Acquisition, BatchOp, Epoch, EpochRecord, FencingToken, HeldLease, HolderId, LeaseExpiry,
-    LeaseInfo, LeaseStore, Namespace, StateStore, StoreError, StoreKey, StoreOptions, check_batch,
+    BatchOp, Epoch, FencingToken, Namespace, StateStore, StoreError, StoreKey, StoreOptions,
+    check_batch,
 };
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::error::{pg_error, pool_error, timeout};
+use crate::error::{BACKEND, pg_error, pool_error};
+use crate::lease::LeaseSession;
 use crate::notices::{Warnings, WatchedConnect};
+use crate::sql::{APPLY, ENSURE_LEASE_ROW, LEASE_ROW, LIST, PUT_ONE, READ};
 pub use crate::url::{DEFAULT_POOL_SIZE, PgUrl};
-
-/// How often a campaigner polls a held lease (takeover after a crash waits at most this).
-const CAMPAIGN_POLL: Duration = Duration::from_millis(100);
-
-const ENSURE_LEASE_ROW: &str = "INSERT INTO phalanx_lease (cluster, epoch, expires_at)
-     VALUES ($1, 0, '-infinity') ON CONFLICT (cluster) DO NOTHING";
-
-const ACQUIRE: &str = "SELECT phalanx_acquire($1, $2, $3)";
-
-const RENEW: &str = "UPDATE phalanx_lease
-     SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
-     WHERE cluster = $1 AND epoch = $2 AND holder IS NOT NULL
-       AND expires_at > clock_timestamp() AND holder_pid = pg_backend_pid()
-     RETURNING 1";
-
-const RESIGN: &str = "UPDATE phalanx_lease
-     SET holder = NULL, holder_pid = NULL, holder_backend_start = NULL, expires_at = now()
-     WHERE cluster = $1 AND epoch = $2 AND holder IS NOT NULL";
-
-const CURRENT_LEASE: &str = "SELECT holder, epoch,
-         (extract(epoch FROM expires_at - now()) * 1000)::bigint
-     FROM phalanx_lease l
-     WHERE cluster = $1 AND holder IS NOT NULL AND expires_at > now()
-       AND EXISTS (SELECT 1 FROM pg_stat_activity a
-                   WHERE a.pid = l.holder_pid
-                     AND (a.backend_start = l.holder_backend_start OR a.backend_start IS NULL))";
-
-const LEASE_ROW: &str =
-    "SELECT epoch, holder, expires_at > now() FROM phalanx_lease WHERE cluster = $1";
-
-/// Whether the mutation (epoch `$2`, sequence `$10` or `$7`) is newer than the one that
-/// last changed row `k`: `FencingToken::supersedes`, in SQL. A retry that finds its own
-/// write in place changes nothing, yet still locks the row (`ON CONFLICT … DO UPDATE …
-/// WHERE` does), so its commit waits for the synchronous standby like the first one:
-/// `a_cancelled_wait_for_the_standby_is_an_unknown_outcome` checks that.
-macro_rules! newer_than {
-    ($row:literal, $sequence:literal) => {
-        concat!(
-            "(",
-            $row,
-            ".epoch < $2 OR (",
-            $row,
-            ".epoch = $2 AND (",
-            $sequence,
-            "::bigint = 0 OR ",
-            $row,
-            ".sequence < ",
-            $sequence,
-            "::bigint)))"
-        )
-    };
-}
-
-const APPLY: &str = concat!(
-    "WITH fence AS (
-         SELECT phalanx_fence($1, $2) AS current
-     ),
-     deleted AS (
-         DELETE FROM phalanx_kv k
-         USING fence, unnest($3::text[], $4::text[], $5::text[]) AS d(p, s, k)
-         WHERE fence.current
-           AND k.cluster = $1 AND k.primary_ns = d.p AND k.secondary_ns = d.s AND k.key = d.k
-           AND ",
-    newer_than!("k", "$10"),
-    "
-         RETURNING 1
-     ),
-     written AS (
-         INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch, sequence)
-         SELECT $1, u.p, u.s, u.k, u.v, $2, $10
-         FROM fence, unnest($6::text[], $7::text[], $8::text[], $9::bytea[]) AS u(p, s, k, v)
-         WHERE fence.current
-         ON CONFLICT (cluster, primary_ns, secondary_ns, key)
-         DO UPDATE SET value = excluded.value, epoch = excluded.epoch, sequence = excluded.sequence
-         WHERE ",
-    newer_than!("phalanx_kv", "$10"),
-    "
-         RETURNING 1
-     )
-     SELECT current FROM fence"
-);
-
-/// The hot path (one value, as LDK writes): true means written (or superseded by a newer
-/// write already in place), false fenced.
-const PUT_ONE: &str = concat!(
-    "WITH fence AS (
-         SELECT phalanx_fence($1, $2) AS current
-     ),
-     written AS (
-         INSERT INTO phalanx_kv (cluster, primary_ns, secondary_ns, key, value, epoch, sequence)
-         SELECT $1, $3, $4, $5, $6, $2, $7 FROM fence WHERE fence.current
-         ON CONFLICT (cluster, primary_ns, secondary_ns, key)
-         DO UPDATE SET value = excluded.value, epoch = excluded.epoch, sequence = excluded.sequence
-         WHERE ",
-    newer_than!("phalanx_kv", "$7"),
-    "
-         RETURNING 1
-     )
-     SELECT current FROM fence"
-);
-
-const READ: &str = "SELECT value FROM phalanx_kv
-     WHERE cluster = $1 AND primary_ns = $2 AND secondary_ns = $3 AND key = $4";
-
-const LIST: &str = "SELECT key FROM phalanx_kv
-     WHERE cluster = $1 AND primary_ns = $2 AND secondary_ns = $3";
-
-const EPOCH_HISTORY: &str = "SELECT epoch, holder, (extract(epoch FROM acquired_at) * 1000)::bigint
-     FROM phalanx_epochs WHERE cluster = $1 ORDER BY epoch DESC LIMIT $2";
 
 /// What the server's durability settings put at risk, one sentence each (logged as
 /// warnings at start-up).
@@ -207,25 +103,6 @@ struct Inner {
     warnings: Warnings,
     /// The session a campaigner polls with; it becomes the lease session when it wins.
     campaign_session: tokio::sync::Mutex<Option<LeaseSession>>,
-}
-
-/// A dedicated connection, outside the pool, whose end is observable.
-struct LeaseSession {
-    client: Client,
-    closed: tokio::sync::watch::Receiver<bool>,
-    driver: tokio::task::JoinHandle<()>,
-}
-
-impl LeaseSession {
-    fn is_closed(&self) -> bool {
-        *self.closed.borrow() || self.client.is_closed()
-    }
-}
-
-impl Drop for LeaseSession {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
 }
 
 impl PostgresStore {
@@ -327,9 +204,7 @@ impl PostgresStore {
             tracing::info!(url = %target, version, synchronous_standby_names = %standbys, "connected to PostgreSQL");
             Ok(())
         };
-        tokio::time::timeout(deadline, work)
-            .await
-            .unwrap_or_else(|_| Err(timeout("connect", &target, deadline)))
+        within(BACKEND, "connect", &target, deadline, work).await?
     }
 
     async fn client(&self, op: &'static str) -> Result<deadpool_postgres::Object, StoreError> {
@@ -355,12 +230,12 @@ impl PostgresStore {
         let deadline = tokio::time::Instant::now() + limit;
         let client = tokio::time::timeout_at(deadline, self.client(op))
             .await
-            .map_err(|_| timeout(op, target, limit))??;
+            .map_err(|_| backend::timeout(BACKEND, op, target, limit))??;
         match tokio::time::timeout_at(deadline, work(&client)).await {
             Ok(result) => result.map_err(|e| pg_error(op, target, e)),
             Err(_) => {
                 drop(deadpool_postgres::Object::take(client));
-                Err(timeout(op, target, limit))
+                Err(backend::timeout(BACKEND, op, target, limit))
             }
         }
     }
@@ -387,50 +262,8 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn connect_session(&self) -> Result<LeaseSession, StoreError> {
-        let target = &self.inner.url.redacted;
-        let (closed_tx, closed) = tokio::sync::watch::channel(false);
-        let config = &self.inner.url.config;
-        let limit = self.inner.options.connect_timeout;
-        let connect = async {
-            match &self.inner.url.tls {
-                Some(tls) => {
-                    let (client, connection) = config
-                        .connect(MakeRustlsConnect::new((**tls).clone()))
-                        .await?;
-                    let driver = tokio::spawn(async move {
-                        if let Err(err) = connection.await {
-                            tracing::warn!(error = %err, "PostgreSQL lease session ended");
-                        }
-                        let _ = closed_tx.send(true);
-                    });
-                    Ok::<_, tokio_postgres::Error>((client, driver))
-                }
-                None => {
-                    let (client, connection) = config.connect(NoTls).await?;
-                    let driver = tokio::spawn(async move {
-                        if let Err(err) = connection.await {
-                            tracing::warn!(error = %err, "PostgreSQL lease session ended");
-                        }
-                        let _ = closed_tx.send(true);
-                    });
-                    Ok((client, driver))
-                }
-            }
-        };
-        let (client, driver) = tokio::time::timeout(limit, connect)
-            .await
-            .map_err(|_| timeout("connect", target, limit))?
-            .map_err(|e| pg_error("connect", target, e))?;
-        Ok(LeaseSession {
-            client,
-            closed,
-            driver,
-        })
-    }
-
-    /// Why a token was refused, for the error message.
-    async fn fenced_reason(&self, token: FencingToken) -> String {
+    /// The fenced error for a refused token, saying why as far as the lease row tells.
+    async fn fenced_error(&self, token: FencingToken) -> StoreError {
         let cluster = self.cluster().to_owned();
         let row = self
             .with_client("read lease", async |client| {
@@ -443,21 +276,23 @@ impl PostgresStore {
                 let holder: Option<String> = row.get(1);
                 let live: bool = row.get(2);
                 if epoch as u64 != token.epoch().0 {
-                    format!(
-                        "epoch {} is stale; the cluster is at epoch {epoch} (holder {})",
-                        token.epoch(),
-                        holder.as_deref().unwrap_or("none")
+                    stale_epoch(
+                        token,
+                        Epoch(epoch as u64),
+                        Some(holder.as_deref().unwrap_or("none")),
                     )
                 } else if holder.is_none() {
-                    format!("the lease of epoch {epoch} was resigned")
+                    StoreError::fenced(format!("the lease of epoch {epoch} was resigned"))
                 } else if !live {
-                    format!("the lease of epoch {epoch} expired by the server's clock")
+                    StoreError::fenced(format!(
+                        "the lease of epoch {epoch} expired by the server's clock"
+                    ))
                 } else {
-                    format!("epoch {} was refused", token.epoch())
+                    refused_epoch(token, None)
                 }
             }
-            Ok(None) => format!("cluster {} has no lease row", self.cluster()),
-            Err(err) => format!("epoch {} was refused ({})", token.epoch(), err.report()),
+            Ok(None) => StoreError::fenced(format!("cluster {} has no lease row", self.cluster())),
+            Err(err) => refused_epoch(token, Some(&err)),
         }
     }
 }
@@ -510,12 +345,7 @@ impl StateStore for PostgresStore {
         }
         let cluster = self.cluster();
         let epoch = token.epoch().0 as i64;
-        let sequence = i64::try_from(token.sequence()).map_err(|_| {
-            StoreError::Config(format!(
-                "write sequence {} is out of range",
-                token.sequence()
-            ))
-        })?;
+        let sequence = write_sequence(token)?;
         let warnings = self.inner.warnings.mark();
         if let [BatchOp::Put { key, value }] = ops.as_slice() {
             let row = self
@@ -540,7 +370,7 @@ impl StateStore for PostgresStore {
             return if row.get::<_, bool>(0) {
                 self.unless_warned("write", warnings)
             } else {
-                Err(StoreError::fenced(self.fenced_reason(token).await))
+                Err(self.fenced_error(token).await)
             };
         }
         let mut deletes: [Vec<&str>; 3] = Default::default();
@@ -583,178 +413,8 @@ impl StateStore for PostgresStore {
         if row.get::<_, bool>(0) {
             self.unless_warned("write", warnings)
         } else {
-            Err(StoreError::fenced(self.fenced_reason(token).await))
+            Err(self.fenced_error(token).await)
         }
-    }
-}
-
-#[async_trait]
-impl LeaseStore for PostgresStore {
-    fn lease_expiry(&self) -> LeaseExpiry {
-        LeaseExpiry::Ttl
-    }
-
-    async fn try_acquire(
-        &self,
-        holder: &HolderId,
-        ttl: Duration,
-    ) -> Result<Acquisition, StoreError> {
-        let mut slot = self.inner.campaign_session.lock().await;
-        let session = match slot.take() {
-            Some(session) if !session.is_closed() => session,
-            _ => self.connect_session().await?,
-        };
-        let target = &self.inner.url.redacted;
-        let limit = self.inner.options.operation_timeout;
-        let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as i64;
-        let (cluster, holder_id) = (self.cluster(), holder.as_str());
-        let rows = tokio::time::timeout(
-            limit,
-            session
-                .client
-                .query(ACQUIRE, &[&cluster, &holder_id, &ttl_ms]),
-        )
-        .await
-        .map_err(|_| timeout("acquire", target, limit))?
-        .map_err(|e| pg_error("acquire", target, e))?;
-        match rows.first().and_then(|row| row.get::<_, Option<i64>>(0)) {
-            Some(epoch) => {
-                let epoch = Epoch(epoch as u64);
-                tracing::info!(cluster = self.cluster(), %epoch, holder = %holder, url = %target, "won the PostgreSQL lease");
-                Ok(Acquisition::Won(Box::new(PgLease {
-                    store: self.clone(),
-                    session,
-                    token: FencingToken::new(epoch),
-                    ttl_ms,
-                })))
-            }
-            None => {
-                *slot = Some(session);
-                drop(slot);
-                Ok(Acquisition::Held(self.current_lease().await.ok().flatten()))
-            }
-        }
-    }
-
-    async fn current_lease(&self) -> Result<Option<LeaseInfo>, StoreError> {
-        let cluster = self.cluster();
-        let row = self
-            .with_client("read lease", async |client| {
-                client.query_opt(CURRENT_LEASE, &[&cluster]).await
-            })
-            .await?;
-        Ok(row.map(|row| LeaseInfo {
-            holder: row.get(0),
-            epoch: Epoch(row.get::<_, i64>(1) as u64),
-            expires_in: Some(Duration::from_millis(row.get::<_, i64>(2).max(0) as u64)),
-        }))
-    }
-
-    async fn wait_for_change(&self, max_wait: Duration) {
-        tokio::time::sleep(max_wait.min(CAMPAIGN_POLL)).await;
-    }
-
-    async fn epoch_history(&self, limit: usize) -> Result<Vec<EpochRecord>, StoreError> {
-        let cluster = self.cluster();
-        let limit = limit.min(i64::MAX as usize) as i64;
-        let rows = self
-            .with_client("read epoch history", async |client| {
-                client.query(EPOCH_HISTORY, &[&cluster, &limit]).await
-            })
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| EpochRecord {
-                epoch: Epoch(row.get::<_, i64>(0) as u64),
-                holder: row.get(1),
-                acquired_at_unix_ms: row.get(2),
-            })
-            .collect())
-    }
-}
-
-/// A won PostgreSQL lease, renewed through its own session.
-struct PgLease {
-    store: PostgresStore,
-    session: LeaseSession,
-    token: FencingToken,
-    ttl_ms: i64,
-}
-
-impl PgLease {
-    fn session_closed_error(&self) -> StoreError {
-        StoreError::fenced(format!(
-            "the PostgreSQL session holding the lease of epoch {} closed; another instance may take over at once",
-            self.token.epoch()
-        ))
-    }
-}
-
-#[async_trait]
-impl HeldLease for PgLease {
-    fn token(&self) -> FencingToken {
-        self.token
-    }
-
-    fn granted_ttl(&self) -> Duration {
-        Duration::from_millis(self.ttl_ms as u64)
-    }
-
-    async fn renew(&mut self) -> Result<(), StoreError> {
-        if self.session.is_closed() {
-            return Err(self.session_closed_error());
-        }
-        let target = &self.store.inner.url.redacted;
-        let limit = self.store.inner.options.operation_timeout;
-        let epoch = self.token.epoch().0 as i64;
-        let cluster = self.store.cluster();
-        let outcome = tokio::time::timeout(
-            limit,
-            self.session
-                .client
-                .query_opt(RENEW, &[&cluster, &epoch, &self.ttl_ms]),
-        )
-        .await;
-        match outcome {
-            Err(_) => Err(timeout("renew", target, limit)),
-            Ok(Err(err)) => {
-                if self.session.is_closed() {
-                    Err(self.session_closed_error())
-                } else {
-                    Err(pg_error("renew", target, err))
-                }
-            }
-            Ok(Ok(Some(_))) => Ok(()),
-            Ok(Ok(None)) => Err(StoreError::fenced(
-                self.store.fenced_reason(self.token).await,
-            )),
-        }
-    }
-
-    async fn resign(self: Box<Self>) -> Result<(), StoreError> {
-        let target = &self.store.inner.url.redacted;
-        let limit = self.store.inner.options.operation_timeout;
-        let epoch = self.token.epoch().0 as i64;
-        let cluster = self.store.cluster();
-        let result = if self.session.is_closed() {
-            // The session is gone, so the lease is free already.
-            Ok(())
-        } else {
-            tokio::time::timeout(
-                limit,
-                self.session.client.execute(RESIGN, &[&cluster, &epoch]),
-            )
-            .await
-            .map_err(|_| timeout("resign", target, limit))?
-            .map(|_| ())
-            .map_err(|e| pg_error("resign", target, e))
-        };
-        tracing::info!(cluster, epoch, "resigned the PostgreSQL lease");
-        result
-    }
-
-    fn session_lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
-        Some(self.session.closed.clone())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The database schema, as append-only migrations applied in order exactly once.
 
+use phalanx_store::backend::newer_schema;
 use tokio_postgres::Client;
 
 /// The advisory lock that serializes migrations of instances starting together.
@@ -149,8 +150,8 @@ async fn newer_schema_error(
 ) -> tokio_postgres::Error {
     // Raise a real server error so the caller's error mapping applies.
     tx.batch_execute(&format!(
-        "DO $$ BEGIN RAISE EXCEPTION 'schema version {applied} was written by a newer Phalanx (this one knows {})' USING ERRCODE = 'feature_not_supported'; END $$",
-        MIGRATIONS.len()
+        "DO $$ BEGIN RAISE EXCEPTION '{}' USING ERRCODE = 'feature_not_supported'; END $$",
+        newer_schema(applied, MIGRATIONS.len())
     ))
     .await
     .expect_err("RAISE EXCEPTION always fails")

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use percent_encoding::percent_decode_str;
+use phalanx_store::backend::{percent_decode, query_pairs, read_config_file, unknown_option};
 use phalanx_store::{StoreError, StoreOptions};
 use tokio_postgres::config::SslMode;
 
@@ -38,11 +38,20 @@ fn config_error(message: String) -> StoreError {
     StoreError::Config(message)
 }
 
+/// The options a `postgres://` URL takes.
+const OPTIONS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "pool_size",
+    "application_name",
+];
+
+/// Decodes one part of the URL, strictly; the error names the part, never its text (it
+/// may be the password).
 fn decode(text: &str, what: &str) -> Result<String, StoreError> {
-    percent_decode_str(text)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| config_error(format!("the {what} in the PostgreSQL URL is not UTF-8")))
+    percent_decode(text, &format!("{what} in the PostgreSQL URL"))
 }
 
 impl PgUrl {
@@ -98,12 +107,13 @@ impl PgUrl {
         let mut client_key = None;
         let mut pool_size = DEFAULT_POOL_SIZE;
         let mut application_name = "phalanx".to_owned();
-        for (name, value) in parsed.query_pairs() {
-            match name.as_ref() {
-                "sslmode" => ssl_mode = value.into_owned(),
-                "sslrootcert" => root_cert = Some(PathBuf::from(value.as_ref())),
-                "sslcert" => client_cert = Some(PathBuf::from(value.as_ref())),
-                "sslkey" => client_key = Some(PathBuf::from(value.as_ref())),
+        for (name, value) in parsed.query().into_iter().flat_map(query_pairs) {
+            let value = decode(value, name)?;
+            match name {
+                "sslmode" => ssl_mode = value,
+                "sslrootcert" => root_cert = Some(PathBuf::from(value)),
+                "sslcert" => client_cert = Some(PathBuf::from(value)),
+                "sslkey" => client_key = Some(PathBuf::from(value)),
                 "pool_size" => {
                     pool_size = value
                         .parse::<usize>()
@@ -113,12 +123,8 @@ impl PgUrl {
                             config_error(format!("pool_size must be 1 to 512, not {value:?}"))
                         })?;
                 }
-                "application_name" => application_name = value.into_owned(),
-                other => {
-                    return Err(config_error(format!(
-                        "unknown PostgreSQL URL option {other:?} (known: sslmode, sslrootcert, sslcert, sslkey, pool_size, application_name)"
-                    )));
-                }
+                "application_name" => application_name = value,
+                other => return Err(unknown_option("PostgreSQL", other, OPTIONS)),
             }
         }
         let tls = match ssl_mode.as_str() {
@@ -198,11 +204,6 @@ pub fn server_statement_timeout(operation_timeout: Duration) -> Duration {
     operation_timeout * 2
 }
 
-fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path)
-        .map_err(|e| config_error(format!("cannot read the {what} {}: {e}", path.display())))
-}
-
 fn tls_config(
     root_cert: Option<&Path>,
     client_cert: Option<&Path>,
@@ -211,7 +212,7 @@ fn tls_config(
     let mut roots = rustls::RootCertStore::empty();
     match root_cert {
         Some(path) => {
-            let pem = read_file(path, "sslrootcert")?;
+            let pem = read_config_file(path, "sslrootcert")?;
             let mut count = 0;
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
                 let cert = cert.map_err(|e| {
@@ -252,13 +253,13 @@ fn tls_config(
     match (client_cert, client_key) {
         (None, None) => Ok(builder.with_no_client_auth()),
         (Some(cert_path), Some(key_path)) => {
-            let cert_pem = read_file(cert_path, "sslcert")?;
+            let cert_pem = read_config_file(cert_path, "sslcert")?;
             let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| {
                     config_error(format!("sslcert {} is not PEM: {e}", cert_path.display()))
                 })?;
-            let key_pem = read_file(key_path, "sslkey")?;
+            let key_pem = read_config_file(key_path, "sslkey")?;
             let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
                 .map_err(|e| {
                     config_error(format!("sslkey {} is not PEM: {e}", key_path.display()))
@@ -300,6 +301,12 @@ mod tests {
         assert_eq!(url.config.get_ports(), &[6543]);
         assert!(url.tls.is_none());
         assert!(!format!("{url:?}").contains("p@ss"));
+        // A bad escape in the password is named, its text is not.
+        let err = parse("postgres://alice:s3cr%zzet@h/db")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!err.contains("s3cr"), "{err}");
         // The server's statement timeout outlasts the client's (10 s by default).
         assert_eq!(
             url.config.get_options(),
@@ -328,6 +335,23 @@ mod tests {
                 "cannot read the sslrootcert",
             ),
             ("postgres://u@h/db?sslmode=require&sslcert=/x", "together"),
+            // Escapes are decoded strictly everywhere, as in every store URL.
+            (
+                "postgres://u%zz@h/db",
+                "bad percent-escape in the user name",
+            ),
+            (
+                "postgres://u:p%2@h/db",
+                "bad percent-escape in the password",
+            ),
+            (
+                "postgres://u@h/db%ff",
+                "database name in the PostgreSQL URL is not UTF-8",
+            ),
+            (
+                "postgres://u@h/db?sslmode=dis%zzable",
+                "bad percent-escape in the sslmode",
+            ),
         ] {
             let err = parse(url)
                 .err()
@@ -335,6 +359,12 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn a_plus_in_an_option_is_a_plus() {
+        let url = parse("postgres://u@h/db?application_name=node+1%2Ba").unwrap();
+        assert_eq!(url.config.get_application_name(), Some("node+1+a"));
     }
 
     #[test]

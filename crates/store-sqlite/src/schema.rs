@@ -1,5 +1,6 @@
 //! The database schema, as append-only migrations tracked in `PRAGMA user_version`.
 
+use phalanx_store::backend::newer_schema;
 use rusqlite::{Connection, Transaction};
 
 /// Migration `i` moves the schema from version `i` to `i + 1`. Never edit one that has
@@ -54,10 +55,7 @@ pub fn migrate(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
     if current > MIGRATIONS.len() {
         return Err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
-            Some(format!(
-                "schema version {current} was written by a newer Phalanx (this one knows {})",
-                MIGRATIONS.len()
-            )),
+            Some(newer_schema(current, MIGRATIONS.len())),
         ));
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(current) {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use phalanx_store::{Acquisition, ClusterName, HolderId, LeaseStore, StateStore, StoreKey};
+use phalanx_store::{
+    Acquisition, ClusterName, HolderId, LeaseStore, Namespace, StateStore, StoreKey,
+};
 
 use phalanx_store::testing::must_win;
 
@@ -439,4 +441,66 @@ async fn campaigners_that_collide_still_elect_one() {
         }
     }
     assert_eq!(empty_rounds, 0, "rounds in 12 that nobody won");
+}
+
+/// A transaction holds the leader's connections for as long as it runs: on a stalled
+/// disk, as long as the disk stalls. No call waits for it past the operation timeout:
+/// each fails as transient (the "bounded time" rule of `StateStore`), the renewal too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_transaction_holds_up_no_call_past_the_timeout() {
+    const STALL: Duration = Duration::from_secs(4);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/node.db", dir.path().display());
+    let mut impatient = options();
+    impatient.operation_timeout = Duration::from_millis(200);
+    let bound = impatient.operation_timeout + Duration::from_millis(800);
+    let store = SqliteStore::open(&url, impatient).await.unwrap();
+    let mut lease = must_win(&store, "a", Duration::from_secs(30)).await;
+    let token = lease.token();
+    let key = StoreKey::new("ns", "", "k").unwrap();
+    store.write(token, &key, b"v".to_vec()).await.unwrap();
+
+    // What a transaction on a stalled disk does: hold the leader's connections.
+    let (stalling, stalled) = std::sync::mpsc::channel();
+    let staller = {
+        let inner = Arc::clone(&store.inner);
+        std::thread::spawn(move || {
+            let _transaction = inner.leader();
+            stalling.send(()).unwrap();
+            std::thread::sleep(STALL);
+        })
+    };
+    stalled.recv().unwrap();
+
+    async fn answers_in_time<T>(
+        what: &str,
+        bound: Duration,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(STALL, call)
+            .await
+            .unwrap_or_else(|_| panic!("{what} waited for the stalled transaction"));
+        let took = started.elapsed();
+        assert!(took < bound, "{what} answered after {took:?}");
+        match outcome {
+            Ok(_) => panic!("{what} succeeded while the transaction stalled"),
+            Err(err) => assert!(err.is_transient(), "{what}: {err}"),
+        }
+    }
+    let ns = Namespace::new("ns", "").unwrap();
+    answers_in_time("read", bound, store.read(&key)).await;
+    answers_in_time("list", bound, store.list(&ns)).await;
+    answers_in_time("write", bound, store.write(token, &key, b"v".to_vec())).await;
+    answers_in_time("current_lease", bound, store.current_lease()).await;
+    answers_in_time("epoch_history", bound, store.epoch_history(10)).await;
+    answers_in_time(
+        "try_acquire",
+        bound,
+        store.try_acquire(&holder("b"), Duration::from_secs(30)),
+    )
+    .await;
+    answers_in_time("renew", bound, lease.renew()).await;
+    answers_in_time("resign", bound, lease.resign()).await;
+    staller.join().unwrap();
 }

@@ -3,6 +3,10 @@
 use std::path::PathBuf;
 
 use phalanx_store::StoreError;
+use phalanx_store::backend::{percent_decode, query_pairs, unknown_option};
+
+/// The options a `sqlite://` URL takes.
+const OPTIONS: &[&str] = &["replica"];
 
 /// Where the SQLite store keeps its files.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,12 +38,7 @@ impl SqliteConfig {
             )));
         }
         let mut replica = None;
-        for pair in query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter(|p| !p.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (name, value) in query.into_iter().flat_map(query_pairs) {
             match name {
                 "replica" => {
                     let value = decode(value, "replica path")?;
@@ -48,11 +47,7 @@ impl SqliteConfig {
                     }
                     replica = Some(PathBuf::from(value));
                 }
-                other => {
-                    return Err(StoreError::Config(format!(
-                        "unknown SQLite URL option {other:?} (known: replica)"
-                    )));
-                }
+                other => return Err(unknown_option("SQLite", other, OPTIONS)),
             }
         }
         Ok(Self {
@@ -62,27 +57,9 @@ impl SqliteConfig {
     }
 }
 
+/// Decodes a path, naming it with its text in the error.
 fn decode(text: &str, what: &str) -> Result<String, StoreError> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    StoreError::Config(format!("bad percent-escape in the {what} {text:?}"))
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| StoreError::Config(format!("the {what} {text:?} is not UTF-8")))
+    percent_decode(text, &format!("{what} {text:?}"))
 }
 
 #[cfg(test)]
@@ -104,6 +81,11 @@ mod tests {
 
         let config = SqliteConfig::parse("sqlite://data/node.db").unwrap();
         assert_eq!(config.path, PathBuf::from("data/node.db"));
+
+        // `+` is a plus sign in a path, as in every store URL.
+        let config = SqliteConfig::parse("sqlite:///a+b/node.db?replica=/c+d/node.db").unwrap();
+        assert_eq!(config.path, PathBuf::from("/a+b/node.db"));
+        assert_eq!(config.replica, Some(PathBuf::from("/c+d/node.db")));
     }
 
     #[test]
@@ -118,6 +100,8 @@ mod tests {
                 "unknown SQLite URL option \"mode\"",
             ),
             ("sqlite:///a%zz.db", "bad percent-escape"),
+            ("sqlite:///a%+1.db", "bad percent-escape"),
+            ("sqlite:///a.db?replica=/b%2", "bad percent-escape"),
             ("sqlite:///a%ff.db", "not UTF-8"),
         ] {
             let err = SqliteConfig::parse(url).unwrap_err().to_string();

@@ -16,9 +16,12 @@
 //! - [`LdkKvStore`]: LDK's `KVStore` and `KVStoreSync` on top of a [`StateStore`], bound to
 //!   the current leadership through a [`FenceSource`], so LDK's persisters can use the
 //!   fenced store unchanged.
+//! - [`backend`]: helpers for backend implementations (URL options, timeouts, the
+//!   shared error messages), so the three backends say each thing once.
 
 #![warn(missing_docs)]
 
+pub mod backend;
 mod error;
 mod key;
 mod ldk;

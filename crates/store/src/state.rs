@@ -119,7 +119,9 @@ pub fn check_batch(ops: Vec<BatchOp>) -> Result<Vec<BatchOp>, StoreError> {
 ///    values, never a mix. Callers that need "last call wins" for concurrent writes to one
 ///    key must order them themselves ([`LdkKvStore`](crate::LdkKvStore) does).
 /// 5. **Bounded time.** No call hangs: each fails with a transient error after the
-///    backend's operation timeout.
+///    backend's operation timeout (after its connect timeout too, for a call that must
+///    connect first), however the network or the disk stalls. The conformance suite cuts
+///    the network under each networked backend to check it.
 /// 6. **Values** up to [`MAX_VALUE_BYTES`] are stored whole; larger ones fail with
 ///    [`StoreError::ValueTooLarge`] before anything is sent.
 /// 7. **No late landing.** A mutation whose token carries a write sequence

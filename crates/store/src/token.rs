@@ -46,7 +46,9 @@ impl FencingToken {
     }
 
     /// The same token carrying write sequence `sequence` (see "Write order"): a writer
-    /// numbers its mutations 1, 2, 3 ... in the order of its calls.
+    /// numbers its mutations 1, 2, 3 ... in the order of its calls. Backends store it as
+    /// a signed 64-bit integer and refuse a sequence past `i64::MAX` with
+    /// [`StoreError::Config`] (see [`crate::backend::write_sequence`]).
     pub fn sequenced(self, sequence: u64) -> Self {
         Self { sequence, ..self }
     }
