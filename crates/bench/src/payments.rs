@@ -139,9 +139,19 @@ pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let violations = phalanx_devnet::invariants::between(&chain, &alice, &bob).await;
+    eprintln!("invariants: {} violated", violations.len());
+    for violation in &violations {
+        eprintln!("  {violation}");
+    }
     alice.shutdown().await;
     bob.shutdown().await;
     drop(servers);
+    anyhow::ensure!(
+        violations.is_empty(),
+        "{} invariant violations",
+        violations.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -10,6 +10,10 @@ use bitcoin::OutPoint;
 use phalanx_api::{Payment, PaymentDirection};
 use phalanx_node::payments::{Direction, PaymentRecord, PaymentStatus};
 
+use std::time::Duration;
+
+use phalanx_node::Node;
+
 use crate::chain::ChainControl;
 
 /// A payment record, whoever keeps it.
@@ -214,6 +218,32 @@ pub async fn funding_unspent(chain: &ChainControl, fundings: &[OutPoint]) -> Vec
         }
     }
     found
+}
+
+/// How long the payments may take to settle on both sides before the invariants count.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The invariants between two nodes with channels only to each other (the devnet's,
+/// the payments benchmark's), checked until they hold or
+/// [`SETTLE_TIMEOUT`] passes: both ledgers agree, every channel's funding is unspent.
+pub async fn between(chain: &ChainControl, alice: &Node, bob: &Node) -> Vec<String> {
+    let fundings: Vec<bitcoin::OutPoint> = alice
+        .list_channels()
+        .iter()
+        .filter_map(|c| c.funding_txo.map(|o| o.into_bitcoin_outpoint()))
+        .collect();
+    let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let mut found = ledger_violations(
+            &Ledger::of_node("alice", &alice.list_payments()),
+            &Ledger::of_node("bob", &bob.list_payments()),
+        );
+        found.extend(funding_unspent(chain, &fundings).await);
+        if found.is_empty() || std::time::Instant::now() >= deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use phalanx_regtest::{Regtest, RegtestConfig};
 use crate::DevnetError;
 use crate::chain::ChainControl;
 use crate::harness::{fund, initialize_and_start, node_config, open_channel};
-use crate::invariants::{self, Ledger};
+use crate::invariants;
 use crate::stream::{self, Stats};
 
 /// What the devnet does.
@@ -71,31 +71,6 @@ impl Summary {
     /// Whether every payment succeeded.
     pub fn all_succeeded(&self) -> bool {
         self.failed == 0
-    }
-}
-
-/// How long the payments may take to settle on both sides before the invariants count.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The invariants of the devnet's two nodes, checked until they hold or
-/// [`SETTLE_TIMEOUT`] passes: both ledgers agree, every channel's funding is unspent.
-async fn check_invariants(chain: &ChainControl, alice: &Node, bob: &Node) -> Vec<String> {
-    let fundings: Vec<bitcoin::OutPoint> = alice
-        .list_channels()
-        .iter()
-        .filter_map(|c| c.funding_txo.map(|o| o.into_bitcoin_outpoint()))
-        .collect();
-    let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let mut found = invariants::ledger_violations(
-            &Ledger::of_node("alice", &alice.list_payments()),
-            &Ledger::of_node("bob", &bob.list_payments()),
-        );
-        found.extend(invariants::funding_unspent(chain, &fundings).await);
-        if found.is_empty() || std::time::Instant::now() >= deadline {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -242,7 +217,7 @@ pub async fn run(
         }
     };
     let mut summary = summary;
-    summary.violations = check_invariants(&chain, &alice, &bob).await;
+    summary.violations = invariants::between(&chain, &alice, &bob).await;
     println!(
         "done: {} payments succeeded, {} failed, {:.1}/s, p50 {:.1} ms, p99 {:.1} ms{}",
         summary.succeeded,
