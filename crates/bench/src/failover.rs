@@ -153,6 +153,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let (mut standby, mut standby_api) = instances.spawn("b").await;
+    // Which instance id each process runs as; they trade places every round.
+    let (mut active_id, mut standby_id) = ("a", "b");
     wait_state(&standby_api, ServerState::WaitingToStart).await?;
     let balancer = ready_balancer(Arc::clone(&instances.known)).await;
     let token = phalanx_api::read_token(&alice_config.api.token_file)?;
@@ -188,12 +190,12 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         })?;
         to_payment.push(killed_at.elapsed());
         // The killed one comes back as the next standby, as its supervisor would start it.
-        let id = instances.id_of(&active);
         drop(active);
-        let (restarted, restarted_api) = instances.spawn(id).await;
+        let (restarted, restarted_api) = instances.spawn(active_id).await;
         wait_state(&restarted_api, ServerState::WaitingToStart).await?;
         active = std::mem::replace(&mut standby, restarted);
         standby_api = restarted_api;
+        std::mem::swap(&mut active_id, &mut standby_id);
         if !args.json {
             eprintln!(
                 "round {round}: active after {:?}, payment after {:?}",
@@ -273,15 +275,6 @@ impl Instances {
             .unwrap_or_else(|e| e.into_inner())
             .push((id, api.clone()));
         (process, api)
-    }
-
-    /// The id `process` was started with.
-    fn id_of(&self, process: &NodeProcess) -> &'static str {
-        if process.name.starts_with("alice a ") {
-            "a"
-        } else {
-            "b"
-        }
     }
 }
 

@@ -314,7 +314,7 @@ impl Cluster {
     pub async fn restart_stopped(&mut self, round: usize) {
         let mut index = 0;
         while index < self.instances.len() {
-            if self.instances[index].process.status() == "is running" {
+            if self.instances[index].process.is_running() {
                 index += 1;
                 continue;
             }
@@ -531,7 +531,7 @@ impl Cluster {
             {
                 return Round::Stopped(self.next_leader(since).await);
             }
-            let alive = self.active_instance().process.status() == "is running";
+            let alive = self.active_instance().process.is_running();
             if alive && stream.succeeded() >= goal {
                 *target = (*target).max(goal);
                 return Round::Served;

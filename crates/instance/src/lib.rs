@@ -82,9 +82,10 @@ impl Won {
 }
 
 /// Opens the store of `config` (waiting while it cannot be reached, see [`open_store`])
-/// and campaigns for its lease, renewals recorded into `metrics`. With `[cluster] enabled` it waits while another instance leads (a
-/// standby); without, another live leader is an error, and only this instance's own
-/// lease (a restart after a crash) is waited out.
+/// and campaigns for its lease, renewals recorded into `metrics`. With `[cluster]
+/// enabled` it waits while another instance leads (a standby); without, another live
+/// leader is an error, and only this instance's own lease (a restart after a crash) is
+/// waited out.
 pub async fn campaign(config: &NodeConfig, metrics: &Arc<Metrics>) -> Result<Won, InstanceError> {
     let runtime = StoreRuntime::new().map_err(InstanceError::Runtime)?;
     let url = config.store.url.clone();
