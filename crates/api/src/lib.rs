@@ -36,5 +36,8 @@ pub use client::{ApiClient, ClientError, DEFAULT_REQUEST_TIMEOUT_SECS};
 pub use control::NodeControl;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use server::{MAX_REQUEST_BODY_BYTES, router, serve};
-pub use token::{ApiToken, TOKEN_BYTES, TokenError, load_or_create_token, read_token};
+pub use token::{
+    AcceptedTokens, ApiToken, ApiTokens, MAX_TOKENS, TOKEN_BYTES, TokenError, fetch_tokens,
+    load_or_create_token, read_token, reload_tokens,
+};
 pub use types::*;

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::control::NodeControl;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::token::ApiToken;
+use crate::token::AcceptedTokens;
 use crate::types::{
     CloseChannelRequest, ConnectPeerRequest, CreateInvoiceRequest, Empty, KeysendRequest,
     ListChannelsResponse, ListPaymentsResponse, ListPeersResponse, OpenChannelRequest,
@@ -34,13 +34,13 @@ pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024;
 pub async fn serve<N: NodeControl>(
     listener: tokio::net::TcpListener,
     node: Arc<N>,
-    token: ApiToken,
+    tokens: impl Into<AcceptedTokens>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(target: "phalanx_api", %addr, "API listening");
     }
-    axum::serve(listener, router(node, token))
+    axum::serve(listener, router(node, tokens))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -73,10 +73,10 @@ pub async fn serve<N: NodeControl>(
 /// body (`400 invalid_request`), then the node is called. Unknown routes answer `404
 /// not_found` and known routes with another method `405 method_not_allowed`, token or
 /// not. Every error body is `{"error":{"code":...,"message":...}}`.
-pub fn router<N: NodeControl>(node: Arc<N>, token: ApiToken) -> Router {
+pub fn router<N: NodeControl>(node: Arc<N>, tokens: impl Into<AcceptedTokens>) -> Router {
     let state = AppState {
         node,
-        token: Arc::new(token),
+        tokens: tokens.into(),
     };
     let authenticated = Router::new()
         .route("/v1/info", get(info::<N>))
@@ -118,14 +118,14 @@ pub fn router<N: NodeControl>(node: Arc<N>, token: ApiToken) -> Router {
 
 struct AppState<N> {
     node: Arc<N>,
-    token: Arc<ApiToken>,
+    tokens: AcceptedTokens,
 }
 
 impl<N> Clone for AppState<N> {
     fn clone(&self) -> Self {
         Self {
             node: self.node.clone(),
-            token: self.token.clone(),
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -230,7 +230,7 @@ async fn require_token<N: NodeControl>(
             "missing `Authorization: Bearer <token>` header",
         )
         .into_response(),
-        Some(token) if !state.token.matches(token) => {
+        Some(token) if !state.tokens.matches(token) => {
             ApiError::new(ErrorCode::Unauthorized, "wrong API token").into_response()
         }
         Some(_) => next.run(request).await,

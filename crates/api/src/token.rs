@@ -1,10 +1,13 @@
-//! The API's bearer token and the file it lives in.
+//! The API's bearer tokens: the token file, the set of tokens accepted now, and its
+//! reloading, so that a rotated token takes effect without a restart.
 
 use std::fmt;
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use phalanx_secrets::SecretSource;
+use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 /// Random bytes in a new token (hex-encoded: 64 characters).
@@ -140,8 +143,8 @@ pub fn load_or_create_token(path: &Path) -> Result<ApiToken, TokenError> {
     Ok(token)
 }
 
-/// The token in an existing file (surrounding whitespace ignored); refused if the file
-/// is readable by group or others. For clients; the node uses
+/// The token in an existing file (its first line; surrounding whitespace ignored);
+/// refused if the file is readable by group or others. For clients; the node uses
 /// [`load_or_create_token`].
 pub fn read_token(path: &Path) -> Result<ApiToken, TokenError> {
     let io = |source| TokenError::Io {
@@ -169,10 +172,163 @@ pub fn read_token(path: &Path) -> Result<ApiToken, TokenError> {
                 io(e)
             }
         })?;
-    ApiToken::new(text.trim()).map_err(|reason| TokenError::Invalid {
-        path: path.to_owned(),
-        reason,
+    ApiToken::new(text.trim().lines().next().unwrap_or_default().trim()).map_err(|reason| {
+        TokenError::Invalid {
+            path: path.to_owned(),
+            reason,
+        }
     })
+}
+
+/// The most tokens accepted at once: a rotation needs two.
+pub const MAX_TOKENS: usize = 8;
+
+/// The tokens the API accepts now: one, or several during a rotation (one per line
+/// where they are stored; the first is the one clients should use). Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiTokens(Vec<ApiToken>);
+
+impl ApiTokens {
+    /// The tokens in `text`, one per line (blank lines ignored).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let tokens = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .enumerate()
+            .map(|(index, line)| {
+                ApiToken::new(line).map_err(|e| format!("line {}: {e}", index + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if tokens.is_empty() {
+            return Err("it holds no token".to_owned());
+        }
+        if tokens.len() > MAX_TOKENS {
+            return Err(format!(
+                "it holds {} tokens, at most {MAX_TOKENS}",
+                tokens.len()
+            ));
+        }
+        Ok(Self(tokens))
+    }
+
+    /// How many tokens are accepted.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no token is accepted (never: [`ApiTokens::parse`] refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `candidate` is one of the tokens. Every token is compared, in time that
+    /// does not depend on which matched.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        self.0
+            .iter()
+            .fold(false, |found, token| token.matches(candidate) | found)
+    }
+}
+
+impl From<ApiToken> for ApiTokens {
+    fn from(token: ApiToken) -> Self {
+        Self(vec![token])
+    }
+}
+
+impl fmt::Debug for ApiTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiTokens({} tokens)", self.0.len())
+    }
+}
+
+/// What the API checks bearer tokens against: the latest [`ApiTokens`], replaced
+/// whole when they are reloaded ([`reload_tokens`]).
+#[derive(Clone, Debug)]
+pub struct AcceptedTokens(watch::Receiver<ApiTokens>);
+
+impl AcceptedTokens {
+    /// Tokens that change when `receiver`'s sender sends.
+    pub fn new(receiver: watch::Receiver<ApiTokens>) -> Self {
+        Self(receiver)
+    }
+
+    /// Whether `candidate` is one of the tokens accepted now.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        self.0.borrow().matches(candidate)
+    }
+}
+
+impl From<ApiToken> for AcceptedTokens {
+    /// One token, for good.
+    fn from(token: ApiToken) -> Self {
+        Self(watch::channel(ApiTokens::from(token)).1)
+    }
+}
+
+impl From<ApiTokens> for AcceptedTokens {
+    /// These tokens, for good.
+    fn from(tokens: ApiTokens) -> Self {
+        Self(watch::channel(tokens).1)
+    }
+}
+
+/// The tokens in `source`, or an error naming it (never a token).
+pub async fn fetch_tokens(source: &dyn SecretSource) -> Result<ApiTokens, String> {
+    let bytes = source
+        .fetch()
+        .await
+        .map_err(|err| format!("API token: {err}"))?;
+    let text = std::str::from_utf8(bytes.expose())
+        .map_err(|_| format!("API token in {}: it is not text", source.describe()))?;
+    ApiTokens::parse(text).map_err(|reason| format!("API token in {}: {reason}", source.describe()))
+}
+
+/// Reads the tokens from `source` every `interval` and sends them on `sender` when they
+/// changed, until every receiver is gone. A read that fails keeps the tokens accepted
+/// so far (an unreachable secrets manager must not lock the operator out) and is
+/// logged.
+pub async fn reload_tokens(
+    source: Box<dyn SecretSource>,
+    sender: watch::Sender<ApiTokens>,
+    interval: std::time::Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = sender.closed() => return,
+        }
+        match fetch_tokens(&*source).await {
+            Ok(tokens) => {
+                let count = tokens.len();
+                let changed = sender.send_if_modified(|current| {
+                    if *current == tokens {
+                        false
+                    } else {
+                        *current = tokens;
+                        true
+                    }
+                });
+                if changed {
+                    tracing::info!(
+                        target: "phalanx_api",
+                        source = source.describe(),
+                        tokens = count,
+                        "the API tokens changed: the new ones are accepted from now on"
+                    );
+                }
+            }
+            Err(err) => tracing::warn!(
+                target: "phalanx_api",
+                error = %err,
+                "cannot reload the API tokens; the ones accepted so far still are"
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -191,5 +347,58 @@ mod tests {
         assert_eq!(format!("{token:?}"), "ApiToken(..)");
         assert!(ApiToken::new("short").is_err());
         assert!(ApiToken::new("with a space in it, long enough").is_err());
+    }
+
+    #[test]
+    fn a_token_set_accepts_each_of_its_tokens_and_hides_them() {
+        let tokens = ApiTokens::parse("\n  new-token-0123456789\nold-token-0123456789\n").unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens.matches(b"new-token-0123456789"));
+        assert!(tokens.matches(b"old-token-0123456789"));
+        assert!(!tokens.matches(b"other-token-0123456789"));
+        assert_eq!(format!("{tokens:?}"), "ApiTokens(2 tokens)");
+        assert_eq!(ApiTokens::parse(" \n").unwrap_err(), "it holds no token");
+        let err = ApiTokens::parse("good-token-0123456789\nshort").unwrap_err();
+        assert!(err.starts_with("line 2: "), "{err}");
+        assert!(!err.contains("short"), "a token is echoed: {err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reloaded_tokens_replace_the_old_and_a_failed_read_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let first = load_or_create_token(&path).unwrap();
+        let (sender, receiver) = watch::channel(ApiTokens::from(first.clone()));
+        let accepted = AcceptedTokens::new(receiver);
+        let source = Box::new(phalanx_secrets::FileSecret::new(&path));
+        let interval = std::time::Duration::from_secs(10);
+        let reloader = tokio::spawn(reload_tokens(source, sender, interval));
+        assert!(accepted.matches(first.expose().as_bytes()));
+
+        let write = |text: &str| {
+            let temp = dir.path().join("token.new");
+            std::fs::write(&temp, text).unwrap();
+            std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::rename(&temp, &path).unwrap();
+        };
+        write("second-token-0123456789\n");
+        tokio::time::sleep(interval * 2).await;
+        assert!(accepted.matches(b"second-token-0123456789"));
+        assert!(
+            !accepted.matches(first.expose().as_bytes()),
+            "the old token still works"
+        );
+
+        // A file made unreadable (too open) keeps the tokens accepted so far.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        tokio::time::sleep(interval * 2).await;
+        assert!(accepted.matches(b"second-token-0123456789"));
+
+        drop(accepted);
+        tokio::time::sleep(interval * 2).await;
+        assert!(
+            reloader.is_finished(),
+            "the reloader stops with its receivers"
+        );
     }
 }

@@ -33,6 +33,14 @@ enum Bench {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime's threads start: `prepare` takes secrets out of the environment.
+    let prepared = match &cli.bench {
+        Bench::Node(args) => match phalanx_cli::node_cmd::prepare(args) {
+            Ok(prepared) => Some(prepared),
+            Err(code) => return code,
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +53,12 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.bench {
         // It sets up its own logging, as `phalanx node` does.
-        Bench::Node(args) => return runtime.block_on(phalanx_cli::node_cmd::run(*args)),
+        Bench::Node(_) => {
+            let Some(prepared) = prepared else {
+                unreachable!("prepared above")
+            };
+            return runtime.block_on(phalanx_cli::node_cmd::run(prepared));
+        }
         Bench::Store(args) => {
             init_logs();
             runtime.block_on(store::run(args))

@@ -281,6 +281,14 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
+    // Before the runtime's threads start: `prepare` takes secrets out of the environment.
+    let prepared = match &cli.command {
+        Command::Node(args) | Command::Init(args) => match node_cmd::prepare(args) {
+            Ok(prepared) => Some(prepared),
+            Err(code) => return code,
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -289,15 +297,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Store(StoreCommand::Check(args)) => {
+        match (cli.command, prepared) {
+            (Command::Store(StoreCommand::Check(args)), _) => {
                 check(args).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::Regtest(args) => regtest(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Ctl(args) => Ok(ctl::run(args).await),
-            Command::Devnet(args) => Ok(devnet::run(args).await),
-            Command::Node(args) => Ok(node_cmd::run(*args).await),
-            Command::Init(args) => Ok(node_cmd::init(*args).await),
+            (Command::Regtest(args), _) => regtest(args).await.map(|()| ExitCode::SUCCESS),
+            (Command::Ctl(args), _) => Ok(ctl::run(args).await),
+            (Command::Devnet(args), _) => Ok(devnet::run(args).await),
+            (Command::Node(_), Some(prepared)) => Ok(node_cmd::run(prepared).await),
+            (Command::Init(_), Some(prepared)) => Ok(node_cmd::init(prepared).await),
+            (Command::Node(_) | Command::Init(_), None) => unreachable!("prepared above"),
         }
     });
     match result {

@@ -1,10 +1,13 @@
 //! `phalanx node`: run one instance of the node, with its REST API.
 //!
 //! Order: resolve the configuration (file, then `PHALANX_*` variables and flags over
-//! it), start logging, read or create the API token, bind the API and serve it (a
-//! standby answers `GET /v1/state` with `WAITING_TO_START` while it campaigns), start the
-//! node (wins the lease, loads, syncs), serve until SIGTERM or SIGINT, then shut down
-//! cleanly (persist, resign the lease) and exit.
+//! it), start logging, move the secrets named `env:` out of the environment (before any
+//! thread starts: [`prepare`]), read the API token (creating the token file if it is
+//! the token's place and missing), bind the API and serve it (a standby answers `GET
+//! /v1/state` with `WAITING_TO_START` while it campaigns), load the seed, start the node
+//! (wins the lease, loads, syncs), serve until SIGTERM or SIGINT, then shut down
+//! cleanly (persist, resign the lease) and exit. The API token is read again every
+//! `[api] token_reload_interval_ms`: a rotated token takes effect without a restart.
 //!
 //! Two lines go to stdout, for supervisors and tests (logs go to stderr):
 //!
@@ -12,6 +15,9 @@
 //! api listening on http://127.0.0.1:8080 token_file /var/lib/phalanx/api-token
 //! node started node_id=02ab… peers=0.0.0.0:9735,[::]:9735 epoch=7
 //! ```
+//!
+//! (`token_secret aws-secrets-manager:ID` instead of `token_file PATH` when the token
+//! is a secret's.)
 //!
 //! The addresses are the bound ones (a port 0 shows the port picked).
 
@@ -22,10 +28,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use phalanx_api::{AcceptedTokens, ApiTokens};
 use phalanx_instance::InstanceError;
 use phalanx_node::config::{ConfigError, ConfigLayer, NodeConfig};
 use phalanx_node::control::NodeService;
 use phalanx_node::{Node, NodeBuilder};
+use phalanx_secrets::{FileSecret, SecretSource};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Exit status: stopped on request (SIGTERM or SIGINT), cleanly.
@@ -83,46 +91,54 @@ pub struct NodeArgs {
     settings: ConfigLayer,
 }
 
-/// Resolves the configuration and starts logging; an invalid one is reported and
-/// answered with [`EXIT_CONFIG`].
-fn configure(args: &NodeArgs) -> Result<NodeConfig, ExitCode> {
+/// A resolved configuration, logging started, and the secrets of its `env:` references
+/// out of the environment: what [`run`] and [`init`] start from.
+pub struct Prepared {
+    config: NodeConfig,
+    log_format: LogFormat,
+}
+
+/// Resolves the configuration, starts logging, and moves the variables that hold
+/// secrets (`env:` references, `[seed] provider = "env"`) out of the environment and
+/// into the process's vault (see [`phalanx_secrets::env`]). An invalid configuration
+/// is reported and answered with [`EXIT_CONFIG`].
+///
+/// Call it before any thread starts (before the async runtime): it changes the
+/// process's environment.
+pub fn prepare(args: &NodeArgs) -> Result<Prepared, ExitCode> {
     let config = resolve(args.config.as_deref(), args.settings.clone()).map_err(|err| {
         eprintln!("error: invalid configuration: {err}");
         ExitCode::from(EXIT_CONFIG)
     })?;
     init_tracing(args.log_format);
-    Ok(config)
+    // SAFETY: the caller runs this before starting threads (see above); the logging
+    // set up just now writes from the calling thread only.
+    let taken = unsafe { phalanx_secrets::env::take_from_environment(config.secret_variables()) };
+    if !taken.is_empty() {
+        tracing::debug!(variables = ?taken, "secrets moved out of the environment");
+    }
+    Ok(Prepared {
+        config,
+        log_format: args.log_format,
+    })
 }
 
 /// Runs the node until it is stopped; returns the exit status (see [`NodeArgs`]).
-pub async fn run(args: NodeArgs) -> ExitCode {
-    let config = match configure(&args) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
+pub async fn run(prepared: Prepared) -> ExitCode {
+    let Prepared {
+        config,
+        log_format: format,
+    } = prepared;
     exit_on_panic();
-    let format = args.log_format;
     let mut signals = match Signals::new() {
         Ok(signals) => signals,
         Err(err) => return fatal(format, format!("cannot handle signals: {err}")),
     };
 
     // The API first, so a standby answers its probe while it campaigns.
-    let token_file = &config.api.token_file;
-    for dir in [
-        Some(config.data_dir.as_path()),
-        token_file.parent().filter(|d| !d.as_os_str().is_empty()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if let Err(err) = std::fs::create_dir_all(dir) {
-            return fatal(format, format!("cannot create {}: {err}", dir.display()));
-        }
-    }
-    let token = match phalanx_api::load_or_create_token(token_file) {
-        Ok(token) => token,
-        Err(err) => return fatal(format, err.to_string()),
+    let (tokens, token_source, token_place) = match api_tokens(&config).await {
+        Ok(found) => found,
+        Err(err) => return fatal(format, err),
     };
     let listener = match tokio::net::TcpListener::bind(config.api.listen).await {
         Ok(listener) => listener,
@@ -139,18 +155,21 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     };
     let service = Arc::new(NodeService::new());
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (token_sender, token_receiver) = tokio::sync::watch::channel(tokens);
+    tokio::spawn(phalanx_api::reload_tokens(
+        token_source,
+        token_sender,
+        config.api.token_reload_interval,
+    ));
     let api = tokio::spawn(phalanx_api::serve(
         listener,
         Arc::clone(&service),
-        token,
+        AcceptedTokens::new(token_receiver),
         async move {
             let _ = api_stopped.await;
         },
     ));
-    say(&format!(
-        "api listening on http://{api_addr} token_file {}",
-        token_file.display()
-    ));
+    say(&format!("api listening on http://{api_addr} {token_place}"));
     tracing::info!(
         network = %config.network,
         instance = %config.store.instance_id,
@@ -163,7 +182,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         started = start_node(&config, &service) => match started {
             Ok(node) => node,
             Err(err) => {
-                let refused = err.is_identity();
+                let refused = err.needs_operator();
                 let code = fatal(format, format!("cannot start the node: {err}"));
                 drain_api(stop_api, api).await;
                 // Not this node's store: the operator must act, as for a bad config.
@@ -223,6 +242,40 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     };
     drain_api(stop_api, api).await;
     code
+}
+
+/// The API's tokens, where they are read again from, and where that is for the
+/// `api listening` line: the secret `[api] token_secret` names, else the token file
+/// (made with a new token if it does not exist).
+async fn api_tokens(
+    config: &NodeConfig,
+) -> Result<(ApiTokens, Box<dyn SecretSource>, String), String> {
+    let (source, place): (Box<dyn SecretSource>, String) = match &config.api.token_secret {
+        Some(reference) => (
+            phalanx_instance::secrets::secret_source(reference, &config.seed.aws).await,
+            format!("token_secret {reference}"),
+        ),
+        None => {
+            let token_file = &config.api.token_file;
+            for dir in [
+                Some(config.data_dir.as_path()),
+                token_file.parent().filter(|d| !d.as_os_str().is_empty()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+            }
+            phalanx_api::load_or_create_token(token_file).map_err(|err| err.to_string())?;
+            (
+                Box::new(FileSecret::new(token_file.clone())),
+                format!("token_file {}", token_file.display()),
+            )
+        }
+    };
+    let tokens = phalanx_api::fetch_tokens(&*source).await?;
+    Ok((tokens, source, place))
 }
 
 /// Wins the lease, tells the API the node is loading, and builds the node.
@@ -287,14 +340,11 @@ fn exit_on_panic() {
 /// `phalanx init`: records in the configured store that it is this node's (see
 /// [`phalanx_instance::initialize`]). Exit 0 when recorded or already this node's; 2 for an invalid
 /// configuration or a store of another node or network; 1 when the store or seed fails.
-pub async fn init(args: NodeArgs) -> ExitCode {
-    let config = match configure(&args) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
+pub async fn init(prepared: Prepared) -> ExitCode {
+    let Prepared { config, log_format } = prepared;
     if let Err(err) = std::fs::create_dir_all(&config.data_dir) {
         return fatal(
-            args.log_format,
+            log_format,
             format!("cannot create {}: {err}", config.data_dir.display()),
         );
     }
@@ -314,11 +364,11 @@ pub async fn init(args: NodeArgs) -> ExitCode {
             ));
             ExitCode::SUCCESS
         }
-        Err(err) if err.is_identity() => {
-            fatal(args.log_format, format!("cannot initialize: {err}"));
+        Err(err) if err.needs_operator() => {
+            fatal(log_format, format!("cannot initialize: {err}"));
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(err) => fatal(args.log_format, format!("cannot initialize: {err}")),
+        Err(err) => fatal(log_format, format!("cannot initialize: {err}")),
     }
 }
 

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, Network, OutPoint};
-use phalanx_node::config::{ApiConfig, ChainConfig, LightningConfig, NodeConfig, StoreConfig};
+use phalanx_node::config::{
+    ApiConfig, AwsConfig, ChainConfig, LightningConfig, NodeConfig, SeedConfig, SeedSource,
+    StoreConfig,
+};
 use phalanx_node::metrics::Metrics;
 use phalanx_node::{Node, NodeError};
 use phalanx_store::{ClusterName, HolderId};
@@ -53,6 +56,7 @@ pub fn node_config(
         store: StoreConfig {
             url: store_url
                 .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("node.db").display())),
+            password_secret: None,
             cluster: ClusterName::new(name).map_err(invalid)?,
             instance_id: HolderId::new(&format!("{name}-1")).map_err(invalid)?,
             cluster_enabled: false,
@@ -70,8 +74,18 @@ pub fn node_config(
         api: ApiConfig {
             listen: "127.0.0.1:0".parse().expect("a socket address"),
             token_file: data_dir.join("api-token"),
+            token_secret: None,
+            token_reload_interval: Duration::from_millis(
+                phalanx_node::config::DEFAULT_TOKEN_RELOAD_INTERVAL_MS,
+            ),
         },
-        seed_file: data_dir.join("seed"),
+        seed: SeedConfig {
+            source: SeedSource::File {
+                path: data_dir.join("seed"),
+            },
+            expected_node_id: None,
+            aws: AwsConfig::default(),
+        },
         data_dir,
     })
 }

@@ -15,14 +15,18 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bitcoin::secp256k1::PublicKey;
 use phalanx_cluster::{Campaigner, ElectionState, Leadership};
 use phalanx_node::config::NodeConfig;
 use phalanx_node::identity::{self, IDENTITY_SCHEMA_VERSION, IdentityError, NodeIdentity};
 use phalanx_node::metrics::Metrics;
 use phalanx_node::{BuildError, Node, NodeBuilder, StoreRuntime};
-use phalanx_secrets::{FileSeedProvider, SecretsError, SeedProvider};
+use phalanx_secrets::{LoadedSeedProvider, SecretsError, SeedProvider};
 use phalanx_store::{Epoch, ErrorKind, HolderId, LeaseStore, Store, StoreError, StoreOptions};
 use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+pub mod secrets;
 
 /// Why an instance could not win its lease, or its node could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +37,29 @@ pub enum InstanceError {
     /// The store's own runtime could not be started, or its task failed.
     #[error("state store: {0}")]
     Runtime(#[source] io::Error),
-    /// The seed could not be loaded or created.
-    #[error("seed: {0}")]
-    Seed(#[from] SecretsError),
+    /// A secret could not be had: the seed, the store's password.
+    #[error("{setting} (provider {provider}): {source}")]
+    Secret {
+        /// The setting it was for (`seed`, `store.password_secret`).
+        setting: &'static str,
+        /// The provider (`file`, `env`, `encrypted-file`, `aws-secrets-manager`).
+        provider: &'static str,
+        /// What went wrong.
+        #[source]
+        source: SecretsError,
+    },
+    /// The seed is not that of the node this instance was configured for.
+    #[error(
+        "the seed from {origin} is node {actual}, but [seed] expected_node_id is {expected}: refusing to start with another node's seed"
+    )]
+    UnexpectedNodeId {
+        /// Where the seed came from.
+        origin: String,
+        /// `[seed] expected_node_id`, in hex.
+        expected: String,
+        /// The seed's node id, in hex.
+        actual: String,
+    },
     /// The store is not this node's, or names another network.
     #[error("{0}")]
     Identity(#[from] IdentityError),
@@ -51,12 +75,18 @@ pub enum InstanceError {
 
 impl InstanceError {
     /// Whether the operator must act before a restart can help: the store is another
-    /// node's, or was never initialized.
-    pub fn is_identity(&self) -> bool {
-        matches!(
-            self,
-            Self::Identity(_) | Self::Build(BuildError::Identity(_))
-        )
+    /// node's or was never initialized, the seed is another node's, or a secret is
+    /// missing or wrong (an unreachable secrets manager may come back: not this).
+    pub fn needs_operator(&self) -> bool {
+        match self {
+            Self::Identity(_)
+            | Self::Build(BuildError::Identity(_))
+            | Self::UnexpectedNodeId { .. } => true,
+            Self::Secret { source, .. } | Self::Build(BuildError::Seed(source)) => {
+                !source.is_transient()
+            }
+            _ => false,
+        }
     }
 }
 
@@ -65,6 +95,7 @@ pub struct Won {
     store: Arc<dyn Store>,
     leadership: Leadership,
     runtime: StoreRuntime,
+    seed_provider: Arc<dyn SeedProvider>,
 }
 
 impl Won {
@@ -73,11 +104,81 @@ impl Won {
         self.leadership.epoch()
     }
 
-    /// Builds the node with what was won (see [`NodeBuilder::build`]).
+    /// Builds the node with what was won and the seed loaded before campaigning (see
+    /// [`NodeBuilder::build`]).
     pub async fn build(self, builder: NodeBuilder) -> Result<Arc<Node>, BuildError> {
         builder
+            .seed_provider(self.seed_provider)
             .build(self.store, self.leadership, self.runtime)
             .await
+    }
+}
+
+/// Loads the seed of `config` (a `file` provider creates one only when `create_file`),
+/// and checks it against `[seed] expected_node_id`: before the store is opened, so that
+/// a misconfigured secret fails at start, not at a failover. The provider returned
+/// keeps the seed (zeroizing), so the node's build asks no secrets manager again.
+async fn load_seed(
+    config: &NodeConfig,
+    create_file: bool,
+) -> Result<(Arc<dyn SeedProvider>, PublicKey), InstanceError> {
+    let provider = secrets::seed_provider(&config.seed, create_file).await;
+    let loaded: Arc<dyn SeedProvider> = Arc::new(LoadedSeedProvider::new(provider));
+    let seed = loaded
+        .seed()
+        .await
+        .map_err(|source| InstanceError::Secret {
+            setting: "seed",
+            provider: config.seed.source.provider(),
+            source,
+        })?;
+    let node_id = identity::node_id_of(&seed);
+    drop(seed);
+    if let Some(expected) = config.seed.expected_node_id
+        && expected != node_id
+    {
+        return Err(InstanceError::UnexpectedNodeId {
+            origin: loaded.describe(),
+            expected: expected.to_string(),
+            actual: node_id.to_string(),
+        });
+    }
+    tracing::info!(%node_id, seed = loaded.describe(), "the seed is loaded");
+    Ok((loaded, node_id))
+}
+
+/// The store URL of `config`, with the password from `[store] password_secret` in it.
+async fn store_url(config: &NodeConfig) -> Result<Zeroizing<String>, InstanceError> {
+    match &config.store.password_secret {
+        Some(reference) => {
+            secrets::url_with_password(&config.store.url, reference, &config.seed.aws).await
+        }
+        None => Ok(Zeroizing::new(config.store.url.clone())),
+    }
+}
+
+/// Refuses a store whose identity record names another node or network, or that has
+/// none, before campaigning: a standby with the wrong seed must fail now, not when it
+/// takes over. A record that cannot be read yet (a SQLite store locked by the leader)
+/// is left to the builder, which checks again under the lease.
+async fn precheck_identity(
+    store: &Arc<dyn Store>,
+    node_id: PublicKey,
+    network: bitcoin::Network,
+) -> Result<(), InstanceError> {
+    match tokio::time::timeout(Duration::from_secs(5), identity::read_identity(&**store)).await {
+        Ok(Ok(stored)) => {
+            identity::check(&store.describe(), stored.as_ref(), node_id, network)?;
+            Ok(())
+        }
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "the identity record cannot be read before the lease; checked after");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::debug!("reading the identity record timed out; checked after the lease");
+            Ok(())
+        }
     }
 }
 
@@ -87,8 +188,10 @@ impl Won {
 /// leader is an error, and only this instance's own lease (a restart after a crash) is
 /// waited out.
 pub async fn campaign(config: &NodeConfig, metrics: &Arc<Metrics>) -> Result<Won, InstanceError> {
+    let (seed_provider, node_id) = load_seed(config, false).await?;
+    let url = store_url(config).await?;
+    let network = config.network;
     let runtime = StoreRuntime::new().map_err(InstanceError::Runtime)?;
-    let url = config.store.url.clone();
     let options = StoreOptions::new(config.store.cluster.clone());
     let instance = config.store.instance_id.clone();
     let renewal_observer = metrics.renewal_observer();
@@ -98,6 +201,8 @@ pub async fn campaign(config: &NodeConfig, metrics: &Arc<Metrics>) -> Result<Won
     let (store, leadership) = runtime
         .run(async move {
             let store = open_store(&url, options).await?;
+            drop(url);
+            precheck_identity(&store, node_id, network).await?;
             let lease_store: Arc<dyn LeaseStore> = store.clone();
             let campaigner = Campaigner::new(lease_store, instance, lease_timings)?
                 .observe_renewals(renewal_observer);
@@ -114,6 +219,7 @@ pub async fn campaign(config: &NodeConfig, metrics: &Arc<Metrics>) -> Result<Won
         store,
         leadership,
         runtime,
+        seed_provider,
     })
 }
 
@@ -145,7 +251,7 @@ async fn open_store(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>, 
     }
 }
 
-/// Campaigns for the lease and builds the node of `config` with its seed file, recording
+/// Campaigns for the lease and builds the node of `config` with its seed, recording
 /// into `metrics`: [`campaign`], then [`Won::build`].
 pub async fn start(config: &NodeConfig, metrics: Arc<Metrics>) -> Result<Arc<Node>, InstanceError> {
     let won = campaign(config, &metrics).await?;
@@ -162,16 +268,15 @@ pub struct Initialized {
 }
 
 /// Records in the store of `config` that it belongs to this node (the seed's node id,
-/// creating the seed file if there is none, and the network): what `phalanx init` does,
+/// creating the seed file of a `file` provider if there is none, and the network): what
+/// `phalanx init` does,
 /// once, before the node's first start. Takes the lease for the write, so no instance
 /// may be running. A store that already names this node is left as it is; one that
 /// names another node or network is an error.
 pub async fn initialize(config: &NodeConfig) -> Result<Initialized, InstanceError> {
-    let seed = FileSeedProvider::new(config.seed_file.clone(), true).seed()?;
-    let node_id = identity::node_id_of(&seed);
-    drop(seed);
+    let (_, node_id) = load_seed(config, true).await?;
+    let url = store_url(config).await?;
     let runtime = StoreRuntime::new().map_err(InstanceError::Runtime)?;
-    let url = config.store.url.clone();
     let options = StoreOptions::new(config.store.cluster.clone());
     let instance = config.store.instance_id.clone();
     let lease_timings = config.store.lease;

@@ -25,6 +25,10 @@ async fn a_campaign_waits_for_a_store_that_is_down() {
     };
     let config = phalanx_devnet::harness::node_config(&chain, dir.path(), "alice", Some(url))
         .expect("a configuration");
+    // `phalanx init` first: the seed file and the store's identity record.
+    phalanx_instance::initialize(&config)
+        .await
+        .expect("the store is initialized");
     server.stop().expect("PostgreSQL stops");
 
     let campaign = tokio::spawn(async move {

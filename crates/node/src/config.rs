@@ -32,19 +32,32 @@
 //! [api]
 //! listen = "127.0.0.1:8080"
 //! token_file = "/var/lib/phalanx/api-token"    # default <data_dir>/api-token
+//! # token_secret = "aws-secrets-manager:phalanx/api-token"  # instead of the file
+//! token_reload_interval_ms = 10000             # a rotated token is read this often
 //!
 //! [seed]
+//! provider = "file"            # file | env | encrypted-file | aws-secrets-manager
 //! file = "/var/lib/phalanx/seed"               # default <data_dir>/seed
+//! # expected_node_id = "02ab..."               # checked before the store is opened
 //! ```
+//!
+//! Secrets other than the seed are named by references (`file:PATH`, `env:NAME`,
+//! `aws-secrets-manager:ID`), never written in the file: `[api] token_secret`,
+//! `[store] password_secret`. `Debug` of every type here hides passwords.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::Network;
 use phalanx_cluster::LeaseTimings;
+use phalanx_secrets::SecretRef;
 use phalanx_store::{ClusterName, HolderId};
 use serde::Deserialize;
+
+mod secrets;
+pub use secrets::{AwsConfig, SeedConfig, SeedLayer, SeedSource};
 
 /// A configuration error, naming the field (`chain.rpc_url`) or the file.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +193,7 @@ impl ClusterLayer {
 }
 
 /// `[store]`.
-#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[derive(Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct StoreLayer {
     /// State store URL (sqlite://, postgres://, etcd://).
@@ -195,10 +208,26 @@ pub struct StoreLayer {
     #[arg(long = "instance-id", env = "PHALANX_INSTANCE_ID")]
     #[serde(rename = "instance_id")]
     pub store_instance_id: Option<String>,
+    /// Where the store's password is, instead of in the URL: file:PATH, env:NAME or
+    /// aws-secrets-manager:ID (PostgreSQL and etcd URLs with a user name).
+    #[arg(long = "store-password-secret", env = "PHALANX_STORE_PASSWORD_SECRET")]
+    #[serde(rename = "password_secret")]
+    pub store_password_secret: Option<String>,
+}
+
+impl fmt::Debug for StoreLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreLayer")
+            .field("store_url", &self.store_url.as_deref().map(redact_url))
+            .field("store_cluster", &self.store_cluster)
+            .field("store_instance_id", &self.store_instance_id)
+            .field("store_password_secret", &self.store_password_secret)
+            .finish()
+    }
 }
 
 /// `[chain]`.
-#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[derive(Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ChainLayer {
     /// bitcoind JSON-RPC URL, credentials in the URL or in the next two options.
@@ -238,6 +267,48 @@ pub struct ChainLayer {
     pub chain_poll_interval_ms: Option<u64>,
 }
 
+impl fmt::Debug for ChainLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainLayer")
+            .field(
+                "chain_rpc_url",
+                &self.chain_rpc_url.as_deref().map(redact_url),
+            )
+            .field("chain_rpc_user", &self.chain_rpc_user)
+            .field(
+                "chain_rpc_password",
+                &self.chain_rpc_password.as_ref().map(|_| REDACTED),
+            )
+            .field(
+                "chain_rest_url",
+                &self.chain_rest_url.as_deref().map(redact_url),
+            )
+            .field(
+                "chain_esplora_url",
+                &self.chain_esplora_url.as_deref().map(redact_url),
+            )
+            .field("chain_poll_interval_ms", &self.chain_poll_interval_ms)
+            .finish()
+    }
+}
+
+/// What `Debug` shows instead of a password.
+const REDACTED: &str = "<redacted>";
+
+/// `text` with the password of its user info, if any, replaced by [`REDACTED`]; text
+/// that is not a URL is hidden whole (it may be a password pasted in the wrong place).
+fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some(REDACTED));
+            }
+            url.to_string()
+        }
+        Err(_) => REDACTED.to_owned(),
+    }
+}
+
 /// `[lightning]`.
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -271,16 +342,19 @@ pub struct ApiLayer {
     #[arg(long = "api-token-file", env = "PHALANX_API_TOKEN_FILE")]
     #[serde(rename = "token_file")]
     pub api_token_file: Option<PathBuf>,
-}
-
-/// `[seed]`.
-#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct SeedLayer {
-    /// The seed file (created with mode 0600 at first start).
-    #[arg(long = "seed-file", env = "PHALANX_SEED_FILE")]
-    #[serde(rename = "file")]
-    pub seed_file: Option<PathBuf>,
+    /// Where the API token is, instead of the token file: file:PATH, env:NAME or
+    /// aws-secrets-manager:ID. It may hold several tokens, one per line (a rotation).
+    #[arg(long = "api-token-secret", env = "PHALANX_API_TOKEN_SECRET")]
+    #[serde(rename = "token_secret")]
+    pub api_token_secret: Option<String>,
+    /// How often the token is read again, so that a rotated token takes effect without
+    /// a restart (ms).
+    #[arg(
+        long = "api-token-reload-interval-ms",
+        env = "PHALANX_API_TOKEN_RELOAD_INTERVAL_MS"
+    )]
+    #[serde(rename = "token_reload_interval_ms")]
+    pub api_token_reload_interval_ms: Option<u64>,
 }
 
 /// A checked configuration.
@@ -298,15 +372,17 @@ pub struct NodeConfig {
     pub lightning: LightningConfig,
     /// The REST API.
     pub api: ApiConfig,
-    /// The seed file.
-    pub seed_file: PathBuf,
+    /// Where the seed comes from.
+    pub seed: SeedConfig,
 }
 
 /// Where state lives.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StoreConfig {
-    /// The store URL.
+    /// The store URL (its password, if it has one, is hidden by `Debug`).
     pub url: String,
+    /// Where the store's password is, to be put in the URL (`[store] password_secret`).
+    pub password_secret: Option<SecretRef>,
     /// The cluster name.
     pub cluster: ClusterName,
     /// This instance's id.
@@ -318,8 +394,21 @@ pub struct StoreConfig {
     pub lease: LeaseTimings,
 }
 
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &redact_url(&self.url))
+            .field("password_secret", &self.password_secret)
+            .field("cluster", &self.cluster)
+            .field("instance_id", &self.instance_id)
+            .field("cluster_enabled", &self.cluster_enabled)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
 /// Where the chain comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ChainConfig {
     /// bitcoind RPC endpoint, without credentials (`http://host:port[/path]`).
     pub rpc_url: String,
@@ -333,6 +422,19 @@ pub struct ChainConfig {
     pub esplora_url: Option<String>,
     /// Tip poll interval.
     pub poll_interval: Duration,
+}
+
+impl fmt::Debug for ChainConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainConfig")
+            .field("rpc_url", &self.rpc_url)
+            .field("rpc_user", &self.rpc_user)
+            .field("rpc_password", &REDACTED)
+            .field("rest_url", &self.rest_url)
+            .field("esplora_url", &self.esplora_url)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
 }
 
 /// Lightning settings.
@@ -351,8 +453,12 @@ pub struct LightningConfig {
 pub struct ApiConfig {
     /// Listen address.
     pub listen: SocketAddr,
-    /// The bearer token file.
+    /// The bearer token file, made at first start (unless `token_secret` is set).
     pub token_file: PathBuf,
+    /// Where the token is instead of `token_file` (`[api] token_secret`).
+    pub token_secret: Option<SecretRef>,
+    /// How often the token is read again.
+    pub token_reload_interval: Duration,
 }
 
 /// Default tip poll interval, in milliseconds.
@@ -363,6 +469,8 @@ pub const DEFAULT_FORWARD_DELAY_MS: u64 = 0;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9735";
 /// Default API address.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8080";
+/// Default interval between two reads of the API token, in milliseconds.
+pub const DEFAULT_TOKEN_RELOAD_INTERVAL_MS: u64 = 10_000;
 
 impl ConfigLayer {
     /// Reads a TOML file.
@@ -394,6 +502,10 @@ impl ConfigLayer {
                     .store
                     .store_instance_id
                     .or(base.store.store_instance_id),
+                store_password_secret: self
+                    .store
+                    .store_password_secret
+                    .or(base.store.store_password_secret),
             },
             chain: ChainLayer {
                 chain_rpc_url: self.chain.chain_rpc_url.or(base.chain.chain_rpc_url),
@@ -429,10 +541,13 @@ impl ConfigLayer {
             api: ApiLayer {
                 api_listen: self.api.api_listen.or(base.api.api_listen),
                 api_token_file: self.api.api_token_file.or(base.api.api_token_file),
+                api_token_secret: self.api.api_token_secret.or(base.api.api_token_secret),
+                api_token_reload_interval_ms: self
+                    .api
+                    .api_token_reload_interval_ms
+                    .or(base.api.api_token_reload_interval_ms),
             },
-            seed: SeedLayer {
-                seed_file: self.seed.seed_file.or(base.seed.seed_file),
-            },
+            seed: self.seed.over(base.seed),
             cluster: ClusterLayer {
                 cluster_enabled: self
                     .cluster
@@ -581,15 +696,39 @@ impl ConfigLayer {
                 format!("{api_text:?} is not an address like 127.0.0.1:8080"),
             )
         })?;
+        let token_file_set = self.api.api_token_file.is_some();
         let token_file = self
             .api
             .api_token_file
             .unwrap_or_else(|| data_dir.join("api-token"));
-        let seed_file = self.seed.seed_file.unwrap_or_else(|| data_dir.join("seed"));
+        let token_secret = secrets::secret_ref("api.token_secret", self.api.api_token_secret)?;
+        if token_secret.is_some() && token_file_set {
+            return Err(field(
+                "api.token_secret",
+                "set api.token_secret or api.token_file, not both",
+            ));
+        }
+        let reload_ms = self
+            .api
+            .api_token_reload_interval_ms
+            .unwrap_or(DEFAULT_TOKEN_RELOAD_INTERVAL_MS);
+        if !(100..=86_400_000).contains(&reload_ms) {
+            return Err(field(
+                "api.token_reload_interval_ms",
+                format!("{reload_ms} is not between 100 and 86400000"),
+            ));
+        }
+        let password_secret =
+            secrets::secret_ref("store.password_secret", self.store.store_password_secret)?;
+        if password_secret.is_some() {
+            check_url_takes_a_password(&store_url)?;
+        }
+        let seed = self.seed.resolve(&data_dir)?;
         Ok(NodeConfig {
             network,
             store: StoreConfig {
                 url: store_url,
+                password_secret,
                 cluster,
                 instance_id,
                 cluster_enabled: self.cluster.cluster_enabled.unwrap_or(false),
@@ -611,11 +750,37 @@ impl ConfigLayer {
             api: ApiConfig {
                 listen: api_listen,
                 token_file,
+                token_secret,
+                token_reload_interval: Duration::from_millis(reload_ms),
             },
-            seed_file,
+            seed,
             data_dir,
         })
     }
+}
+
+/// A store password from a secret goes into the URL's user info: the URL must name a
+/// user and hold no password of its own.
+fn check_url_takes_a_password(store_url: &str) -> Result<(), ConfigError> {
+    let name = "store.password_secret";
+    let url = url::Url::parse(store_url)
+        .map_err(|_| field(name, "store.url is not a URL a password can be added to"))?;
+    if url.scheme() == "sqlite" {
+        return Err(field(name, "a SQLite store has no password"));
+    }
+    if url.username().is_empty() {
+        return Err(field(
+            name,
+            "store.url names no user (write user@host) for the password to go with",
+        ));
+    }
+    if url.password().is_some() {
+        return Err(field(
+            name,
+            "store.url has a password already: remove it from the URL",
+        ));
+    }
+    Ok(())
 }
 
 fn decode(text: &str) -> String {

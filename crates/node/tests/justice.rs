@@ -7,6 +7,7 @@ use bitcoin::Amount;
 use lightning::util::ser::Writeable;
 use phalanx_e2e::chain::TestChain;
 use phalanx_e2e::nodes::*;
+use phalanx_node::config::SeedSource;
 use phalanx_node::payments::PaymentStatus;
 use phalanx_secrets::{FileSeedProvider, SeedProvider};
 
@@ -76,8 +77,12 @@ async fn punish(cooperative_close_first: bool) {
     mallory.shutdown().await;
 
     // The cheat: the revoked commitment, signed with Mallory's keys, on chain.
-    let seed = FileSeedProvider::new(mallory_config.seed_file.clone(), false)
+    let SeedSource::File { path } = &mallory_config.seed.source else {
+        panic!("the harness gives nodes seed files");
+    };
+    let seed = FileSeedProvider::new(path.clone(), false)
         .seed()
+        .await
         .unwrap();
     let revoked = phalanx_cheater::revoked_commitment(&snapshot, &seed).unwrap();
     assert!(!revoked.is_empty());

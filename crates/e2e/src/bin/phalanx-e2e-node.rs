@@ -27,6 +27,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime's threads start: `prepare` takes secrets out of the environment.
+    let (Command::Node(args) | Command::Init(args)) = &cli.command;
+    let prepared = match node_cmd::prepare(args) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,7 +44,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Node(args) => runtime.block_on(node_cmd::run(*args)),
-        Command::Init(args) => runtime.block_on(node_cmd::init(*args)),
+        Command::Node(_) => runtime.block_on(node_cmd::run(prepared)),
+        Command::Init(_) => runtime.block_on(node_cmd::init(prepared)),
     }
 }

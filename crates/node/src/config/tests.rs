@@ -1,6 +1,7 @@
 //! Tests of the parent module.
 
 use super::*;
+use phalanx_secrets::SecretRef;
 
 fn layer(toml: &str) -> ConfigLayer {
     ConfigLayer::from_toml(toml).unwrap()
@@ -54,7 +55,12 @@ fn a_full_file_resolves() {
     assert_eq!(config.lightning.listen.len(), 2);
     assert_eq!(config.lightning.forward_delay, Duration::ZERO);
     assert_eq!(config.api.token_file, PathBuf::from("/data/api-token"));
-    assert_eq!(config.seed_file, PathBuf::from("/secrets/seed"));
+    assert_eq!(
+        config.seed.source,
+        SeedSource::File {
+            path: PathBuf::from("/secrets/seed")
+        }
+    );
 }
 
 #[test]
@@ -65,7 +71,18 @@ fn defaults_fill_the_rest() {
     assert_eq!(config.store.url, "sqlite://phalanx-data/node.db");
     assert_eq!(config.api.listen.to_string(), DEFAULT_API_LISTEN);
     assert_eq!(config.lightning.listen[0].to_string(), DEFAULT_LISTEN);
-    assert_eq!(config.seed_file, PathBuf::from("phalanx-data/seed"));
+    assert_eq!(
+        config.seed.source,
+        SeedSource::File {
+            path: PathBuf::from("phalanx-data/seed")
+        }
+    );
+    assert_eq!(config.seed.expected_node_id, None);
+    assert_eq!(config.api.token_secret, None);
+    assert_eq!(
+        config.api.token_reload_interval,
+        Duration::from_millis(DEFAULT_TOKEN_RELOAD_INTERVAL_MS)
+    );
     assert!(!config.store.cluster_enabled, "one instance unless asked");
     assert_eq!(config.store.lease, LeaseTimings::default());
 }
@@ -183,4 +200,142 @@ fn unknown_and_mistyped_keys_are_refused_with_their_location() {
             .contains("cannot read the configuration file"),
         "{err}"
     );
+}
+
+const BASE: &str = "network = \"regtest\"\n[chain]\nrpc_url = \"http://u:p@h:1\"\n";
+
+fn resolve_with(extra: &str) -> Result<NodeConfig, ConfigError> {
+    layer(&format!("{BASE}{extra}")).resolve()
+}
+
+#[test]
+fn each_seed_provider_resolves_with_its_settings() {
+    let node_id = "02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619";
+    let env = resolve_with(&format!(
+        "[seed]\nprovider = \"env\"\nexpected_node_id = \"{node_id}\""
+    ))
+    .unwrap();
+    assert_eq!(
+        env.seed.source,
+        SeedSource::Env {
+            var: "PHALANX_SEED_HEX".into()
+        }
+    );
+    assert_eq!(env.seed.expected_node_id.unwrap().to_string(), node_id);
+    assert_eq!(env.secret_variables(), vec!["PHALANX_SEED_HEX"]);
+
+    let encrypted = resolve_with(
+        "[seed]\nprovider = \"encrypted-file\"\nfile = \"/s/seed.enc\"\npassphrase_env = \"PASS\"",
+    )
+    .unwrap();
+    assert_eq!(
+        encrypted.seed.source,
+        SeedSource::EncryptedFile {
+            path: "/s/seed.enc".into(),
+            passphrase: SecretRef::Env("PASS".into())
+        }
+    );
+
+    let aws = resolve_with(
+        "[seed]\nprovider = \"aws-secrets-manager\"\naws_secret_id = \"phalanx/seed\"\naws_region = \"eu-west-1\"\naws_endpoint_url = \"http://127.0.0.1:5000/\"\n[api]\ntoken_secret = \"env:TOKEN\"\n[store]\nurl = \"postgres://phalanx@db/p\"\npassword_secret = \"aws-secrets-manager:phalanx/pg\"",
+    )
+    .unwrap();
+    assert_eq!(
+        aws.seed.source,
+        SeedSource::AwsSecretsManager {
+            secret_id: "phalanx/seed".into()
+        }
+    );
+    assert_eq!(aws.seed.aws.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(
+        aws.seed.aws.endpoint_url.as_deref(),
+        Some("http://127.0.0.1:5000")
+    );
+    assert_eq!(aws.api.token_secret, Some(SecretRef::Env("TOKEN".into())));
+    assert_eq!(
+        aws.store.password_secret,
+        Some(SecretRef::AwsSecretsManager("phalanx/pg".into()))
+    );
+    assert_eq!(aws.secret_variables(), vec!["TOKEN"]);
+}
+
+#[test]
+fn wrong_seed_and_secret_settings_name_their_field() {
+    for (extra, expected) in [
+        (
+            "[seed]\nprovider = \"vault\"",
+            "seed.provider: \"vault\" is not one of",
+        ),
+        (
+            "[seed]\nprovider = \"aws-secrets-manager\"",
+            "seed.aws_secret_id: provider aws-secrets-manager needs",
+        ),
+        (
+            "[seed]\nprovider = \"encrypted-file\"",
+            "seed.passphrase_file: provider encrypted-file needs",
+        ),
+        (
+            "[seed]\nprovider = \"encrypted-file\"\npassphrase_file = \"/p\"\npassphrase_env = \"P\"",
+            "not both",
+        ),
+        (
+            "[seed]\nenv_var = \"X\"",
+            "seed.env_var: is for provider env, and seed.provider is file",
+        ),
+        (
+            "[seed]\nprovider = \"env\"\nfile = \"/x\"",
+            "seed.file: is for provider file or encrypted-file",
+        ),
+        (
+            "[seed]\nexpected_node_id = \"02ab\"",
+            "seed.expected_node_id: \"02ab\" is not a node id",
+        ),
+        (
+            "[seed]\naws_endpoint_url = \"ftp://x\"",
+            "seed.aws_endpoint_url",
+        ),
+        (
+            "[api]\ntoken_secret = \"hunter2hunter2hunter2\"",
+            "api.token_secret: secret reference \"(not shown)\"",
+        ),
+        (
+            "[api]\ntoken_secret = \"env:T\"\ntoken_file = \"/t\"",
+            "api.token_secret: set api.token_secret or api.token_file, not both",
+        ),
+        (
+            "[api]\ntoken_reload_interval_ms = 5",
+            "api.token_reload_interval_ms: 5 is not between",
+        ),
+        (
+            "[store]\npassword_secret = \"env:PG\"",
+            "store.password_secret: a SQLite store has no password",
+        ),
+        (
+            "[store]\nurl = \"postgres://db/p\"\npassword_secret = \"env:PG\"",
+            "store.url names no user",
+        ),
+        (
+            "[store]\nurl = \"postgres://u:pw@db/p\"\npassword_secret = \"env:PG\"",
+            "store.url has a password already",
+        ),
+    ] {
+        let err = resolve_with(extra).unwrap_err().to_string();
+        assert!(err.contains(expected), "{extra}: {err}");
+        assert!(!err.contains("hunter2"), "a pasted secret is echoed: {err}");
+    }
+}
+
+#[test]
+fn debug_hides_every_password() {
+    let text = "network = \"regtest\"\n[chain]\nrpc_url = \"http://u:rpc-pw-2@h:1\"\nrpc_password = \"rpc-pw-3\"\n[store]\nurl = \"postgres://phalanx:store-pw-1@db/p\"\n";
+    let layer = layer(text);
+    let shown = format!("{layer:?}");
+    let config = layer.resolve().unwrap();
+    let shown_config = format!("{config:?}");
+    for shown in [shown, shown_config] {
+        for password in ["store-pw-1", "rpc-pw-2", "rpc-pw-3"] {
+            assert!(!shown.contains(password), "{password} in {shown}");
+        }
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
 }

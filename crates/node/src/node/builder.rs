@@ -16,24 +16,32 @@ use super::*;
 /// Builds a [`Node`] from the parts it is handed (see the [module docs](self)).
 pub struct NodeBuilder {
     config: NodeConfig,
-    seed_provider: Arc<dyn SeedProvider>,
+    seed_provider: Option<Arc<dyn SeedProvider>>,
     metrics: Arc<Metrics>,
 }
 
 impl NodeBuilder {
-    /// A builder for the node of `config`, with the seed file of `config` (created if
-    /// missing) and metrics of its own.
+    /// A builder for the node of `config`, with metrics of its own. Its seed comes
+    /// from [`NodeBuilder::seed_provider`]; without one, from the seed file of a
+    /// `[seed] provider = "file"` configuration (never created here: `phalanx init`
+    /// makes it). The other providers are made by the instance layer.
     pub fn new(config: &NodeConfig) -> Self {
+        let seed_provider = match &config.seed.source {
+            SeedSource::File { path } => {
+                Some(Arc::new(FileSeedProvider::new(path.clone(), false)) as Arc<dyn SeedProvider>)
+            }
+            _ => None,
+        };
         Self {
             config: config.clone(),
-            seed_provider: Arc::new(FileSeedProvider::new(config.seed_file.clone(), true)),
+            seed_provider,
             metrics: Arc::new(Metrics::new()),
         }
     }
 
     /// Loads the seed from `provider` instead of the configured seed file.
     pub fn seed_provider(mut self, provider: Arc<dyn SeedProvider>) -> Self {
-        self.seed_provider = provider;
+        self.seed_provider = Some(provider);
         self
     }
 
@@ -62,7 +70,13 @@ impl NodeBuilder {
             seed_provider,
             metrics,
         } = self;
-        let seed = seed_provider.seed()?;
+        let seed_provider = seed_provider.ok_or_else(|| {
+            BuildError::Seed(SecretsError::Reference {
+                reference: config.seed.source.provider().to_owned(),
+                reason: "the node builder was given no provider for this seed source (phalanx-instance makes one)".to_owned(),
+            })
+        })?;
+        let seed = seed_provider.seed().await?;
         // Before anything is loaded or announced: an empty or foreign store is never
         // taken for this node's.
         check_identity(

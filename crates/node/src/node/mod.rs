@@ -52,13 +52,13 @@ use lightning_block_sync::poll::{ChainPoller, ValidatedBlockHeader};
 use lightning_block_sync::{SpvClient, init};
 use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
 use phalanx_cluster::{Leadership, LeadershipStatus};
-use phalanx_secrets::{FileSeedProvider, SeedProvider};
+use phalanx_secrets::{FileSeedProvider, SecretsError, SeedProvider};
 use phalanx_store::{Epoch, LdkKvStore, StateStore, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::chain::{BroadcastOutcome, ChainClient, ChainError};
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, SeedSource};
 use crate::events::EventHandler;
 use crate::identity::{self, IdentityError};
 use crate::keys::{SweepSpender, WalletKeys};
