@@ -3,3 +3,4 @@
 //! (the failover benchmark re-executes itself as one).
 
 pub mod node_cmd;
+pub mod seed_cmd;

@@ -14,7 +14,7 @@ use serde::Serialize;
 mod ctl;
 mod devnet;
 
-use phalanx_cli::node_cmd;
+use phalanx_cli::{node_cmd, seed_cmd};
 
 #[derive(Parser, Debug)]
 #[command(name = "phalanx", version, about = "One Lightning node, many servers.")]
@@ -30,6 +30,9 @@ enum Command {
     /// Record in the store that it belongs to this node (once, before the first start;
     /// the same options as `node`). `node` refuses a store without this record.
     Init(Box<node_cmd::NodeArgs>),
+    /// Make, encrypt or decrypt a seed file, or print a seed's node id.
+    #[command(subcommand)]
+    Seed(seed_cmd::SeedCommand),
     /// Inspect a state store.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -303,6 +306,7 @@ fn main() -> ExitCode {
             }
             (Command::Regtest(args), _) => regtest(args).await.map(|()| ExitCode::SUCCESS),
             (Command::Ctl(args), _) => Ok(ctl::run(args).await),
+            (Command::Seed(command), _) => Ok(seed_cmd::run(command).await),
             (Command::Devnet(args), _) => Ok(devnet::run(args).await),
             (Command::Node(_), Some(prepared)) => Ok(node_cmd::run(prepared).await),
             (Command::Init(_), Some(prepared)) => Ok(node_cmd::init(prepared).await),

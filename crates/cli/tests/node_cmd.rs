@@ -390,6 +390,12 @@ async fn a_store_that_is_not_this_nodes_is_refused_with_exit_2() {
         String::from_utf8(output.stdout).unwrap()
     };
 
+    // A seed, and a store never initialized with it.
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["seed", "new", "--out", dir.join("seed").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
     let mut refused = node("node", &config, &[]);
     let status = refused.wait_exit(EXIT_TIMEOUT).await;
     let stderr = refused.stderr();
@@ -422,8 +428,24 @@ async fn a_store_that_is_not_this_nodes_is_refused_with_exit_2() {
     assert_eq!(started.node_id, node_id);
     assert!(accepted.terminate().await.success());
 
-    // Another seed (a lost seed file replaced by a new one) with the same store.
+    // A lost seed file: the node refuses (exit 2) and makes no new seed of its own.
     std::fs::rename(dir.join("seed"), dir.join("seed.kept")).unwrap();
+    let mut lost = node("node", &config, &[]);
+    let status = lost.wait_exit(EXIT_TIMEOUT).await;
+    let stderr = lost.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("seed (provider file)"), "{stderr}");
+    assert!(
+        !dir.join("seed").exists(),
+        "a node's start never makes a seed"
+    );
+
+    // Another seed (the lost one replaced by a new one) with the same store.
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["seed", "new", "--out", dir.join("seed").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
     let mut foreign = node("node", &config, &[]);
     let status = foreign.wait_exit(EXIT_TIMEOUT).await;
     let stderr = foreign.stderr();

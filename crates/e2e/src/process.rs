@@ -263,16 +263,19 @@ pub fn spawn(
     }
 }
 
-/// Runs `binary init --config <config>` to its end and returns its output; fails the
-/// test unless it succeeds.
+/// Runs `binary init --config <config>` to its end, with no `PHALANX_*` variable, and
+/// returns its stdout; fails the test unless it succeeds.
 pub fn initialize(binary: &NodeBinary, config: &Path) -> String {
-    let output = Command::new(&binary.0)
+    let mut command = Command::new(&binary.0);
+    command
         .args(["init", "--config", &config.display().to_string()])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run init");
+        .stdin(Stdio::null());
+    for (variable, _) in std::env::vars() {
+        if variable.starts_with("PHALANX_") {
+            command.env_remove(variable);
+        }
+    }
+    let output = command.output().expect("run init");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),

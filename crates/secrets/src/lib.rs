@@ -40,7 +40,7 @@ mod reference;
 
 pub use encrypted::{EncryptedFileSeedProvider, Passphrase};
 pub use env::{EnvSecret, EnvSeedProvider};
-pub use file::{FileSecret, FileSeedProvider};
+pub use file::{FileSecret, FileSeedProvider, write_new_private_file};
 pub use reference::SecretRef;
 
 /// Length of a seed, in bytes.

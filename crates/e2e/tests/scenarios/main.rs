@@ -9,6 +9,7 @@ mod freeze;
 mod handover;
 mod manager_writes_refused;
 mod restart;
+mod secrets;
 mod store_cut_off;
 mod store_restart;
 

@@ -58,7 +58,7 @@ pub struct SeedLayer {
 
 impl SeedLayer {
     /// This layer over `base`: every value set here wins.
-    pub(super) fn over(self, base: SeedLayer) -> SeedLayer {
+    pub fn over(self, base: SeedLayer) -> SeedLayer {
         SeedLayer {
             seed_provider: self.seed_provider.or(base.seed_provider),
             seed_file: self.seed_file.or(base.seed_file),
@@ -73,7 +73,7 @@ impl SeedLayer {
     }
 
     /// Checks the section; `data_dir` gives the default seed file.
-    pub(super) fn resolve(self, data_dir: &Path) -> Result<SeedConfig, ConfigError> {
+    pub fn resolve(self, data_dir: &Path) -> Result<SeedConfig, ConfigError> {
         let provider = self.seed_provider.as_deref().unwrap_or("file");
         let only_for = |set: bool, name: &'static str, providers: &str| {
             if set {
