@@ -37,7 +37,7 @@ pub use control::NodeControl;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use server::{MAX_REQUEST_BODY_BYTES, router, serve};
 pub use token::{
-    AcceptedTokens, ApiToken, ApiTokens, MAX_TOKENS, TOKEN_BYTES, TokenError, fetch_tokens,
-    load_or_create_token, read_token, reload_tokens,
+    AcceptedTokens, ApiToken, ApiTokens, MAX_TOKENS, TOKEN_BYTES, TokenError, TokenLoadError,
+    fetch_tokens, load_or_create_token, read_token, reload_tokens,
 };
 pub use types::*;

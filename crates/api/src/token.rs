@@ -274,15 +274,35 @@ impl From<ApiTokens> for AcceptedTokens {
     }
 }
 
+/// Why the API's tokens could not be read. The message names the source, never a token.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct TokenLoadError {
+    message: String,
+    transient: bool,
+}
+
+impl TokenLoadError {
+    /// Whether reading again later may succeed (an unreachable secrets manager); a
+    /// missing or malformed token needs the operator.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
 /// The tokens in `source`, or an error naming it (never a token).
-pub async fn fetch_tokens(source: &dyn SecretSource) -> Result<ApiTokens, String> {
-    let bytes = source
-        .fetch()
-        .await
-        .map_err(|err| format!("API token: {err}"))?;
-    let text = std::str::from_utf8(bytes.expose())
-        .map_err(|_| format!("API token in {}: it is not text", source.describe()))?;
-    ApiTokens::parse(text).map_err(|reason| format!("API token in {}: {reason}", source.describe()))
+pub async fn fetch_tokens(source: &dyn SecretSource) -> Result<ApiTokens, TokenLoadError> {
+    let bytes = source.fetch().await.map_err(|err| TokenLoadError {
+        transient: err.is_transient(),
+        message: format!("API token: {err}"),
+    })?;
+    let malformed = |reason: String| TokenLoadError {
+        message: format!("API token in {}: {reason}", source.describe()),
+        transient: false,
+    };
+    let text =
+        std::str::from_utf8(bytes.expose()).map_err(|_| malformed("it is not text".to_owned()))?;
+    ApiTokens::parse(text).map_err(malformed)
 }
 
 /// Reads the tokens from `source` every `interval` and sends them on `sender` when they

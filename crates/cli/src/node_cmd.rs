@@ -41,8 +41,9 @@ pub const EXIT_STOPPED_ON_REQUEST: u8 = 0;
 /// Exit status: could not start (store, chain, API address, seed or token), or a second
 /// signal cut the shutdown short.
 pub const EXIT_START_FAILED: u8 = 1;
-/// Exit status: the configuration is invalid (the message names the field), or the store
-/// is not this node's (no identity record: `phalanx init`; another node's or network's).
+/// Exit status: the configuration is invalid (the message names the field), a secret is
+/// missing or wrong, the seed is another node's, or the store is not this node's (no
+/// identity record: `phalanx init`; another node's or network's).
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit status (`EX_TEMPFAIL`): the node stopped on its own (lost the lease, fenced, a
 /// write failed). Restart the process: it comes back as a standby.
@@ -76,8 +77,10 @@ Exit status:
   0   stopped by SIGTERM or SIGINT: state persisted, lease resigned
   1   could not start (store, chain, API address, seed, token file), or a second \
 signal cut the shutdown short
-  2   invalid configuration (the message names the field), or the store is not this \
-node's: never initialized (run `phalanx init`), or another node's or network's
+  2   invalid configuration (the message names the field); a secret missing or wrong \
+(the seed, its passphrase, the API token, the store password; the message names the \
+provider); the seed is not expected_node_id's; or the store is not this node's: never \
+initialized (run `phalanx init`), or another node's or network's
   75  the node stopped on its own (lost the lease, fenced, a write failed): restart \
 it, it comes back as a standby (EX_TEMPFAIL)")]
 pub struct NodeArgs {
@@ -138,7 +141,15 @@ pub async fn run(prepared: Prepared) -> ExitCode {
     // The API first, so a standby answers its probe while it campaigns.
     let (tokens, token_source, token_place) = match api_tokens(&config).await {
         Ok(found) => found,
-        Err(err) => return fatal(format, err),
+        Err((message, needs_operator)) => {
+            let code = fatal(format, message);
+            // A missing or malformed token: the operator must act, as for a bad config.
+            return if needs_operator {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                code
+            };
+        }
     };
     let listener = match tokio::net::TcpListener::bind(config.api.listen).await {
         Ok(listener) => listener,
@@ -246,10 +257,12 @@ pub async fn run(prepared: Prepared) -> ExitCode {
 
 /// The API's tokens, where they are read again from, and where that is for the
 /// `api listening` line: the secret `[api] token_secret` names, else the token file
-/// (made with a new token if it does not exist).
+/// (made with a new token if it does not exist). An error says whether the operator
+/// must act (a missing or malformed token) or a retry may do (a file that cannot be
+/// made, an unreachable secrets manager).
 async fn api_tokens(
     config: &NodeConfig,
-) -> Result<(ApiTokens, Box<dyn SecretSource>, String), String> {
+) -> Result<(ApiTokens, Box<dyn SecretSource>, String), (String, bool)> {
     let (source, place): (Box<dyn SecretSource>, String) = match &config.api.token_secret {
         Some(reference) => (
             phalanx_instance::secrets::secret_source(reference, &config.seed.aws).await,
@@ -265,16 +278,21 @@ async fn api_tokens(
             .flatten()
             {
                 std::fs::create_dir_all(dir)
-                    .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+                    .map_err(|err| (format!("cannot create {}: {err}", dir.display()), false))?;
             }
-            phalanx_api::load_or_create_token(token_file).map_err(|err| err.to_string())?;
+            phalanx_api::load_or_create_token(token_file).map_err(|err| {
+                let needs_operator = !matches!(err, phalanx_api::TokenError::Io { .. });
+                (err.to_string(), needs_operator)
+            })?;
             (
                 Box::new(FileSecret::new(token_file.clone())),
                 format!("token_file {}", token_file.display()),
             )
         }
     };
-    let tokens = phalanx_api::fetch_tokens(&*source).await?;
+    let tokens = phalanx_api::fetch_tokens(&*source)
+        .await
+        .map_err(|err| (err.to_string(), !err.is_transient()))?;
     Ok((tokens, source, place))
 }
 

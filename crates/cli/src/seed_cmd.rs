@@ -31,7 +31,8 @@ pub enum SeedCommand {
     Encrypt(ConvertArgs),
     /// Decrypt an encrypted seed file into a new plain file (mode 0600).
     Decrypt(ConvertArgs),
-    /// Print the node id of the configured seed, from any provider.
+    /// Print the node id of the configured seed, from any provider (exit 2 if it is
+    /// not `[seed] expected_node_id`).
     NodeId(NodeIdArgs),
 }
 
@@ -78,6 +79,9 @@ pub struct NodeIdArgs {
     /// A node's TOML configuration: its `[seed]` section (and `data_dir`) are used.
     #[arg(long, env = "PHALANX_CONFIG")]
     config: Option<PathBuf>,
+    /// The data directory (where the default seed file is), over the file's.
+    #[arg(long, env = "PHALANX_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     #[command(flatten)]
     seed: SeedLayer,
 }
@@ -168,7 +172,10 @@ async fn execute(command: SeedCommand) -> Result<String, Failure> {
                 }
                 None => (SeedLayer::default(), None),
             };
-            let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("phalanx-data"));
+            let data_dir = args
+                .data_dir
+                .or(data_dir)
+                .unwrap_or_else(|| PathBuf::from("phalanx-data"));
             let config = args
                 .seed
                 .over(file_seed)
@@ -183,7 +190,16 @@ async fn execute(command: SeedCommand) -> Result<String, Failure> {
                     Failure::Input(message)
                 }
             })?;
-            Ok(phalanx_node::identity::node_id_of(&seed).to_string())
+            let node_id = phalanx_node::identity::node_id_of(&seed);
+            if let Some(expected) = config.expected_node_id
+                && expected != node_id
+            {
+                return Err(Failure::Input(format!(
+                    "the seed from {} is node {node_id}, but [seed] expected_node_id is {expected}",
+                    provider.describe()
+                )));
+            }
+            Ok(node_id.to_string())
         }
     }
 }

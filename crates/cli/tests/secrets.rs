@@ -129,6 +129,48 @@ fn seed_commands_make_encrypt_decrypt_and_name_node_ids() {
         assert_eq!(out.trim(), node_id, "{args:?}");
     }
 
+    // The data directory's default seed file, and the expected node id.
+    let (status, out, err) = run(
+        &["seed", "node-id"],
+        &[("PHALANX_DATA_DIR", dir.path().to_str().unwrap())],
+    );
+    assert_eq!(
+        status,
+        Some(1),
+        "no {}/seed yet: {out}{err}",
+        dir.path().display()
+    );
+    std::fs::copy(path("plain"), dir.path().join("seed")).unwrap();
+    let (status, out, err) = run(
+        &[
+            "seed",
+            "node-id",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!((status, out.trim()), (Some(0), node_id.as_str()), "{err}");
+    let other = "02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619";
+    let (status, _, err) = run(
+        &[
+            "seed",
+            "node-id",
+            "--seed-file",
+            &path("plain"),
+            "--expected-node-id",
+            other,
+        ],
+        &[],
+    );
+    assert_eq!(status, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "is node {node_id}, but [seed] expected_node_id is {other}"
+        )),
+        "{err}"
+    );
+
     // Bad input: each exits 2 naming what is wrong, and writes nothing.
     let wrong_arg = wrong.display().to_string();
     let (status, _, err) = run(
@@ -347,6 +389,16 @@ async fn a_node_on_an_encrypted_seed_keeps_its_secrets_out_of_its_environment() 
     );
     assert!(
         stderr.contains("wrong passphrase, or the file is corrupt"),
+        "{stderr}"
+    );
+
+    // A token variable that is not set: exit 2 naming it.
+    let mut no_token = spawn("no token", &path, &[("PHALANX_TEST_PASS", passphrase)]);
+    let status = no_token.wait_exit(EXIT_TIMEOUT).await;
+    let stderr = no_token.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("API token: environment variable PHALANX_TEST_TOKEN is not set"),
         "{stderr}"
     );
 

@@ -77,11 +77,45 @@ pub async fn url_with_password(
             reason: "not a URL a password can be added to".to_owned(),
         })
     })?;
-    parsed.set_password(Some(&password)).map_err(|()| {
+    // Every byte but letters and digits escaped: the url crate leaves `%` as it is, and
+    // the stores percent-decode the password strictly.
+    let escaped = Zeroizing::new(
+        percent_encoding::utf8_percent_encode(&password, percent_encoding::NON_ALPHANUMERIC)
+            .to_string(),
+    );
+    parsed.set_password(Some(&escaped)).map_err(|()| {
         secret(SecretsError::Invalid {
             origin: "store.url".to_owned(),
             reason: "this URL cannot hold a password".to_owned(),
         })
     })?;
     Ok(Zeroizing::new(parsed.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_password_with_any_characters_goes_into_the_url_and_decodes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        let password = "p%20ss@w:rd/#?&=+ é";
+        phalanx_secrets::write_new_private_file(&path, format!("{password}\n").as_bytes()).unwrap();
+        let url = url_with_password(
+            "postgres://phalanx@db:5432/node",
+            &SecretRef::File(path),
+            &AwsConfig::default(),
+        )
+        .await
+        .unwrap();
+        let parsed = url::Url::parse(&url).unwrap();
+        assert_eq!(parsed.username(), "phalanx");
+        assert_eq!(parsed.host_str(), Some("db"));
+        assert_eq!(parsed.path(), "/node");
+        let decoded = percent_encoding::percent_decode_str(parsed.password().unwrap())
+            .decode_utf8()
+            .unwrap();
+        assert_eq!(decoded, password);
+    }
 }

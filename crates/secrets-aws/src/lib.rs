@@ -171,10 +171,20 @@ fn classify(secret_id: &str, err: &SdkError<GetSecretValueError>) -> SecretsErro
                 _ => remote(false, format!("HTTP {status}, {code}: {message}")),
             }
         }
+        SdkError::DispatchFailure(failure) if !failure.is_io() && !failure.is_timeout() => {
+            // Not the network: the request could not be signed (no credentials in the
+            // chain, no region). Waiting will not help.
+            remote(
+                false,
+                format!(
+                    "the request could not be made: are AWS credentials and a region set? ({detail})"
+                ),
+            )
+        }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             remote(true, format!("the service could not be reached: {detail}"))
         }
-        // Raised before sending: no region, no credentials in the chain.
+        // Raised before sending: a request the SDK cannot build.
         SdkError::ConstructionFailure(_) => remote(
             false,
             format!("the request could not be made (region and credentials set?): {detail}"),

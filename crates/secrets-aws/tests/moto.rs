@@ -168,3 +168,37 @@ async fn an_identity_without_permission_is_told_access_denied() {
     );
     assert!(!denied.is_transient());
 }
+
+#[tokio::test]
+async fn no_credentials_is_a_permanent_error_not_an_outage() {
+    let moto = MotoServer::start().unwrap();
+    moto.create_binary_secret("phalanx/seed", &[1u8; 64])
+        .unwrap();
+    let dir = std::env::temp_dir().join(phalanx_testkit::unique_name("no-aws"));
+    // SAFETY: set before the SDK is made; nextest runs this test in its own process.
+    unsafe {
+        std::env::remove_var("AWS_ACCESS_KEY_ID");
+        std::env::remove_var("AWS_SECRET_ACCESS_KEY");
+        std::env::remove_var("AWS_SESSION_TOKEN");
+        std::env::remove_var("AWS_PROFILE");
+        std::env::remove_var("AWS_WEB_IDENTITY_TOKEN_FILE");
+        std::env::remove_var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+        std::env::remove_var("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+        std::env::set_var("AWS_CONFIG_FILE", dir.join("config"));
+        std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", dir.join("credentials"));
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    let manager = SecretsManager::new(&AwsSettings {
+        region: Some(REGION.to_owned()),
+        endpoint_url: Some(moto.endpoint()),
+        timeout: Some(Duration::from_secs(10)),
+    })
+    .await;
+    let err = AwsSeedProvider::new(Arc::new(manager), "phalanx/seed")
+        .seed()
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(!err.is_transient(), "{message}");
+    assert!(message.contains("credentials"), "{message}");
+}

@@ -2,7 +2,7 @@
 //! mounted as a file.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -22,8 +22,9 @@ pub(crate) fn read_private_file(path: &Path) -> Result<SecretBytes, SecretsError
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
-    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    let metadata = file.metadata().map_err(io)?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if !private_enough(mode, metadata.uid()) {
         return Err(SecretsError::TooOpen {
             path: path.to_owned(),
             mode,
@@ -40,6 +41,14 @@ pub(crate) fn read_private_file(path: &Path) -> Result<SecretBytes, SecretsError
         });
     }
     Ok(SecretBytes::new(std::mem::take(&mut *bytes)))
+}
+
+/// Whether a file of `mode` owned by `owner` keeps a secret: nobody but its owner may
+/// read it, or, when root owns it, also its group (PostgreSQL's rule for key files):
+/// Kubernetes mounts a secret as root's, readable by the pod's `fsGroup`, so that a
+/// container need not run as root to read it. Nobody else may write it.
+fn private_enough(mode: u32, owner: u32) -> bool {
+    mode & 0o077 == 0 || (owner == 0 && mode & 0o037 == 0)
 }
 
 /// Writes `bytes` to a new file of mode 0600 and makes it durable (the file and its
@@ -227,6 +236,45 @@ mod tests {
 
         let no_dir = FileSeedProvider::new(dir.path().join("no/such/dir/seed"), true);
         assert!(matches!(no_dir.seed().await, Err(SecretsError::Io { .. })));
+    }
+
+    #[test]
+    fn group_may_read_only_what_root_owns() {
+        assert!(private_enough(0o600, 1000));
+        assert!(private_enough(0o400, 1000));
+        assert!(!private_enough(0o640, 1000), "group-readable, not root's");
+        assert!(private_enough(0o440, 0), "a Kubernetes secret with fsGroup");
+        assert!(private_enough(0o640, 0));
+        assert!(!private_enough(0o660, 0), "group-writable");
+        assert!(!private_enough(0o444, 0), "world-readable");
+        assert!(!private_enough(0o604, 0));
+    }
+
+    #[tokio::test]
+    async fn a_root_owned_group_readable_secret_is_read_only_when_root_owns_it() {
+        // Needs root to give files away; skipped (and said so) otherwise.
+        if nix_is_root() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("seed");
+            std::fs::write(&path, [5u8; SEED_LEN]).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+            let seed = FileSeedProvider::new(&path, false).seed().await.unwrap();
+            assert_eq!(seed.as_bytes(), &[5u8; SEED_LEN]);
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            assert!(matches!(
+                FileSeedProvider::new(&path, false).seed().await,
+                Err(SecretsError::TooOpen { mode: 0o440, .. })
+            ));
+        } else {
+            eprintln!(
+                "not root: the root-owned case is covered by group_may_read_only_what_root_owns"
+            );
+        }
+    }
+
+    fn nix_is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
     }
 
     #[tokio::test]
