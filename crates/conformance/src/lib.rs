@@ -61,6 +61,8 @@ macro_rules! conformance_tests {
             values_of_32_mib_round_trip,
             oversized_values_are_refused_and_write_nothing,
             batches_are_atomic,
+            a_snapshot_holds_every_key_of_the_cluster,
+            a_snapshot_is_one_state_while_batches_commit,
             fenced_batches_write_nothing,
             concurrent_writes_to_one_key_leave_one_of_them,
             read_after_write_across_handles,

@@ -47,6 +47,19 @@ impl KeyLayout {
         )
     }
 
+    /// `kv/`: the prefix of every value.
+    pub(crate) fn values_prefix(&self) -> String {
+        format!("{}kv/", self.base)
+    }
+
+    /// The store key of the value at etcd key `path` (under [`Self::values_prefix`]).
+    pub(crate) fn parse_value(&self, path: &str) -> Option<StoreKey> {
+        let rest = path.strip_prefix(&self.values_prefix())?;
+        let mut parts = rest.splitn(3, '/');
+        let (primary, secondary, key) = (parts.next()?, parts.next()?, parts.next()?);
+        StoreKey::new(primary, secondary, key).ok()
+    }
+
     /// `kv/{primary}/{secondary}/{key}`: a value.
     pub(crate) fn value(&self, key: &StoreKey) -> String {
         format!("{}{}", self.namespace(key.namespace()), key.key())

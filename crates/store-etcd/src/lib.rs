@@ -82,6 +82,10 @@ pub use crate::url::{EtcdTlsFiles, EtcdUrl};
 /// Leave room above the largest value for the request's framing.
 const MAX_MESSAGE_BYTES: usize = MAX_VALUE_BYTES + 8 * 1024 * 1024;
 
+/// Values per page of a snapshot. A page must fit in [`MAX_MESSAGE_BYTES`]: LDK's values
+/// are monitors (kilobytes) and one manager (megabytes at most), far from 16 large ones.
+const SNAPSHOT_PAGE: i64 = 16;
+
 /// An etcd state store for one cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -279,6 +283,58 @@ impl StateStore for EtcdStore {
             .filter_map(|key| key.strip_prefix(prefix.as_str()))
             .map(str::to_owned)
             .collect())
+    }
+
+    async fn snapshot(&self) -> Result<Vec<(StoreKey, Vec<u8>)>, StoreError> {
+        // Pages of values, every page read at the revision of the first: one state.
+        let keys = &self.inner.keys;
+        let prefix = keys.values_prefix();
+        // The key just past every key that starts with the prefix ('/' + 1 is '0').
+        let range_end = format!("{}0", prefix.trim_end_matches('/'));
+        let mut from = prefix.clone();
+        let mut revision = 0;
+        let mut entries = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(range_end.clone())
+                .with_sort(SortTarget::Key, SortOrder::Ascend)
+                .with_limit(SNAPSHOT_PAGE);
+            if revision != 0 {
+                options = options.with_revision(revision);
+            }
+            let response = self
+                .call(
+                    "snapshot",
+                    self.inner.kv.clone().get(from.clone(), Some(options)),
+                )
+                .await?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            let more = response.more();
+            let mut last = None;
+            for kv in response.kvs() {
+                let path = std::str::from_utf8(kv.key()).unwrap_or_default();
+                last = Some(kv.key().to_vec());
+                match keys.parse_value(path) {
+                    Some(key) => entries.push((key, kv.value().to_vec())),
+                    None => {
+                        tracing::warn!(key = path, "a value key Phalanx did not write; skipped")
+                    }
+                }
+            }
+            match (more, last) {
+                (true, Some(mut last)) => {
+                    last.push(0);
+                    from = String::from_utf8(last).unwrap_or_default();
+                }
+                _ => {
+                    // etcd's order is the paths' bytes ('-' before '/'): sort by key.
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                    return Ok(entries);
+                }
+            }
+        }
     }
 
     async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {

@@ -68,7 +68,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::error::{BACKEND, pg_error, pool_error};
 use crate::lease::LeaseSession;
 use crate::notices::{Warnings, WatchedConnect};
-use crate::sql::{APPLY, ENSURE_LEASE_ROW, LEASE_ROW, LIST, PUT_ONE, READ};
+use crate::sql::{APPLY, ENSURE_LEASE_ROW, LEASE_ROW, LIST, PUT_ONE, READ, SNAPSHOT};
 pub use crate::url::{DEFAULT_POOL_SIZE, PgUrl};
 
 /// What the server's durability settings put at risk, one sentence each (logged as
@@ -336,6 +336,26 @@ impl StateStore for PostgresStore {
             })
             .await?;
         Ok(rows.into_iter().map(|row| row.get(0)).collect())
+    }
+
+    async fn snapshot(&self) -> Result<Vec<(StoreKey, Vec<u8>)>, StoreError> {
+        let cluster = self.cluster();
+        let rows = self
+            .with_client("snapshot", async |client| {
+                let statement = client.prepare_cached(SNAPSHOT).await?;
+                client.query(&statement, &[&cluster]).await
+            })
+            .await?;
+        let mut entries = rows
+            .into_iter()
+            .map(|row| {
+                let key = StoreKey::new(row.get(0), row.get(1), row.get(2))?;
+                Ok((key, row.get::<_, Vec<u8>>(3)))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // The database's collation may not be byte order: sort as the contract says.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(entries)
     }
 
     async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {

@@ -105,6 +105,10 @@ pub(crate) const READ: &str = "SELECT value FROM phalanx_kv
 pub(crate) const LIST: &str = "SELECT key FROM phalanx_kv
      WHERE cluster = $1 AND primary_ns = $2 AND secondary_ns = $3";
 
+/// One statement: PostgreSQL reads it from one snapshot.
+pub(crate) const SNAPSHOT: &str = "SELECT primary_ns, secondary_ns, key, value FROM phalanx_kv
+     WHERE cluster = $1";
+
 pub(crate) const EPOCH_HISTORY: &str =
     "SELECT epoch, holder, (extract(epoch FROM acquired_at) * 1000)::bigint
      FROM phalanx_epochs WHERE cluster = $1 ORDER BY epoch DESC LIMIT $2";

@@ -209,6 +209,40 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn snapshot(&self) -> Result<Vec<(StoreKey, Vec<u8>)>, StoreError> {
+        self.blocking("snapshot", move |inner| {
+            // One statement: one read transaction, one consistent state.
+            let rows = inner.read_schema(|conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT primary_ns, secondary_ns, key, value FROM phalanx_kv
+                         WHERE cluster = ?1",
+                    )
+                    .map_err(|e| sqlite_error("snapshot", inner.path(), e))?;
+                stmt.query_map(params![inner.cluster()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Vec<u8>>(3)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| sqlite_error("snapshot", inner.path(), e))
+            })?;
+            let mut entries = rows
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(primary, secondary, key, value)| {
+                    Ok((StoreKey::new(&primary, &secondary, &key)?, value))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(entries)
+        })
+        .await
+    }
+
     async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {
         let ops = check_batch(ops)?;
         if ops.is_empty() {

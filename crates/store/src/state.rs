@@ -159,6 +159,13 @@ pub trait StateStore: Send + Sync {
     /// Applies a batch of mutations atomically, fenced by `token`.
     async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError>;
 
+    /// Every key of this cluster and its value, read at one consistent point, sorted by
+    /// key: the state as of one instant, never a mix of before and after a batch
+    /// (SQLite and PostgreSQL: one statement; etcd: one revision). For backups and
+    /// migrations. Not fenced, like every read: the caller holds the lease if the state
+    /// must not move meanwhile.
+    async fn snapshot(&self) -> Result<Vec<(StoreKey, Vec<u8>)>, StoreError>;
+
     /// Stores `value` under `key`, fenced by `token`.
     async fn write(
         &self,

@@ -108,6 +108,10 @@ impl StateStore for FaultyStore {
         self.faults.apply(&self.faults.write, "write").await?;
         self.inner.apply(token, ops).await
     }
+
+    async fn snapshot(&self) -> Result<Vec<(StoreKey, Vec<u8>)>, StoreError> {
+        self.inner.snapshot().await
+    }
 }
 
 #[async_trait]

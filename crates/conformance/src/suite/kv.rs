@@ -6,7 +6,7 @@ use std::time::Duration;
 use phalanx_store::{BatchOp, Epoch, ErrorKind, FencingToken, MAX_VALUE_BYTES, StoreError};
 
 use super::{Env, holds_until_exit, key, leader, ns, sorted_list};
-use crate::win_within;
+use crate::{try_win, win_within};
 
 /// Write, read, overwrite, remove, and the error kinds on the way.
 pub async fn crud_round_trip(env: &Env<'_>) {
@@ -341,4 +341,116 @@ pub async fn read_after_write_across_handles(env: &Env<'_>) {
             assert_eq!(reader.read(&k).await.unwrap(), i.to_be_bytes());
         }
     }
+}
+
+/// A snapshot holds every key of the cluster (any namespace, the empty one too) with its
+/// value, sorted by key, and nothing of another cluster on the same store.
+pub async fn a_snapshot_holds_every_key_of_the_cluster(env: &Env<'_>) {
+    let (place, store) = env.fresh().await;
+    assert!(
+        store.snapshot().await.unwrap().is_empty(),
+        "a fresh store is empty"
+    );
+    // First another cluster on the same store, with a key of the same name (one SQLite
+    // file has one lock: one cluster leads at a time).
+    let other = env.reopen_as(&place, "other-cluster").await;
+    let other_lease = try_win(other.as_ref(), "b", Duration::from_secs(30))
+        .await
+        .expect("a fresh cluster's lease");
+    other
+        .write(
+            other_lease.token(),
+            &key("monitors", "", "m1"),
+            b"other".to_vec(),
+        )
+        .await
+        .unwrap();
+    drop(other_lease);
+    let lease = win_within(
+        store.as_ref(),
+        "a",
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )
+    .await;
+    let token = lease.token();
+    let mut written = vec![
+        (key("", "", "manager"), b"manager".to_vec()),
+        (key("monitors", "", "m1"), vec![1u8; 10_000]),
+        (key("monitors", "", "m2"), Vec::new()),
+        (key("monitor_updates", "m1", "7"), b"update".to_vec()),
+        (key("a-b", "", "k"), b"dash".to_vec()),
+        (key("a", "", "k"), b"plain".to_vec()),
+    ];
+    for (k, value) in &written {
+        store.write(token, k, value.clone()).await.unwrap();
+    }
+    let gone = key("monitors", "", "gone");
+    store.write(token, &gone, b"x".to_vec()).await.unwrap();
+    store.remove(token, &gone).await.unwrap();
+
+    written.sort_by(|a, b| a.0.cmp(&b.0));
+    let snapshot = store.snapshot().await.unwrap();
+    assert_eq!(snapshot, written);
+    if !holds_until_exit(store.as_ref()) {
+        // (SQLite's lock keeps other handles out while a leader holds it.)
+        let reopened = env.reopen(&place).await;
+        assert_eq!(
+            reopened.snapshot().await.unwrap(),
+            written,
+            "across handles"
+        );
+    }
+}
+
+/// A snapshot is one state: taken while batches change two keys together, every
+/// snapshot has them equal.
+pub async fn a_snapshot_is_one_state_while_batches_commit(env: &Env<'_>) {
+    let (_place, store, token, _lease) = leader(env).await;
+    let (a, b) = (key("pair", "", "a"), key("pair", "", "b"));
+    let (pair_a, pair_b) = (a.clone(), b.clone());
+    let pair = move |n: u32| {
+        vec![
+            BatchOp::Put {
+                key: pair_a.clone(),
+                value: n.to_be_bytes().to_vec(),
+            },
+            BatchOp::Put {
+                key: pair_b.clone(),
+                value: n.to_be_bytes().to_vec(),
+            },
+        ]
+    };
+    store.apply(token, pair(0)).await.unwrap();
+    // Keys between the two, so that a backend reading in pages (etcd) reads them in
+    // different pages.
+    let fillers: Vec<BatchOp> = (0..40)
+        .map(|i| BatchOp::Put {
+            key: key("pair", "", &format!("a{i:02}")),
+            value: vec![7u8; 100],
+        })
+        .collect();
+    store.apply(token, fillers).await.unwrap();
+    let writer = {
+        let store = store.clone();
+        let pair = pair.clone();
+        tokio::spawn(async move {
+            for n in 1..=200u32 {
+                store.apply(token, pair(n)).await.unwrap();
+            }
+        })
+    };
+    let mut snapshots = 0;
+    while !writer.is_finished() || snapshots < 5 {
+        let snapshot = store.snapshot().await.unwrap();
+        let value = |k| {
+            snapshot
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(value(&a), value(&b), "a snapshot mixes two states");
+        snapshots += 1;
+    }
+    writer.await.unwrap();
 }

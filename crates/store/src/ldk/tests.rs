@@ -44,6 +44,16 @@ impl StateStore for MemoryStore {
             })
     }
 
+    async fn snapshot(&self) -> Result<Vec<(StoreKey, Vec<u8>)>, StoreError> {
+        Ok(self
+            .values
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
     async fn list(&self, namespace: &Namespace) -> Result<Vec<String>, StoreError> {
         let values = self.values.lock().unwrap();
         Ok(values
