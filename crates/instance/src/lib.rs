@@ -324,7 +324,8 @@ pub async fn initialize(config: &NodeConfig) -> Result<Initialized, InstanceErro
 
 /// Wins the lease unless another instance leads: that is an error to report, not a
 /// leader to wait for. This instance's own lease (a restart after a crash) is waited out.
-async fn win_unless_led(campaigner: &Campaigner) -> Result<Leadership, InstanceError> {
+/// For the tools that must hold a store alone (`phalanx init`, `phalanx migrate`).
+pub async fn win_unless_led(campaigner: &Campaigner) -> Result<Leadership, InstanceError> {
     let mut election = campaigner.state();
     tokio::select! {
         won = campaigner.campaign() => Ok(won?),

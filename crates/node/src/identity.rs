@@ -23,6 +23,19 @@ pub fn identity_key() -> StoreKey {
     StoreKey::new("phalanx", "", "identity").expect("a valid key")
 }
 
+/// The key that marks a store whose node was migrated to another store (`phalanx
+/// migrate`): no node starts on it any more. Its value names the other store.
+pub fn migrated_key() -> StoreKey {
+    StoreKey::new("phalanx", "", "migrated").expect("a valid key")
+}
+
+/// The key that marks a store a migration is copying into: no node starts on it, and
+/// `phalanx init` refuses it, until the migration finishes (and removes the mark in the
+/// batch that writes the identity record). Its value names the source.
+pub fn migrating_key() -> StoreKey {
+    StoreKey::new("phalanx", "", "migrating").expect("a valid key")
+}
+
 /// Which node a store belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeIdentity {
@@ -74,12 +87,37 @@ pub fn node_id_of(seed: &Seed) -> PublicKey {
         .expect("KeysManager derives a node id")
 }
 
-/// Reads the identity record; `Ok(None)` when the store has none.
+/// Reads the identity record; `Ok(None)` when the store has none. A store marked by a
+/// migration (moved away, or being copied into) is an error: no node may start on it.
 pub async fn read_identity(store: &dyn StateStore) -> Result<Option<NodeIdentity>, IdentityError> {
+    if let Some(to) = read_text(store, &migrated_key()).await? {
+        return Err(IdentityError::Migrated {
+            store: store.describe(),
+            to,
+        });
+    }
+    if let Some(from) = read_text(store, &migrating_key()).await? {
+        return Err(IdentityError::MigrationUnfinished {
+            store: store.describe(),
+            from,
+        });
+    }
     match store.read(&identity_key()).await {
         Ok(bytes) => NodeIdentity::decode(&bytes)
             .map(Some)
             .map_err(IdentityError::Corrupt),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(err) => Err(IdentityError::Store(err)),
+    }
+}
+
+/// The value at `key` as text (lossy), or `None` when there is none.
+async fn read_text(
+    store: &dyn StateStore,
+    key: &StoreKey,
+) -> Result<Option<String>, IdentityError> {
+    match store.read(key).await {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).trim().to_owned())),
         Err(StoreError::NotFound { .. }) => Ok(None),
         Err(err) => Err(IdentityError::Store(err)),
     }
@@ -103,6 +141,26 @@ pub enum IdentityError {
     /// The record cannot be read.
     #[error("the node identity record is corrupt: {0}")]
     Corrupt(String),
+    /// The node was migrated to another store (`phalanx migrate`).
+    #[error(
+        "{store} was migrated ({to}): the node now runs on that store; point the configuration at it"
+    )]
+    Migrated {
+        /// This store.
+        store: String,
+        /// Where to, and when.
+        to: String,
+    },
+    /// A migration into this store did not finish.
+    #[error(
+        "{store} is the target of a migration that did not finish ({from}): run the same `phalanx migrate` again to finish it"
+    )]
+    MigrationUnfinished {
+        /// This store.
+        store: String,
+        /// From where.
+        from: String,
+    },
     /// The store failed.
     #[error("state store: {0}")]
     Store(#[source] StoreError),

@@ -32,6 +32,9 @@ pub struct Faults {
     acquire: Mutex<Fault>,
     renew: Mutex<Fault>,
     write: Mutex<Fault>,
+    /// Mutations still allowed before every later one fails as transient (`None`: no
+    /// limit): a process killed after that many writes.
+    writes_left: Mutex<Option<usize>>,
 }
 
 impl Faults {
@@ -43,6 +46,28 @@ impl Faults {
     /// Sets the fault of mutations.
     pub fn set_write(&self, fault: Fault) {
         *self.write.lock().unwrap() = fault;
+    }
+
+    /// Lets the next `count` mutations through, then fails every later one as transient
+    /// (as if the writer died there); `None` lifts the limit.
+    pub fn allow_writes(&self, count: Option<usize>) {
+        *self.writes_left.lock().unwrap() = count;
+    }
+
+    fn take_write(&self) -> Result<(), StoreError> {
+        let mut left = self.writes_left.lock().unwrap();
+        match left.as_mut() {
+            None => Ok(()),
+            Some(0) => Err(StoreError::transient(
+                "write",
+                "injected: the writer is gone",
+                None,
+            )),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+        }
     }
 
     /// Sets the fault of campaign attempts.
@@ -84,6 +109,12 @@ impl FaultyStore {
         }
     }
 
+    /// `inner` with `faults` that other stores may share (one budget of writes for a
+    /// process writing to two stores).
+    pub fn with_faults(inner: Arc<dyn Store>, faults: Arc<Faults>) -> Self {
+        Self { inner, faults }
+    }
+
     /// The switches.
     pub fn faults(&self) -> Arc<Faults> {
         Arc::clone(&self.faults)
@@ -106,6 +137,7 @@ impl StateStore for FaultyStore {
 
     async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {
         self.faults.apply(&self.faults.write, "write").await?;
+        self.faults.take_write()?;
         self.inner.apply(token, ops).await
     }
 
