@@ -68,7 +68,7 @@ pub struct Migrated {
     pub resumed: bool,
 }
 
-fn store_error(store: &dyn Store) -> impl Fn(StoreError) -> MigrateError + '_ {
+pub(crate) fn store_error(store: &dyn Store) -> impl Fn(StoreError) -> MigrateError + '_ {
     move |source| MigrateError::Store {
         store: store.describe(),
         source,
@@ -254,7 +254,7 @@ async fn source_identity(
 
 /// Whether `target` is marked as the target of an unfinished migration of `identity`'s
 /// node (whatever store it came from: the copy is made whole again from this source).
-async fn unfinished_for(target: &dyn Store, identity: &NodeIdentity) -> bool {
+pub(crate) async fn unfinished_for(target: &dyn Store, identity: &NodeIdentity) -> bool {
     matches!(
         identity::read_identity(target).await,
         Err(IdentityError::MigrationUnfinished { ref from, .. })
@@ -263,7 +263,7 @@ async fn unfinished_for(target: &dyn Store, identity: &NodeIdentity) -> bool {
 }
 
 /// Wins `store`'s lease unless an instance leads it.
-async fn lead(
+pub(crate) async fn lead(
     store: &Arc<dyn Store>,
     holder: &HolderId,
     timings: LeaseTimings,
@@ -275,7 +275,7 @@ async fn lead(
 }
 
 /// Writes `entries` to `target` in fenced batches.
-async fn copy(
+pub(crate) async fn copy(
     target: &dyn Store,
     lease: &Leadership,
     entries: &[(StoreKey, Vec<u8>)],
@@ -310,7 +310,10 @@ async fn copy(
 }
 
 /// Checks that `store` holds exactly `expected` (sorted by key), byte for byte.
-async fn compare(store: &dyn Store, expected: &[(StoreKey, Vec<u8>)]) -> Result<(), MigrateError> {
+pub(crate) async fn compare(
+    store: &dyn Store,
+    expected: &[(StoreKey, Vec<u8>)],
+) -> Result<(), MigrateError> {
     let actual = store.snapshot().await.map_err(store_error(store))?;
     let mismatch = |difference: String| MigrateError::Mismatch {
         store: store.describe(),

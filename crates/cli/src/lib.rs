@@ -2,6 +2,7 @@
 //! the API, exit statuses), so that other binaries can run the very same node process
 //! (the failover benchmark re-executes itself as one).
 
+pub mod backup_cmd;
 pub mod migrate_cmd;
 pub mod node_cmd;
 pub mod seed_cmd;

@@ -14,7 +14,7 @@ use serde::Serialize;
 mod ctl;
 mod devnet;
 
-use phalanx_cli::{migrate_cmd, node_cmd, seed_cmd};
+use phalanx_cli::{backup_cmd, migrate_cmd, node_cmd, seed_cmd};
 
 #[derive(Parser, Debug)]
 #[command(name = "phalanx", version, about = "One Lightning node, many servers.")]
@@ -33,6 +33,11 @@ enum Command {
     /// Make, encrypt or decrypt a seed file, or print a seed's node id.
     #[command(subcommand)]
     Seed(seed_cmd::SeedCommand),
+    /// Snapshot backups of a node: create one while it runs, or check one.
+    #[command(subcommand)]
+    Backup(backup_cmd::BackupCommand),
+    /// Restore a backup into an empty store (any backend).
+    Restore(backup_cmd::RestoreArgs),
     /// Move a node from one store to another, of any backend (every instance stopped):
     /// copies every key, checks the copy byte for byte, marks the old store as moved.
     Migrate(migrate_cmd::MigrateArgs),
@@ -311,6 +316,8 @@ fn main() -> ExitCode {
             (Command::Ctl(args), _) => Ok(ctl::run(args).await),
             (Command::Seed(command), _) => Ok(seed_cmd::run(command).await),
             (Command::Migrate(args), _) => Ok(migrate_cmd::run(args).await),
+            (Command::Backup(command), _) => Ok(backup_cmd::run(command).await),
+            (Command::Restore(args), _) => Ok(backup_cmd::run_restore(args).await),
             (Command::Devnet(args), _) => Ok(devnet::run(args).await),
             (Command::Node(_), Some(prepared)) => Ok(node_cmd::run(prepared).await),
             (Command::Init(_), Some(prepared)) => Ok(node_cmd::init(prepared).await),

@@ -118,7 +118,7 @@ impl Won {
 /// and checks it against `[seed] expected_node_id`: before the store is opened, so that
 /// a misconfigured secret fails at start, not at a failover. The provider returned
 /// keeps the seed (zeroizing), so the node's build asks no secrets manager again.
-async fn load_seed(
+pub async fn load_seed(
     config: &NodeConfig,
     create_file: bool,
 ) -> Result<(Arc<dyn SeedProvider>, PublicKey), InstanceError> {
@@ -148,7 +148,7 @@ async fn load_seed(
 }
 
 /// The store URL of `config`, with the password from `[store] password_secret` in it.
-async fn store_url(config: &NodeConfig) -> Result<Zeroizing<String>, InstanceError> {
+pub async fn store_url(config: &NodeConfig) -> Result<Zeroizing<String>, InstanceError> {
     match &config.store.password_secret {
         Some(reference) => {
             secrets::url_with_password(&config.store.url, reference, &config.seed.aws).await

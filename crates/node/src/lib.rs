@@ -19,6 +19,7 @@ pub mod keys;
 pub mod logger;
 pub mod metrics;
 pub mod node;
+pub mod offline;
 pub mod payments;
 pub mod peers;
 pub mod persist;

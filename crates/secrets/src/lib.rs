@@ -191,6 +191,15 @@ impl Seed {
         Zeroizing::new(hex::encode(&self.0[..]))
     }
 
+    /// The key backups are encrypted with: `SHA256("phalanx/backup-key" || seed)`, so a
+    /// backup may sit on storage the operator does not trust, and only the seed opens it.
+    pub fn backup_key(&self) -> Zeroizing<[u8; 32]> {
+        let mut engine = sha256::Hash::engine();
+        engine.input(b"phalanx/backup-key");
+        engine.input(&self.0[..]);
+        Zeroizing::new(sha256::Hash::from_engine(engine).to_byte_array())
+    }
+
     /// The 32-byte seed of LDK's `KeysManager`: `SHA256("phalanx/ldk-keys-manager" || seed)`.
     pub fn ldk_seed(&self) -> Zeroizing<[u8; 32]> {
         let mut engine = sha256::Hash::engine();

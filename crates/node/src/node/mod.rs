@@ -113,7 +113,7 @@ pub const CLOSE_RETRY_WINDOW: Duration = Duration::from_secs(5);
 const KEYSEND_FINAL_CLTV_DELTA: u32 = 40;
 
 /// Monitor updates written as deltas before the whole monitor is written again.
-const MAX_PENDING_MONITOR_UPDATES: u64 = 100;
+pub(crate) const MAX_PENDING_MONITOR_UPDATES: u64 = 100;
 
 /// Monitors read from the store at once when the node starts.
 const MONITOR_READERS: usize = 8;

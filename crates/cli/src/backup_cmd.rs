@@ -1,0 +1,256 @@
+//! `phalanx backup create|verify` and `phalanx restore`: snapshot backups of a node.
+//!
+//! Exit status: 0 done; 1 a store or a file failed (or could not be reached); 2 the
+//! configuration, the backup or the target is not right (a backup of another node, a
+//! changed byte, a state a node could not start from safely, a target that is not empty).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use phalanx_backup::archive;
+use phalanx_cluster::LeaseTimings;
+use phalanx_node::config::{ConfigLayer, NodeConfig};
+use phalanx_node::identity;
+use phalanx_store::{ErrorKind, HolderId, StoreOptions};
+
+/// `phalanx backup`.
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Take a consistent snapshot of the node's store while it runs, encrypted with a
+    /// key from its seed, into a new directory.
+    Create(CreateArgs),
+    /// Check a backup: decrypt it, check every checksum, decode every channel monitor
+    /// and the channel manager as a start would, and print what it holds.
+    Verify(VerifyArgs),
+}
+
+/// `phalanx backup create`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The node's configuration (its store, cluster and seed).
+    #[arg(long, env = "PHALANX_CONFIG")]
+    config: PathBuf,
+    /// The new backup's directory (must not exist, or be empty).
+    #[arg(long)]
+    to: PathBuf,
+}
+
+/// `phalanx backup verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The node's configuration (its seed opens the backup).
+    #[arg(long, env = "PHALANX_CONFIG")]
+    config: PathBuf,
+    /// The backup's directory.
+    dir: PathBuf,
+}
+
+/// `phalanx restore`.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The node's configuration (its seed opens the backup).
+    #[arg(long, env = "PHALANX_CONFIG")]
+    config: PathBuf,
+    /// The backup's directory.
+    #[arg(long)]
+    from: PathBuf,
+    /// The empty store to restore into (any backend).
+    #[arg(long, env = "PHALANX_RESTORE_TO", hide_env_values = true)]
+    to: String,
+}
+
+/// A failure: its message, and whether the operator must change something (exit 2).
+type Failure = (String, bool);
+
+/// Runs `command`.
+pub async fn run(command: BackupCommand) -> ExitCode {
+    finish(match command {
+        BackupCommand::Create(args) => create(args).await,
+        BackupCommand::Verify(args) => verify(args).await,
+    })
+}
+
+/// Runs `phalanx restore`.
+pub async fn run_restore(args: RestoreArgs) -> ExitCode {
+    finish(restore(args).await)
+}
+
+fn finish(outcome: Result<String, Failure>) -> ExitCode {
+    match outcome {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err((message, refused)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(if refused { 2 } else { 1 })
+        }
+    }
+}
+
+fn config(path: &std::path::Path) -> Result<NodeConfig, Failure> {
+    ConfigLayer::from_file(path)
+        .and_then(ConfigLayer::resolve)
+        .map_err(|err| (format!("invalid configuration: {err}"), true))
+}
+
+async fn seed(config: &NodeConfig) -> Result<phalanx_secrets::Seed, Failure> {
+    let (provider, _) = phalanx_instance::load_seed(config, false)
+        .await
+        .map_err(|err| (err.to_string(), err.needs_operator()))?;
+    provider
+        .seed()
+        .await
+        .map_err(|err| (format!("seed: {err}"), !err.is_transient()))
+}
+
+fn store_failure(err: phalanx_store::StoreError) -> Failure {
+    let refused = err.kind() != ErrorKind::Transient;
+    (err.report().to_string(), refused)
+}
+
+async fn create(args: CreateArgs) -> Result<String, Failure> {
+    let config = config(&args.config)?;
+    let seed = seed(&config).await?;
+    let url = phalanx_instance::store_url(&config)
+        .await
+        .map_err(|err| (err.to_string(), err.needs_operator()))?;
+    let store =
+        phalanx_store_connect::connect(&url, StoreOptions::new(config.store.cluster.clone()))
+            .await
+            .map_err(store_failure)?;
+    drop(url);
+    // No lease: one consistent read, while the node goes on.
+    let started = std::time::Instant::now();
+    let entries = store.snapshot().await.map_err(store_failure)?;
+    let took = started.elapsed();
+    let record = entries
+        .iter()
+        .find(|(key, _)| *key == identity::identity_key())
+        .ok_or_else(|| {
+            (
+                format!("{} holds no node (run `phalanx init`)", store.describe()),
+                true,
+            )
+        })?;
+    let node = identity::NodeIdentity::decode(&record.1)
+        .map_err(|e| (format!("the identity record is corrupt: {e}"), true))?;
+    if node.node_id != identity::node_id_of(&seed) {
+        return Err((
+            format!(
+                "{} is node {}'s, and the configured seed is node {}'s",
+                store.describe(),
+                node.node_id,
+                identity::node_id_of(&seed)
+            ),
+            true,
+        ));
+    }
+    let epoch = store
+        .epoch_history(1)
+        .await
+        .map_err(store_failure)?
+        .first()
+        .map_or(0, |record| record.epoch.0);
+    let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
+    let header = archive::write(
+        &args.to,
+        &seed,
+        &node,
+        config.store.cluster.as_str(),
+        epoch,
+        &entries,
+    )
+    .map_err(|err| {
+        let refused = matches!(err, archive::ArchiveError::Invalid { .. });
+        (err.to_string(), refused)
+    })?;
+    Ok(format!(
+        "backup {} node_id={} epoch={epoch} keys={} bytes={bytes} snapshot_ms={} created_at_unix={}",
+        args.to.display(),
+        header.node_id,
+        entries.len(),
+        took.as_millis(),
+        header.created_at_unix
+    ))
+}
+
+async fn verify(args: VerifyArgs) -> Result<String, Failure> {
+    let config = config(&args.config)?;
+    let seed = seed(&config).await?;
+    let archive = read(&args.dir, &seed)?;
+    let report = phalanx_node::offline::check_state(&archive.entries, &seed)
+        .map_err(|reason| (format!("backup {}: {reason}", args.dir.display()), true))?;
+    let manifest = &archive.manifest;
+    let mut text = format!(
+        "backup {} is good: node {} on {}, cluster {}, epoch {}, taken at unix {}, {} keys, {} channel monitors, {} channels",
+        args.dir.display(),
+        manifest.node_id,
+        manifest.network,
+        manifest.cluster,
+        manifest.epoch,
+        manifest.created_at_unix,
+        archive.entries.len(),
+        report.monitors,
+        report.channels.len()
+    );
+    for channel in &report.channels {
+        text.push_str(&format!(
+            "\nchannel {} peer {} funding {} capacity_sat {} ours_sat {}",
+            channel.channel_id,
+            channel.counterparty,
+            channel.funding.as_deref().unwrap_or("-"),
+            channel.capacity_sat,
+            channel.our_balance_sat
+        ));
+    }
+    Ok(text)
+}
+
+fn read(dir: &std::path::Path, seed: &phalanx_secrets::Seed) -> Result<archive::Archive, Failure> {
+    archive::read(dir, seed).map_err(|err| {
+        let refused = matches!(err, archive::ArchiveError::Invalid { .. });
+        (err.to_string(), refused)
+    })
+}
+
+async fn restore(args: RestoreArgs) -> Result<String, Failure> {
+    let config = config(&args.config)?;
+    let seed = seed(&config).await?;
+    let archive = read(&args.from, &seed)?;
+    // Only a state a node can start from safely is restored.
+    phalanx_node::offline::check_state(&archive.entries, &seed)
+        .map_err(|reason| (format!("backup {}: {reason}", args.from.display()), true))?;
+    let record = archive
+        .entries
+        .iter()
+        .find(|(key, _)| *key == identity::identity_key())
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default();
+    let node = identity::NodeIdentity::decode(&record)
+        .map_err(|e| (format!("the identity record is corrupt: {e}"), true))?;
+    let cluster = phalanx_store::ClusterName::new(&archive.header.cluster)
+        .map_err(|e| (format!("the backup's cluster: {e}"), true))?;
+    let target = phalanx_store_connect::connect(&args.to, StoreOptions::new(cluster))
+        .await
+        .map_err(store_failure)?;
+    let described = target.describe();
+    let keys = phalanx_backup::restore(
+        &archive.entries,
+        &node,
+        &format!("backup {}", args.from.display()),
+        target,
+        HolderId::new("phalanx-restore").expect("a valid holder id"),
+        LeaseTimings::default(),
+    )
+    .await
+    .map_err(|err| {
+        let refused = !matches!(&err, phalanx_backup::MigrateError::Store { source, .. } if source.kind() == ErrorKind::Transient);
+        (err.to_string(), refused)
+    })?;
+    Ok(format!(
+        "restored node_id={} keys={keys} epoch={} taken_at_unix={} into {described}",
+        node.node_id, archive.manifest.epoch, archive.manifest.created_at_unix
+    ))
+}
