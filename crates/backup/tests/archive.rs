@@ -149,6 +149,24 @@ async fn backups_of_a_running_node_read_back_and_damage_or_staleness_is_refused(
         check_state(&after, &bob_seed).is_err(),
         "another seed's keys"
     );
+    // An update missing in the middle of a monitor's: refused, not a panic inside LDK.
+    let mut updates: Vec<_> = after
+        .iter()
+        .filter(|(key, _)| key.primary() == "monitor_updates")
+        .map(|(key, _)| key.clone())
+        .collect();
+    updates.sort_by_key(|key| key.key().parse::<u64>().unwrap());
+    assert!(
+        updates.len() >= 2,
+        "the payments left monitor updates: {updates:?}"
+    );
+    let gap: Vec<_> = after
+        .iter()
+        .filter(|(key, _)| *key != updates[0])
+        .cloned()
+        .collect();
+    let err = check_state(&gap, &seed).unwrap_err();
+    assert!(err.contains("is missing"), "{err}");
 
     alice.shutdown().await;
     bob.shutdown().await;

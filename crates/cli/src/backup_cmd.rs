@@ -52,7 +52,8 @@ pub struct RestoreArgs {
     /// The node's configuration (its seed opens the backup).
     #[arg(long, env = "PHALANX_CONFIG")]
     config: PathBuf,
-    /// The backup's directory.
+    /// The backup's directory: a snapshot (`phalanx backup create`), or the directory
+    /// of a backup stream (`[backup] url`), replayed to its last acknowledged commit.
     #[arg(long)]
     from: PathBuf,
     /// The empty store to restore into (any backend).
@@ -218,28 +219,83 @@ fn read(dir: &std::path::Path, seed: &phalanx_secrets::Seed) -> Result<archive::
 async fn restore(args: RestoreArgs) -> Result<String, Failure> {
     let config = config(&args.config)?;
     let seed = seed(&config).await?;
-    let archive = read(&args.from, &seed)?;
-    // Only a state a node can start from safely is restored.
-    phalanx_node::offline::check_state(&archive.entries, &seed)
-        .map_err(|reason| (format!("backup {}: {reason}", args.from.display()), true))?;
-    let record = archive
-        .entries
+    // A snapshot backup, or the directory of a backup stream.
+    let from_stream = !args.from.join(archive::HEADER_FILE).exists();
+    let (entries, cluster, origin, detail) = if from_stream {
+        let replayed = phalanx_backup_stream::replay(&args.from, &seed)
+            .map_err(|err| (err.to_string(), true))?;
+        if replayed.segments == 0 {
+            return Err((
+                format!(
+                    "{} holds neither a backup ({}) nor a backup stream (epoch-*.log)",
+                    args.from.display(),
+                    archive::HEADER_FILE
+                ),
+                true,
+            ));
+        }
+        let detail = format!(
+            "from the backup stream: {} records of {} segments, last epoch {}, {} cut short and skipped",
+            replayed.records, replayed.segments, replayed.last_epoch, replayed.torn
+        );
+        (
+            replayed.entries,
+            config.store.cluster.as_str().to_owned(),
+            format!("backup stream {}", args.from.display()),
+            detail,
+        )
+    } else {
+        let archive = read(&args.from, &seed)?;
+        let detail = format!(
+            "from the snapshot of epoch {} taken at unix {}",
+            archive.manifest.epoch, archive.manifest.created_at_unix
+        );
+        (
+            archive.entries,
+            archive.header.cluster.clone(),
+            format!("backup {}", args.from.display()),
+            detail,
+        )
+    };
+    let record = entries
         .iter()
         .find(|(key, _)| *key == identity::identity_key())
         .map(|(_, value)| value.clone())
-        .unwrap_or_default();
+        .ok_or_else(|| {
+            (
+                format!(
+                    "{} holds no identity record (a stream enabled after `phalanx init` holds only what came after: restore a snapshot taken since)",
+                    args.from.display()
+                ),
+                true,
+            )
+        })?;
     let node = identity::NodeIdentity::decode(&record)
         .map_err(|e| (format!("the identity record is corrupt: {e}"), true))?;
-    let cluster = phalanx_store::ClusterName::new(&archive.header.cluster)
+    if node.node_id != identity::node_id_of(&seed) {
+        return Err((
+            format!(
+                "{} is node {}'s, and the configured seed is node {}'s",
+                args.from.display(),
+                node.node_id,
+                identity::node_id_of(&seed)
+            ),
+            true,
+        ));
+    }
+    // Only a state a node can start from safely is restored.
+    phalanx_node::offline::check_state(&entries, &seed)
+        .map_err(|reason| (format!("{}: {reason}", args.from.display()), true))?;
+    let cluster = phalanx_store::ClusterName::new(&cluster)
         .map_err(|e| (format!("the backup's cluster: {e}"), true))?;
     let target = phalanx_store_connect::connect(&args.to, StoreOptions::new(cluster))
         .await
         .map_err(store_failure)?;
     let described = target.describe();
     let keys = phalanx_backup::restore(
-        &archive.entries,
+        &entries,
         &node,
-        &format!("backup {}", args.from.display()),
+        &origin,
         target,
         HolderId::new("phalanx-restore").expect("a valid holder id"),
         LeaseTimings::default(),
@@ -250,7 +306,7 @@ async fn restore(args: RestoreArgs) -> Result<String, Failure> {
         (err.to_string(), refused)
     })?;
     Ok(format!(
-        "restored node_id={} keys={keys} epoch={} taken_at_unix={} into {described}",
-        node.node_id, archive.manifest.epoch, archive.manifest.created_at_unix
+        "restored node_id={} keys={keys} into {described} {detail}",
+        node.node_id
     ))
 }

@@ -1,6 +1,7 @@
 //! `phalanx backup create|verify` and `phalanx restore` as an operator runs them, against
 //! a node on PostgreSQL that keeps paying meanwhile; the restored node runs on etcd.
 
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -231,4 +232,160 @@ async fn a_backup_taken_during_payments_verifies_and_restores_onto_another_backe
     );
     restored.shutdown().await;
     bob.shutdown().await;
+}
+
+/// `hex` as LDK's payment hash.
+fn hash_of(hex_text: &str) -> lightning::types::payment::PaymentHash {
+    let bytes: [u8; 32] = hex::decode(hex_text).unwrap().try_into().unwrap();
+    lightning::types::payment::PaymentHash(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_during_payments_the_node_is_restored_from_its_backup_stream_alone() {
+    use phalanx_api::{CreateInvoiceRequest, PayInvoiceRequest};
+    use phalanx_e2e::world::{Channel, World};
+
+    phalanx_testkit::init_tracing();
+    let postgres = phalanx_testkit::postgres::shared()
+        .fresh_database()
+        .expect("a PostgreSQL database");
+    let world = World::set_up("stream", |_| postgres.clone()).await;
+    let stream_dir = world.dir.join("stream");
+    let config = ConfigFile::new(
+        &world.dir.join("alice"),
+        &postgres,
+        "alice",
+        world.chain.config(),
+    )
+    .write_uninitialized();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[backup]\nurl = \"file://{}\"\n",
+            stream_dir.display()
+        ),
+    )
+    .unwrap();
+    let binary = phalanx_e2e::process::NodeBinary::new(env!("CARGO_BIN_EXE_phalanx"));
+    phalanx_e2e::process::initialize(&binary, &config);
+    let mut alice = phalanx_e2e::process::node(&binary, "alice", &config, &[]);
+    let (_, api) = alice.api().await;
+    let started = alice.started().await;
+    world.fund_alice(&api).await;
+    Channel::open(&world, &api).await;
+
+    // Payments both ways until alice is killed; each side records what it saw succeed.
+    let seen = Arc::new(std::sync::Mutex::new((
+        Vec::<String>::new(),
+        Vec::<String>::new(),
+    )));
+    let stream = {
+        let (api, bob, seen) = (api.clone(), world.bob.clone(), seen.clone());
+        tokio::spawn(async move {
+            let mut failures = 0;
+            while failures < 20 {
+                let to_bob = async {
+                    let invoice = bob.create_invoice(Some(4_000), "to bob", None).await.ok()?;
+                    let paid = api
+                        .pay_invoice(&PayInvoiceRequest {
+                            invoice: invoice.to_string(),
+                            amount_msat: None,
+                            wait: true,
+                            timeout_secs: Some(10),
+                        })
+                        .await
+                        .ok()?;
+                    (paid.status == phalanx_api::PaymentStatus::Succeeded)
+                        .then_some(paid.payment_id)
+                };
+                match to_bob.await {
+                    Some(id) => seen.lock().unwrap().0.push(id),
+                    None => failures += 1,
+                }
+                let to_alice = async {
+                    let invoice = api
+                        .create_invoice(&CreateInvoiceRequest {
+                            amount_msat: Some(3_000),
+                            description: "to alice".into(),
+                            expiry_secs: None,
+                        })
+                        .await
+                        .ok()?;
+                    let id = bob.pay_invoice(&invoice.invoice, None).await.ok()?;
+                    let record = bob.wait_payment(id, Duration::from_secs(10)).await.ok()?;
+                    (record.status == PaymentStatus::Succeeded).then_some(invoice.payment_hash)
+                };
+                match to_alice.await {
+                    Some(hash) => seen.lock().unwrap().1.push(hash),
+                    None => failures += 1,
+                }
+            }
+        })
+    };
+    nodes::wait_for("payments to flow", Duration::from_secs(60), || async {
+        let seen = seen.lock().unwrap();
+        (seen.0.len() >= 5 && seen.1.len() >= 5).then_some(())
+    })
+    .await;
+    let status = alice.kill().await;
+    assert_eq!(status.signal(), Some(9));
+    stream.await.unwrap();
+    let (alice_sent, alice_received) = seen.lock().unwrap().clone();
+
+    // The stream alone, into etcd.
+    let target = phalanx_testkit::etcd::shared().url(&phalanx_testkit::unique_name("from-stream"));
+    let config_text = config.to_str().unwrap();
+    let (status, out, err) = phalanx(&[
+        "restore",
+        "--config",
+        config_text,
+        "--from",
+        stream_dir.to_str().unwrap(),
+        "--to",
+        &target,
+    ]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(out.contains("from the backup stream"), "{out}");
+
+    let restored = nodes::start(&nodes::node_config(
+        &world.chain,
+        &world.dir,
+        "alice",
+        Some(target),
+    ))
+    .await;
+    assert_eq!(restored.node_id().to_string(), started.node_id);
+    for id in &alice_sent {
+        let bytes: [u8; 32] = hex::decode(id).unwrap().try_into().unwrap();
+        let record = restored
+            .outbound_payment(lightning::ln::channelmanager::PaymentId(bytes))
+            .unwrap_or_else(|| panic!("alice's payment {id} is not in the restored node"));
+        assert_eq!(record.status, PaymentStatus::Succeeded, "{id}");
+    }
+    for hash in &alice_received {
+        let record = restored
+            .inbound_payment(hash_of(hash))
+            .unwrap_or_else(|| panic!("the payment {hash} bob made is not in the restored node"));
+        assert_eq!(record.status, PaymentStatus::Succeeded, "{hash}");
+    }
+    nodes::wait_for(
+        "the channel to be usable",
+        Duration::from_secs(60),
+        || async { nodes::usable_with(&restored, world.bob.node_id()).then_some(()) },
+    )
+    .await;
+    nodes::wait_for(
+        "a payment from the restored node",
+        Duration::from_secs(60),
+        || async { pay(&restored, &world.bob, 6_000).await.then_some(()) },
+    )
+    .await;
+    assert_eq!(restored.list_channels().len(), 1, "no force close");
+    assert_eq!(
+        world.bob.list_channels().len(),
+        1,
+        "no force close on bob's side"
+    );
+    restored.shutdown().await;
 }

@@ -86,6 +86,7 @@ pub fn node_config(
             expected_node_id: None,
             aws: AwsConfig::default(),
         },
+        backup_dir: None,
         data_dir,
     })
 }

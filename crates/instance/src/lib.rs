@@ -147,6 +147,37 @@ pub async fn load_seed(
     Ok((loaded, node_id))
 }
 
+/// The backup stream's directory and the seed its key comes from, when `[backup] url`
+/// is set.
+async fn backup_stream(
+    config: &NodeConfig,
+    seed_provider: &dyn SeedProvider,
+) -> Result<Option<(std::path::PathBuf, phalanx_secrets::Seed)>, InstanceError> {
+    let Some(dir) = &config.backup_dir else {
+        return Ok(None);
+    };
+    let seed = seed_provider
+        .seed()
+        .await
+        .map_err(|source| InstanceError::Secret {
+            setting: "seed",
+            provider: config.seed.source.provider(),
+            source,
+        })?;
+    Ok(Some((dir.clone(), seed)))
+}
+
+/// `store`, its commits streamed to the backup when one is configured.
+fn with_backup(
+    store: Arc<dyn Store>,
+    backup: Option<(std::path::PathBuf, phalanx_secrets::Seed)>,
+) -> Arc<dyn Store> {
+    match backup {
+        Some((dir, seed)) => Arc::new(phalanx_backup_stream::BackedUpStore::new(store, dir, seed)),
+        None => store,
+    }
+}
+
 /// The store URL of `config`, with the password from `[store] password_secret` in it.
 pub async fn store_url(config: &NodeConfig) -> Result<Zeroizing<String>, InstanceError> {
     match &config.store.password_secret {
@@ -189,6 +220,7 @@ async fn precheck_identity(
 /// waited out.
 pub async fn campaign(config: &NodeConfig, metrics: &Arc<Metrics>) -> Result<Won, InstanceError> {
     let (seed_provider, node_id) = load_seed(config, false).await?;
+    let backup = backup_stream(config, &*seed_provider).await?;
     let url = store_url(config).await?;
     let network = config.network;
     let runtime = StoreRuntime::new().map_err(InstanceError::Runtime)?;
@@ -200,7 +232,7 @@ pub async fn campaign(config: &NodeConfig, metrics: &Arc<Metrics>) -> Result<Won
     // Opening, campaigning and renewing run on the store runtime (see StoreRuntime).
     let (store, leadership) = runtime
         .run(async move {
-            let store = open_store(&url, options).await?;
+            let store = with_backup(open_store(&url, options).await?, backup);
             drop(url);
             precheck_identity(&store, node_id, network).await?;
             let lease_store: Arc<dyn LeaseStore> = store.clone();
@@ -274,7 +306,8 @@ pub struct Initialized {
 /// may be running. A store that already names this node is left as it is; one that
 /// names another node or network is an error.
 pub async fn initialize(config: &NodeConfig) -> Result<Initialized, InstanceError> {
-    let (_, node_id) = load_seed(config, true).await?;
+    let (seed_provider, node_id) = load_seed(config, true).await?;
+    let backup = backup_stream(config, &*seed_provider).await?;
     let url = store_url(config).await?;
     let runtime = StoreRuntime::new().map_err(InstanceError::Runtime)?;
     let options = StoreOptions::new(config.store.cluster.clone());
@@ -283,7 +316,7 @@ pub async fn initialize(config: &NodeConfig) -> Result<Initialized, InstanceErro
     let network = config.network;
     runtime
         .run(async move {
-            let store = phalanx_store_connect::connect(&url, options).await?;
+            let store = with_backup(phalanx_store_connect::connect(&url, options).await?, backup);
             let lease_store: Arc<dyn LeaseStore> = store.clone();
             let campaigner = Campaigner::new(lease_store, instance, lease_timings)?;
             let leadership = win_unless_led(&campaigner).await?;

@@ -131,6 +131,22 @@ pub struct ConfigLayer {
     #[command(flatten)]
     #[serde(default)]
     pub cluster: ClusterLayer,
+    /// Backup settings.
+    #[command(flatten)]
+    #[serde(default)]
+    pub backup: BackupLayer,
+}
+
+/// `[backup]`.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct BackupLayer {
+    /// The synchronous backup stream: every commit is also appended, encrypted and
+    /// fsynced, to a log in this directory (file:///path) before it is acknowledged; a
+    /// stream that cannot be written stops the node, as a failed store write does.
+    #[arg(long = "backup-url", env = "PHALANX_BACKUP_URL")]
+    #[serde(rename = "url")]
+    pub backup_url: Option<String>,
 }
 
 /// `[cluster]`.
@@ -374,6 +390,8 @@ pub struct NodeConfig {
     pub api: ApiConfig,
     /// Where the seed comes from.
     pub seed: SeedConfig,
+    /// The directory of the synchronous backup stream (`[backup] url`), if any.
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// Where state lives.
@@ -548,6 +566,9 @@ impl ConfigLayer {
                     .or(base.api.api_token_reload_interval_ms),
             },
             seed: self.seed.over(base.seed),
+            backup: BackupLayer {
+                backup_url: self.backup.backup_url.or(base.backup.backup_url),
+            },
             cluster: ClusterLayer {
                 cluster_enabled: self
                     .cluster
@@ -724,6 +745,22 @@ impl ConfigLayer {
             check_url_takes_a_password(&store_url)?;
         }
         let seed = self.seed.resolve(&data_dir)?;
+        let backup_dir = self
+            .backup
+            .backup_url
+            .map(|text| {
+                url::Url::parse(&text)
+                    .ok()
+                    .filter(|url| url.scheme() == "file")
+                    .and_then(|url| url.to_file_path().ok())
+                    .ok_or_else(|| {
+                        field(
+                            "backup.url",
+                            format!("{text:?} is not a file:///directory URL"),
+                        )
+                    })
+            })
+            .transpose()?;
         Ok(NodeConfig {
             network,
             store: StoreConfig {
@@ -754,6 +791,7 @@ impl ConfigLayer {
                 token_reload_interval: Duration::from_millis(reload_ms),
             },
             seed,
+            backup_dir,
             data_dir,
         })
     }

@@ -96,6 +96,8 @@ pub fn check_state(entries: &[(StoreKey, Vec<u8>)], seed: &Seed) -> Result<State
         .map_err(|e| e.to_string())?;
     let mut monitors = Vec::with_capacity(monitor_keys.len());
     for key in &monitor_keys {
+        // LDK panics on a gap in a monitor's updates: find one first, and say so.
+        check_update_sequence(&kv, &keys, key)?;
         let (_, monitor) = persister
             .read_channel_monitor_with_updates(key)
             .map_err(|err| format!("channel monitor {key}: {err}"))?;
@@ -204,6 +206,53 @@ pub fn check_state(entries: &[(StoreKey, Vec<u8>)], seed: &Seed) -> Result<State
         });
     }
     Ok(report)
+}
+
+/// Checks that the updates stored beside monitor `key` follow its last update without a
+/// gap (one missing would make LDK apply the next out of order, which it refuses by
+/// panicking).
+fn check_update_sequence(kv: &MemoryKv, keys: &Arc<KeysManager>, key: &str) -> Result<(), String> {
+    let bytes = kv
+        .read(
+            persist::CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE,
+            persist::CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE,
+            key,
+        )
+        .map_err(|e| format!("channel monitor {key}: {e}"))?;
+    let body = bytes
+        .strip_prefix(persist::MONITOR_UPDATING_PERSISTER_PREPEND_SENTINEL)
+        .unwrap_or(&bytes);
+    let read = <Option<(
+        lightning::chain::BlockLocator,
+        ChannelMonitor<InMemorySigner>,
+    )>>::read(&mut &body[..], (&**keys, &**keys))
+    .map_err(|e| format!("channel monitor {key} does not decode: {e:?}"))?;
+    let Some((_, monitor)) = read else {
+        return Ok(());
+    };
+    let latest = monitor.get_latest_update_id();
+    let mut pending: Vec<u64> = kv
+        .list(
+            persist::CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE,
+            key,
+        )
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|name| {
+            name.parse::<u64>()
+                .map_err(|_| format!("channel monitor {key}: an update named {name:?}"))
+        })
+        .collect::<Result<_, _>>()?;
+    pending.retain(|id| *id > latest);
+    pending.sort_unstable();
+    for (expected, found) in (latest + 1..).zip(&pending) {
+        if *found != expected {
+            return Err(format!(
+                "channel monitor {key} is at update {latest}, and its update {expected} is missing (the next stored is {found})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 type OfflineGraph = NetworkGraph<Arc<CapturingLogger>>;

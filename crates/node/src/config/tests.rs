@@ -78,6 +78,7 @@ fn defaults_fill_the_rest() {
         }
     );
     assert_eq!(config.seed.expected_node_id, None);
+    assert_eq!(config.backup_dir, None);
     assert_eq!(config.api.token_secret, None);
     assert_eq!(
         config.api.token_reload_interval,
@@ -317,6 +318,10 @@ fn wrong_seed_and_secret_settings_name_their_field() {
         (
             "[store]\nurl = \"postgres://u:pw@db/p\"\npassword_secret = \"env:PG\"",
             "store.url has a password already",
+        ),
+        (
+            "[backup]\nurl = \"s3://bucket/x\"",
+            "backup.url: \"s3://bucket/x\" is not a file:///directory URL",
         ),
     ] {
         let err = resolve_with(extra).unwrap_err().to_string();
