@@ -4,6 +4,7 @@
 
 mod failover;
 mod payments;
+mod snapshot;
 mod store;
 
 use std::process::ExitCode;
@@ -23,6 +24,8 @@ enum Bench {
     Store(store::StoreArgs),
     /// Lightning payments between two nodes on regtest, at several concurrencies.
     Payments(payments::PaymentsArgs),
+    /// Snapshots of a running node's store: time, size, and the pause they cost.
+    Snapshot(snapshot::SnapshotArgs),
     /// kill -9 of a cluster's active instance under load: time to the standby's start
     /// and to the next payment, force closes, lost and duplicate payments.
     Failover(failover::FailoverArgs),
@@ -62,6 +65,10 @@ fn main() -> ExitCode {
         Bench::Store(args) => {
             init_logs();
             runtime.block_on(store::run(args))
+        }
+        Bench::Snapshot(args) => {
+            init_logs();
+            runtime.block_on(snapshot::run(args))
         }
         Bench::Payments(args) => {
             init_logs();

@@ -31,9 +31,24 @@ pub struct PaymentsArgs {
     /// The amount of each payment.
     #[arg(long, default_value_t = 1_000_000)]
     amount_msat: u64,
+    /// The synchronous backup stream: off, on (each node streams to a directory of its
+    /// own), or both, one after the other in the same run.
+    #[arg(long, value_enum, default_value_t = StreamMode::Off)]
+    backup_stream: StreamMode,
     /// Print one JSON object per concurrency level.
     #[arg(long)]
     json: bool,
+}
+
+/// Whether the nodes stream their commits to a backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamMode {
+    /// No backup stream.
+    Off,
+    /// Every commit also appended and fsynced to the stream.
+    On,
+    /// Off, then on, in one run.
+    Both,
 }
 
 #[derive(Serialize)]
@@ -43,6 +58,7 @@ struct Result {
     concurrency: usize,
     payments: u64,
     failed: u64,
+    backup_stream: bool,
     payments_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -56,6 +72,31 @@ enum Servers {
 }
 
 pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
+    let modes: &[bool] = match args.backup_stream {
+        StreamMode::Off => &[false],
+        StreamMode::On => &[true],
+        StreamMode::Both => &[false, true],
+    };
+    if !args.json {
+        println!(
+            "{:<10} {:>6} {:>11} {:>9} {:>7} {:>12} {:>9} {:>9}",
+            "backend",
+            "stream",
+            "concurrency",
+            "payments",
+            "failed",
+            "payments/s",
+            "p50 ms",
+            "p99 ms"
+        );
+    }
+    for &stream in modes {
+        run_once(&args, stream).await?;
+    }
+    Ok(())
+}
+
+async fn run_once(args: &PaymentsArgs, backup_stream: bool) -> anyhow::Result<()> {
     let dir = phalanx_testkit::process::scratch_dir("bench-payments")?;
     let (servers, alice_store, bob_store) = match args.backend {
         Backend::Sqlite => (Servers::None, None, None),
@@ -74,9 +115,15 @@ pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
     let chain =
         ChainControl::connect(chain_config_from_url(&regtest.rpc_url_with_credentials())?).await?;
     chain.ensure_funds(Amount::from_sat(50_000_000)).await?;
-    let alice =
-        initialize_and_start(&node_config(chain.config(), &dir, "alice", alice_store)?).await?;
-    let bob = initialize_and_start(&node_config(chain.config(), &dir, "bob", bob_store)?).await?;
+    let config = |name: &str, store| -> anyhow::Result<_> {
+        let mut config = node_config(chain.config(), &dir, name, store)?;
+        if backup_stream {
+            config.backup_dir = Some(dir.join(format!("{name}-stream")));
+        }
+        Ok(config)
+    };
+    let alice = initialize_and_start(&config("alice", alice_store)?).await?;
+    let bob = initialize_and_start(&config("bob", bob_store)?).await?;
     // Room for every payment of every level in one direction.
     let levels = args.concurrency.len() as u64;
     let channel_sat = (args.payments * levels * args.amount_msat / 1000 * 2).max(1_000_000);
@@ -84,12 +131,6 @@ pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
     open_channel(&chain, &alice, &bob, channel_sat, 0).await?;
 
     let name = backend_name(args.backend);
-    if !args.json {
-        println!(
-            "{:<10} {:>11} {:>9} {:>7} {:>12} {:>9} {:>9}",
-            "backend", "concurrency", "payments", "failed", "payments/s", "p50 ms", "p99 ms"
-        );
-    }
     for &concurrency in &args.concurrency {
         let stats = Arc::new(Mutex::new(Stats::default()));
         let (_stop_sender, stop) = tokio::sync::watch::channel(false);
@@ -112,6 +153,7 @@ pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
             bench: "payments",
             backend: name,
             concurrency,
+            backup_stream,
             payments: stats.succeeded,
             failed: stats.failed,
             payments_per_s: stats.rate(),
@@ -128,8 +170,9 @@ pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&result)?);
         } else {
             println!(
-                "{:<10} {:>11} {:>9} {:>7} {:>12.1} {:>9.2} {:>9.2}",
+                "{:<10} {:>6} {:>11} {:>9} {:>7} {:>12.1} {:>9.2} {:>9.2}",
                 result.backend,
+                if backup_stream { "on" } else { "off" },
                 result.concurrency,
                 result.payments,
                 result.failed,
