@@ -89,11 +89,29 @@ pub fn directory_of(url: &str) -> Result<PathBuf, StreamError> {
     })
 }
 
-/// Appends records to one segment of the log.
+/// Appends records to one segment of the log. Appends that arrive while another one
+/// is being synced wait, and are written and synced together (group commit): one
+/// `fdatasync` for all of them, and none returns before its own record is durable.
 pub struct StreamWriter {
     path: PathBuf,
     key: Zeroizing<[u8; 32]>,
-    file: Mutex<File>,
+    group: Mutex<Group>,
+    synced: std::sync::Condvar,
+}
+
+/// The records waiting for the next sync, and what the last syncs did.
+struct Group {
+    file: File,
+    /// Records waiting, with their tickets.
+    pending: Vec<u8>,
+    /// The ticket of the last record in `pending`.
+    last_queued: u64,
+    /// Every record up to this ticket is durable.
+    durable: u64,
+    /// Whether a thread is writing and syncing right now.
+    syncing: bool,
+    /// Once a write or sync failed, every append fails: what reached the file is unknown.
+    failed: Option<String>,
 }
 
 impl StreamWriter {
@@ -125,7 +143,15 @@ impl StreamWriter {
         Ok(Self {
             path,
             key: seed.backup_key(),
-            file: Mutex::new(file),
+            group: Mutex::new(Group {
+                file,
+                pending: Vec::new(),
+                last_queued: 0,
+                durable: 0,
+                syncing: false,
+                failed: None,
+            }),
+            synced: std::sync::Condvar::new(),
         })
     }
 
@@ -160,13 +186,47 @@ impl StreamWriter {
         record.extend_from_slice(&((NONCE_LEN + sealed.len()) as u32).to_be_bytes());
         record.extend_from_slice(&nonce);
         record.extend_from_slice(&sealed);
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let io = |source| StreamError::Io {
+
+        let failed = |reason: &str| StreamError::Io {
             path: self.path.clone(),
-            source,
+            source: std::io::Error::other(reason.to_owned()),
         };
-        file.write_all(&record).map_err(io)?;
-        file.sync_data().map_err(io)
+        let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = &group.failed {
+            return Err(failed(reason));
+        }
+        group.pending.extend_from_slice(&record);
+        group.last_queued += 1;
+        let ticket = group.last_queued;
+        loop {
+            if let Some(reason) = &group.failed {
+                return Err(failed(reason));
+            }
+            if group.durable >= ticket {
+                return Ok(());
+            }
+            if group.syncing {
+                group = self.synced.wait(group).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // This thread writes and syncs every record queued so far.
+            let batch = std::mem::take(&mut group.pending);
+            let through = group.last_queued;
+            group.syncing = true;
+            let mut file = group.file.try_clone();
+            drop(group);
+            let outcome = match file.as_mut() {
+                Ok(file) => file.write_all(&batch).and_then(|()| file.sync_data()),
+                Err(err) => Err(std::io::Error::new(err.kind(), err.to_string())),
+            };
+            group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+            group.syncing = false;
+            match outcome {
+                Ok(()) => group.durable = through,
+                Err(err) => group.failed = Some(err.to_string()),
+            }
+            self.synced.notify_all();
+        }
     }
 }
 

@@ -133,3 +133,49 @@ async fn a_stream_that_cannot_be_written_fails_the_write() {
     assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
     assert!(err.to_string().contains("backup stream"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_are_all_in_the_log_when_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = dir.path().join("stream");
+    let seed = Seed::generate().unwrap();
+    let postgres = phalanx_testkit::postgres::shared()
+        .fresh_database()
+        .expect("a PostgreSQL database");
+    let inner = phalanx_store_connect::connect(
+        &postgres,
+        StoreOptions::new(ClusterName::new("node").unwrap()),
+    )
+    .await
+    .unwrap();
+    let store = Arc::new(BackedUpStore::new(inner, stream.clone(), seed.clone()));
+    let lease = must_win(store.as_ref(), "a", Duration::from_secs(30)).await;
+    let token = lease.token();
+    // Many writers at once (appends that arrive together are synced together); each
+    // checks, once its write returned, that the log already holds it.
+    let writers: Vec<_> = (0..64u32)
+        .map(|i| {
+            let (store, stream, seed) = (store.clone(), stream.clone(), seed.clone());
+            tokio::spawn(async move {
+                let k = key(&format!("k{i:02}"));
+                store
+                    .write(token, &k, i.to_be_bytes().to_vec())
+                    .await
+                    .unwrap();
+                let replayed = tokio::task::spawn_blocking(move || replay(&stream, &seed).unwrap())
+                    .await
+                    .unwrap();
+                assert!(
+                    replayed.entries.iter().any(|(found, _)| *found == k),
+                    "write {i} returned before its record was in the log"
+                );
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let replayed = replay(&stream, &seed).unwrap();
+    assert_eq!(replayed.records, 64);
+    assert_eq!(replayed.entries, store.snapshot().await.unwrap());
+}
