@@ -94,6 +94,7 @@ pub fn directory_of(url: &str) -> Result<PathBuf, StreamError> {
 /// `fdatasync` for all of them, and none returns before its own record is durable.
 pub struct StreamWriter {
     path: PathBuf,
+    epoch: Epoch,
     key: Zeroizing<[u8; 32]>,
     group: Mutex<Group>,
     synced: std::sync::Condvar,
@@ -142,6 +143,7 @@ impl StreamWriter {
             .map_err(io(dir))?;
         Ok(Self {
             path,
+            epoch,
             key: seed.backup_key(),
             group: Mutex::new(Group {
                 file,
@@ -230,10 +232,6 @@ impl StreamWriter {
     }
 }
 
-fn key_text(key: &StoreKey) -> String {
-    format!("{}/{}/{}", key.primary(), key.secondary(), key.key())
-}
-
 fn encode(token: FencingToken, ops: &[BatchOp]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&token.epoch().0.to_be_bytes());
@@ -245,7 +243,7 @@ fn encode(token: FencingToken, ops: &[BatchOp]) -> Vec<u8> {
             BatchOp::Delete { key } => (2u8, key, None),
         };
         out.push(kind);
-        let text = key_text(key);
+        let text = key.to_string();
         out.extend_from_slice(&(text.len() as u16).to_be_bytes());
         out.extend_from_slice(text.as_bytes());
         if let Some(value) = value {
@@ -279,11 +277,7 @@ fn decode(mut bytes: &[u8]) -> Result<Record, String> {
         let kind = take(1)?[0];
         let len = u16::from_be_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
         let text = std::str::from_utf8(take(len)?).map_err(|_| "a key is not text")?;
-        let mut parts = text.splitn(3, '/');
-        let key = match (parts.next(), parts.next(), parts.next()) {
-            (Some(p), Some(s), Some(k)) => StoreKey::new(p, s, k).map_err(|e| e.to_string())?,
-            _ => return Err(format!("{text} is not a key")),
-        };
+        let key: StoreKey = text.parse().map_err(|e: StoreError| e.to_string())?;
         match kind {
             1 => {
                 let value_len = u64::from_be_bytes(take(8)?.try_into().expect("8 bytes"));
@@ -439,11 +433,7 @@ impl BackedUpStore {
     fn writer_for(&self, epoch: Epoch) -> Result<Arc<StreamWriter>, StreamError> {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(current) = writer.as_ref()
-            && current
-                .path()
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("epoch-{:020}-", epoch.0)))
+            && current.epoch == epoch
         {
             return Ok(Arc::clone(current));
         }

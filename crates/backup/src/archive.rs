@@ -111,15 +111,6 @@ pub struct Archive {
     pub entries: Vec<(StoreKey, Vec<u8>)>,
 }
 
-fn key_text(key: &StoreKey) -> String {
-    format!("{}/{}/{}", key.primary(), key.secondary(), key.key())
-}
-
-fn parse_key(text: &str) -> Option<StoreKey> {
-    let mut parts = text.splitn(3, '/');
-    StoreKey::new(parts.next()?, parts.next()?, parts.next()?).ok()
-}
-
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -161,7 +152,7 @@ pub fn write(
         entries: entries
             .iter()
             .map(|(key, value)| ManifestEntry {
-                key: key_text(key),
+                key: key.to_string(),
                 bytes: value.len() as u64,
                 sha256: sha256::Hash::hash(value).to_string(),
             })
@@ -175,7 +166,7 @@ pub fn write(
     payload.extend_from_slice(&(manifest_json.len() as u32).to_be_bytes());
     payload.extend_from_slice(&manifest_json);
     for (key, value) in entries {
-        let text = key_text(key);
+        let text = key.to_string();
         payload.extend_from_slice(&(text.len() as u16).to_be_bytes());
         payload.extend_from_slice(text.as_bytes());
         payload.extend_from_slice(&(value.len() as u64).to_be_bytes());
@@ -341,7 +332,9 @@ fn parse_payload(payload: &[u8]) -> Result<Parsed, String> {
                 listed.key
             ));
         }
-        let key = parse_key(key_text).ok_or_else(|| format!("{key_text} is not a key"))?;
+        let key: StoreKey = key_text
+            .parse()
+            .map_err(|_| format!("{key_text} is not a key"))?;
         let value_len = u64::from_be_bytes(take(8)?.try_into().expect("8 bytes"));
         let value = take(usize::try_from(value_len).map_err(|_| "a value is too long")?)?;
         if value_len != listed.bytes || sha256::Hash::hash(value).to_string() != listed.sha256 {

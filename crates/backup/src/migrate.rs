@@ -104,79 +104,22 @@ pub async fn migrate(
     let (identity, resumed) = source_identity(&*source, &*target).await?;
     let target_lease = lead(&target, &holder, timings).await?;
     let to_source = store_error(&*source);
-    let to_target = store_error(&*target);
 
-    let migrating_from = format!("from {} (node {})", source.describe(), identity.node_id);
     let mut state = source.snapshot().await.map_err(&to_source)?;
-    if !resumed {
-        let present = target.snapshot().await.map_err(&to_target)?;
-        let unfinished = unfinished_for(&*target, &identity).await;
-        if unfinished {
-            // An earlier run stopped before marking the source: start the copy over,
-            // dropping what the source no longer holds.
-            tracing::warn!(
-                target = target.describe(),
-                "an earlier run of this migration stopped; copying again"
-            );
-            let stale: Vec<BatchOp> = present
-                .iter()
-                .filter(|(key, _)| {
-                    *key != identity::migrating_key()
-                        && !state.iter().any(|(source_key, _)| source_key == key)
-                })
-                .map(|(key, _)| BatchOp::Delete { key: key.clone() })
-                .collect();
-            for chunk in stale.chunks(BATCH_OPS) {
-                target
-                    .apply(target_lease.token().map_err(&to_target)?, chunk.to_vec())
-                    .await
-                    .map_err(&to_target)?;
-            }
-        } else if !present.is_empty() {
-            return Err(MigrateError::TargetNotEmpty {
-                store: target.describe(),
-                keys: present.len(),
-            });
-        }
-    }
-    // The mark first (from here on the target is refused); it names this run's source,
-    // where an earlier run's may name another.
-    target
-        .write(
-            target_lease.token().map_err(&to_target)?,
-            &identity::migrating_key(),
-            migrating_from.clone().into_bytes(),
-        )
-        .await
-        .map_err(&to_target)?;
-
     state.retain(|(key, _)| *key != identity::migrated_key());
-    let identity_record = state
-        .iter()
-        .find(|(key, _)| *key == identity::identity_key())
-        .map(|(_, value)| value.clone())
-        .ok_or_else(|| {
-            MigrateError::Source(IdentityError::NotInitialized {
-                store: source.describe(),
-            })
-        })?;
-    let body: Vec<(StoreKey, Vec<u8>)> = state
-        .iter()
-        .filter(|(key, _)| *key != identity::identity_key())
-        .cloned()
-        .collect();
-    copy(&*target, &target_lease, &body).await?;
-    let mut expected = body.clone();
-    expected.push((identity::migrating_key(), migrating_from.into_bytes()));
-    expected.sort_by(|a, b| a.0.cmp(&b.0));
-    compare(&*target, &expected).await?;
+    let record = identity_record(&state).ok_or_else(|| {
+        MigrateError::Source(IdentityError::NotInitialized {
+            store: source.describe(),
+        })
+    })?;
+    let mark = format!("from {} (node {})", source.describe(), identity.node_id);
+    copy_marked(&*target, &target_lease, &state, &identity, mark).await?;
     tracing::info!(
-        keys = body.len(),
+        keys = state.len(),
         source = source.describe(),
         target = target.describe(),
         "copied and checked; marking the source as migrated"
     );
-
     if !resumed {
         source
             .write(
@@ -187,22 +130,7 @@ pub async fn migrate(
             .await
             .map_err(&to_source)?;
     }
-    target
-        .apply(
-            target_lease.token().map_err(&to_target)?,
-            vec![
-                BatchOp::Put {
-                    key: identity::identity_key(),
-                    value: identity_record,
-                },
-                BatchOp::Delete {
-                    key: identity::migrating_key(),
-                },
-            ],
-        )
-        .await
-        .map_err(&to_target)?;
-    compare(&*target, &state).await?;
+    finish(&*target, &target_lease, record, &state).await?;
 
     let bytes = state.iter().map(|(_, value)| value.len()).sum();
     let _ = target_lease.resign().await;
@@ -252,9 +180,104 @@ async fn source_identity(
     }
 }
 
+/// The identity record among `entries`.
+pub(crate) fn identity_record(entries: &[(StoreKey, Vec<u8>)]) -> Option<Vec<u8>> {
+    entries
+        .iter()
+        .find(|(key, _)| *key == identity::identity_key())
+        .map(|(_, value)| value.clone())
+}
+
+/// Makes `target` (led by `lease`) hold `entries` but their identity record, marked
+/// from the first write on by `mark` as the unfinished copy of `node`'s state, and
+/// checks it byte for byte. The target must be empty, or be such an unfinished copy of
+/// `node` (then what `entries` no longer holds is removed, and the rest written again).
+pub(crate) async fn copy_marked(
+    target: &dyn Store,
+    lease: &Leadership,
+    entries: &[(StoreKey, Vec<u8>)],
+    node: &NodeIdentity,
+    mark: String,
+) -> Result<(), MigrateError> {
+    let to_target = store_error(target);
+    let present = target.snapshot().await.map_err(&to_target)?;
+    if !present.is_empty() {
+        if !unfinished_for(target, node).await {
+            return Err(MigrateError::TargetNotEmpty {
+                store: target.describe(),
+                keys: present.len(),
+            });
+        }
+        tracing::warn!(
+            target = target.describe(),
+            "an earlier copy into this store stopped; copying again"
+        );
+        let stale: Vec<BatchOp> = present
+            .iter()
+            .filter(|(key, _)| {
+                *key != identity::migrating_key() && !entries.iter().any(|(k, _)| k == key)
+            })
+            .map(|(key, _)| BatchOp::Delete { key: key.clone() })
+            .collect();
+        for chunk in stale.chunks(BATCH_OPS) {
+            target
+                .apply(lease.token().map_err(&to_target)?, chunk.to_vec())
+                .await
+                .map_err(&to_target)?;
+        }
+    }
+    // The mark first (from here on the target is refused); it names this run's origin,
+    // where an earlier run's may name another.
+    target
+        .write(
+            lease.token().map_err(&to_target)?,
+            &identity::migrating_key(),
+            mark.clone().into_bytes(),
+        )
+        .await
+        .map_err(&to_target)?;
+    let body: Vec<(StoreKey, Vec<u8>)> = entries
+        .iter()
+        .filter(|(key, _)| *key != identity::identity_key())
+        .cloned()
+        .collect();
+    copy(target, lease, &body).await?;
+    let mut expected = body;
+    expected.push((identity::migrating_key(), mark.into_bytes()));
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    compare(target, &expected).await
+}
+
+/// The last step of a copy: the identity `record` written and the mark removed in one
+/// batch, then the target checked against `entries` once more.
+pub(crate) async fn finish(
+    target: &dyn Store,
+    lease: &Leadership,
+    record: Vec<u8>,
+    entries: &[(StoreKey, Vec<u8>)],
+) -> Result<(), MigrateError> {
+    let to_target = store_error(target);
+    target
+        .apply(
+            lease.token().map_err(&to_target)?,
+            vec![
+                BatchOp::Put {
+                    key: identity::identity_key(),
+                    value: record,
+                },
+                BatchOp::Delete {
+                    key: identity::migrating_key(),
+                },
+            ],
+        )
+        .await
+        .map_err(&to_target)?;
+    compare(target, entries).await
+}
+
 /// Whether `target` is marked as the target of an unfinished migration of `identity`'s
 /// node (whatever store it came from: the copy is made whole again from this source).
-pub(crate) async fn unfinished_for(target: &dyn Store, identity: &NodeIdentity) -> bool {
+async fn unfinished_for(target: &dyn Store, identity: &NodeIdentity) -> bool {
     matches!(
         identity::read_identity(target).await,
         Err(IdentityError::MigrationUnfinished { ref from, .. })
@@ -275,7 +298,7 @@ pub(crate) async fn lead(
 }
 
 /// Writes `entries` to `target` in fenced batches.
-pub(crate) async fn copy(
+async fn copy(
     target: &dyn Store,
     lease: &Leadership,
     entries: &[(StoreKey, Vec<u8>)],
@@ -310,10 +333,7 @@ pub(crate) async fn copy(
 }
 
 /// Checks that `store` holds exactly `expected` (sorted by key), byte for byte.
-pub(crate) async fn compare(
-    store: &dyn Store,
-    expected: &[(StoreKey, Vec<u8>)],
-) -> Result<(), MigrateError> {
+async fn compare(store: &dyn Store, expected: &[(StoreKey, Vec<u8>)]) -> Result<(), MigrateError> {
     let actual = store.snapshot().await.map_err(store_error(store))?;
     let mismatch = |difference: String| MigrateError::Mismatch {
         store: store.describe(),

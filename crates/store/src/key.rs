@@ -145,6 +145,23 @@ impl fmt::Display for StoreKey {
     }
 }
 
+impl std::str::FromStr for StoreKey {
+    type Err = StoreError;
+
+    /// The key `Display` wrote: `primary/secondary/key` (components hold no `/`).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut parts = text.splitn(3, '/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(primary), Some(secondary), Some(key)) => Self::new(primary, secondary, key),
+            _ => Err(StoreError::InvalidKey {
+                what: "key",
+                value: text.to_owned(),
+                reason: "is not primary/secondary/key",
+            }),
+        }
+    }
+}
+
 /// The name of a cluster: the instances that share one lease and one key space in a store.
 /// One to 64 characters of `a-z A-Z 0-9 _ -`, so it can appear in SQL rows, etcd key paths
 /// and file names as it is.
@@ -238,6 +255,18 @@ impl fmt::Display for HolderId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_parses_back_from_its_text() {
+        for key in [
+            StoreKey::new("", "", "manager").unwrap(),
+            StoreKey::new("monitor_updates", "abc", "17").unwrap(),
+        ] {
+            assert_eq!(key.to_string().parse::<StoreKey>().unwrap(), key);
+        }
+        assert!("no-slashes".parse::<StoreKey>().is_err());
+        assert!("a/b/c d".parse::<StoreKey>().is_err());
+    }
     use crate::ErrorKind;
 
     #[test]
