@@ -12,7 +12,6 @@ use phalanx_node::Node;
 use phalanx_node::config::SeedSource;
 use phalanx_node::identity;
 use phalanx_node::offline::check_state;
-use phalanx_node::payments::PaymentStatus;
 use phalanx_secrets::{FileSeedProvider, Seed, SeedProvider};
 use phalanx_store::{ClusterName, Store, StoreOptions};
 
@@ -20,10 +19,10 @@ use phalanx_store::{ClusterName, Store, StoreOptions};
 /// their way).
 async fn pay(from: &Node, to: &Node, msat: u64) {
     nodes::wait_for("a payment to succeed", Duration::from_secs(60), || async {
-        let invoice = to.create_invoice(Some(msat), "backup", None).await.ok()?;
-        let id = from.pay_invoice(&invoice.to_string(), None).await.ok()?;
-        let record = from.wait_payment(id, Duration::from_secs(10)).await.ok()?;
-        (record.status == PaymentStatus::Succeeded).then_some(())
+        phalanx_devnet::stream::pay_once(from, to, msat, "backup")
+            .await
+            .ok()
+            .map(drop)
     })
     .await;
 }

@@ -12,7 +12,6 @@ use phalanx_e2e::chain::TestChain;
 use phalanx_e2e::nodes;
 use phalanx_node::Node;
 use phalanx_node::identity::{self, IDENTITY_SCHEMA_VERSION, IdentityError, NodeIdentity};
-use phalanx_node::payments::PaymentStatus;
 use phalanx_secrets::Seed;
 use phalanx_store::testing::{Faults, FaultyStore};
 use phalanx_store::{
@@ -189,13 +188,13 @@ async fn refusals_a_led_source_a_full_target_and_a_store_without_a_node() {
 
 async fn pay_both_ways(alice: &Node, bob: &Node) {
     for (from, to) in [(alice, bob), (bob, alice)] {
-        let paid = nodes::wait_for("a payment to succeed", Duration::from_secs(60), || async {
-            let invoice = to.create_invoice(Some(20_000), "hop", None).await.ok()?;
-            let id = from.pay_invoice(&invoice.to_string(), None).await.ok()?;
-            let record = from.wait_payment(id, Duration::from_secs(10)).await.ok()?;
-            (record.status == PaymentStatus::Succeeded).then_some(())
-        });
-        paid.await;
+        nodes::wait_for("a payment to succeed", Duration::from_secs(60), || async {
+            phalanx_devnet::stream::pay_once(from, to, 20_000, "hop")
+                .await
+                .ok()
+                .map(drop)
+        })
+        .await;
     }
 }
 

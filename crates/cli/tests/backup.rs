@@ -26,17 +26,11 @@ fn phalanx(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// One payment, succeeded on both sides (the project's `pay_once`).
 async fn pay(from: &Node, to: &Node, msat: u64) -> bool {
-    let Ok(invoice) = to.create_invoice(Some(msat), "stream", None).await else {
-        return false;
-    };
-    let Ok(id) = from.pay_invoice(&invoice.to_string(), None).await else {
-        return false;
-    };
-    matches!(
-        from.wait_payment(id, Duration::from_secs(10)).await,
-        Ok(record) if record.status == PaymentStatus::Succeeded
-    )
+    phalanx_devnet::stream::pay_once(from, to, msat, "stream")
+        .await
+        .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
