@@ -87,6 +87,7 @@ pub fn node_config(
             aws: AwsConfig::default(),
         },
         backup_dir: None,
+        backup_options: Default::default(),
         data_dir,
     })
 }

@@ -147,12 +147,19 @@ pub async fn load_seed(
     Ok((loaded, node_id))
 }
 
-/// The backup stream's directory and the seed its key comes from, when `[backup] url`
-/// is set.
+/// Where and how the backup stream is written, when `[backup] url` is set.
+struct StreamSetup {
+    dir: std::path::PathBuf,
+    seed: phalanx_secrets::Seed,
+    options: phalanx_backup_stream::StreamOptions,
+}
+
+/// The backup stream's directory, options and the seed its key comes from, when
+/// `[backup] url` is set.
 async fn backup_stream(
     config: &NodeConfig,
     seed_provider: &dyn SeedProvider,
-) -> Result<Option<(std::path::PathBuf, phalanx_secrets::Seed)>, InstanceError> {
+) -> Result<Option<StreamSetup>, InstanceError> {
     let Some(dir) = &config.backup_dir else {
         return Ok(None);
     };
@@ -164,16 +171,33 @@ async fn backup_stream(
             provider: config.seed.source.provider(),
             source,
         })?;
-    Ok(Some((dir.clone(), seed)))
+    let options = phalanx_backup_stream::StreamOptions {
+        compact_after_bytes: config.backup_options.compact_after_bytes,
+        on_failure: if config.backup_options.alert_only {
+            tracing::warn!(
+                "backup on_failure = \"alert\": a backup stream that cannot be written will not stop the node, and the backup may then be behind it (unsafe)"
+            );
+            phalanx_backup_stream::OnFailure::Alert
+        } else {
+            phalanx_backup_stream::OnFailure::Stop
+        },
+    };
+    Ok(Some(StreamSetup {
+        dir: dir.clone(),
+        seed,
+        options,
+    }))
 }
 
 /// `store`, its commits streamed to the backup when one is configured.
-fn with_backup(
-    store: Arc<dyn Store>,
-    backup: Option<(std::path::PathBuf, phalanx_secrets::Seed)>,
-) -> Arc<dyn Store> {
+fn with_backup(store: Arc<dyn Store>, backup: Option<StreamSetup>) -> Arc<dyn Store> {
     match backup {
-        Some((dir, seed)) => Arc::new(phalanx_backup_stream::BackedUpStore::new(store, dir, seed)),
+        Some(setup) => Arc::new(phalanx_backup_stream::BackedUpStore::with_options(
+            store,
+            setup.dir,
+            setup.seed,
+            setup.options,
+        )),
         None => store,
     }
 }

@@ -147,6 +147,21 @@ pub struct BackupLayer {
     #[arg(long = "backup-url", env = "PHALANX_BACKUP_URL")]
     #[serde(rename = "url")]
     pub backup_url: Option<String>,
+    /// What a backup stream that cannot be written does: "stop" (the default: the
+    /// write fails and the node stops, so the backup is never behind) or "alert"
+    /// (UNSAFE: the write goes on, the failure is logged as an error, and the stream
+    /// starts again from the whole state when it can; meanwhile the backup is behind).
+    #[arg(long = "backup-on-failure", env = "PHALANX_BACKUP_ON_FAILURE")]
+    #[serde(rename = "on_failure")]
+    pub backup_on_failure: Option<String>,
+    /// Compact the stream into a checkpoint each time its open segment passes this
+    /// many MiB (default 64).
+    #[arg(
+        long = "backup-compact-after-mb",
+        env = "PHALANX_BACKUP_COMPACT_AFTER_MB"
+    )]
+    #[serde(rename = "compact_after_mb")]
+    pub backup_compact_after_mb: Option<u64>,
 }
 
 /// `[cluster]`.
@@ -392,6 +407,27 @@ pub struct NodeConfig {
     pub seed: SeedConfig,
     /// The directory of the synchronous backup stream (`[backup] url`), if any.
     pub backup_dir: Option<PathBuf>,
+    /// How the backup stream is written.
+    pub backup_options: BackupOptions,
+}
+
+/// How the backup stream is written (`[backup]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupOptions {
+    /// Compact once the open segment holds this many bytes.
+    pub compact_after_bytes: u64,
+    /// Whether a stream that cannot be written only alerts (unsafe) instead of failing
+    /// the write.
+    pub alert_only: bool,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        Self {
+            compact_after_bytes: 64 * 1024 * 1024,
+            alert_only: false,
+        }
+    }
 }
 
 /// Where state lives.
@@ -568,6 +604,14 @@ impl ConfigLayer {
             seed: self.seed.over(base.seed),
             backup: BackupLayer {
                 backup_url: self.backup.backup_url.or(base.backup.backup_url),
+                backup_on_failure: self
+                    .backup
+                    .backup_on_failure
+                    .or(base.backup.backup_on_failure),
+                backup_compact_after_mb: self
+                    .backup
+                    .backup_compact_after_mb
+                    .or(base.backup.backup_compact_after_mb),
             },
             cluster: ClusterLayer {
                 cluster_enabled: self
@@ -761,6 +805,27 @@ impl ConfigLayer {
                     })
             })
             .transpose()?;
+        let alert_only = match self.backup.backup_on_failure.as_deref() {
+            None | Some("stop") => false,
+            Some("alert") => true,
+            Some(other) => {
+                return Err(field(
+                    "backup.on_failure",
+                    format!("{other:?} is neither \"stop\" nor \"alert\""),
+                ));
+            }
+        };
+        let compact_after_mb = self.backup.backup_compact_after_mb.unwrap_or(64);
+        if !(1..=1024 * 1024).contains(&compact_after_mb) {
+            return Err(field(
+                "backup.compact_after_mb",
+                format!("{compact_after_mb} is not between 1 and 1048576"),
+            ));
+        }
+        let backup_options = BackupOptions {
+            compact_after_bytes: compact_after_mb * 1024 * 1024,
+            alert_only,
+        };
         Ok(NodeConfig {
             network,
             store: StoreConfig {
@@ -792,6 +857,7 @@ impl ConfigLayer {
             },
             seed,
             backup_dir,
+            backup_options,
             data_dir,
         })
     }

@@ -79,6 +79,11 @@ fn defaults_fill_the_rest() {
     );
     assert_eq!(config.seed.expected_node_id, None);
     assert_eq!(config.backup_dir, None);
+    assert_eq!(config.backup_options, BackupOptions::default());
+    assert!(
+        !config.backup_options.alert_only,
+        "a failed stream stops the node"
+    );
     assert_eq!(config.api.token_secret, None);
     assert_eq!(
         config.api.token_reload_interval,
@@ -323,6 +328,14 @@ fn wrong_seed_and_secret_settings_name_their_field() {
             "[backup]\nurl = \"s3://bucket/x\"",
             "backup.url: \"s3://bucket/x\" is not a file:///directory URL",
         ),
+        (
+            "[backup]\non_failure = \"ignore\"",
+            "backup.on_failure: \"ignore\" is neither \"stop\" nor \"alert\"",
+        ),
+        (
+            "[backup]\ncompact_after_mb = 0",
+            "backup.compact_after_mb: 0 is not between 1 and 1048576",
+        ),
     ] {
         let err = resolve_with(extra).unwrap_err().to_string();
         assert!(err.contains(expected), "{extra}: {err}");
@@ -343,4 +356,20 @@ fn debug_hides_every_password() {
         }
         assert!(shown.contains("<redacted>"), "{shown}");
     }
+}
+
+#[test]
+fn the_backup_stream_takes_its_options() {
+    let config = resolve_with(
+        "[backup]\nurl = \"file:///mnt/nas/phalanx\"\non_failure = \"alert\"\ncompact_after_mb = 8",
+    )
+    .unwrap();
+    assert_eq!(config.backup_dir, Some(PathBuf::from("/mnt/nas/phalanx")));
+    assert_eq!(
+        config.backup_options,
+        BackupOptions {
+            compact_after_bytes: 8 * 1024 * 1024,
+            alert_only: true
+        }
+    );
 }
