@@ -59,6 +59,14 @@ pub struct RestoreArgs {
     /// The empty store to restore into (any backend).
     #[arg(long, env = "PHALANX_RESTORE_TO", hide_env_values = true)]
     to: String,
+    /// The backup stream a snapshot is checked against (default: the configuration's
+    /// `[backup] url`): a snapshot older than the stream is refused.
+    #[arg(long)]
+    stream: Option<PathBuf>,
+    /// Restore a snapshot even if it is older than the backup stream (see the message
+    /// this is refused with: the node must not run on it as it is).
+    #[arg(long)]
+    allow_stale: bool,
 }
 
 /// A failure: its message, and whether the operator must change something (exit 2).
@@ -246,10 +254,21 @@ async fn restore(args: RestoreArgs) -> Result<String, Failure> {
         )
     } else {
         let archive = read(&args.from, &seed)?;
-        let detail = format!(
+        let mut detail = format!(
             "from the snapshot of epoch {} taken at unix {}",
             archive.manifest.epoch, archive.manifest.created_at_unix
         );
+        let stream = args.stream.as_ref().or(config.backup_dir.as_ref());
+        if let Some(stream) = stream
+            && let Some(newer) = newer_stream(stream, &seed, &archive)
+        {
+            if !args.allow_stale {
+                return Err((stale_refusal(&args.from, stream, &newer), true));
+            }
+            detail.push_str(&format!(
+                ", STALE: {newer}; the node must not run on this store as it is (see `phalanx restore --help`)"
+            ));
+        }
         (
             archive.entries,
             archive.header.cluster.clone(),
@@ -309,4 +328,72 @@ async fn restore(args: RestoreArgs) -> Result<String, Failure> {
         "restored node_id={} keys={keys} into {described} {detail}",
         node.node_id
     ))
+}
+
+/// Why the backup stream at `stream` is newer than the snapshot `archive`, if it is (or
+/// cannot be read, which cannot tell it is not).
+fn newer_stream(
+    stream: &std::path::Path,
+    seed: &phalanx_secrets::Seed,
+    archive: &archive::Archive,
+) -> Option<String> {
+    if !stream.exists() {
+        return None;
+    }
+    let replayed = match phalanx_backup_stream::replay(stream, seed) {
+        Ok(replayed) => replayed,
+        Err(err) => {
+            return Some(format!("the backup stream cannot be read to tell ({err})"));
+        }
+    };
+    if replayed.segments == 0 && replayed.checkpoint.is_none() {
+        return None;
+    }
+    let snapshot_epoch = archive.manifest.epoch;
+    if replayed.last_epoch > snapshot_epoch {
+        return Some(format!(
+            "the backup stream reaches epoch {}, the snapshot is of epoch {snapshot_epoch}",
+            replayed.last_epoch
+        ));
+    }
+    if replayed.last_epoch == snapshot_epoch && replayed.entries != archive.entries {
+        let snapshot: std::collections::BTreeMap<_, _> =
+            archive.entries.iter().map(|(k, v)| (k, v)).collect();
+        let changed = replayed
+            .entries
+            .iter()
+            .filter(|(k, v)| snapshot.get(k) != Some(&v))
+            .count()
+            + snapshot
+                .keys()
+                .filter(|k| {
+                    replayed
+                        .entries
+                        .binary_search_by(|(key, _)| key.cmp(k))
+                        .is_err()
+                })
+                .count();
+        return Some(format!(
+            "the backup stream differs from the snapshot within epoch {snapshot_epoch} ({changed} keys): it went on after the snapshot"
+        ));
+    }
+    None
+}
+
+fn stale_refusal(from: &std::path::Path, stream: &std::path::Path, newer: &str) -> String {
+    format!(
+        "{from} is older than the backup stream {stream}: {newer}.\n\
+         Restore from the stream instead: phalanx restore --from {stream} ...\n\
+         A node restarted on an older state than its peers have is in danger:\n\
+         - if it force-closes a channel (an HTLC nearing its expiry is enough), it broadcasts a\n\
+           revoked commitment, and the peer can take every satoshi in that channel;\n\
+         - when a peer reconnects, channel_reestablish proves the node is behind (data-loss\n\
+           protection) and LDK stops the node rather than let it broadcast.\n\
+         What a stale state can still get back: start once with no channel state, let each peer\n\
+         force-close its channels with its own latest commitment, wait for those closes to\n\
+         confirm, then restore the stale monitors to sweep what is ours. Pass --allow-stale\n\
+         to restore it anyway, for that procedure or when the stream is known to be wrong.",
+        from = from.display(),
+        stream = stream.display()
+    )
 }

@@ -268,6 +268,17 @@ async fn killed_during_payments_the_node_is_restored_from_its_backup_stream_alon
     let started = alice.started().await;
     world.fund_alice(&api).await;
     Channel::open(&world, &api).await;
+    // A snapshot from before the payments: the stream will be newer.
+    let early = world.dir.join("early-snapshot");
+    let (status, _, err) = phalanx(&[
+        "backup",
+        "create",
+        "--config",
+        config.to_str().unwrap(),
+        "--to",
+        early.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(0), "{err}");
 
     // Payments both ways until alice is killed; each side records what it saw succeed.
     let seen = Arc::new(std::sync::Mutex::new((
@@ -326,6 +337,31 @@ async fn killed_during_payments_the_node_is_restored_from_its_backup_stream_alon
     assert_eq!(status.signal(), Some(9));
     stream.await.unwrap();
     let (alice_sent, alice_received) = seen.lock().unwrap().clone();
+
+    // The early snapshot is older than the stream: refused, with what a stale state
+    // risks, unless --allow-stale.
+    let stale_target = phalanx_testkit::etcd::shared().url(&phalanx_testkit::unique_name("stale"));
+    let restore_early = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--from",
+            early.to_str().unwrap(),
+            "--to",
+            &stale_target,
+        ];
+        args.extend_from_slice(extra);
+        phalanx(&args)
+    };
+    let (status, _, err) = restore_early(&[]);
+    assert_eq!(status, Some(2), "{err}");
+    assert!(err.contains("is older than the backup stream"), "{err}");
+    assert!(err.contains("revoked commitment"), "{err}");
+    assert!(err.contains("--allow-stale"), "{err}");
+    let (status, out, err) = restore_early(&["--allow-stale"]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(out.contains("STALE"), "{out}");
 
     // The stream alone, into etcd.
     let target = phalanx_testkit::etcd::shared().url(&phalanx_testkit::unique_name("from-stream"));
