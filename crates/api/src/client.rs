@@ -15,10 +15,11 @@ use serde::de::DeserializeOwned;
 use crate::error::{ApiError, ErrorBody};
 use crate::token::ApiToken;
 use crate::types::{
-    Balance, Channel, CloseChannelRequest, ConnectPeerRequest, CreateInvoiceRequest, Empty,
-    Invoice, KeysendRequest, ListChannelsResponse, ListPaymentsResponse, ListPeersResponse,
-    NewAddress, NodeInfo, OpenChannelRequest, OpenChannelResponse, PayInvoiceRequest, Payment,
-    Peer, SendOnchainRequest, SendOnchainResponse, ServerState, StateResponse,
+    BackupCreated, Balance, Channel, CloseChannelRequest, ConnectPeerRequest, CreateBackupRequest,
+    CreateInvoiceRequest, Empty, Invoice, KeysendRequest, ListChannelsResponse,
+    ListPaymentsResponse, ListPeersResponse, NewAddress, NodeInfo, OpenChannelRequest,
+    OpenChannelResponse, PayInvoiceRequest, Payment, Peer, SendOnchainRequest, SendOnchainResponse,
+    ServerState, StateResponse,
 };
 
 /// How long a request may take, connecting included, unless
@@ -229,6 +230,14 @@ impl ApiClient {
     /// `POST /v1/payments`.
     pub async fn pay_invoice(&self, req: &PayInvoiceRequest) -> Result<Payment, ClientError> {
         self.call(Method::POST, "/v1/payments", Some(req)).await
+    }
+
+    /// `POST /v1/backups`.
+    pub async fn create_backup(
+        &self,
+        req: &CreateBackupRequest,
+    ) -> Result<BackupCreated, ClientError> {
+        self.call(Method::POST, "/v1/backups", Some(req)).await
     }
 
     /// `POST /v1/payments/keysend`.

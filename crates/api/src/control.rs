@@ -4,9 +4,10 @@ use std::future::Future;
 
 use crate::error::ApiError;
 use crate::types::{
-    Balance, Channel, CloseChannelRequest, ConnectPeerRequest, CreateInvoiceRequest, Invoice,
-    KeysendRequest, NewAddress, NodeInfo, OpenChannelRequest, OpenChannelResponse,
-    PayInvoiceRequest, Payment, Peer, SendOnchainRequest, SendOnchainResponse, ServerState,
+    BackupCreated, Balance, Channel, CloseChannelRequest, ConnectPeerRequest, CreateBackupRequest,
+    CreateInvoiceRequest, Invoice, KeysendRequest, NewAddress, NodeInfo, OpenChannelRequest,
+    OpenChannelResponse, PayInvoiceRequest, Payment, Peer, SendOnchainRequest, SendOnchainResponse,
+    ServerState,
 };
 
 /// What the API asks of the node. The node implements it; the API crate knows nothing
@@ -133,4 +134,12 @@ pub trait NodeControl: Send + Sync + 'static {
         &self,
         payment_hash: String,
     ) -> impl Future<Output = Result<Payment, ApiError>> + Send;
+
+    /// `POST /v1/backups`: a snapshot backup of the store, taken by the node itself
+    /// while it runs, sealed with its backup key, written to `req.to` on its host.
+    /// `invalid_request` if the directory is not empty.
+    fn create_backup(
+        &self,
+        req: CreateBackupRequest,
+    ) -> impl Future<Output = Result<BackupCreated, ApiError>> + Send;
 }

@@ -65,6 +65,7 @@ pub async fn serve<N: NodeControl>(
 /// | `POST /v1/invoices` | [`create_invoice`](NodeControl::create_invoice) |
 /// | `POST /v1/payments` | [`pay_invoice`](NodeControl::pay_invoice) |
 /// | `POST /v1/payments/keysend` | [`keysend`](NodeControl::keysend) |
+/// | `POST /v1/backups` | [`create_backup`](NodeControl::create_backup) |
 /// | `GET /v1/payments` | [`list_payments`](NodeControl::list_payments) |
 /// | `GET /v1/payments/{payment_hash}` | [`get_payment`](NodeControl::get_payment) |
 ///
@@ -96,6 +97,7 @@ pub fn router<N: NodeControl>(node: Arc<N>, tokens: impl Into<AcceptedTokens>) -
             get(list_payments::<N>).post(pay_invoice::<N>),
         )
         .route("/v1/payments/keysend", post(keysend::<N>))
+        .route("/v1/backups", post(create_backup::<N>))
         .route("/v1/payments/{payment_hash}", get(get_payment::<N>))
         // The last layer added runs first: the token, then the state.
         .route_layer(from_fn_with_state(state.clone(), require_active::<N>))
@@ -384,6 +386,16 @@ async fn list_peers<N: NodeControl>(
 ) -> ApiResult<ListPeersResponse> {
     let peers = state.node.list_peers().await?;
     Ok(JsonOk(ListPeersResponse { peers }))
+}
+
+async fn create_backup<N: NodeControl>(
+    State(state): State<AppState<N>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<crate::types::BackupCreated> {
+    let mut req: crate::types::CreateBackupRequest = json_body(&headers, body).await?;
+    req.validate()?;
+    state.node.create_backup(req).await.map(JsonOk)
 }
 
 async fn connect_peer<N: NodeControl>(

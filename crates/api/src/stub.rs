@@ -13,9 +13,10 @@ use serde::de::DeserializeOwned;
 use crate::control::NodeControl;
 use crate::error::ApiError;
 use crate::types::{
-    Balance, Channel, CloseChannelRequest, ConnectPeerRequest, CreateInvoiceRequest, Invoice,
-    KeysendRequest, NewAddress, NodeInfo, OpenChannelRequest, OpenChannelResponse,
-    PayInvoiceRequest, Payment, Peer, SendOnchainRequest, SendOnchainResponse, ServerState,
+    BackupCreated, Balance, Channel, CloseChannelRequest, ConnectPeerRequest, CreateBackupRequest,
+    CreateInvoiceRequest, Invoice, KeysendRequest, NewAddress, NodeInfo, OpenChannelRequest,
+    OpenChannelResponse, PayInvoiceRequest, Payment, Peer, SendOnchainRequest, SendOnchainResponse,
+    ServerState,
 };
 
 /// A [`NodeControl`] method (but `state` and `metrics`, which always answer).
@@ -51,6 +52,8 @@ pub enum Method {
     ListPayments,
     /// [`NodeControl::get_payment`].
     GetPayment,
+    /// [`NodeControl::create_backup`].
+    CreateBackup,
 }
 
 /// One call the stub received: the method and its arguments as JSON.
@@ -225,6 +228,10 @@ impl NodeControl for StubNode {
 
     async fn keysend(&self, req: KeysendRequest) -> Result<Payment, ApiError> {
         self.answer(Method::Keysend, req)
+    }
+
+    async fn create_backup(&self, req: CreateBackupRequest) -> Result<BackupCreated, ApiError> {
+        self.answer(Method::CreateBackup, req)
     }
 
     async fn list_payments(&self) -> Result<Vec<Payment>, ApiError> {

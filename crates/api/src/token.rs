@@ -212,6 +212,11 @@ impl ApiTokens {
         Ok(Self(tokens))
     }
 
+    /// The token clients should use (the first).
+    pub fn first(&self) -> &ApiToken {
+        &self.0[0]
+    }
+
     /// How many tokens are accepted.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -382,6 +382,49 @@ pub struct CloseChannelRequest {
     pub force: bool,
 }
 
+/// `POST /v1/backups`: write a snapshot backup of the node's store, taken by the
+/// running node itself, into a directory on the node's host.
+///
+/// Validation: `to` is an absolute path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBackupRequest {
+    /// The new backup's directory on the node's host (must not exist, or be empty).
+    pub to: String,
+}
+
+impl CreateBackupRequest {
+    /// Checks the request (see the type's docs).
+    pub fn validate(&mut self) -> Result<(), ApiError> {
+        if !std::path::Path::new(&self.to).is_absolute() {
+            return Err(ApiError::invalid_request(format!(
+                "to: {:?} is not an absolute path",
+                self.to
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The answer of `POST /v1/backups`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupCreated {
+    /// The backup's directory.
+    pub dir: String,
+    /// The node.
+    pub node_id: String,
+    /// The epoch the node runs at.
+    pub epoch: u64,
+    /// Keys in the backup.
+    pub keys: u64,
+    /// Bytes of values in it.
+    pub bytes: u64,
+    /// How long the snapshot's one read of the store took.
+    pub snapshot_ms: u64,
+    /// When it was taken (unix seconds).
+    pub created_at_unix: u64,
+}
+
 /// An empty JSON object: the answer of routes that only acknowledge
 /// (`DELETE /v1/peers/{node_id}`, `POST /v1/channels/{channel_id}/close`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

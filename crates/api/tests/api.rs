@@ -224,6 +224,12 @@ fn authenticated_routes() -> Vec<(&'static str, String, String, stub::Method)> {
             String::new(),
             M::GetPayment,
         ),
+        (
+            "POST",
+            "/v1/backups".into(),
+            r#"{"to":"/var/backups/phalanx/1"}"#.into(),
+            M::CreateBackup,
+        ),
     ]
 }
 
@@ -401,6 +407,15 @@ fn answer_of(method: stub::Method) -> Value {
         M::PayInvoice | M::Keysend => serde_json::to_value(pending()),
         M::ListPayments => serde_json::to_value(vec![pending()]),
         M::GetPayment => serde_json::to_value(pending()),
+        M::CreateBackup => serde_json::to_value(BackupCreated {
+            dir: "/var/backups/phalanx/1".into(),
+            node_id: PEER.into(),
+            epoch: 7,
+            keys: 12,
+            bytes: 40_960,
+            snapshot_ms: 3,
+            created_at_unix: 1_717_171_717,
+        }),
     };
     answer.unwrap()
 }
@@ -681,6 +696,13 @@ async fn bad_requests_are_invalid_request_json() {
             json,
             format!(r#"{{"description":"{}"}}"#, "x".repeat(640)),
             "640 bytes",
+        ),
+        (
+            "POST",
+            "/v1/backups".into(),
+            json,
+            r#"{"to":"backups/today"}"#.into(),
+            "not an absolute path",
         ),
     ];
     for (method, path, content_type, body, needle) in cases {

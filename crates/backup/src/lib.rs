@@ -13,7 +13,7 @@
 
 #![warn(missing_docs)]
 
-pub mod archive;
+pub use phalanx_node::archive;
 mod migrate;
 mod restore;
 

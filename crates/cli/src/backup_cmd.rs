@@ -125,6 +125,13 @@ async fn create(args: CreateArgs) -> Result<String, Failure> {
     let url = phalanx_instance::store_url(&config)
         .await
         .map_err(|err| (err.to_string(), err.needs_operator()))?;
+    // A running node holds its SQLite file's exclusive lock: it takes the snapshot
+    // itself, through its API. When no node answers, the file is free to read here.
+    if url.starts_with("sqlite:")
+        && let Some(text) = create_through_node(&config, &args.to).await?
+    {
+        return Ok(text);
+    }
     let store =
         phalanx_store_connect::connect(&url, StoreOptions::new(config.store.cluster.clone()))
             .await
@@ -396,4 +403,55 @@ fn stale_refusal(from: &std::path::Path, stream: &std::path::Path, newer: &str) 
         from = from.display(),
         stream = stream.display()
     )
+}
+
+/// Asks the running node of `config` to write the backup itself (`POST /v1/backups`);
+/// `None` when no node answers on its API.
+async fn create_through_node(
+    config: &NodeConfig,
+    to: &std::path::Path,
+) -> Result<Option<String>, Failure> {
+    let to = std::path::absolute(to).map_err(|err| (format!("{}: {err}", to.display()), true))?;
+    let mut address = config.api.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let source: Box<dyn phalanx_secrets::SecretSource> = match &config.api.token_secret {
+        Some(reference) => {
+            phalanx_instance::secrets::secret_source(reference, &config.seed.aws).await
+        }
+        None => Box::new(phalanx_secrets::FileSecret::new(
+            config.api.token_file.clone(),
+        )),
+    };
+    let client = phalanx_api::ApiClient::new(&format!("http://{address}"))
+        .map_err(|err| (err.to_string(), true))?
+        .with_timeout(std::time::Duration::from_secs(600));
+    // No token (the node never ran here) means no node to ask.
+    let Ok(tokens) = phalanx_api::fetch_tokens(&*source).await else {
+        return Ok(None);
+    };
+    let client = client.with_token(tokens.first().clone());
+    let request = phalanx_api::CreateBackupRequest {
+        to: to.display().to_string(),
+    };
+    match client.create_backup(&request).await {
+        Ok(created) => Ok(Some(format!(
+            "backup {} node_id={} epoch={} keys={} bytes={} snapshot_ms={} created_at_unix={} (taken by the running node)",
+            created.dir,
+            created.node_id,
+            created.epoch,
+            created.keys,
+            created.bytes,
+            created.snapshot_ms,
+            created.created_at_unix
+        ))),
+        Err(phalanx_api::ClientError::Connect { .. }) => Ok(None),
+        Err(phalanx_api::ClientError::Api { error, .. }) => Err((
+            format!("the node refused the backup: {error}"),
+            error.code != phalanx_api::ErrorCode::StoreUnavailable
+                && error.code != phalanx_api::ErrorCode::NotActive,
+        )),
+        Err(err) => Err((format!("the node's API: {err}"), false)),
+    }
 }

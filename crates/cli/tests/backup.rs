@@ -1,5 +1,6 @@
 //! `phalanx backup create|verify` and `phalanx restore` as an operator runs them, against
-//! a node on PostgreSQL that keeps paying meanwhile; the restored node runs on etcd.
+//! a node on PostgreSQL (or on SQLite, where the running node takes the snapshot itself)
+//! that keeps paying meanwhile; the restored node runs on etcd.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
@@ -418,4 +419,168 @@ async fn killed_during_payments_the_node_is_restored_from_its_backup_stream_alon
         "no force close on bob's side"
     );
     restored.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_node_on_sqlite_takes_its_own_backup_while_it_pays() {
+    use phalanx_api::{CreateInvoiceRequest, PayInvoiceRequest};
+    use phalanx_e2e::world::{Channel, World};
+
+    phalanx_testkit::init_tracing();
+    let world = World::set_up("sqlite-backup", |dir| {
+        format!("sqlite://{}/alice/node.db", dir.display())
+    })
+    .await;
+    // A fixed API port, as an operator's: `backup create` finds the node by it.
+    let api_port = phalanx_testkit::process::free_port();
+    let config = ConfigFile::new(
+        &world.dir.join("alice"),
+        &world.store_url,
+        "alice",
+        world.chain.config(),
+    )
+    .api_listen(std::net::SocketAddr::from(([127, 0, 0, 1], api_port)))
+    .write_uninitialized();
+    let config_text = config.to_str().unwrap().to_owned();
+    let binary = phalanx_e2e::process::NodeBinary::new(env!("CARGO_BIN_EXE_phalanx"));
+    phalanx_e2e::process::initialize(&binary, &config);
+    let mut alice = phalanx_e2e::process::node(&binary, "alice", &config, &[]);
+    let (_, api) = alice.api().await;
+    let started = alice.started().await;
+    world.fund_alice(&api).await;
+    Channel::open(&world, &api).await;
+
+    // Payments both ways, all along the backup.
+    let stop = Arc::new(AtomicBool::new(false));
+    let paid = Arc::new(AtomicUsize::new(0));
+    let stream = {
+        let (api, bob, stop, paid) = (api.clone(), world.bob.clone(), stop.clone(), paid.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let to_bob = async {
+                    let invoice = bob.create_invoice(Some(4_000), "to bob", None).await.ok()?;
+                    let paid = api
+                        .pay_invoice(&PayInvoiceRequest {
+                            invoice: invoice.to_string(),
+                            amount_msat: None,
+                            wait: true,
+                            timeout_secs: Some(10),
+                        })
+                        .await
+                        .ok()?;
+                    (paid.status == phalanx_api::PaymentStatus::Succeeded).then_some(())
+                };
+                let to_alice = async {
+                    let invoice = api
+                        .create_invoice(&CreateInvoiceRequest {
+                            amount_msat: Some(3_000),
+                            description: "to alice".into(),
+                            expiry_secs: None,
+                        })
+                        .await
+                        .ok()?;
+                    let id = bob.pay_invoice(&invoice.invoice, None).await.ok()?;
+                    let record = bob.wait_payment(id, Duration::from_secs(10)).await.ok()?;
+                    (record.status == PaymentStatus::Succeeded).then_some(())
+                };
+                if to_bob.await.is_some() && to_alice.await.is_some() {
+                    paid.fetch_add(2, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    nodes::wait_for("payments to flow", Duration::from_secs(60), || async {
+        (paid.load(Ordering::Relaxed) >= 4).then_some(())
+    })
+    .await;
+    // The node holds its SQLite file's exclusive lock: no other process can read it, so
+    // the node takes the snapshot itself.
+    let during = world.dir.join("during");
+    let (status, out, err) = tokio::task::spawn_blocking({
+        let (config, during) = (config_text.clone(), during.clone());
+        move || {
+            phalanx(&[
+                "backup",
+                "create",
+                "--config",
+                &config,
+                "--to",
+                during.to_str().unwrap(),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, Some(0), "{err}");
+    assert!(out.contains("(taken by the running node)"), "{out}");
+    assert!(out.contains(&started.node_id), "{out}");
+    let before = paid.load(Ordering::Relaxed);
+    nodes::wait_for(
+        "payments after the backup",
+        Duration::from_secs(60),
+        || async { (paid.load(Ordering::Relaxed) >= before + 4).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    stream.await.unwrap();
+
+    let (status, out, err) = phalanx(&[
+        "backup",
+        "verify",
+        "--config",
+        &config_text,
+        during.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(out.contains("1 channel monitors, 1 channels"), "{out}");
+    let target =
+        phalanx_testkit::etcd::shared().url(&phalanx_testkit::unique_name("sqlite-during"));
+    let (status, out, err) = phalanx(&[
+        "restore",
+        "--config",
+        &config_text,
+        "--from",
+        during.to_str().unwrap(),
+        "--to",
+        &target,
+    ]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(
+        out.contains(&format!("restored node_id={}", started.node_id)),
+        "{out}"
+    );
+
+    // A directory that is not empty: the node refuses, and writes nothing into it.
+    let (status, _, err) = phalanx(&[
+        "backup",
+        "create",
+        "--config",
+        &config_text,
+        "--to",
+        during.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(2), "{err}");
+    assert!(err.contains("not empty"), "{err}");
+
+    // With the node gone, no API answers, and the file is read directly.
+    alice.kill().await;
+    let after = world.dir.join("after");
+    let (status, out, err) = phalanx(&[
+        "backup",
+        "create",
+        "--config",
+        &config_text,
+        "--to",
+        after.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(!out.contains("taken by the running node"), "{out}");
+    let (status, _, err) = phalanx(&[
+        "backup",
+        "verify",
+        "--config",
+        &config_text,
+        after.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(0), "{err}");
 }

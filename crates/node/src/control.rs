@@ -220,7 +220,7 @@ fn count(n: usize) -> u32 {
 /// | `UnknownChannel` | `unknown_channel` |
 /// | `UnknownPayment` | `unknown_payment` |
 /// | `PaymentFailed` | `payment_failed` |
-/// | anything else (other wallet errors, `Invoice`, LDK's `InvalidRoute`) | `internal` |
+/// | anything else (other wallet errors, `Invoice`, `Backup`, LDK's `InvalidRoute`) | `internal` |
 pub fn error_code(err: &NodeError) -> ErrorCode {
     match err {
         NodeError::Stopped(_) => ErrorCode::NotActive,
@@ -246,7 +246,7 @@ pub fn error_code(err: &NodeError) -> ErrorCode {
         NodeError::UnknownChannel(_) => ErrorCode::UnknownChannel,
         NodeError::UnknownPayment(_) => ErrorCode::UnknownPayment,
         NodeError::PaymentFailed(_) => ErrorCode::PaymentFailed,
-        NodeError::Wallet(_) | NodeError::Invoice(_) => ErrorCode::Internal,
+        NodeError::Wallet(_) | NodeError::Invoice(_) | NodeError::Backup(_) => ErrorCode::Internal,
     }
 }
 
@@ -624,6 +624,28 @@ impl NodeControl for NodeService {
                     format!("no payment with hash {payment_hash}"),
                 )
             })
+    }
+
+    async fn create_backup(
+        &self,
+        req: phalanx_api::CreateBackupRequest,
+    ) -> Result<phalanx_api::BackupCreated, ApiError> {
+        let node = Arc::clone(self.active()?);
+        let task_node = Arc::clone(&node);
+        let dir = std::path::PathBuf::from(&req.to);
+        // Detached: a client that goes away leaves a whole backup or none.
+        let created = detached(async move { task_node.create_backup(&dir).await })
+            .await?
+            .map_err(|err| self.error(err))?;
+        Ok(phalanx_api::BackupCreated {
+            dir: req.to,
+            node_id: node.node_id().to_string(),
+            epoch: created.epoch,
+            keys: created.keys as u64,
+            bytes: created.bytes as u64,
+            snapshot_ms: created.snapshot_ms,
+            created_at_unix: created.created_at_unix,
+        })
     }
 }
 

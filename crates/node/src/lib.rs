@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod broadcast;
 pub mod chain;
 pub mod config;

@@ -106,6 +106,7 @@ impl NodeBuilder {
             (*base.kv).clone(),
             tip_locator,
         )?);
+        let backup_key = seed.backup_key();
         drop(seed);
         wallet.stop_on_failure(base.fail_stop.clone());
         let wallet_keys = Arc::new(WalletKeys::new(Arc::clone(&base.keys), Arc::clone(&wallet)));
@@ -208,6 +209,8 @@ impl NodeBuilder {
             metrics,
             listen_addresses,
             epoch,
+            backup_key,
+            cluster: config.store.cluster.as_str().to_owned(),
             leadership: Mutex::new(None),
             shutdown: watch::channel(false).0,
             background_processor: Mutex::new(None),

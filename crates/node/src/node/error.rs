@@ -23,6 +23,9 @@ pub enum NodeError {
     /// The request names something invalid.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A snapshot backup could not be written (its directory, the disk).
+    #[error("backup: {0}")]
+    Backup(String),
     /// A BOLT11 invoice that cannot be paid.
     #[error("invalid invoice: {0}")]
     InvalidInvoice(String),

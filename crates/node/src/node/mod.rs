@@ -10,7 +10,7 @@
 //! (reading the graph, monitors, scorer and sweeper), `sync` (blocks to every listener),
 //! `loops` (the background loops), `runtime` (the store's own runtime), `error`; and the
 //! operations, each an `impl Node` of its own: `onchain`, `peering`, `channels`,
-//! `payments`. This file holds the node itself, its accessors and its shutdown.
+//! `payments`, `backup`. This file holds the node itself, its accessors and its shutdown.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -74,6 +74,7 @@ use crate::types::{
 };
 use crate::wallet::{OnchainWallet, WalletBalance, WalletError};
 
+mod backup;
 mod builder;
 mod channels;
 mod error;
@@ -85,6 +86,7 @@ mod restore;
 mod runtime;
 mod sync;
 
+pub use self::backup::BackupCreated;
 pub use self::builder::NodeBuilder;
 pub use self::error::BuildError;
 pub use self::error::NodeError;
@@ -142,6 +144,11 @@ pub struct Node {
     metrics: Arc<Metrics>,
     listen_addresses: Vec<SocketAddr>,
     epoch: Epoch,
+    /// The key snapshot backups are sealed with ([`phalanx_secrets::Seed::backup_key`]);
+    /// the seed itself is not kept.
+    backup_key: zeroize::Zeroizing<[u8; 32]>,
+    /// The cluster, named in a backup's manifest.
+    cluster: String,
     leadership: Mutex<Option<Leadership>>,
     /// Tells the background tasks to finish.
     shutdown: watch::Sender<bool>,

@@ -12,10 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::identity::{self, NodeIdentity};
 use bitcoin::hashes::{Hash, sha256};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use phalanx_node::identity::{self, NodeIdentity};
 use phalanx_secrets::Seed;
 use phalanx_store::StoreKey;
 use serde::{Deserialize, Serialize};
@@ -129,6 +129,19 @@ pub fn write(
     epoch: u64,
     entries: &[(StoreKey, Vec<u8>)],
 ) -> Result<Header, ArchiveError> {
+    write_sealed(dir, &seed.backup_key(), identity, cluster, epoch, entries)
+}
+
+/// [`write`] with the backup key ([`Seed::backup_key`]) instead of the seed: what a
+/// running node, which keeps that key and not the seed, writes with.
+pub fn write_sealed(
+    dir: &Path,
+    key: &[u8; 32],
+    identity: &NodeIdentity,
+    cluster: &str,
+    epoch: u64,
+    entries: &[(StoreKey, Vec<u8>)],
+) -> Result<Header, ArchiveError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| ArchiveError::Io { path, source }
@@ -186,8 +199,7 @@ pub fn write(
         payload_bytes: (payload.len() + 16) as u64,
     };
     let header_json = serde_json::to_vec_pretty(&header).expect("a header serializes");
-    let key = seed.backup_key();
-    let sealed = XChaCha20Poly1305::new((&*key).into())
+    let sealed = XChaCha20Poly1305::new(key.into())
         .encrypt(
             XNonce::from_slice(&nonce),
             Payload {
@@ -224,7 +236,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
 
 /// Reads the backup in `dir` with `seed`: checks that it is this seed's node's,
 /// decrypts it, and checks every key against the manifest. (What the state means is
-/// [`phalanx_node::offline::check_state`]'s to check.)
+/// [`crate::offline::check_state`]'s to check.)
 pub fn read(dir: &Path, seed: &Seed) -> Result<Archive, ArchiveError> {
     let invalid = |reason: String| ArchiveError::Invalid {
         dir: dir.to_owned(),
