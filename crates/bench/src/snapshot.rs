@@ -3,6 +3,9 @@
 //! backup create` takes them), and the same payments without snapshots, in one run.
 //! Reports the snapshot's time and size, the encrypted backup's size, and the payment
 //! latencies with and without snapshots running (the pause a snapshot costs the node).
+//! On SQLite the running node holds its file's lock, so the node takes each backup
+//! itself (`POST /v1/backups`, [`phalanx_node::Node::create_backup`]): the snapshot is
+//! one read on the connection its writes use, and its time is the pause they see.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -24,7 +27,7 @@ use crate::store::{Backend, backend_name};
 
 #[derive(Args, Debug)]
 pub struct SnapshotArgs {
-    /// The store backend (PostgreSQL or etcd: a running SQLite node holds its file's lock).
+    /// The store backend (on SQLite the node takes each backup itself).
     #[arg(long, value_enum)]
     backend: Backend,
     /// Channel counts measured, each on a fresh pair of nodes.
@@ -56,10 +59,6 @@ struct Result {
 }
 
 pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !matches!(args.backend, Backend::Sqlite),
-        "a running node holds its SQLite file's lock: measure PostgreSQL or etcd"
-    );
     for &channels in &args.channels {
         let result = run_once(&args, channels).await?;
         if args.json {
@@ -88,6 +87,12 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
 async fn run_once(args: &SnapshotArgs, channels: usize) -> anyhow::Result<Result> {
     let dir = phalanx_testkit::process::scratch_dir("bench-snapshot")?;
     let (_postgres, _etcd, alice_store, bob_store) = match args.backend {
+        Backend::Sqlite => (
+            None,
+            None,
+            format!("sqlite://{}/alice.db", dir.display()),
+            format!("sqlite://{}/bob.db", dir.display()),
+        ),
         Backend::Postgres => {
             let server = PostgresServer::start()?;
             let (a, b) = (server.fresh_database()?, server.fresh_database()?);
@@ -107,9 +112,17 @@ async fn run_once(args: &SnapshotArgs, channels: usize) -> anyhow::Result<Result
     let bob =
         initialize_and_start(&node_config(chain.config(), &dir, "bob", Some(bob_store))?).await?;
     open_channels(&chain, &alice, &bob, channels, 200_000, 20_000).await?;
-    let store =
-        phalanx_store_connect::connect(&alice_store, StoreOptions::new(ClusterName::new("alice")?))
-            .await?;
+    // A running node's SQLite file cannot be opened by another process: the node's.
+    let store = match args.backend {
+        Backend::Sqlite => None,
+        _ => Some(
+            phalanx_store_connect::connect(
+                &alice_store,
+                StoreOptions::new(ClusterName::new("alice")?),
+            )
+            .await?,
+        ),
+    };
 
     let count = args.payments;
     let pay = |stats: Arc<Mutex<Stats>>| {
@@ -132,23 +145,47 @@ async fn run_once(args: &SnapshotArgs, channels: usize) -> anyhow::Result<Result
     let payments = tokio::spawn(pay(Arc::clone(&during)));
     let mut times_ms = Vec::new();
     let mut last = Vec::new();
+    let mut taken = 0usize;
+    let (mut keys, mut state_bytes) = (0, 0);
     while !payments.is_finished() {
-        let started = Instant::now();
-        last = store.snapshot().await?;
-        times_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        match &store {
+            Some(store) => {
+                let started = Instant::now();
+                last = store.snapshot().await?;
+                times_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                (keys, state_bytes) = (last.len(), last.iter().map(|(_, v)| v.len()).sum());
+            }
+            None => {
+                // The node's own backup: its snapshot time is what its writes wait.
+                let backup = dir.join(format!("node-backup-{taken}"));
+                let created = alice.create_backup(&backup).await?;
+                times_ms.push(created.snapshot_ms as f64);
+                (keys, state_bytes) = (created.keys, created.bytes);
+                if taken > 0 {
+                    let _ = std::fs::remove_dir_all(dir.join(format!("node-backup-{}", taken - 1)));
+                }
+            }
+        }
+        taken += 1;
     }
     payments.await?;
     anyhow::ensure!(!times_ms.is_empty(), "no snapshot was taken");
     times_ms.sort_by(f64::total_cmp);
 
-    let seed = FileSeedProvider::new(alice_config.data_dir.join("seed"), false)
-        .seed()
-        .await?;
-    let node = identity::read_identity(&*store)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("alice's store has no identity"))?;
-    let backup = dir.join("backup");
-    phalanx_backup::archive::write(&backup, &seed, &node, "alice", 0, &last)?;
+    let backup = match &store {
+        Some(store) => {
+            let seed = FileSeedProvider::new(alice_config.data_dir.join("seed"), false)
+                .seed()
+                .await?;
+            let node = identity::read_identity(&**store)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("alice's store has no identity"))?;
+            let backup = dir.join("backup");
+            phalanx_backup::archive::write(&backup, &seed, &node, "alice", 0, &last)?;
+            backup
+        }
+        None => dir.join(format!("node-backup-{}", taken - 1)),
+    };
     let backup_bytes = std::fs::metadata(backup.join(phalanx_backup::archive::PAYLOAD_FILE))?.len();
 
     alice.shutdown().await;
@@ -161,8 +198,8 @@ async fn run_once(args: &SnapshotArgs, channels: usize) -> anyhow::Result<Result
         bench: "snapshot",
         backend: backend_name(args.backend),
         channels,
-        keys: last.len(),
-        state_bytes: last.iter().map(|(_, v)| v.len()).sum(),
+        keys,
+        state_bytes,
         backup_bytes,
         snapshots: times_ms.len(),
         snapshot_ms_p50: times_ms[times_ms.len() / 2],
