@@ -117,14 +117,9 @@ impl Shared {
             .map(|(key, value)| BatchOp::Put { key, value })
             .collect();
         let (dir, key) = (self.dir.clone(), self.key.clone());
-        let created = tokio::task::spawn_blocking(move || {
-            StreamWriter::create(&dir, key, epoch, Some(&base))
-        })
-        .await
-        .map_err(|err| StreamError::Io {
-            path: self.dir.clone(),
-            source: std::io::Error::other(format!("the task failed: {err}")),
-        })??;
+        let created = self
+            .blocking(move || StreamWriter::create(&dir, key, epoch, Some(&base)))
+            .await?;
         tracing::info!(
             segment = %created.path().display(),
             epoch = epoch.0,
@@ -134,6 +129,19 @@ impl Shared {
         let created = Arc::new(created);
         *slot = Some(Arc::clone(&created));
         Ok(created)
+    }
+
+    /// Runs file work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, StreamError> + Send + 'static,
+    ) -> Result<T, StreamError> {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|err| StreamError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(format!("the task failed: {err}")),
+            })?
     }
 
     /// Whether a later leadership than `epoch` has written through this store.
@@ -192,13 +200,9 @@ impl Shared {
                 return Ok(None);
             }
             let (dir, key, epoch) = (self.dir.clone(), self.key.clone(), current.epoch());
-            let next =
-                tokio::task::spawn_blocking(move || StreamWriter::create(&dir, key, epoch, None))
-                    .await
-                    .map_err(|err| StreamError::Io {
-                        path: self.dir.clone(),
-                        source: std::io::Error::other(format!("the task failed: {err}")),
-                    })??;
+            let next = self
+                .blocking(move || StreamWriter::create(&dir, key, epoch, None))
+                .await?;
             *slot = Some(Arc::new(next));
             current
         };
@@ -217,13 +221,9 @@ impl Shared {
             .to_owned();
         drop(closed);
         let (dir, key) = (self.dir.clone(), self.key.clone());
-        let compaction =
-            tokio::task::spawn_blocking(move || checkpoint::compact(&dir, &key, &through))
-                .await
-                .map_err(|err| StreamError::Io {
-                    path: self.dir.clone(),
-                    source: std::io::Error::other(format!("the task failed: {err}")),
-                })??;
+        let compaction = self
+            .blocking(move || checkpoint::compact(&dir, &key, &through))
+            .await?;
         tracing::info!(
             checkpoint = %compaction.checkpoint,
             segments_removed = compaction.segments_removed,

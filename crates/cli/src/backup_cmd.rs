@@ -239,10 +239,10 @@ async fn restore(args: RestoreArgs) -> Result<String, Failure> {
     let (entries, cluster, origin, detail) = if from_stream {
         let replayed = phalanx_backup_stream::replay(&args.from, &seed)
             .map_err(|err| (err.to_string(), true))?;
-        if replayed.segments == 0 {
+        if replayed.segments == 0 && replayed.checkpoint.is_none() {
             return Err((
                 format!(
-                    "{} holds neither a backup ({}) nor a backup stream (epoch-*.log)",
+                    "{} holds neither a backup ({}) nor a backup stream (epoch-*.log, checkpoint-*.ckpt)",
                     args.from.display(),
                     archive::HEADER_FILE
                 ),
@@ -250,8 +250,12 @@ async fn restore(args: RestoreArgs) -> Result<String, Failure> {
             ));
         }
         let detail = format!(
-            "from the backup stream: {} records of {} segments, last epoch {}, {} cut short and skipped",
-            replayed.records, replayed.segments, replayed.last_epoch, replayed.torn
+            "from the backup stream: {} records of {} segments after checkpoint {}, last epoch {}, {} cut short and skipped",
+            replayed.records,
+            replayed.segments,
+            replayed.checkpoint.as_deref().unwrap_or("none"),
+            replayed.last_epoch,
+            replayed.torn
         );
         (
             replayed.entries,
@@ -290,7 +294,7 @@ async fn restore(args: RestoreArgs) -> Result<String, Failure> {
         .ok_or_else(|| {
             (
                 format!(
-                    "{} holds no identity record (a stream enabled after `phalanx init` holds only what came after: restore a snapshot taken since)",
+                    "{} holds no identity record (a stream written before this version's bases, enabled after `phalanx init`, holds only what came after: restore a snapshot taken since)",
                     args.from.display()
                 ),
                 true,

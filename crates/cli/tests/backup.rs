@@ -34,6 +34,40 @@ async fn pay(from: &Node, to: &Node, msat: u64) -> bool {
         .is_ok()
 }
 
+/// One payment each way between a node process (its API) and Bob: the id of Alice's
+/// payment to Bob and the hash of Bob's to Alice, each if it succeeded on the payer's side.
+async fn round_trip(api: &phalanx_api::ApiClient, bob: &Node) -> (Option<String>, Option<String>) {
+    use phalanx_api::{CreateInvoiceRequest, PayInvoiceRequest};
+    let to_bob = async {
+        let invoice = bob.create_invoice(Some(4_000), "to bob", None).await.ok()?;
+        let paid = api
+            .pay_invoice(&PayInvoiceRequest {
+                invoice: invoice.to_string(),
+                amount_msat: None,
+                wait: true,
+                timeout_secs: Some(10),
+            })
+            .await
+            .ok()?;
+        (paid.status == phalanx_api::PaymentStatus::Succeeded).then_some(paid.payment_id)
+    };
+    let to_bob = to_bob.await;
+    let to_alice = async {
+        let invoice = api
+            .create_invoice(&CreateInvoiceRequest {
+                amount_msat: Some(3_000),
+                description: "to alice".into(),
+                expiry_secs: None,
+            })
+            .await
+            .ok()?;
+        let id = bob.pay_invoice(&invoice.invoice, None).await.ok()?;
+        let record = bob.wait_payment(id, Duration::from_secs(10)).await.ok()?;
+        (record.status == PaymentStatus::Succeeded).then_some(invoice.payment_hash)
+    };
+    (to_bob, to_alice.await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_taken_during_payments_verifies_and_restores_onto_another_backend() {
     phalanx_testkit::init_tracing();
@@ -237,7 +271,6 @@ fn hash_of(hex_text: &str) -> lightning::types::payment::PaymentHash {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_during_payments_the_node_is_restored_from_its_backup_stream_alone() {
-    use phalanx_api::{CreateInvoiceRequest, PayInvoiceRequest};
     use phalanx_e2e::world::{Channel, World};
 
     phalanx_testkit::init_tracing();
@@ -291,38 +324,12 @@ async fn killed_during_payments_the_node_is_restored_from_its_backup_stream_alon
         tokio::spawn(async move {
             let mut failures = 0;
             while failures < 20 {
-                let to_bob = async {
-                    let invoice = bob.create_invoice(Some(4_000), "to bob", None).await.ok()?;
-                    let paid = api
-                        .pay_invoice(&PayInvoiceRequest {
-                            invoice: invoice.to_string(),
-                            amount_msat: None,
-                            wait: true,
-                            timeout_secs: Some(10),
-                        })
-                        .await
-                        .ok()?;
-                    (paid.status == phalanx_api::PaymentStatus::Succeeded)
-                        .then_some(paid.payment_id)
-                };
-                match to_bob.await {
+                let (sent, received) = round_trip(&api, &bob).await;
+                match sent {
                     Some(id) => seen.lock().unwrap().0.push(id),
                     None => failures += 1,
                 }
-                let to_alice = async {
-                    let invoice = api
-                        .create_invoice(&CreateInvoiceRequest {
-                            amount_msat: Some(3_000),
-                            description: "to alice".into(),
-                            expiry_secs: None,
-                        })
-                        .await
-                        .ok()?;
-                    let id = bob.pay_invoice(&invoice.invoice, None).await.ok()?;
-                    let record = bob.wait_payment(id, Duration::from_secs(10)).await.ok()?;
-                    (record.status == PaymentStatus::Succeeded).then_some(invoice.payment_hash)
-                };
-                match to_alice.await {
+                match received {
                     Some(hash) => seen.lock().unwrap().1.push(hash),
                     None => failures += 1,
                 }
@@ -423,7 +430,6 @@ async fn killed_during_payments_the_node_is_restored_from_its_backup_stream_alon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_running_node_on_sqlite_takes_its_own_backup_while_it_pays() {
-    use phalanx_api::{CreateInvoiceRequest, PayInvoiceRequest};
     use phalanx_e2e::world::{Channel, World};
 
     phalanx_testkit::init_tracing();
@@ -457,33 +463,7 @@ async fn a_running_node_on_sqlite_takes_its_own_backup_while_it_pays() {
         let (api, bob, stop, paid) = (api.clone(), world.bob.clone(), stop.clone(), paid.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let to_bob = async {
-                    let invoice = bob.create_invoice(Some(4_000), "to bob", None).await.ok()?;
-                    let paid = api
-                        .pay_invoice(&PayInvoiceRequest {
-                            invoice: invoice.to_string(),
-                            amount_msat: None,
-                            wait: true,
-                            timeout_secs: Some(10),
-                        })
-                        .await
-                        .ok()?;
-                    (paid.status == phalanx_api::PaymentStatus::Succeeded).then_some(())
-                };
-                let to_alice = async {
-                    let invoice = api
-                        .create_invoice(&CreateInvoiceRequest {
-                            amount_msat: Some(3_000),
-                            description: "to alice".into(),
-                            expiry_secs: None,
-                        })
-                        .await
-                        .ok()?;
-                    let id = bob.pay_invoice(&invoice.invoice, None).await.ok()?;
-                    let record = bob.wait_payment(id, Duration::from_secs(10)).await.ok()?;
-                    (record.status == PaymentStatus::Succeeded).then_some(())
-                };
-                if to_bob.await.is_some() && to_alice.await.is_some() {
+                if let (Some(_), Some(_)) = round_trip(&api, &bob).await {
                     paid.fetch_add(2, Ordering::Relaxed);
                 }
             }
