@@ -33,6 +33,7 @@ mod error;
 mod generation;
 mod lock;
 mod schema;
+mod snapshot;
 mod url;
 mod write;
 
@@ -64,12 +65,22 @@ struct Inner {
 }
 
 struct LeaderConnections {
+    /// A snapshot being copied from `main` (see `snapshot`); finished before `main`
+    /// closes.
+    snapshot: Option<snapshot::SteppedBackup>,
     epoch: Epoch,
     holder: HolderId,
     main: Connection,
     replica: Option<Connection>,
     /// Set when the files diverged; every later write fails with this message.
     broken: Option<String>,
+}
+
+impl Drop for LeaderConnections {
+    fn drop(&mut self) {
+        // SQLite's one rule for a backup: it must not outlive its source connection.
+        self.snapshot = None;
+    }
 }
 
 impl SqliteStore {

@@ -128,6 +128,7 @@ impl Inner {
         };
         tracing::info!(cluster = self.cluster(), %epoch, holder = %holder, path = %path.display(), "took the SQLite lock");
         *leader = Some(LeaderConnections {
+            snapshot: None,
             epoch,
             holder: holder.clone(),
             main,

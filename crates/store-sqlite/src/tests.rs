@@ -504,3 +504,96 @@ async fn a_stalled_transaction_holds_up_no_call_past_the_timeout() {
     answers_in_time("resign", bound, lease.resign()).await;
     staller.join().unwrap();
 }
+
+/// Enough rows that a snapshot takes many steps (4 KiB each, so one or more pages each).
+async fn fill(store: &SqliteStore, token: phalanx_store::FencingToken, rows: u32) {
+    for n in 0..rows {
+        let key = StoreKey::new("monitors", "", &format!("k{n:04}")).unwrap();
+        store.write(token, &key, vec![n as u8; 4096]).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_lets_writes_through_between_its_steps_and_ends_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/node.db", dir.path().display());
+    let store = SqliteStore::open(&url, options()).await.unwrap();
+    let lease = must_win(&store, "a", Duration::from_secs(5)).await;
+    fill(&store, lease.token(), 300).await;
+    let key = |n: u32| StoreKey::new("monitors", "", &format!("k{n:04}")).unwrap();
+
+    let run = snapshot::SnapshotRun::start(&store.inner)
+        .unwrap()
+        .expect("the leader snapshots through its own connection");
+    assert_eq!(run.step(&store.inner).unwrap(), snapshot::Progress::Copying);
+    // Mid-snapshot, the leader's writes go through (the step let go of the connection),
+    // an update, a delete and a new key, in pages copied and pages still to copy.
+    let writes = async {
+        store
+            .write(lease.token(), &key(0), b"updated".to_vec())
+            .await
+            .unwrap();
+        store.remove(lease.token(), &key(299)).await.unwrap();
+        store
+            .write(lease.token(), &key(1000), b"new".to_vec())
+            .await
+            .unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(30), writes)
+        .await
+        .expect("writes wait for one step at most, not the whole snapshot");
+    let mut steps = 1;
+    while run.step(&store.inner).unwrap() == snapshot::Progress::Copying {
+        steps += 1;
+    }
+    assert!(
+        steps > 3,
+        "300 rows of 4 KiB take several steps, took {steps}"
+    );
+    let copy = run.finish(&store.inner).unwrap();
+
+    // The copy is the state after the last write: what the store itself reads now.
+    let mut copied = store
+        .inner
+        .read_rows(&copy)
+        .unwrap()
+        .into_iter()
+        .map(|(primary, secondary, key, value)| {
+            (StoreKey::new(&primary, &secondary, &key).unwrap(), value)
+        })
+        .collect::<Vec<_>>();
+    copied.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(copied.len(), 300);
+    assert_eq!(copied[0], (key(0), b"updated".to_vec()));
+    assert!(copied.iter().all(|(k, _)| *k != key(299)));
+    assert!(copied.contains(&(key(1000), b"new".to_vec())));
+    assert!(copied.contains(&(key(298), vec![42; 4096])));
+    assert_eq!(copied, store.snapshot().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_snapshot_fails_when_the_lease_ends_during_it_and_a_new_one_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/node.db", dir.path().display());
+    let store = SqliteStore::open(&url, options()).await.unwrap();
+    let lease = must_win(&store, "a", Duration::from_secs(5)).await;
+    fill(&store, lease.token(), 100).await;
+
+    let run = snapshot::SnapshotRun::start(&store.inner).unwrap().unwrap();
+    assert_eq!(run.step(&store.inner).unwrap(), snapshot::Progress::Copying);
+    // Resigning closes the leader's connection, and the backup reading it with it.
+    lease.resign().await.unwrap();
+    let err = run.step(&store.inner).unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        err.to_string().contains("ended during the snapshot"),
+        "{err}"
+    );
+
+    let lease = must_win(&store, "b", Duration::from_secs(5)).await;
+    let entries = store.snapshot().await.unwrap();
+    assert_eq!(entries.len(), 100);
+    drop(lease);
+    // Without the lease the file is read directly, in one statement.
+    assert_eq!(store.snapshot().await.unwrap(), entries);
+}

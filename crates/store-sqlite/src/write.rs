@@ -9,9 +9,27 @@ use phalanx_store::{
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::error::{ApplyError, fenced_by_row, sqlite_error};
-use crate::{Inner, SqliteStore, generation};
+use crate::snapshot::SnapshotRun;
+use crate::{Inner, SqliteStore, generation, schema};
+
+/// One row of `phalanx_kv`: primary and secondary namespace, key, value.
+type Row = (String, String, String, Vec<u8>);
 
 impl Inner {
+    /// Every row of this cluster, read through `conn` in one statement.
+    pub(crate) fn read_rows(&self, conn: &rusqlite::Connection) -> Result<Vec<Row>, StoreError> {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT primary_ns, secondary_ns, key, value FROM phalanx_kv WHERE cluster = ?1",
+            )
+            .map_err(|e| sqlite_error("snapshot", self.path(), e))?;
+        stmt.query_map(params![self.cluster()], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| sqlite_error("snapshot", self.path(), e))
+    }
+
     /// Applies `ops` under `token` (its write sequence already checked: `sequence`).
     pub(crate) fn apply(
         &self,
@@ -211,25 +229,23 @@ impl StateStore for SqliteStore {
 
     async fn snapshot(&self) -> Result<Vec<(StoreKey, Vec<u8>)>, StoreError> {
         self.blocking("snapshot", move |inner| {
-            // One statement: one read transaction, one consistent state.
-            let rows = inner.read_schema(|conn| {
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT primary_ns, secondary_ns, key, value FROM phalanx_kv
-                         WHERE cluster = ?1",
-                    )
-                    .map_err(|e| sqlite_error("snapshot", inner.path(), e))?;
-                stmt.query_map(params![inner.cluster()], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, Vec<u8>>(3)?,
-                    ))
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| sqlite_error("snapshot", inner.path(), e))
-            })?;
+            // The leader copies its file in small steps so that its writes wait for one
+            // step at most (see `snapshot`); any other handle reads the file in one
+            // statement: one read transaction, one consistent state.
+            let rows = match SnapshotRun::start(inner)? {
+                Some(run) => {
+                    let copy = run.run(inner)?;
+                    if schema::version(&copy)
+                        .map_err(|e| sqlite_error("snapshot", inner.path(), e))?
+                        == 0
+                    {
+                        None
+                    } else {
+                        Some(inner.read_rows(&copy)?)
+                    }
+                }
+                None => inner.read_schema(|conn| inner.read_rows(conn))?,
+            };
             let mut entries = rows
                 .unwrap_or_default()
                 .into_iter()
