@@ -419,7 +419,7 @@ pub struct BackupCreated {
     pub keys: u64,
     /// Bytes of values in it.
     pub bytes: u64,
-    /// How long the snapshot's one read of the store took.
+    /// How long the snapshot of the store took.
     pub snapshot_ms: u64,
     /// When it was taken (unix seconds).
     pub created_at_unix: u64,

@@ -4,8 +4,9 @@
 //! Reports the snapshot's time and size, the encrypted backup's size, and the payment
 //! latencies with and without snapshots running (the pause a snapshot costs the node).
 //! On SQLite the running node holds its file's lock, so the node takes each backup
-//! itself (`POST /v1/backups`, [`phalanx_node::Node::create_backup`]): the snapshot is
-//! one read on the connection its writes use, and its time is the pause they see.
+//! itself (`POST /v1/backups`, [`phalanx_node::Node::create_backup`]), copying its
+//! database a few pages at a time between its own writes (`phalanx-bench store
+//! --snapshot-pause` measures the pause that leaves them).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -39,6 +40,10 @@ pub struct SnapshotArgs {
     /// Print one JSON object per channel count.
     #[arg(long)]
     json: bool,
+    /// The nodes' lease TTL (default 4000); a large node on etcd needs more, since etcd
+    /// answers a renewal only after every write queued before it is applied.
+    #[arg(long)]
+    lease_ttl_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -107,10 +112,26 @@ async fn run_once(args: &SnapshotArgs, channels: usize) -> anyhow::Result<Result
     let regtest = Regtest::start(RegtestConfig::default()).await?;
     let chain =
         ChainControl::connect(chain_config_from_url(&regtest.rpc_url_with_credentials())?).await?;
-    let alice_config = node_config(chain.config(), &dir, "alice", Some(alice_store.clone()))?;
+    let with_lease = |mut config: phalanx_node::config::NodeConfig| {
+        if let Some(ttl) = args.lease_ttl_ms {
+            config.store.lease.ttl = std::time::Duration::from_millis(ttl);
+        }
+        config
+    };
+    let alice_config = with_lease(node_config(
+        chain.config(),
+        &dir,
+        "alice",
+        Some(alice_store.clone()),
+    )?);
     let alice = initialize_and_start(&alice_config).await?;
-    let bob =
-        initialize_and_start(&node_config(chain.config(), &dir, "bob", Some(bob_store))?).await?;
+    let bob = initialize_and_start(&with_lease(node_config(
+        chain.config(),
+        &dir,
+        "bob",
+        Some(bob_store),
+    )?))
+    .await?;
     open_channels(&chain, &alice, &bob, channels, 200_000, 20_000).await?;
     // A running node's SQLite file cannot be opened by another process: the node's.
     let store = match args.backend {

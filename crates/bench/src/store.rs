@@ -37,6 +37,13 @@ pub struct StoreArgs {
     /// upsert on PostgreSQL, a plain put on etcd), to show what the fencing check costs.
     #[arg(long)]
     baseline: bool,
+    /// Instead of the cases above: fill the store with this many MB (8 KiB values, a
+    /// node's monitors and manager at about a thousand channels for 12), then time 1 KiB
+    /// writes alone and while snapshots are taken back to back through the same handle,
+    /// as a running node takes its backups; the slowest write during snapshots is the
+    /// longest pause a snapshot cost.
+    #[arg(long, value_name = "MB")]
+    snapshot_pause: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -50,6 +57,7 @@ struct Result {
     ops_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    max_ms: f64,
 }
 
 /// Keeps a server the benchmark started alive until the end (dropping it stops it).
@@ -116,6 +124,12 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let leadership = Arc::new(campaigner.campaign().await?);
     let measure = Duration::from_secs_f64(args.seconds);
     let name = backend_name(args.backend);
+    if let Some(megabytes) = args.snapshot_pause {
+        snapshot_pause(&store, &leadership, name, megabytes, measure, args.json).await?;
+        drop(leadership);
+        drop(server);
+        return Ok(());
+    }
 
     let cases: [(&'static str, usize, usize); 5] = [
         ("write", 1024, 1),
@@ -238,6 +252,124 @@ async fn run_case(
     .await
 }
 
+#[derive(Serialize)]
+struct PauseResult {
+    bench: &'static str,
+    backend: &'static str,
+    state_bytes: usize,
+    snapshots: u64,
+    snapshot_p50_ms: f64,
+    snapshot_max_ms: f64,
+    write_p50_ms_alone: f64,
+    write_p99_ms_alone: f64,
+    write_max_ms_alone: f64,
+    write_p50_ms_during: f64,
+    write_p99_ms_during: f64,
+    write_max_ms_during: f64,
+}
+
+/// `--snapshot-pause`: 1 KiB writes at concurrency 1, alone, then with snapshots taken
+/// back to back through the same store handle.
+async fn snapshot_pause(
+    store: &Arc<dyn Store>,
+    leadership: &Arc<Leadership>,
+    backend: &'static str,
+    megabytes: usize,
+    measure: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    const VALUE_BYTES: usize = 8 * 1024;
+    let token = leadership.token()?;
+    let keys = megabytes * 1024 * 1024 / VALUE_BYTES;
+    for i in 0..keys {
+        store
+            .write(token, &bench_key("state", 0, i), vec![0x5A; VALUE_BYTES])
+            .await?;
+    }
+    let writes = |store: Arc<dyn Store>, leadership: Arc<Leadership>| {
+        move |worker: usize, i: usize| {
+            let store = store.clone();
+            let leadership = leadership.clone();
+            async move {
+                let token = leadership.token()?;
+                store
+                    .write(token, &bench_key("write", worker, i % 64), vec![0xA5; 1024])
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+    let alone = measure_ops(
+        backend,
+        "write",
+        1024,
+        1,
+        measure,
+        writes(store.clone(), leadership.clone()),
+    )
+    .await?;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let snapshots = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut state_bytes = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let began = Instant::now();
+                let entries = store.snapshot().await?;
+                times.saturating_record(began.elapsed().as_micros().max(1) as u64);
+                state_bytes = entries.iter().map(|(_, value)| value.len()).sum();
+            }
+            Ok::<_, anyhow::Error>((times, state_bytes))
+        }
+    });
+    let during = measure_ops(
+        backend,
+        "write",
+        1024,
+        1,
+        measure,
+        writes(store.clone(), leadership.clone()),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (times, state_bytes) = snapshots.await??;
+    let during = during?;
+    let result = PauseResult {
+        bench: "store-snapshot-pause",
+        backend,
+        state_bytes,
+        snapshots: times.len(),
+        snapshot_p50_ms: times.value_at_quantile(0.5) as f64 / 1000.0,
+        snapshot_max_ms: times.max() as f64 / 1000.0,
+        write_p50_ms_alone: alone.p50_ms,
+        write_p99_ms_alone: alone.p99_ms,
+        write_max_ms_alone: alone.max_ms,
+        write_p50_ms_during: during.p50_ms,
+        write_p99_ms_during: during.p99_ms,
+        write_max_ms_during: during.max_ms,
+    };
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!(
+            "{backend}: {} MB, {} snapshots ({:.1} / {:.1} ms p50 / max); 1 KiB writes p50 / p99 / max alone {:.2} / {:.2} / {:.2} ms, during snapshots {:.2} / {:.2} / {:.2} ms",
+            result.state_bytes / 1_000_000,
+            result.snapshots,
+            result.snapshot_p50_ms,
+            result.snapshot_max_ms,
+            result.write_p50_ms_alone,
+            result.write_p99_ms_alone,
+            result.write_max_ms_alone,
+            result.write_p50_ms_during,
+            result.write_p99_ms_during,
+            result.write_max_ms_during,
+        );
+    }
+    Ok(())
+}
+
 /// Runs `operation(worker, i)` from `concurrency` workers for `measure` after a warm-up
 /// and summarizes the latencies of the operations that fell inside the window.
 async fn measure_ops<F, Fut>(
@@ -292,6 +424,7 @@ where
         ops_per_s: ops as f64 / measure.as_secs_f64(),
         p50_ms: total.value_at_quantile(0.50) as f64 / 1000.0,
         p99_ms: total.value_at_quantile(0.99) as f64 / 1000.0,
+        max_ms: total.max() as f64 / 1000.0,
     })
 }
 

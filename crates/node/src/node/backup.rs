@@ -26,8 +26,8 @@ pub struct BackupCreated {
 impl Node {
     /// Writes a snapshot backup of the node's store into `dir` (absolute; must not exist
     /// or be empty), sealed with the node's backup key. The snapshot is one consistent
-    /// read of the store (SQLite: one statement on the node's own connection), taken
-    /// while the node goes on.
+    /// read of the store (SQLite: the node's own database copied a few pages at a time
+    /// between its writes), taken while the node goes on.
     pub async fn create_backup(&self, dir: &Path) -> Result<BackupCreated, NodeError> {
         if self.stop_reason().is_some() {
             return Err(NodeError::Stopped(
