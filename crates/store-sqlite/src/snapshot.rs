@@ -116,10 +116,9 @@ impl SnapshotRun {
             };
             let Some(backup) = NonNull::new(backup) else {
                 // The error is on the destination connection.
-                let err = rusqlite::Error::SqliteFailure(
-                    ffi::Error::new(unsafe { ffi::sqlite3_extended_errcode(copy.handle()) }),
-                    None,
-                );
+                // SAFETY: `copy` is open and used by this thread only.
+                let code = unsafe { ffi::sqlite3_extended_errcode(copy.handle()) };
+                let err = rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
                 return Err(sqlite_error("snapshot", inner.path(), err));
             };
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -137,9 +136,8 @@ impl SnapshotRun {
         match rc {
             ffi::SQLITE_OK => Ok(Progress::Copying),
             ffi::SQLITE_DONE => Ok(Progress::Done),
-            // The source is locked by the leader's own connection, so these cannot come
-            // from it; retried by the next step all the same.
-            ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED => Ok(Progress::Copying),
+            // Busy or locked cannot come from a source only the leader's own connection
+            // can open; were it to, the snapshot fails (as transient) rather than spin.
             code => {
                 if let Some(conns) = leader.as_mut() {
                     conns.snapshot = None;
