@@ -1,0 +1,163 @@
+//! The frames.
+
+use bitcoin::secp256k1::PublicKey;
+use serde::{Deserialize, Serialize};
+
+use crate::LinkError;
+
+/// The link's version. Frames are encoded by `postcard`, which numbers the variants of
+/// [`Frame`] by their order: a variant is only ever added at the end, and any other change
+/// to a frame's fields takes a new version (the tests pin every variant's bytes).
+pub const LINK_VERSION: u16 = 1;
+
+/// Which end of the link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A front: peers' connections, no key.
+    Front,
+    /// A backend instance of the node (active or standby).
+    Backend,
+}
+
+/// The first frame each end sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`LINK_VERSION`] of the sender.
+    pub version: u16,
+    /// What the sender is.
+    pub role: Role,
+    /// The sender's name (a front's or an instance's id), for logs and metrics.
+    pub name: String,
+}
+
+impl Hello {
+    /// This end's hello.
+    pub fn new(role: Role, name: impl Into<String>) -> Self {
+        Self {
+            version: LINK_VERSION,
+            role,
+            name: name.into(),
+        }
+    }
+
+    /// Checks the other end's hello: same version, the role expected.
+    pub fn check(&self, expected: Role) -> Result<(), LinkError> {
+        if self.version != LINK_VERSION {
+            return Err(LinkError::Version {
+                ours: LINK_VERSION,
+                theirs: self.version,
+            });
+        }
+        if self.role != expected {
+            return Err(LinkError::Protocol(format!(
+                "{} says it is a {:?}, expected a {expected:?}",
+                self.name, self.role
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One connection of one peer to one front. A front numbers its connections from 1 and
+/// never reuses a number while it runs; the backend tells fronts apart by their link, so
+/// a session is (link, this number). A peer that reconnects gets a new session, and
+/// everything tagged with an older one is about a connection that is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+/// A frame of the link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// The first frame, each way.
+    Hello(Hello),
+    /// A peer finished the handshake and sent `init` (front to backend). The backend
+    /// answers with `PeerDisconnected` for the session if it refuses the peer.
+    PeerConnected {
+        /// The new session.
+        session: SessionId,
+        /// The peer's node id.
+        peer: PublicKey,
+        /// The peer's `init` message, as it sent it (BOLT type and body).
+        init: Vec<u8>,
+        /// Whether the peer connected to the front (rather than the front to it).
+        inbound: bool,
+    },
+    /// A session ended: the connection closed (front to backend), or the backend wants it
+    /// closed (backend to front).
+    PeerDisconnected {
+        /// The session.
+        session: SessionId,
+        /// Its peer.
+        peer: PublicKey,
+    },
+    /// A Lightning message of a session, either way, in the order the session sent or
+    /// must send it.
+    PeerMessage {
+        /// The session.
+        session: SessionId,
+        /// Its peer.
+        peer: PublicKey,
+        /// The message's BOLT type.
+        message_type: u16,
+        /// The message's body, encoded as on the wire (without the type).
+        body: Vec<u8>,
+    },
+    /// The front asks for the noise handshake's ECDH of the node key with `point`.
+    EcdhRequest {
+        /// Matches the answer to the question.
+        request: u64,
+        /// The other side's ephemeral key.
+        point: PublicKey,
+    },
+    /// The backend's answer: the shared secret, or none if it refuses.
+    EcdhResponse {
+        /// The request answered.
+        request: u64,
+        /// SHA-256 of the shared point, as `NodeSigner::ecdh` returns it.
+        shared_secret: Option<[u8; 32]>,
+    },
+    /// Asks for a [`Frame::LinkPong`] with the same nonce (liveness, round-trip time).
+    LinkPing {
+        /// Echoed.
+        nonce: u64,
+    },
+    /// Answers a [`Frame::LinkPing`].
+    LinkPong {
+        /// The ping's.
+        nonce: u64,
+    },
+}
+
+impl Frame {
+    /// The frame's bytes (without the length prefix).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("every frame encodes")
+    }
+
+    /// Decodes one frame's bytes; trailing bytes are an error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, LinkError> {
+        let (frame, rest) = postcard::take_from_bytes::<Frame>(bytes)
+            .map_err(|err| LinkError::Malformed(err.to_string()))?;
+        if !rest.is_empty() {
+            return Err(LinkError::Malformed(format!(
+                "{} bytes after the frame",
+                rest.len()
+            )));
+        }
+        Ok(frame)
+    }
+
+    /// The frame's name, for logs and metrics (never its contents).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::PeerConnected { .. } => "peer_connected",
+            Frame::PeerDisconnected { .. } => "peer_disconnected",
+            Frame::PeerMessage { .. } => "peer_message",
+            Frame::EcdhRequest { .. } => "ecdh_request",
+            Frame::EcdhResponse { .. } => "ecdh_response",
+            Frame::LinkPing { .. } => "link_ping",
+            Frame::LinkPong { .. } => "link_pong",
+        }
+    }
+}
