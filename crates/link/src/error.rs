@@ -25,6 +25,9 @@ pub enum LinkError {
         /// Theirs.
         theirs: u16,
     },
+    /// A certificate, key or TLS setting that cannot be used.
+    #[error("link configuration: {0}")]
+    Config(String),
     /// The other end broke the link's protocol (a frame out of place).
     #[error("link protocol: {0}")]
     Protocol(String),

@@ -20,6 +20,8 @@
 mod codec;
 mod error;
 mod frame;
+pub mod pki;
+pub mod tls;
 
 pub use crate::codec::{LinkCodec, MAX_FRAME_BYTES};
 pub use crate::error::LinkError;
