@@ -14,7 +14,7 @@ use serde::Serialize;
 mod ctl;
 mod devnet;
 
-use phalanx_cli::{backup_cmd, migrate_cmd, node_cmd, seed_cmd};
+use phalanx_cli::{backup_cmd, link_certs_cmd, migrate_cmd, node_cmd, seed_cmd};
 
 #[derive(Parser, Debug)]
 #[command(name = "phalanx", version, about = "One Lightning node, many servers.")]
@@ -44,6 +44,9 @@ enum Command {
     /// Inspect a state store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Make the link's certificate authority and a certificate for every backend and
+    /// front of a cluster (mutual TLS between fronts and backends).
+    LinkCerts(link_certs_cmd::LinkCertsArgs),
     /// Run a Bitcoin regtest chain speaking Bitcoin Core's RPC (and REST), until stopped.
     Regtest(RegtestArgs),
     /// Drive a running node through its REST API.
@@ -316,6 +319,7 @@ fn main() -> ExitCode {
             (Command::Ctl(args), _) => Ok(ctl::run(args).await),
             (Command::Seed(command), _) => Ok(seed_cmd::run(command).await),
             (Command::Migrate(args), _) => Ok(migrate_cmd::run(args).await),
+            (Command::LinkCerts(args), _) => Ok(link_certs_cmd::run(args)),
             (Command::Backup(command), _) => Ok(backup_cmd::run(command).await),
             (Command::Restore(args), _) => Ok(backup_cmd::run_restore(args).await),
             (Command::Devnet(args), _) => Ok(devnet::run(args).await),
