@@ -1,0 +1,145 @@
+//! A peer completes the BOLT 8 handshake with a front that holds no key: LDK's own
+//! `PeerManager` on both sides, over TCP, the front's ECDH answered by the node's signer
+//! elsewhere (here a `KeysManager` standing in for the backend across the link).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::secp256k1::ecdh::SharedSecret;
+use lightning::ln::peer_handler::{
+    ErroringMessageHandler, IgnoringMessageHandler, MessageHandler, PeerManager,
+};
+use lightning::sign::{KeysManager, NodeSigner, Recipient};
+use lightning::util::logger::{Logger, Record};
+use lightning_net_tokio::SocketDescriptor;
+use phalanx_frontend::{EcdhSource, EcdhUnavailable, KeylessSigner};
+
+struct Quiet;
+impl Logger for Quiet {
+    fn log(&self, _record: Record) {}
+}
+
+/// The backend's side of the link: counts the questions, or refuses them all.
+struct Backend {
+    keys: Arc<KeysManager>,
+    asked: AtomicUsize,
+    refuse: bool,
+}
+
+impl EcdhSource for Backend {
+    fn ecdh(&self, point: &PublicKey) -> Result<SharedSecret, EcdhUnavailable> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        if self.refuse {
+            return Err(EcdhUnavailable("refused".into()));
+        }
+        self.keys
+            .ecdh(Recipient::Node, point, None)
+            .map_err(|()| EcdhUnavailable("the keys refused".into()))
+    }
+}
+
+type Peers<S> = PeerManager<
+    SocketDescriptor,
+    Arc<ErroringMessageHandler>,
+    Arc<IgnoringMessageHandler>,
+    Arc<IgnoringMessageHandler>,
+    Arc<Quiet>,
+    Arc<IgnoringMessageHandler>,
+    Arc<S>,
+    Arc<IgnoringMessageHandler>,
+>;
+
+fn keys(byte: u8) -> Arc<KeysManager> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    Arc::new(KeysManager::new(
+        &[byte; 32],
+        now.as_secs(),
+        now.subsec_nanos(),
+        true,
+    ))
+}
+
+fn peers<S: NodeSigner>(signer: Arc<S>, random: u8) -> Arc<Peers<S>> {
+    let ignoring = Arc::new(IgnoringMessageHandler {});
+    Arc::new(PeerManager::new(
+        MessageHandler {
+            chan_handler: Arc::new(ErroringMessageHandler::new()),
+            route_handler: Arc::clone(&ignoring),
+            onion_message_handler: Arc::clone(&ignoring),
+            custom_message_handler: Arc::clone(&ignoring),
+            send_only_message_handler: ignoring,
+        },
+        0,
+        &[random; 32],
+        Arc::new(Quiet),
+        signer,
+    ))
+}
+
+/// A front for `backend`'s node listening on loopback, and a peer dialling that node at
+/// the front's address. Returns the front's and the peer's managers, and the node id.
+async fn dial_through_a_front(
+    backend: Arc<Backend>,
+) -> (
+    Arc<Peers<KeylessSigner<Arc<Backend>>>>,
+    Arc<Peers<KeysManager>>,
+    PublicKey,
+    impl std::future::Future<Output = ()>,
+) {
+    let node_id = backend.keys.get_node_id(Recipient::Node).unwrap();
+    let front = peers(Arc::new(KeylessSigner::new(node_id, backend)), 1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepting = Arc::clone(&front);
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        lightning_net_tokio::setup_inbound(accepting, tcp.into_std().unwrap()).await;
+    });
+    let peer = peers(keys(9), 2);
+    let connection = lightning_net_tokio::connect_outbound(Arc::clone(&peer), node_id, address)
+        .await
+        .expect("the TCP connection opens");
+    (front, peer, node_id, connection)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_completes_the_handshake_with_a_front_that_holds_no_key() {
+    let backend = Arc::new(Backend {
+        keys: keys(7),
+        asked: AtomicUsize::new(0),
+        refuse: false,
+    });
+    let (front, peer, node_id, _connection) = dial_through_a_front(Arc::clone(&backend)).await;
+    // Waits for the handshake and `init` both ways (bounded; not a timing assertion).
+    let mut connected = false;
+    for _ in 0..200 {
+        if peer.peer_by_node_id(&node_id).is_some() && front.list_peers().len() == 1 {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(connected, "the peer sees the node through the front");
+    // The peer authenticated the node's key, which only the backend holds: the front
+    // asked it for the handshake's ECDH.
+    assert!(backend.asked.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_answer_fails_the_handshake_only() {
+    let backend = Arc::new(Backend {
+        keys: keys(7),
+        asked: AtomicUsize::new(0),
+        refuse: true,
+    });
+    let (front, peer, node_id, connection) = dial_through_a_front(Arc::clone(&backend)).await;
+    // The front drops the connection: the peer's connection future ends.
+    tokio::time::timeout(Duration::from_secs(30), connection)
+        .await
+        .expect("the front closes the connection");
+    assert!(backend.asked.load(Ordering::SeqCst) >= 1);
+    assert!(peer.peer_by_node_id(&node_id).is_none());
+    assert!(front.list_peers().is_empty());
+}
