@@ -27,6 +27,73 @@ fn phalanx(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Payments both ways in the background, counted, until stopped.
+struct Payments {
+    stop: Arc<AtomicBool>,
+    paid: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Payments {
+    /// Runs `both_ways` (true when a payment each way succeeded) again and again, and
+    /// returns once two round trips are through.
+    async fn start<F, Fut>(both_ways: F, limit: Duration) -> Self
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let paid = Arc::new(AtomicUsize::new(0));
+        let task = {
+            let (stop, paid) = (stop.clone(), paid.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if both_ways().await {
+                        paid.fetch_add(2, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        let payments = Self { stop, paid, task };
+        payments.wait_for_more("payments to flow", 4, limit).await;
+        payments
+    }
+
+    async fn wait_for_more(&self, what: &str, more: usize, limit: Duration) {
+        let before = self.paid.load(Ordering::Relaxed);
+        nodes::wait_for(what, limit, || async {
+            (self.paid.load(Ordering::Relaxed) >= before + more).then_some(())
+        })
+        .await;
+    }
+
+    /// Two more round trips, then stop.
+    async fn finish(self, limit: Duration) {
+        self.wait_for_more("payments after the backup", 4, limit)
+            .await;
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+    }
+}
+
+/// `phalanx backup create --config CONFIG --to TO`, off the async threads so that the
+/// payments go on meanwhile.
+async fn create_backup(config: &str, to: &std::path::Path) -> (Option<i32>, String, String) {
+    let (config, to) = (config.to_owned(), to.to_owned());
+    tokio::task::spawn_blocking(move || {
+        phalanx(&[
+            "backup",
+            "create",
+            "--config",
+            &config,
+            "--to",
+            to.to_str().unwrap(),
+        ])
+    })
+    .await
+    .unwrap()
+}
+
 /// One payment, succeeded on both sides (the project's `pay_once`).
 async fn pay(from: &Node, to: &Node, msat: u64) -> bool {
     phalanx_devnet::stream::pay_once(from, to, msat, "stream")
@@ -95,38 +162,19 @@ async fn a_backup_taken_during_payments_verifies_and_restores_onto_another_backe
     let config = config.to_str().unwrap().to_owned();
 
     // Payments both ways, all along the backup.
-    let stop = Arc::new(AtomicBool::new(false));
-    let paid = Arc::new(AtomicUsize::new(0));
-    let stream = {
-        let (alice, bob, stop, paid) = (alice.clone(), bob.clone(), stop.clone(), paid.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if pay(&alice, &bob, 5_000).await && pay(&bob, &alice, 3_000).await {
-                    paid.fetch_add(2, Ordering::Relaxed);
-                }
-            }
-        })
+    let payments = {
+        let (alice, bob) = (alice.clone(), bob.clone());
+        Payments::start(
+            move || {
+                let (alice, bob) = (alice.clone(), bob.clone());
+                async move { pay(&alice, &bob, 5_000).await && pay(&bob, &alice, 3_000).await }
+            },
+            Duration::from_secs(30),
+        )
+        .await
     };
-    nodes::wait_for("payments to flow", Duration::from_secs(30), || async {
-        (paid.load(Ordering::Relaxed) >= 4).then_some(())
-    })
-    .await;
     let during = dir.path().join("during");
-    let (status, out, err) = tokio::task::spawn_blocking({
-        let (config, during) = (config.clone(), during.clone());
-        move || {
-            phalanx(&[
-                "backup",
-                "create",
-                "--config",
-                &config,
-                "--to",
-                during.to_str().unwrap(),
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (status, out, err) = create_backup(&config, &during).await;
     assert_eq!(status, Some(0), "{err}");
     assert!(
         out.starts_with(&format!(
@@ -136,15 +184,7 @@ async fn a_backup_taken_during_payments_verifies_and_restores_onto_another_backe
         )),
         "{out}"
     );
-    let before = paid.load(Ordering::Relaxed);
-    nodes::wait_for(
-        "payments after the backup",
-        Duration::from_secs(30),
-        || async { (paid.load(Ordering::Relaxed) >= before + 4).then_some(()) },
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    stream.await.unwrap();
+    payments.finish(Duration::from_secs(30)).await;
 
     let (status, out, err) = phalanx(&[
         "backup",
@@ -457,52 +497,25 @@ async fn a_running_node_on_sqlite_takes_its_own_backup_while_it_pays() {
     Channel::open(&world, &api).await;
 
     // Payments both ways, all along the backup.
-    let stop = Arc::new(AtomicBool::new(false));
-    let paid = Arc::new(AtomicUsize::new(0));
-    let stream = {
-        let (api, bob, stop, paid) = (api.clone(), world.bob.clone(), stop.clone(), paid.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if let (Some(_), Some(_)) = round_trip(&api, &bob).await {
-                    paid.fetch_add(2, Ordering::Relaxed);
-                }
-            }
-        })
+    let payments = {
+        let (api, bob) = (api.clone(), world.bob.clone());
+        Payments::start(
+            move || {
+                let (api, bob) = (api.clone(), bob.clone());
+                async move { matches!(round_trip(&api, &bob).await, (Some(_), Some(_))) }
+            },
+            Duration::from_secs(60),
+        )
+        .await
     };
-    nodes::wait_for("payments to flow", Duration::from_secs(60), || async {
-        (paid.load(Ordering::Relaxed) >= 4).then_some(())
-    })
-    .await;
     // The node holds its SQLite file's exclusive lock: no other process can read it, so
     // the node takes the snapshot itself.
     let during = world.dir.join("during");
-    let (status, out, err) = tokio::task::spawn_blocking({
-        let (config, during) = (config_text.clone(), during.clone());
-        move || {
-            phalanx(&[
-                "backup",
-                "create",
-                "--config",
-                &config,
-                "--to",
-                during.to_str().unwrap(),
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (status, out, err) = create_backup(&config_text, &during).await;
     assert_eq!(status, Some(0), "{err}");
     assert!(out.contains("(taken by the running node)"), "{out}");
     assert!(out.contains(&started.node_id), "{out}");
-    let before = paid.load(Ordering::Relaxed);
-    nodes::wait_for(
-        "payments after the backup",
-        Duration::from_secs(60),
-        || async { (paid.load(Ordering::Relaxed) >= before + 4).then_some(()) },
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    stream.await.unwrap();
+    payments.finish(Duration::from_secs(60)).await;
 
     let (status, out, err) = phalanx(&[
         "backup",
