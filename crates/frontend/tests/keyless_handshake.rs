@@ -143,3 +143,80 @@ async fn a_backend_that_does_not_answer_fails_the_handshake_only() {
     assert!(peer.peer_by_node_id(&node_id).is_none());
     assert!(front.list_peers().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_front_asks_the_backend_over_the_mutual_tls_link() {
+    use phalanx_link::Role;
+    use phalanx_link::ecdh::{EcdhClient, serve_ecdh};
+    use phalanx_link::pki::LinkCa;
+    use phalanx_link::tls::LinkIdentity;
+
+    let ca = LinkCa::generate("test").unwrap();
+    let identity = |role, name| {
+        let cert = ca.issue(role, name).unwrap();
+        LinkIdentity::from_pem(&cert.cert_pem, &cert.key_pem, &ca.cert_pem()).unwrap()
+    };
+    // The backend: the node key, and the link's listener answering ECDH with it.
+    let node_keys = keys(7);
+    let node_id = node_keys.get_node_id(Recipient::Node).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let link_address = listener.local_addr().unwrap();
+    let backend_identity = identity(Role::Backend, "backend-1");
+    let answering = Arc::clone(&node_keys);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counting = Arc::clone(&asked);
+    tokio::spawn(async move {
+        serve_ecdh(
+            listener,
+            &backend_identity,
+            "backend-1".into(),
+            move |point| {
+                counting.fetch_add(1, Ordering::SeqCst);
+                answering
+                    .ecdh(Recipient::Node, point, None)
+                    .ok()
+                    .map(|secret| secret.secret_bytes())
+            },
+        )
+        .await
+    });
+
+    // The front: no key, the link to the backend.
+    let link = EcdhClient::connect(
+        &identity(Role::Front, "front-1"),
+        "front-1",
+        link_address,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let front = peers(Arc::new(KeylessSigner::new(node_id, link)), 1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepting = Arc::clone(&front);
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        lightning_net_tokio::setup_inbound(accepting, tcp.into_std().unwrap()).await;
+    });
+
+    let peer = peers(keys(9), 2);
+    let _connection = lightning_net_tokio::connect_outbound(Arc::clone(&peer), node_id, address)
+        .await
+        .expect("the TCP connection opens");
+    let mut connected = false;
+    for _ in 0..200 {
+        if peer.peer_by_node_id(&node_id).is_some() && front.list_peers().len() == 1 {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        connected,
+        "the peer sees the node through the keyless front"
+    );
+    assert!(
+        asked.load(Ordering::SeqCst) >= 1,
+        "the backend answered the ECDH"
+    );
+}

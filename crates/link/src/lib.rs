@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod codec;
+pub mod ecdh;
 mod error;
 mod frame;
 pub mod pki;
