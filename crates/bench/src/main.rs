@@ -3,6 +3,7 @@
 //! otherwise. Results and how they were taken live in `docs/BENCHMARKS.md`.
 
 mod failover;
+mod front;
 mod payments;
 mod snapshot;
 mod store;
@@ -29,6 +30,8 @@ enum Bench {
     /// kill -9 of a cluster's active instance under load: time to the standby's start
     /// and to the next payment, force closes, lost and duplicate payments.
     Failover(failover::FailoverArgs),
+    /// The BOLT 8 handshake directly and through a keyless front (ECDH over the link).
+    Front(front::FrontArgs),
     /// `phalanx node` itself: the failover benchmark runs its instances as this.
     #[command(hide = true)]
     Node(Box<phalanx_cli::node_cmd::NodeArgs>),
@@ -77,6 +80,10 @@ fn main() -> ExitCode {
         Bench::Failover(args) => {
             init_logs();
             runtime.block_on(failover::run(args))
+        }
+        Bench::Front(args) => {
+            init_logs();
+            runtime.block_on(front::run(args))
         }
     };
     match outcome {
