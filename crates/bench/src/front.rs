@@ -9,13 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bitcoin::secp256k1::PublicKey;
 use clap::Args;
 use hdrhistogram::Histogram;
-use lightning::ln::peer_handler::{
-    ErroringMessageHandler, IgnoringMessageHandler, MessageHandler, PeerManager,
-};
 use lightning::sign::{KeysManager, NodeSigner, Recipient};
-use lightning::util::logger::{Logger, Record};
-use lightning_net_tokio::SocketDescriptor;
 use phalanx_frontend::KeylessSigner;
+use phalanx_frontend::testing::{handshake_only, listen};
 use phalanx_link::Role;
 use phalanx_link::ecdh::{EcdhClient, serve_ecdh};
 use phalanx_link::pki::LinkCa;
@@ -42,22 +38,6 @@ struct Result {
     handshake_max_ms: f64,
 }
 
-struct Quiet;
-impl Logger for Quiet {
-    fn log(&self, _record: Record) {}
-}
-
-type Peers<S> = PeerManager<
-    SocketDescriptor,
-    Arc<ErroringMessageHandler>,
-    Arc<IgnoringMessageHandler>,
-    Arc<IgnoringMessageHandler>,
-    Arc<Quiet>,
-    Arc<IgnoringMessageHandler>,
-    Arc<S>,
-    Arc<IgnoringMessageHandler>,
->;
-
 fn keys(seed: [u8; 32]) -> Arc<KeysManager> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -67,23 +47,6 @@ fn keys(seed: [u8; 32]) -> Arc<KeysManager> {
         now.as_secs(),
         now.subsec_nanos(),
         true,
-    ))
-}
-
-fn peers<S: NodeSigner + Send + Sync + 'static>(signer: Arc<S>) -> Arc<Peers<S>> {
-    let ignoring = Arc::new(IgnoringMessageHandler {});
-    Arc::new(PeerManager::new(
-        MessageHandler {
-            chan_handler: Arc::new(ErroringMessageHandler::new()),
-            route_handler: Arc::clone(&ignoring),
-            onion_message_handler: Arc::clone(&ignoring),
-            custom_message_handler: Arc::clone(&ignoring),
-            send_only_message_handler: ignoring,
-        },
-        0,
-        &rand::random::<[u8; 32]>(),
-        Arc::new(Quiet),
-        signer,
     ))
 }
 
@@ -105,21 +68,6 @@ impl Drop for BackendRuntime {
     }
 }
 
-/// Serves `node` on a loopback port; returns the address.
-async fn listen<S: NodeSigner + Send + Sync + 'static>(
-    node: Arc<Peers<S>>,
-) -> anyhow::Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let Ok(tcp) = tcp.into_std() else { continue };
-            tokio::spawn(lightning_net_tokio::setup_inbound(Arc::clone(&node), tcp));
-        }
-    });
-    Ok(address)
-}
-
 /// `count` handshakes, one new peer each, one after another.
 async fn measure(
     path: &'static str,
@@ -129,7 +77,7 @@ async fn measure(
 ) -> anyhow::Result<Result> {
     let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..count {
-        let peer = peers(keys(rand::random()));
+        let peer = handshake_only(keys(rand::random()), rand::random());
         let began = Instant::now();
         let connection = lightning_net_tokio::connect_outbound(Arc::clone(&peer), node_id, address)
             .await
@@ -160,7 +108,7 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
         .map_err(|()| anyhow::anyhow!("no node id"))?;
 
     // Direct: the node's own PeerManager, with its key.
-    let direct = listen(peers(Arc::clone(&node_keys))).await?;
+    let direct = listen(handshake_only(Arc::clone(&node_keys), rand::random())).await?;
 
     // Through a keyless front: the backend answers ECDH over the link.
     let ca = LinkCa::generate("bench")?;
@@ -207,7 +155,11 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
         Duration::from_secs(5),
     )
     .await?;
-    let front = listen(peers(Arc::new(KeylessSigner::new(node_id, link)))).await?;
+    let front = listen(handshake_only(
+        Arc::new(KeylessSigner::new(node_id, link)),
+        rand::random(),
+    ))
+    .await?;
 
     // Alternating rounds, so that both paths see the same machine.
     let rounds = 4;

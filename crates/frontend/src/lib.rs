@@ -6,5 +6,6 @@
 #![warn(missing_docs)]
 
 pub mod signer;
+pub mod testing;
 
 pub use crate::signer::{EcdhSource, EcdhUnavailable, KeylessSigner};

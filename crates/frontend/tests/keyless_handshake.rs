@@ -8,18 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::secp256k1::ecdh::SharedSecret;
-use lightning::ln::peer_handler::{
-    ErroringMessageHandler, IgnoringMessageHandler, MessageHandler, PeerManager,
-};
 use lightning::sign::{KeysManager, NodeSigner, Recipient};
-use lightning::util::logger::{Logger, Record};
-use lightning_net_tokio::SocketDescriptor;
+use phalanx_frontend::testing::{HandshakeOnly, handshake_only, listen};
 use phalanx_frontend::{EcdhSource, EcdhUnavailable, KeylessSigner};
-
-struct Quiet;
-impl Logger for Quiet {
-    fn log(&self, _record: Record) {}
-}
 
 /// The backend's side of the link: counts the questions, or refuses them all.
 struct Backend {
@@ -40,17 +31,6 @@ impl EcdhSource for Backend {
     }
 }
 
-type Peers<S> = PeerManager<
-    SocketDescriptor,
-    Arc<ErroringMessageHandler>,
-    Arc<IgnoringMessageHandler>,
-    Arc<IgnoringMessageHandler>,
-    Arc<Quiet>,
-    Arc<IgnoringMessageHandler>,
-    Arc<S>,
-    Arc<IgnoringMessageHandler>,
->;
-
 fn keys(byte: u8) -> Arc<KeysManager> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     Arc::new(KeysManager::new(
@@ -61,47 +41,40 @@ fn keys(byte: u8) -> Arc<KeysManager> {
     ))
 }
 
-fn peers<S: NodeSigner>(signer: Arc<S>, random: u8) -> Arc<Peers<S>> {
-    let ignoring = Arc::new(IgnoringMessageHandler {});
-    Arc::new(PeerManager::new(
-        MessageHandler {
-            chan_handler: Arc::new(ErroringMessageHandler::new()),
-            route_handler: Arc::clone(&ignoring),
-            onion_message_handler: Arc::clone(&ignoring),
-            custom_message_handler: Arc::clone(&ignoring),
-            send_only_message_handler: ignoring,
-        },
-        0,
-        &[random; 32],
-        Arc::new(Quiet),
-        signer,
-    ))
-}
-
-/// A front for `backend`'s node listening on loopback, and a peer dialling that node at
-/// the front's address. Returns the front's and the peer's managers, and the node id.
-async fn dial_through_a_front(
-    backend: Arc<Backend>,
+/// A keyless front for `node_id` asking `source`, listening on loopback, and a peer
+/// dialling the node at the front's address. Returns the front's and the peer's
+/// managers, and the peer's connection (it ends when the connection closes).
+async fn dial_through_a_front<S: EcdhSource + 'static>(
+    node_id: PublicKey,
+    source: S,
 ) -> (
-    Arc<Peers<KeylessSigner<Arc<Backend>>>>,
-    Arc<Peers<KeysManager>>,
-    PublicKey,
+    Arc<HandshakeOnly<KeylessSigner<S>>>,
+    Arc<HandshakeOnly<KeysManager>>,
     impl std::future::Future<Output = ()>,
 ) {
-    let node_id = backend.keys.get_node_id(Recipient::Node).unwrap();
-    let front = peers(Arc::new(KeylessSigner::new(node_id, backend)), 1);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let accepting = Arc::clone(&front);
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        lightning_net_tokio::setup_inbound(accepting, tcp.into_std().unwrap()).await;
-    });
-    let peer = peers(keys(9), 2);
+    let front = handshake_only(Arc::new(KeylessSigner::new(node_id, source)), [1; 32]);
+    let address = listen(Arc::clone(&front)).await.unwrap();
+    let peer = handshake_only(keys(9), [2; 32]);
     let connection = lightning_net_tokio::connect_outbound(Arc::clone(&peer), node_id, address)
         .await
         .expect("the TCP connection opens");
-    (front, peer, node_id, connection)
+    (front, peer, connection)
+}
+
+/// Whether the peer and the front see each other, waiting up to 5 s for the handshake
+/// and `init` both ways (bounded; not a timing assertion).
+async fn connected<S: NodeSigner, T: NodeSigner>(
+    front: &HandshakeOnly<S>,
+    peer: &HandshakeOnly<T>,
+    node_id: &PublicKey,
+) -> bool {
+    for _ in 0..200 {
+        if peer.peer_by_node_id(node_id).is_some() && front.list_peers().len() == 1 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,17 +84,12 @@ async fn a_peer_completes_the_handshake_with_a_front_that_holds_no_key() {
         asked: AtomicUsize::new(0),
         refuse: false,
     });
-    let (front, peer, node_id, _connection) = dial_through_a_front(Arc::clone(&backend)).await;
-    // Waits for the handshake and `init` both ways (bounded; not a timing assertion).
-    let mut connected = false;
-    for _ in 0..200 {
-        if peer.peer_by_node_id(&node_id).is_some() && front.list_peers().len() == 1 {
-            connected = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(connected, "the peer sees the node through the front");
+    let node_id = backend.keys.get_node_id(Recipient::Node).unwrap();
+    let (front, peer, _connection) = dial_through_a_front(node_id, Arc::clone(&backend)).await;
+    assert!(
+        connected(&front, &peer, &node_id).await,
+        "the peer sees the node through the front"
+    );
     // The peer authenticated the node's key, which only the backend holds: the front
     // asked it for the handshake's ECDH.
     assert!(backend.asked.load(Ordering::SeqCst) >= 1);
@@ -134,7 +102,8 @@ async fn a_backend_that_does_not_answer_fails_the_handshake_only() {
         asked: AtomicUsize::new(0),
         refuse: true,
     });
-    let (front, peer, node_id, connection) = dial_through_a_front(Arc::clone(&backend)).await;
+    let node_id = backend.keys.get_node_id(Recipient::Node).unwrap();
+    let (front, peer, connection) = dial_through_a_front(node_id, Arc::clone(&backend)).await;
     // The front drops the connection: the peer's connection future ends.
     tokio::time::timeout(Duration::from_secs(30), connection)
         .await
@@ -190,29 +159,9 @@ async fn the_front_asks_the_backend_over_the_mutual_tls_link() {
     )
     .await
     .unwrap();
-    let front = peers(Arc::new(KeylessSigner::new(node_id, link)), 1);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let accepting = Arc::clone(&front);
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        lightning_net_tokio::setup_inbound(accepting, tcp.into_std().unwrap()).await;
-    });
-
-    let peer = peers(keys(9), 2);
-    let _connection = lightning_net_tokio::connect_outbound(Arc::clone(&peer), node_id, address)
-        .await
-        .expect("the TCP connection opens");
-    let mut connected = false;
-    for _ in 0..200 {
-        if peer.peer_by_node_id(&node_id).is_some() && front.list_peers().len() == 1 {
-            connected = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let (front, peer, _connection) = dial_through_a_front(node_id, link).await;
     assert!(
-        connected,
+        connected(&front, &peer, &node_id).await,
         "the peer sees the node through the keyless front"
     );
     assert!(
