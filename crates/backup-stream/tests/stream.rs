@@ -349,8 +349,12 @@ async fn compaction_keeps_the_state_and_a_crash_in_it_loses_nothing() {
         replay(&stream, &seed).unwrap().entries,
         store.snapshot().await.unwrap()
     );
+    // Closed segments are either still there or already compacted in the background
+    // (the writers may well outlast a background compaction): either way more than one
+    // segment was opened.
     assert!(
-        before.len() > 2,
+        before.iter().filter(|n| n.ends_with(".log")).count() > 1
+            || before.iter().any(|n| n.ends_with(".ckpt")),
         "segments were closed as they filled: {before:?}"
     );
 
