@@ -4,6 +4,8 @@ use bitcoin::secp256k1::PublicKey;
 use serde::{Deserialize, Serialize};
 
 use crate::LinkError;
+use crate::ldk::WireMessage;
+use crate::ldk::outbound::{Broadcast, PeerEvent};
 
 /// The link's version. Frames are encoded by `postcard`, which numbers the variants of
 /// [`Frame`] by their order: a variant is only ever added at the end, and any other change
@@ -97,10 +99,8 @@ pub enum Frame {
         session: SessionId,
         /// Its peer.
         peer: PublicKey,
-        /// The message's BOLT type.
-        message_type: u16,
-        /// The message's body, encoded as on the wire (without the type).
-        body: Vec<u8>,
+        /// The message.
+        message: WireMessage,
     },
     /// The front asks for the noise handshake's ECDH of the node key with `point`.
     EcdhRequest {
@@ -126,6 +126,35 @@ pub enum Frame {
         /// The ping's.
         nonce: u64,
     },
+    /// The backend is the node's active instance, and this is what a front tells peers
+    /// of it (backend to front; sent when it becomes active, or at once if it is).
+    Active(ActiveBackend),
+    /// What the backend's channel handler wants done with a session's peer (backend to
+    /// front), in order.
+    PeerEvent {
+        /// The session.
+        session: SessionId,
+        /// Its peer.
+        peer: PublicKey,
+        /// The event.
+        event: PeerEvent,
+    },
+    /// The node's own gossip, for every peer of the front (backend to front).
+    Broadcast(Broadcast),
+}
+
+/// What a front needs of the active backend to answer peers itself during their
+/// handshake: LDK asks for features and chains synchronously.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveBackend {
+    /// The node's id.
+    pub node_id: PublicKey,
+    /// The chain the node runs on (genesis block hash, as in `init`'s `networks`).
+    pub chain_hash: [u8; 32],
+    /// The channel handler's `init` features (little-endian bytes, as LDK keeps them).
+    pub init_features: Vec<u8>,
+    /// The channel handler's node features (the same form).
+    pub node_features: Vec<u8>,
 }
 
 impl Frame {
@@ -158,6 +187,9 @@ impl Frame {
             Frame::EcdhResponse { .. } => "ecdh_response",
             Frame::LinkPing { .. } => "link_ping",
             Frame::LinkPong { .. } => "link_pong",
+            Frame::Active(_) => "active",
+            Frame::PeerEvent { .. } => "peer_event",
+            Frame::Broadcast(_) => "broadcast",
         }
     }
 }

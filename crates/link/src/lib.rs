@@ -21,9 +21,10 @@ mod codec;
 pub mod ecdh;
 mod error;
 mod frame;
+pub mod ldk;
 pub mod pki;
 pub mod tls;
 
 pub use crate::codec::{LinkCodec, MAX_FRAME_BYTES};
 pub use crate::error::LinkError;
-pub use crate::frame::{Frame, Hello, LINK_VERSION, Role, SessionId};
+pub use crate::frame::{ActiveBackend, Frame, Hello, LINK_VERSION, Role, SessionId};

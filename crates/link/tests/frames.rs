@@ -4,8 +4,11 @@
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
+use phalanx_link::ldk::WireMessage;
+use phalanx_link::ldk::outbound::{Broadcast, PeerEvent};
 use phalanx_link::{
-    Frame, Hello, LINK_VERSION, LinkCodec, LinkError, MAX_FRAME_BYTES, Role, SessionId,
+    ActiveBackend, Frame, Hello, LINK_VERSION, LinkCodec, LinkError, MAX_FRAME_BYTES, Role,
+    SessionId,
 };
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder, Framed};
@@ -32,8 +35,10 @@ fn one_of_each() -> Vec<Frame> {
         Frame::PeerMessage {
             session: SessionId(7),
             peer: key(2),
-            message_type: 128,
-            body: vec![9; 300],
+            message: WireMessage {
+                message_type: 128,
+                body: vec![9; 300],
+            },
         },
         Frame::EcdhRequest {
             request: 1,
@@ -45,6 +50,28 @@ fn one_of_each() -> Vec<Frame> {
         },
         Frame::LinkPing { nonce: 42 },
         Frame::LinkPong { nonce: 42 },
+        Frame::Active(ActiveBackend {
+            node_id: key(4),
+            chain_hash: [6; 32],
+            init_features: vec![0x02, 0xa0],
+            node_features: vec![0x02],
+        }),
+        Frame::PeerEvent {
+            session: SessionId(7),
+            peer: key(2),
+            event: PeerEvent::Disconnect {
+                last: Some(WireMessage {
+                    message_type: 17,
+                    body: vec![1; 34],
+                }),
+            },
+        },
+        Frame::Broadcast(Broadcast::NodeAnnouncement {
+            announcement: WireMessage {
+                message_type: 257,
+                body: vec![3; 140],
+            },
+        }),
     ]
 }
 
@@ -120,8 +147,10 @@ fn an_oversized_length_is_refused_before_the_frame_is_buffered() {
     let huge = Frame::PeerMessage {
         session: SessionId(1),
         peer: key(2),
-        message_type: 128,
-        body: vec![0; MAX_FRAME_BYTES],
+        message: WireMessage {
+            message_type: 128,
+            body: vec![0; MAX_FRAME_BYTES],
+        },
     };
     let err = LinkCodec::default()
         .encode(huge, &mut BytesMut::new())
@@ -206,8 +235,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             .prop_map(|(session, peer, message_type, body)| Frame::PeerMessage {
                 session: SessionId(session),
                 peer,
-                message_type,
-                body
+                message: WireMessage { message_type, body },
             }),
         (any::<u64>(), any_key())
             .prop_map(|(request, point)| Frame::EcdhRequest { request, point }),
@@ -219,7 +247,51 @@ fn any_frame() -> impl Strategy<Value = Frame> {
         }),
         any::<u64>().prop_map(|nonce| Frame::LinkPing { nonce }),
         any::<u64>().prop_map(|nonce| Frame::LinkPong { nonce }),
+        (
+            any_key(),
+            any::<[u8; 32]>(),
+            prop::collection::vec(any::<u8>(), 0..40),
+            prop::collection::vec(any::<u8>(), 0..40)
+        )
+            .prop_map(|(node_id, chain_hash, init_features, node_features)| {
+                Frame::Active(ActiveBackend {
+                    node_id,
+                    chain_hash,
+                    init_features,
+                    node_features,
+                })
+            }),
+        (
+            any::<u64>(),
+            any_key(),
+            prop::collection::vec(any_wire_message(), 0..4),
+            prop::bool::ANY
+        )
+            .prop_map(
+                |(session, peer, mut messages, disconnect)| Frame::PeerEvent {
+                    session: SessionId(session),
+                    peer,
+                    event: if disconnect {
+                        PeerEvent::Disconnect {
+                            last: messages.pop(),
+                        }
+                    } else {
+                        PeerEvent::Send(messages)
+                    },
+                }
+            ),
+        (any_wire_message(), prop::option::of(any_wire_message())).prop_map(
+            |(announcement, update)| Frame::Broadcast(Broadcast::ChannelAnnouncement {
+                announcement,
+                update
+            })
+        ),
     ]
+}
+
+fn any_wire_message() -> impl Strategy<Value = WireMessage> {
+    (any::<u16>(), prop::collection::vec(any::<u8>(), 0..300))
+        .prop_map(|(message_type, body)| WireMessage { message_type, body })
 }
 
 proptest! {
