@@ -4,6 +4,7 @@
 //! ([`ChainControl`]), so they work against the built-in chain and a real bitcoind.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +89,7 @@ pub fn node_config(
         },
         backup_dir: None,
         backup_options: Default::default(),
+        link: None,
         data_dir,
     })
 }
@@ -179,15 +181,29 @@ pub async fn open_channel(
     amount_sat: u64,
     push_msat: u64,
 ) -> Result<OutPoint, DevnetError> {
-    let before = fundings_with(from, to.node_id());
-    from.open_channel(
-        to.node_id(),
-        Some(to.listen_addresses()[0]),
+    open_channel_at(
+        chain,
+        from,
+        to,
+        to.listen_addresses()[0],
         amount_sat,
         push_msat,
-        false,
     )
-    .await?;
+    .await
+}
+
+/// [`open_channel`], reaching `to` at `address` (one of its front servers, say).
+pub async fn open_channel_at(
+    chain: &ChainControl,
+    from: &Node,
+    to: &Node,
+    address: SocketAddr,
+    amount_sat: u64,
+    push_msat: u64,
+) -> Result<OutPoint, DevnetError> {
+    let before = fundings_with(from, to.node_id());
+    from.open_channel(to.node_id(), Some(address), amount_sat, push_msat, false)
+        .await?;
     let funding = wait_for("the funding transaction", STEP_TIMEOUT, || async {
         fundings_with(from, to.node_id())
             .into_iter()

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 mod codec;
 pub mod ecdh;
 mod error;

@@ -135,6 +135,33 @@ pub struct ConfigLayer {
     #[command(flatten)]
     #[serde(default)]
     pub backup: BackupLayer,
+    /// The link to front servers.
+    #[command(flatten)]
+    #[serde(default)]
+    pub link: LinkLayer,
+}
+
+/// `[link]`: where front servers connect to the node (mutual TLS, certificates from
+/// `phalanx link-certs`).
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct LinkLayer {
+    /// Where fronts connect (host:port); unset, the node serves no fronts.
+    #[arg(long = "link-listen", env = "PHALANX_LINK_LISTEN")]
+    #[serde(rename = "listen")]
+    pub link_listen: Option<String>,
+    /// This instance's link certificate (PEM).
+    #[arg(long = "link-certificate", env = "PHALANX_LINK_CERTIFICATE")]
+    #[serde(rename = "certificate")]
+    pub link_certificate: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long = "link-key", env = "PHALANX_LINK_KEY")]
+    #[serde(rename = "key")]
+    pub link_key: Option<PathBuf>,
+    /// The link CA's certificate (PEM): fronts with a certificate of another CA are refused.
+    #[arg(long = "link-ca", env = "PHALANX_LINK_CA")]
+    #[serde(rename = "ca")]
+    pub link_ca: Option<PathBuf>,
 }
 
 /// `[backup]`.
@@ -409,6 +436,21 @@ pub struct NodeConfig {
     pub backup_dir: Option<PathBuf>,
     /// How the backup stream is written.
     pub backup_options: BackupOptions,
+    /// The link to front servers (`[link]`), if the node serves any.
+    pub link: Option<LinkConfig>,
+}
+
+/// Where fronts connect, and the link's certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// The link's address.
+    pub listen: SocketAddr,
+    /// This instance's certificate (PEM file).
+    pub certificate: PathBuf,
+    /// Its private key (PEM file).
+    pub key: PathBuf,
+    /// The link CA's certificate (PEM file).
+    pub ca: PathBuf,
 }
 
 /// How the backup stream is written (`[backup]`).
@@ -612,6 +654,12 @@ impl ConfigLayer {
                     .backup
                     .backup_compact_after_mb
                     .or(base.backup.backup_compact_after_mb),
+            },
+            link: LinkLayer {
+                link_listen: self.link.link_listen.or(base.link.link_listen),
+                link_certificate: self.link.link_certificate.or(base.link.link_certificate),
+                link_key: self.link.link_key.or(base.link.link_key),
+                link_ca: self.link.link_ca.or(base.link.link_ca),
             },
             cluster: ClusterLayer {
                 cluster_enabled: self
@@ -826,6 +874,7 @@ impl ConfigLayer {
             compact_after_bytes: compact_after_mb * 1024 * 1024,
             alert_only,
         };
+        let link = self.link.resolve()?;
         Ok(NodeConfig {
             network,
             store: StoreConfig {
@@ -858,8 +907,32 @@ impl ConfigLayer {
             seed,
             backup_dir,
             backup_options,
+            link,
             data_dir,
         })
+    }
+}
+
+impl LinkLayer {
+    fn resolve(self) -> Result<Option<LinkConfig>, ConfigError> {
+        let Some(listen) = self.link_listen else {
+            return Ok(None);
+        };
+        let listen = listen.parse().map_err(|_| {
+            field(
+                "link.listen",
+                format!("{listen:?} is not an address (host:port)"),
+            )
+        })?;
+        let path = |name: &'static str, value: Option<PathBuf>| {
+            value.ok_or_else(|| field(name, "is needed with link.listen".to_owned()))
+        };
+        Ok(Some(LinkConfig {
+            listen,
+            certificate: path("link.certificate", self.link_certificate)?,
+            key: path("link.key", self.link_key)?,
+            ca: path("link.ca", self.link_ca)?,
+        }))
     }
 }
 

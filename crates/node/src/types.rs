@@ -71,10 +71,15 @@ pub type ChannelManager = channelmanager::ChannelManager<
     Arc<MessageRouter>,
     Logger,
 >;
+/// The active backend's end of the links to front servers.
+pub type LinkServer = phalanx_link::backend::LinkServer<Arc<ChannelManager>>;
+/// The channel handler of the node's own peer manager: the channel manager, with the
+/// events of peers on fronts sent down their links.
+pub type SplitHandler = phalanx_link::backend::SplitHandler<Arc<ChannelManager>>;
 /// Peers over TCP.
 pub type PeerManager = peer_handler::PeerManager<
     lightning_net_tokio::SocketDescriptor,
-    Arc<ChannelManager>,
+    Arc<SplitHandler>,
     Arc<GossipSync>,
     IgnoringMessageHandler,
     Logger,

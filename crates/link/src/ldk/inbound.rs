@@ -21,6 +21,9 @@ macro_rules! channel_messages {
         /// `closing_complete`/`closing_sig`, which LDK only builds with `cfg(simple_close)`).
         #[derive(Clone, Debug, PartialEq)]
         #[allow(missing_docs)]
+        // `update_add_htlc` holds its 1,366-byte onion inline; a message lives only
+        // between its decoding and its handler, so a box per message would cost more.
+        #[allow(clippy::large_enum_variant)]
         pub enum ChannelMessage {
             $($variant($message),)*
             /// Opens a batch of `commitment_signed` (BOLT 2 `start_batch`).
@@ -57,6 +60,43 @@ macro_rules! channel_messages {
         }
 
         channel_messages!(@forward_impl $($variant($message) => $handle($pass)),*);
+        channel_messages!(@delegate_impl $($message => $handle($pass)),*);
+    };
+    (@delegate_impl $($message:ty => $handle:ident($pass:ident)),*) => {
+        impl<H> ChannelMessageHandler for crate::backend::SplitHandler<H>
+        where
+            H: std::ops::Deref + Send + Sync + 'static,
+            H::Target: ChannelMessageHandler,
+        {
+            $(channel_messages!(@delegate $message, $handle, $pass);)*
+
+            fn handle_commitment_signed_batch(
+                &self,
+                their_node_id: PublicKey,
+                channel_id: ChannelId,
+                batch: Vec<msgs::CommitmentSigned>,
+            ) {
+                self.handler().handle_commitment_signed_batch(their_node_id, channel_id, batch)
+            }
+
+            fn get_chain_hashes(&self) -> Option<Vec<ChainHash>> {
+                self.handler().get_chain_hashes()
+            }
+
+            fn message_received(&self) {
+                self.handler().message_received()
+            }
+        }
+    };
+    (@delegate $message:ty, $handle:ident, by_ref) => {
+        fn $handle(&self, their_node_id: PublicKey, msg: &$message) {
+            self.handler().$handle(their_node_id, msg)
+        }
+    };
+    (@delegate $message:ty, $handle:ident, by_value) => {
+        fn $handle(&self, their_node_id: PublicKey, msg: $message) {
+            self.handler().$handle(their_node_id, msg)
+        }
     };
     (@forward_impl $($variant:ident($message:ty) => $handle:ident($pass:ident)),*) => {
         impl<T: ForwardTarget> ChannelMessageHandler for Forwarder<T> {
@@ -264,5 +304,17 @@ impl<T: ForwardTarget> BaseMessageHandler for Forwarder<T> {
         inbound: bool,
     ) -> Result<(), ()> {
         self.0.peer_connected(their_node_id, msg, inbound)
+    }
+}
+
+impl<T: ForwardTarget + ?Sized> ForwardTarget for std::sync::Arc<T> {
+    fn forward(&self, peer: PublicKey, message: ChannelMessage) {
+        (**self).forward(peer, message)
+    }
+    fn chain_hashes(&self) -> Option<Vec<ChainHash>> {
+        (**self).chain_hashes()
+    }
+    fn message_received(&self) {
+        (**self).message_received()
     }
 }

@@ -143,7 +143,8 @@ impl NodeBuilder {
             None,
             Arc::clone(&base.logger),
         ));
-        let peer_manager = new_peer_manager(&base, &channel_manager, &gossip_sync, &chain_monitor);
+        let (peer_manager, link_server) =
+            new_peer_manager(&base, &channel_manager, &gossip_sync, &chain_monitor);
         let payments =
             Arc::new(PaymentStore::load(Arc::clone(&base.kv)).map_err(BuildError::Persist)?);
         fail_unsent_payments(&payments, &channel_manager)
@@ -179,6 +180,16 @@ impl NodeBuilder {
             forwarded_payments: AtomicU64::new(0),
         });
         let (listen_addresses, tcp_listeners) = bind_listeners(&base.config).await?;
+        let link = bind_link(&base.config).await?;
+        let link_address = match &link {
+            Some((listener, _)) => {
+                Some(listener.local_addr().map_err(|source| BuildError::Listen {
+                    address: base.config.link.as_ref().expect("[link]").listen,
+                    source,
+                })?)
+            }
+            None => None,
+        };
 
         let Base {
             config,
@@ -198,6 +209,8 @@ impl NodeBuilder {
             chain_monitor,
             channel_manager,
             peer_manager,
+            link_server,
+            link_address,
             wallet,
             payments,
             payment_locks: PaymentLocks::default(),
@@ -225,6 +238,7 @@ impl NodeBuilder {
             gossip_sync,
             persister,
             tcp_listeners,
+            link,
             synced,
             leadership: leadership.status(),
         };
@@ -548,26 +562,81 @@ async fn sync_to_tip(
     Ok(Synced { tip, header_cache })
 }
 
+/// The peer manager, and the link server beside it (serving fronts only if `[link]`
+/// is set): peers on fronts reach the channel manager through the server, and its
+/// events for them leave through the peer manager's handler.
 fn new_peer_manager(
     base: &Base,
     channel_manager: &Arc<ChannelManager>,
     gossip_sync: &Arc<GossipSync>,
     chain_monitor: &Arc<ChainMonitor>,
-) -> Arc<PeerManager> {
+) -> (Arc<PeerManager>, Arc<LinkServer>) {
+    let active = ActiveBackend {
+        node_id: base
+            .keys
+            .get_node_id(Recipient::Node)
+            .expect("the node key"),
+        chain_hash: *ChainHash::using_genesis_block(base.config.network).as_bytes(),
+        init_features: channel_manager.init_features().le_flags().to_vec(),
+        node_features: channel_manager.node_features().le_flags().to_vec(),
+    };
+    let keys = Arc::clone(&base.keys);
+    let link_server = Arc::new(LinkServer::new(
+        Arc::clone(channel_manager),
+        base.config.store.instance_id.as_str(),
+        active,
+        Box::new(move |point| {
+            keys.ecdh(Recipient::Node, point, None)
+                .ok()
+                .map(|secret| secret.secret_bytes())
+        }),
+    ));
     let message_handler = MessageHandler {
-        chan_handler: Arc::clone(channel_manager),
+        chan_handler: Arc::new(SplitHandler::new(Arc::clone(&link_server))),
         route_handler: Arc::clone(gossip_sync),
         onion_message_handler: IgnoringMessageHandler {},
         custom_message_handler: IgnoringMessageHandler {},
         send_only_message_handler: Arc::clone(chain_monitor),
     };
-    Arc::new(PeerManager::new(
+    let peer_manager = Arc::new(PeerManager::new(
         message_handler,
         base.now.as_secs() as u32,
         &base.keys.get_secure_random_bytes(),
         Arc::clone(&base.logger),
         Arc::clone(&base.keys),
-    ))
+    ));
+    let waking = Arc::downgrade(&peer_manager);
+    link_server.set_wake(move || {
+        if let Some(peer_manager) = waking.upgrade() {
+            peer_manager.process_events();
+        }
+    });
+    (peer_manager, link_server)
+}
+
+/// Binds the link's address and loads its certificates, if `[link]` is set.
+async fn bind_link(
+    config: &NodeConfig,
+) -> Result<Option<(tokio::net::TcpListener, LinkIdentity)>, BuildError> {
+    let Some(link) = &config.link else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map_err(|err| BuildError::Link(format!("{}: {err}", path.display())))
+    };
+    let certificate = read(&link.certificate)?;
+    let key = zeroize::Zeroizing::new(read(&link.key)?);
+    let ca = read(&link.ca)?;
+    let identity = LinkIdentity::from_pem(&certificate, &key, &ca)
+        .map_err(|err| BuildError::Link(err.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(link.listen)
+        .await
+        .map_err(|source| BuildError::Listen {
+            address: link.listen,
+            source,
+        })?;
+    Ok(Some((listener, identity)))
 }
 
 /// Binds every configured peer address, with the ports actually bound.
@@ -598,6 +667,7 @@ struct TaskParts<'a> {
     gossip_sync: Arc<GossipSync>,
     persister: Persister,
     tcp_listeners: Vec<tokio::net::TcpListener>,
+    link: Option<(tokio::net::TcpListener, LinkIdentity)>,
     synced: Synced,
     /// The leadership's status: its loss stops the node.
     leadership: watch::Receiver<LeadershipStatus>,
@@ -650,6 +720,16 @@ fn start_tasks(node: &Arc<Node>, parts: TaskParts<'_>) {
             Runs::UntilShutdown,
             peers::accept_loop(listener, Arc::clone(&node.peer_manager)),
         ));
+    }
+    if let Some((listener, identity)) = parts.link {
+        let server = Arc::clone(&node.link_server);
+        tasks.push(
+            supervisor.spawn("the front link", Runs::UntilShutdown, async move {
+                if let Err(err) = server.serve(listener, &identity).await {
+                    tracing::error!(error = %err, "the front link stopped");
+                }
+            }),
+        );
     }
     tasks.push(supervisor.spawn(
         "the block poller",

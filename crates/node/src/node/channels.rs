@@ -17,7 +17,7 @@ impl Node {
         if let Some(address) = address {
             self.connect_peer(node_id, address).await?;
         }
-        if self.peer_manager.peer_by_node_id(&node_id).is_none() {
+        if !self.is_peer_connected(&node_id) {
             return Err(NodeError::PeerNotConnected(node_id));
         }
         if push_msat > amount_sat.saturating_mul(1000) {
@@ -93,10 +93,7 @@ impl Node {
             {
                 Ok(()) => return Ok(()),
                 Err(lightning::util::errors::APIError::ChannelUnavailable { err })
-                    if self
-                        .peer_manager
-                        .peer_by_node_id(&channel.counterparty.node_id)
-                        .is_some()
+                    if self.is_peer_connected(&channel.counterparty.node_id)
                         && tokio::time::Instant::now() < deadline =>
                 {
                     tracing::debug!(channel = %channel.channel_id, reason = %err, "close refused for now; retrying");

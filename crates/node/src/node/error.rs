@@ -104,6 +104,9 @@ pub enum BuildError {
     /// The on-chain wallet could not be loaded.
     #[error("{0}")]
     Wallet(#[from] WalletError),
+    /// The front link's certificates cannot be used.
+    #[error("the front link: {0}")]
+    Link(String),
     /// A peer address could not be bound.
     #[error("cannot listen for peers on {address}: {source}")]
     Listen {

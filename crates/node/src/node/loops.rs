@@ -26,12 +26,10 @@ pub(super) async fn clean_stale_monitor_updates(
 pub(super) async fn reconnect_loop(node: Arc<Node>) {
     let mut shutdown = node.shutdown.subscribe();
     loop {
-        let connected: HashSet<PublicKey> = node
-            .peer_manager
-            .list_peers()
-            .into_iter()
-            .map(|p| p.counterparty_node_id)
-            .collect();
+        // Peers on fronts count as connected: dialling them directly would only be
+        // refused while their session lasts.
+        let connected: HashSet<PublicKey> =
+            node.list_peers().into_iter().map(|p| p.node_id).collect();
         let wanted: HashSet<PublicKey> = node
             .channel_manager
             .list_channels()

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bitcoin::constants::ChainHash;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, FeeRate, Network, Txid};
 use lightning::chain::channelmonitor::ChannelMonitor;
@@ -38,6 +39,7 @@ use lightning::routing::router::{DefaultRouter, PaymentParameters, RouteParamete
 use lightning::routing::scoring::{
     ProbabilisticScorer, ProbabilisticScoringDecayParameters, ProbabilisticScoringFeeParameters,
 };
+use lightning::sign::Recipient;
 use lightning::sign::{EntropySource, InMemorySigner, KeysManager, NodeSigner};
 use lightning::types::payment::{PaymentHash, PaymentPreimage};
 use lightning::util::config::UserConfig;
@@ -52,6 +54,8 @@ use lightning_block_sync::poll::{ChainPoller, ValidatedBlockHeader};
 use lightning_block_sync::{SpvClient, init};
 use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
 use phalanx_cluster::{Leadership, LeadershipStatus};
+use phalanx_link::ActiveBackend;
+use phalanx_link::tls::LinkIdentity;
 use phalanx_secrets::{FileSeedProvider, SecretsError, SeedProvider};
 use phalanx_store::{Epoch, LdkKvStore, StateStore, Store, StoreError};
 use tokio::sync::watch;
@@ -69,8 +73,9 @@ use crate::peers::{self, AddressBook, PeerError};
 use crate::persist::{FailStop, FailStopPersister};
 use crate::tasks::{Runs, Supervisor};
 use crate::types::{
-    BumpHandler, Chain, ChainMonitor, ChannelManager, GossipSync, KvStore, Logger, MessageRouter,
-    MonitorPersister, NetworkGraph, OutputSweeper, PeerManager, Persister, Router, Scorer,
+    BumpHandler, Chain, ChainMonitor, ChannelManager, GossipSync, KvStore, LinkServer, Logger,
+    MessageRouter, MonitorPersister, NetworkGraph, OutputSweeper, PeerManager, Persister, Router,
+    Scorer, SplitHandler,
 };
 use crate::wallet::{OnchainWallet, WalletBalance, WalletError};
 
@@ -132,6 +137,10 @@ pub struct Node {
     chain_monitor: Arc<ChainMonitor>,
     channel_manager: Arc<ChannelManager>,
     peer_manager: Arc<PeerManager>,
+    /// Peers on front servers.
+    link_server: Arc<LinkServer>,
+    /// Where fronts connect, if the node serves any.
+    link_address: Option<SocketAddr>,
     wallet: Arc<OnchainWallet>,
     payments: Arc<PaymentStore>,
     /// Serializes the calls that start one payment (see `PaymentLocks`).
@@ -223,6 +232,16 @@ impl Node {
     /// Where the node accepts peers (with the ports actually bound).
     pub fn listen_addresses(&self) -> &[SocketAddr] {
         &self.listen_addresses
+    }
+
+    /// Where front servers connect (`[link] listen`, with the port bound), if set.
+    pub fn link_address(&self) -> Option<SocketAddr> {
+        self.link_address
+    }
+
+    /// Whether `peer` is connected, directly or through a front.
+    pub fn is_peer_connected(&self, peer: &PublicKey) -> bool {
+        self.peer_manager.peer_by_node_id(peer).is_some() || self.link_server.has_peer(peer)
     }
 
     /// The epoch of the leadership this instance writes with.

@@ -25,6 +25,9 @@ impl Node {
 
     /// Disconnects a peer (channels stay open; it reconnects later if there are any).
     pub fn disconnect_peer(&self, node_id: PublicKey) -> Result<(), NodeError> {
+        if self.link_server.disconnect(&node_id) {
+            return Ok(());
+        }
         if self.peer_manager.peer_by_node_id(&node_id).is_none() {
             return Err(NodeError::PeerNotConnected(node_id));
         }
@@ -32,16 +35,27 @@ impl Node {
         Ok(())
     }
 
-    /// Connected peers.
+    /// Connected peers: direct ones, then those on front servers (whose address is
+    /// `front:NAME`).
     pub fn list_peers(&self) -> Vec<PeerDetails> {
-        self.peer_manager
+        let direct = self
+            .peer_manager
             .list_peers()
             .into_iter()
             .map(|peer| PeerDetails {
                 node_id: peer.counterparty_node_id,
                 address: peer.socket_address.map(|a| a.to_string()),
                 inbound: peer.is_inbound_connection,
-            })
-            .collect()
+            });
+        let on_fronts = self
+            .link_server
+            .peers()
+            .into_iter()
+            .map(|peer| PeerDetails {
+                node_id: peer.node_id,
+                address: Some(format!("front:{}", peer.front)),
+                inbound: peer.inbound,
+            });
+        direct.chain(on_fronts).collect()
     }
 }

@@ -1,0 +1,384 @@
+//! A front: accepts peers (BOLT 8, with the keyless signer), forwards their channel
+//! messages to the active backend and relays its events back, and finds the active
+//! backend again when the one it is attached to goes away.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler, PeerManager};
+use lightning::util::logger::{Level, Logger, Record};
+use lightning_net_tokio::SocketDescriptor;
+use phalanx_link::ldk::inbound::Forwarder;
+use phalanx_link::tls::{LinkIdentity, expected_name};
+use phalanx_link::{ActiveBackend, Frame, Hello, LinkCodec, LinkError, Role};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_util::codec::Framed;
+
+use crate::signer::KeylessSigner;
+use crate::state::FrontState;
+
+/// How long dialling a backend, or its greeting, may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the front pings the backend; a link silent for [`LINK_SILENCE`] is dead
+/// (a backend whose host vanished sends no reset).
+const LINK_PING: Duration = Duration::from_millis(500);
+const LINK_SILENCE: Duration = Duration::from_secs(3);
+/// The pause between rounds of dialling every backend.
+const REDIAL_PAUSE: Duration = Duration::from_millis(200);
+
+/// A front's settings.
+#[derive(Debug)]
+pub struct FrontConfig {
+    /// The front's name (its certificate's), for logs and the backend's.
+    pub name: String,
+    /// Where peers connect.
+    pub listen: SocketAddr,
+    /// The link addresses of every backend instance of the node.
+    pub backends: Vec<SocketAddr>,
+    /// The front's link certificate.
+    pub identity: LinkIdentity,
+    /// How long a handshake waits for the backend's ECDH.
+    pub ecdh_timeout: Duration,
+}
+
+/// Why a front cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    /// The peer address cannot be bound.
+    #[error("cannot listen for peers on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The link cannot be set up (certificates, runtime).
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// No backend was configured.
+    #[error("a front needs at least one backend address")]
+    NoBackends,
+}
+
+/// LDK's log lines, through `tracing`.
+pub struct LdkTracing;
+
+impl Logger for LdkTracing {
+    fn log(&self, record: Record) {
+        let peer = record.peer_id.map(|p| p.to_string()).unwrap_or_default();
+        match record.level {
+            Level::Gossip | Level::Trace => {
+                tracing::trace!(target: "ldk", %peer, "{}", record.args)
+            }
+            Level::Debug => tracing::debug!(target: "ldk", %peer, "{}", record.args),
+            Level::Info => tracing::info!(target: "ldk", %peer, "{}", record.args),
+            Level::Warn => tracing::warn!(target: "ldk", %peer, "{}", record.args),
+            Level::Error => tracing::error!(target: "ldk", %peer, "{}", record.args),
+        }
+    }
+}
+
+/// The front's `PeerManager`: channel messages forwarded, no gossip yet, no key.
+pub type FrontPeerManager = PeerManager<
+    SocketDescriptor,
+    Arc<Forwarder<Arc<FrontState>>>,
+    Arc<IgnoringMessageHandler>,
+    Arc<IgnoringMessageHandler>,
+    Arc<LdkTracing>,
+    Arc<IgnoringMessageHandler>,
+    Arc<KeylessSigner<Arc<FrontState>>>,
+    Arc<IgnoringMessageHandler>,
+>;
+
+type LinkStream = Framed<tokio_rustls::client::TlsStream<TcpStream>, LinkCodec>;
+
+/// A running front; dropping it stops it.
+pub struct Front {
+    state: Arc<FrontState>,
+    peer_manager: Arc<FrontPeerManager>,
+    address: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    link_runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.peer_manager.disconnect_all_peers();
+        if let Some(runtime) = self.link_runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Front {
+    /// Binds the peer address, attaches to the active backend (waiting for one), and
+    /// starts serving peers on the current runtime. The link runs on a runtime of its
+    /// own: the handshake's ECDH blocks a thread of this one while it waits for the link
+    /// (docs/fronts-ldk.md).
+    pub async fn start(config: FrontConfig) -> Result<Self, FrontError> {
+        if config.backends.is_empty() {
+            return Err(FrontError::NoBackends);
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| FrontError::Listen {
+                address: config.listen,
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| FrontError::Listen {
+            address: config.listen,
+            source,
+        })?;
+        let client = config.identity.client_config()?;
+        let link_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("phalanx-front-link")
+            .enable_all()
+            .build()
+            .map_err(LinkError::Io)?;
+        // The node's id comes from the first active backend: the keyless signer must
+        // know it before the PeerManager exists.
+        let first = link_runtime
+            .spawn(dial_any(
+                Arc::clone(&client),
+                config.name.clone(),
+                config.backends.clone(),
+            ))
+            .await
+            .map_err(|_| LinkError::Protocol("the link's runtime stopped".into()))?;
+        let state = Arc::new(FrontState::new(first.1.node_id, config.ecdh_timeout));
+        link_runtime.spawn(link_loop(
+            Arc::clone(&state),
+            client,
+            config.name.clone(),
+            config.backends.clone(),
+            first,
+        ));
+        let signer = Arc::new(KeylessSigner::new(state.node_id(), Arc::clone(&state)));
+        let ignoring = Arc::new(IgnoringMessageHandler {});
+        let peer_manager = Arc::new(PeerManager::new(
+            MessageHandler {
+                chan_handler: Arc::new(Forwarder(Arc::clone(&state))),
+                route_handler: Arc::clone(&ignoring),
+                onion_message_handler: Arc::clone(&ignoring),
+                custom_message_handler: Arc::clone(&ignoring),
+                send_only_message_handler: ignoring,
+            },
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as u32)
+                .unwrap_or(0),
+            &rand::random::<[u8; 32]>(),
+            Arc::new(LdkTracing),
+            signer,
+        ));
+        let mut tasks = Vec::new();
+        let accepting = Arc::clone(&peer_manager);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((tcp, _)) => {
+                        let _ = tcp.set_nodelay(true);
+                        if let Ok(tcp) = tcp.into_std() {
+                            tokio::spawn(lightning_net_tokio::setup_inbound(
+                                Arc::clone(&accepting),
+                                tcp,
+                            ));
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accepting a peer failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }));
+        let (events, processing) = (Arc::clone(&state), Arc::clone(&peer_manager));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                events.events_ready.notified().await;
+                processing.process_events();
+            }
+        }));
+        let ticking = Arc::clone(&peer_manager);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                ticking.timer_tick_occurred();
+            }
+        }));
+        tracing::info!(front = %config.name, %address, node_id = %state.node_id(), "front serving peers");
+        Ok(Self {
+            state,
+            peer_manager,
+            address,
+            tasks,
+            link_runtime: Some(link_runtime),
+        })
+    }
+
+    /// Where peers connect.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The front's state (attachment, sessions, counters).
+    pub fn state(&self) -> &Arc<FrontState> {
+        &self.state
+    }
+
+    /// The front's peer manager.
+    pub fn peer_manager(&self) -> &Arc<FrontPeerManager> {
+        &self.peer_manager
+    }
+}
+
+/// Dials each backend in turn, round after round, until one greets as active.
+async fn dial_any(
+    client: Arc<ClientConfig>,
+    name: String,
+    backends: Vec<SocketAddr>,
+) -> (String, ActiveBackend, LinkStream) {
+    loop {
+        for address in &backends {
+            match tokio::time::timeout(DIAL_TIMEOUT, dial(&client, &name, *address)).await {
+                Ok(Ok(attached)) => return attached,
+                Ok(Err(err)) => {
+                    tracing::debug!(backend = %address, error = %err, "backend not attachable")
+                }
+                Err(_) => tracing::debug!(backend = %address, "backend did not greet in time"),
+            }
+        }
+        tokio::time::sleep(REDIAL_PAUSE).await;
+    }
+}
+
+/// Opens the link to one backend: TLS, hellos, and its word that it is active (a
+/// standby does not serve the link).
+async fn dial(
+    client: &Arc<ClientConfig>,
+    name: &str,
+    address: SocketAddr,
+) -> Result<(String, ActiveBackend, LinkStream), LinkError> {
+    let tcp = TcpStream::connect(address).await?;
+    let _ = tcp.set_nodelay(true);
+    let tls = TlsConnector::from(Arc::clone(client))
+        .connect(expected_name(Role::Backend), tcp)
+        .await?;
+    let mut link = Framed::new(tls, LinkCodec::default());
+    link.send(Frame::Hello(Hello::new(Role::Front, name)))
+        .await?;
+    let backend = match link.next().await {
+        Some(Ok(Frame::Hello(hello))) => {
+            hello.check(Role::Backend)?;
+            hello.name
+        }
+        Some(Ok(other)) => {
+            return Err(LinkError::Protocol(format!(
+                "the backend opened with {}",
+                other.kind()
+            )));
+        }
+        Some(Err(err)) => return Err(err),
+        None => return Err(LinkError::Protocol("the backend closed the link".into())),
+    };
+    match link.next().await {
+        Some(Ok(Frame::Active(active))) => Ok((backend, active, link)),
+        Some(Ok(other)) => Err(LinkError::Protocol(format!(
+            "backend {backend} sent {} before saying it is active",
+            other.kind()
+        ))),
+        Some(Err(err)) => Err(err),
+        None => Err(LinkError::Protocol(format!(
+            "backend {backend} closed the link"
+        ))),
+    }
+}
+
+/// Keeps the front attached: runs the link to the active backend until it fails, then
+/// finds the active backend again, for as long as the front runs.
+async fn link_loop(
+    state: Arc<FrontState>,
+    client: Arc<ClientConfig>,
+    name: String,
+    backends: Vec<SocketAddr>,
+    first: (String, ActiveBackend, LinkStream),
+) {
+    let mut next = Some(first);
+    loop {
+        let (backend, active, link) = match next.take() {
+            Some(attached) => attached,
+            None => dial_any(Arc::clone(&client), name.clone(), backends.clone()).await,
+        };
+        run_attached(&state, backend, active, link).await;
+        tokio::time::sleep(REDIAL_PAUSE).await;
+    }
+}
+
+async fn run_attached(
+    state: &FrontState,
+    backend: String,
+    active: ActiveBackend,
+    link: LinkStream,
+) {
+    let (mut sink, mut stream) = link.split();
+    let (frames, mut outgoing) = mpsc::unbounded_channel::<Frame>();
+    if let Err(why) = state.attach(backend.clone(), active, frames.clone()) {
+        tracing::error!(%backend, why, "refusing a backend");
+        return;
+    }
+    tracing::info!(%backend, "front attached to the active backend");
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = outgoing.recv().await {
+            if sink.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let pinger = tokio::spawn(async move {
+        let mut nonce = 0u64;
+        loop {
+            tokio::time::sleep(LINK_PING).await;
+            nonce += 1;
+            if frames.send(Frame::LinkPing { nonce }).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        match tokio::time::timeout(LINK_SILENCE, stream.next()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Err(err) = state.on_frame(frame) {
+                    tracing::warn!(%backend, error = %err, "the backend broke the link's protocol");
+                    break;
+                }
+            }
+            Ok(Some(Err(err))) => {
+                tracing::warn!(%backend, error = %err, "the link failed");
+                break;
+            }
+            Ok(None) => {
+                tracing::warn!(%backend, "the backend closed the link");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(%backend, "the link went silent");
+                break;
+            }
+        }
+    }
+    pinger.abort();
+    writer.abort();
+    state.detach();
+}

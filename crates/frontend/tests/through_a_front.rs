@@ -1,0 +1,142 @@
+//! A node whose peer reaches it only through a keyless front: the channel opens, payments
+//! flow both ways, the front's loss is the peer's disconnection, and the peer comes back
+//! through another front with the channel intact.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::Amount;
+use phalanx_devnet::harness;
+use phalanx_e2e::chain::TestChain;
+use phalanx_e2e::nodes::*;
+use phalanx_frontend::{Front, FrontConfig};
+use phalanx_link::Role;
+use phalanx_link::pki::LinkCa;
+use phalanx_link::tls::LinkIdentity;
+use phalanx_node::Node;
+use phalanx_node::config::LinkConfig;
+use phalanx_node::payments::PaymentStatus;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn pay(payer: &Node, payee: &Node, amount_msat: u64) {
+    let invoice = payee
+        .create_invoice(Some(amount_msat), "through a front", None)
+        .await
+        .unwrap();
+    let id = payer.pay_invoice(&invoice.to_string(), None).await.unwrap();
+    let record = payer.wait_payment(id, TIMEOUT).await.unwrap();
+    assert_eq!(record.status, PaymentStatus::Succeeded, "{record:?}");
+}
+
+async fn front(ca: &LinkCa, name: &str, backend: &Node) -> Front {
+    let issued = ca.issue(Role::Front, name).unwrap();
+    Front::start(FrontConfig {
+        name: name.into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        backends: vec![backend.link_address().expect("the node serves fronts")],
+        identity: LinkIdentity::from_pem(&issued.cert_pem, &issued.key_pem, &ca.cert_pem())
+            .unwrap(),
+        ecdh_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_front() {
+    let regtest = TestChain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LinkCa::generate("front-test").unwrap();
+    let certs = dir.path().join("link");
+    std::fs::create_dir(&certs).unwrap();
+    let issued = ca.issue(Role::Backend, "bob-1").unwrap();
+    for (file, pem) in [
+        ("bob-1.crt", issued.cert_pem.as_str()),
+        ("bob-1.key", issued.key_pem.as_str()),
+        ("ca.crt", ca.cert_pem().as_str()),
+    ] {
+        std::fs::write(certs.join(file), pem).unwrap();
+    }
+
+    let alice = start(&node_config(&regtest, dir.path(), "alice", None)).await;
+    let mut bob_config = node_config(&regtest, dir.path(), "bob", None);
+    bob_config.link = Some(LinkConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        certificate: certs.join("bob-1.crt"),
+        key: certs.join("bob-1.key"),
+        ca: certs.join("ca.crt"),
+    });
+    let bob = start(&bob_config).await;
+    let first = front(&ca, "front-1", &bob).await;
+    assert_eq!(
+        first.state().node_id(),
+        bob.node_id(),
+        "learnt from the backend"
+    );
+    assert_eq!(first.state().attached_to().as_deref(), Some("bob-1"));
+
+    // Alice knows bob only by the front's address: the handshake's ECDH, the channel's
+    // opening and its confirmation all cross the front.
+    fund(&regtest, &alice, Amount::from_sat(2_000_000)).await;
+    harness::open_channel_at(
+        regtest.control(),
+        &alice,
+        &bob,
+        first.address(),
+        1_000_000,
+        300_000_000,
+    )
+    .await
+    .unwrap();
+    let peers = bob.list_peers();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].node_id, alice.node_id());
+    assert_eq!(peers[0].address.as_deref(), Some("front:front-1"));
+    assert_eq!(first.state().sessions(), 1);
+
+    for _ in 0..5 {
+        pay(&alice, &bob, 10_000_000).await;
+        pay(&bob, &alice, 3_000_000).await;
+    }
+    let balance = channel_balance_msat(&bob, alice.node_id());
+    let counters = first.state().counters();
+    assert!(
+        counters
+            .messages_to_backend
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 20,
+        "every payment's messages crossed the link"
+    );
+
+    // The front goes away: to bob, alice is disconnected (its channel is kept, not
+    // usable); through a second front she reconnects and the channel carries on.
+    drop(first);
+    wait_for("bob to see alice gone", TIMEOUT, || async {
+        bob.list_peers().is_empty().then_some(())
+    })
+    .await;
+    wait_for("alice to see bob gone", TIMEOUT, || async {
+        (!harness::usable_with(&alice, bob.node_id())).then_some(())
+    })
+    .await;
+    let second = front(&ca, "front-2", &bob).await;
+    alice
+        .connect_peer(bob.node_id(), second.address())
+        .await
+        .unwrap();
+    wait_for("the channel to be usable again", TIMEOUT, || async {
+        (harness::usable_with(&alice, bob.node_id()) && harness::usable_with(&bob, alice.node_id()))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(channel_balance_msat(&bob, alice.node_id()), balance);
+    pay(&alice, &bob, 10_000_000).await;
+    pay(&bob, &alice, 3_000_000).await;
+    assert_eq!(
+        bob.list_peers()[0].address.as_deref(),
+        Some("front:front-2")
+    );
+    assert!(alice.list_channels().len() == 1 && bob.list_channels().len() == 1);
+    let _keep: Arc<Node> = alice;
+}
