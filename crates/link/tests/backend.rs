@@ -1,0 +1,393 @@
+//! The backend's end of the link, with fronts played by raw TLS clients: a peer has one
+//! session at a time across fronts (the newest wins; the old one's frames, disconnect
+//! included, are ignored), the handler sees connects and disconnects paired, refusals
+//! and broken messages end only their session, and a lost front disconnects its peers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bitcoin::constants::ChainHash;
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use futures::{SinkExt, StreamExt};
+use lightning::ln::msgs::{self, BaseMessageHandler, Init, MessageSendEvent};
+use lightning::ln::types::ChannelId;
+use lightning::types::features::{InitFeatures, NodeFeatures};
+use lightning::util::ser::Writeable;
+use phalanx_link::backend::LinkServer;
+use phalanx_link::ldk::WireMessage;
+use phalanx_link::ldk::inbound::{ChannelMessage, ForwardTarget, Forwarder};
+use phalanx_link::ldk::outbound::PeerEvent;
+use phalanx_link::pki::LinkCa;
+use phalanx_link::tls::{LinkIdentity, expected_name};
+use phalanx_link::{ActiveBackend, Frame, Hello, LinkCodec, Role, SessionId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+
+fn key(byte: u8) -> PublicKey {
+    PublicKey::from_secret_key(
+        &Secp256k1::new(),
+        &SecretKey::from_slice(&[byte; 32]).unwrap(),
+    )
+}
+
+/// What the node's channel handler was told, in order.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<String>>,
+    refuse: Option<PublicKey>,
+}
+
+impl Recorder {
+    fn record(&self, what: String) {
+        self.seen.lock().unwrap().push(what);
+    }
+}
+
+impl BaseMessageHandler for Recorder {
+    fn get_and_clear_pending_msg_events(&self) -> Vec<MessageSendEvent> {
+        Vec::new()
+    }
+    fn peer_disconnected(&self, peer: PublicKey) {
+        self.record(format!("disconnect {}", name(&peer)));
+    }
+    fn provided_node_features(&self) -> NodeFeatures {
+        NodeFeatures::empty()
+    }
+    fn provided_init_features(&self, _: PublicKey) -> InitFeatures {
+        InitFeatures::empty()
+    }
+    fn peer_connected(&self, peer: PublicKey, _: &Init, inbound: bool) -> Result<(), ()> {
+        if self.refuse == Some(peer) {
+            return Err(());
+        }
+        self.record(format!("connect {} inbound={inbound}", name(&peer)));
+        Ok(())
+    }
+}
+
+impl ForwardTarget for Recorder {
+    fn forward(&self, peer: PublicKey, message: ChannelMessage) {
+        let ChannelMessage::Stfu(stfu) = message else {
+            panic!("{message:?}")
+        };
+        self.record(format!("stfu {} {}", name(&peer), stfu.channel_id.0[0]));
+    }
+    fn chain_hashes(&self) -> Option<Vec<ChainHash>> {
+        None
+    }
+}
+
+fn name(peer: &PublicKey) -> &'static str {
+    match peer {
+        p if *p == key(1) => "P",
+        p if *p == key(2) => "Q",
+        _ => "?",
+    }
+}
+
+type Handler = Arc<Forwarder<Recorder>>;
+
+struct Backend {
+    server: Arc<LinkServer<Handler>>,
+    handler: Handler,
+    address: std::net::SocketAddr,
+    ca: LinkCa,
+}
+
+impl Backend {
+    async fn start(refuse: Option<PublicKey>) -> Self {
+        let ca = LinkCa::generate("backend-test").unwrap();
+        let issued = ca.issue(Role::Backend, "backend-1").unwrap();
+        let identity =
+            LinkIdentity::from_pem(&issued.cert_pem, &issued.key_pem, &ca.cert_pem()).unwrap();
+        let handler = Arc::new(Forwarder(Recorder {
+            refuse,
+            ..Recorder::default()
+        }));
+        let server = Arc::new(LinkServer::new(
+            Arc::clone(&handler),
+            "backend-1",
+            ActiveBackend {
+                node_id: key(9),
+                chain_hash: [0; 32],
+                init_features: Vec::new(),
+                node_features: Vec::new(),
+            },
+            Box::new(|point| (*point == key(5)).then_some([7; 32])),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let serving = Arc::clone(&server);
+        tokio::spawn(async move { serving.serve(listener, &identity).await });
+        Self {
+            server,
+            handler,
+            address,
+            ca,
+        }
+    }
+
+    /// A front's link, after the greetings.
+    async fn front(
+        &self,
+        name: &str,
+    ) -> Framed<tokio_rustls::client::TlsStream<TcpStream>, LinkCodec> {
+        let issued = self.ca.issue(Role::Front, name).unwrap();
+        let identity =
+            LinkIdentity::from_pem(&issued.cert_pem, &issued.key_pem, &self.ca.cert_pem()).unwrap();
+        let tcp = TcpStream::connect(self.address).await.unwrap();
+        let tls = TlsConnector::from(identity.client_config().unwrap())
+            .connect(expected_name(Role::Backend), tcp)
+            .await
+            .unwrap();
+        let mut link = Framed::new(tls, LinkCodec::default());
+        link.send(Frame::Hello(Hello::new(Role::Front, name)))
+            .await
+            .unwrap();
+        assert!(matches!(link.next().await, Some(Ok(Frame::Hello(_)))));
+        let Some(Ok(Frame::Active(active))) = link.next().await else {
+            panic!("no active greeting")
+        };
+        assert_eq!(active.node_id, key(9));
+        link
+    }
+
+    /// Waits until the handler was told `expected` (and nothing else) since last asked.
+    async fn expect(&self, expected: &[&str]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.handler.0.seen.lock().unwrap().clone();
+            if seen.len() >= expected.len() || tokio::time::Instant::now() > deadline {
+                assert_eq!(seen, expected);
+                self.handler.0.seen.lock().unwrap().clear();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn init() -> Vec<u8> {
+    Init {
+        features: InitFeatures::empty(),
+        networks: None,
+        remote_network_address: None,
+    }
+    .encode()
+}
+
+fn connected(session: u64, peer: PublicKey) -> Frame {
+    Frame::PeerConnected {
+        session: SessionId(session),
+        peer,
+        init: init(),
+        inbound: true,
+    }
+}
+
+fn stfu(session: u64, peer: PublicKey, marker: u8) -> Frame {
+    Frame::PeerMessage {
+        session: SessionId(session),
+        peer,
+        message: WireMessage::of(&msgs::Stfu {
+            channel_id: ChannelId([marker; 32]),
+            initiator: false,
+        }),
+    }
+}
+
+fn disconnected(session: u64, peer: PublicKey) -> Frame {
+    Frame::PeerDisconnected {
+        session: SessionId(session),
+        peer,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_session_on_another_front_wins_and_the_old_one_cannot_touch_it() {
+    let backend = Backend::start(None).await;
+    let p = key(1);
+    let mut a = backend.front("front-a").await;
+    let mut b = backend.front("front-b").await;
+
+    a.send(connected(1, p)).await.unwrap();
+    a.send(stfu(1, p, 1)).await.unwrap();
+    backend
+        .expect(&["connect P inbound=true", "stfu P 1"])
+        .await;
+
+    // The peer reconnects through front B before front A saw its old connection close.
+    b.send(connected(1, p)).await.unwrap();
+    backend
+        .expect(&["disconnect P", "connect P inbound=true"])
+        .await;
+    // Front A is told to close the old connection.
+    assert_eq!(a.next().await.unwrap().unwrap(), disconnected(1, p));
+    // A's late message and late disconnect are about a session that is over.
+    a.send(stfu(1, p, 2)).await.unwrap();
+    a.send(disconnected(1, p)).await.unwrap();
+    b.send(stfu(1, p, 3)).await.unwrap();
+    backend.expect(&["stfu P 3"]).await;
+    assert_eq!(backend.server.peers()[0].front, "front-b");
+
+    // Events for the peer go to front B, the peer's; another peer's stay with the
+    // backend's own PeerManager.
+    let event = |node_id| MessageSendEvent::SendStfu {
+        node_id,
+        msg: msgs::Stfu {
+            channel_id: ChannelId([4; 32]),
+            initiator: true,
+        },
+    };
+    let kept = backend.server.route_events(vec![event(p), event(key(2))]);
+    assert_eq!(kept.len(), 1);
+    assert!(matches!(&kept[0], MessageSendEvent::SendStfu { node_id, .. } if *node_id == key(2)));
+    let Some(Ok(Frame::PeerEvent {
+        session,
+        peer,
+        event: PeerEvent::Send(messages),
+    })) = b.next().await
+    else {
+        panic!("no event on front B")
+    };
+    assert_eq!((session, peer, messages.len()), (SessionId(1), p, 1));
+
+    // Front B's link goes: its peer is disconnected, once.
+    drop(b);
+    backend.expect(&["disconnect P"]).await;
+    assert!(!backend.server.has_peer(&p));
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_broken_messages_end_only_their_session() {
+    let q = key(2);
+    let backend = Backend::start(Some(q)).await;
+    let p = key(1);
+    let mut a = backend.front("front-a").await;
+
+    // The handler refuses Q: the front is told, and Q's disconnect is never paired.
+    a.send(connected(1, q)).await.unwrap();
+    assert_eq!(a.next().await.unwrap().unwrap(), disconnected(1, q));
+    // An init that does not decode: refused before the handler hears of it.
+    a.send(Frame::PeerConnected {
+        session: SessionId(2),
+        peer: p,
+        init: vec![0xff],
+        inbound: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.next().await.unwrap().unwrap(), disconnected(2, p));
+    backend.expect(&[]).await;
+
+    // An unknown odd type is ignored; an unknown even one, or a body that does not
+    // decode, ends the session (and the handler hears the disconnect).
+    for (session, message) in [
+        (
+            3,
+            WireMessage {
+                message_type: 32_769,
+                body: vec![1, 2],
+            },
+        ),
+        (
+            4,
+            WireMessage {
+                message_type: 32_768,
+                body: vec![1, 2],
+            },
+        ),
+        (
+            5,
+            WireMessage {
+                message_type: 2,
+                body: vec![1],
+            },
+        ),
+    ] {
+        a.send(connected(session, p)).await.unwrap();
+        a.send(Frame::PeerMessage {
+            session: SessionId(session),
+            peer: p,
+            message,
+        })
+        .await
+        .unwrap();
+        if session == 3 {
+            a.send(stfu(3, p, 8)).await.unwrap();
+            backend
+                .expect(&["connect P inbound=true", "stfu P 8"])
+                .await;
+            continue;
+        }
+        if session == 4 {
+            // The new session replaced session 3.
+            backend
+                .expect(&["disconnect P", "connect P inbound=true", "disconnect P"])
+                .await;
+            assert_eq!(a.next().await.unwrap().unwrap(), disconnected(3, p));
+        } else {
+            backend
+                .expect(&["connect P inbound=true", "disconnect P"])
+                .await;
+        }
+        assert_eq!(
+            a.next().await.unwrap().unwrap(),
+            Frame::PeerEvent {
+                session: SessionId(session),
+                peer: p,
+                event: PeerEvent::Disconnect { last: None },
+            }
+        );
+    }
+
+    // The ECDH of the node key, and a ping.
+    a.send(Frame::EcdhRequest {
+        request: 1,
+        point: key(5),
+    })
+    .await
+    .unwrap();
+    a.send(Frame::EcdhRequest {
+        request: 2,
+        point: key(6),
+    })
+    .await
+    .unwrap();
+    a.send(Frame::LinkPing { nonce: 3 }).await.unwrap();
+    assert_eq!(
+        a.next().await.unwrap().unwrap(),
+        Frame::EcdhResponse {
+            request: 1,
+            shared_secret: Some([7; 32])
+        }
+    );
+    assert_eq!(
+        a.next().await.unwrap().unwrap(),
+        Frame::EcdhResponse {
+            request: 2,
+            shared_secret: None
+        }
+    );
+    assert_eq!(
+        a.next().await.unwrap().unwrap(),
+        Frame::LinkPong { nonce: 3 }
+    );
+
+    // A front that sends what only a backend sends loses its link.
+    a.send(Frame::LinkPong { nonce: 1 }).await.unwrap();
+    a.send(Frame::Broadcast(
+        phalanx_link::ldk::outbound::Broadcast::NodeAnnouncement {
+            announcement: WireMessage {
+                message_type: 257,
+                body: Vec::new(),
+            },
+        },
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(a.next().await, None | Some(Err(_))));
+    assert_eq!(backend.server.fronts(), 0);
+}
