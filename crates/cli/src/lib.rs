@@ -3,6 +3,7 @@
 //! (the failover benchmark re-executes itself as one).
 
 pub mod backup_cmd;
+pub mod front_cmd;
 pub mod link_certs_cmd;
 pub mod migrate_cmd;
 pub mod node_cmd;

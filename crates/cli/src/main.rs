@@ -14,7 +14,7 @@ use serde::Serialize;
 mod ctl;
 mod devnet;
 
-use phalanx_cli::{backup_cmd, link_certs_cmd, migrate_cmd, node_cmd, seed_cmd};
+use phalanx_cli::{backup_cmd, front_cmd, link_certs_cmd, migrate_cmd, node_cmd, seed_cmd};
 
 #[derive(Parser, Debug)]
 #[command(name = "phalanx", version, about = "One Lightning node, many servers.")]
@@ -47,6 +47,9 @@ enum Command {
     /// Make the link's certificate authority and a certificate for every backend and
     /// front of a cluster (mutual TLS between fronts and backends).
     LinkCerts(link_certs_cmd::LinkCertsArgs),
+    /// Run a front server: peers' connections (BOLT 8, init, pings) at the edge, their
+    /// channel messages forwarded to the node's active backend over the link; no node key.
+    Front(Box<front_cmd::FrontArgs>),
     /// Run a Bitcoin regtest chain speaking Bitcoin Core's RPC (and REST), until stopped.
     Regtest(RegtestArgs),
     /// Drive a running node through its REST API.
@@ -286,7 +289,10 @@ async fn regtest(args: RegtestArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `phalanx node` sets up its own logging, once its configuration is read.
-    if !matches!(cli.command, Command::Node(_) | Command::Init(_)) {
+    if !matches!(
+        cli.command,
+        Command::Node(_) | Command::Init(_) | Command::Front(_)
+    ) {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("PHALANX_LOG")
@@ -320,6 +326,7 @@ fn main() -> ExitCode {
             (Command::Seed(command), _) => Ok(seed_cmd::run(command).await),
             (Command::Migrate(args), _) => Ok(migrate_cmd::run(args).await),
             (Command::LinkCerts(args), _) => Ok(link_certs_cmd::run(args)),
+            (Command::Front(args), _) => Ok(front_cmd::run(*args).await),
             (Command::Backup(command), _) => Ok(backup_cmd::run(command).await),
             (Command::Restore(args), _) => Ok(backup_cmd::run_restore(args).await),
             (Command::Devnet(args), _) => Ok(devnet::run(args).await),

@@ -13,8 +13,10 @@
 //!
 //! ```text
 //! api listening on http://127.0.0.1:8080 token_file /var/lib/phalanx/api-token
-//! node started node_id=02ab… peers=0.0.0.0:9735,[::]:9735 epoch=7
+//! node started node_id=02ab… peers=0.0.0.0:9735,[::]:9735 epoch=7 link=10.0.0.5:9736
 //! ```
+//!
+//! (`link=` only when the node serves fronts: `[link] listen`.)
 //!
 //! (`token_secret aws-secrets-manager:ID` instead of `token_file PATH` when the token
 //! is a secret's.)
@@ -215,8 +217,12 @@ pub async fn run(prepared: Prepared) -> ExitCode {
         .iter()
         .map(ToString::to_string)
         .collect();
+    let link = node
+        .link_address()
+        .map(|address| format!(" link={address}"))
+        .unwrap_or_default();
     say(&format!(
-        "node started node_id={} peers={} epoch={}",
+        "node started node_id={} peers={} epoch={}{link}",
         node.node_id(),
         peers.join(","),
         node.epoch()
@@ -318,7 +324,7 @@ fn resolve(file: Option<&std::path::Path>, flags: ConfigLayer) -> Result<NodeCon
     flags.over(base).resolve()
 }
 
-fn init_tracing(format: LogFormat) {
+pub(crate) fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -186,6 +186,8 @@ pub struct Cluster {
     pub leaderships: Vec<(&'static str, u64)>,
     node_id: Option<String>,
     spawned: usize,
+    /// Flags of each instance's own, by id (its link address, say).
+    instance_args: Vec<(&'static str, Vec<String>)>,
 }
 
 impl Cluster {
@@ -195,6 +197,18 @@ impl Cluster {
         config: PathBuf,
         store_url: String,
         proxy_store: bool,
+    ) -> Self {
+        Self::start_with(binary, config, store_url, proxy_store, Vec::new()).await
+    }
+
+    /// [`Cluster::start`], each instance also given the flags `instance_args` lists
+    /// for its id (every time it is started).
+    pub async fn start_with(
+        binary: NodeBinary,
+        config: PathBuf,
+        store_url: String,
+        proxy_store: bool,
+        instance_args: Vec<(&'static str, Vec<String>)>,
     ) -> Self {
         let mut cluster = Self {
             binary,
@@ -207,6 +221,7 @@ impl Cluster {
             leaderships: Vec::new(),
             node_id: None,
             spawned: 0,
+            instance_args,
         };
         cluster.spawn("a").await;
         cluster.next_leader(Instant::now()).await;
@@ -235,6 +250,9 @@ impl Cluster {
         });
         if let Some(url) = &url {
             args.extend(["--store-url", url]);
+        }
+        if let Some((_, own)) = self.instance_args.iter().find(|(own, _)| *own == id) {
+            args.extend(own.iter().map(String::as_str));
         }
         self.spawned += 1;
         let mut process = node(

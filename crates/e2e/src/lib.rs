@@ -19,6 +19,7 @@
 pub mod api;
 pub mod chain;
 pub mod cluster;
+pub mod fronts;
 pub mod invariants;
 pub mod nodes;
 pub mod process;

@@ -58,6 +58,8 @@ pub struct ConfigFile<'a> {
     pub api_listen: SocketAddr,
     /// Lines of the `[cluster]` section (none when empty): `enabled`, lease timings.
     pub cluster_settings: String,
+    /// More TOML, appended as is (whole sections).
+    pub extra: String,
 }
 
 impl<'a> ConfigFile<'a> {
@@ -76,6 +78,7 @@ impl<'a> ConfigFile<'a> {
             chain,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cluster_settings: String::new(),
+            extra: String::new(),
         }
     }
 
@@ -88,6 +91,12 @@ impl<'a> ConfigFile<'a> {
     /// `settings` (TOML lines) under `[cluster]`.
     pub fn cluster_settings(mut self, settings: impl Into<String>) -> Self {
         self.cluster_settings = settings.into();
+        self
+    }
+
+    /// `sections` (TOML) appended to the file.
+    pub fn extra(mut self, sections: impl Into<String>) -> Self {
+        self.extra = sections.into();
         self
     }
 
@@ -139,6 +148,7 @@ listen = "{api_listen}"
             rpc_password = self.chain.rpc_password,
             api_listen = self.api_listen,
         );
+        let text = format!("{text}\n{}\n", self.extra);
         let path = self.data_dir.join("phalanx.toml");
         std::fs::write(&path, text).expect("the configuration file can be written");
         path

@@ -38,9 +38,9 @@ const PAYMENTS: usize = 60;
 /// Alice is killed once this many payments succeeded.
 const KILL_AFTER: usize = 20;
 /// Payments in flight at once.
-const CONCURRENCY: usize = 6;
+pub(crate) const CONCURRENCY: usize = 6;
 /// How long the whole stream may take (longer by as much per round of disruption).
-const STREAM_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const STREAM_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the end state may take to settle (records written, HTLCs removed).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -277,7 +277,7 @@ pub async fn disrupt_repeatedly(
 }
 
 /// Everything a scenario must leave true once its stream finished.
-async fn assert_invariants(
+pub(crate) async fn assert_invariants(
     chain: &TestChain,
     bob: &Node,
     alice: &ApiClient,

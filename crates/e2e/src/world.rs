@@ -116,11 +116,18 @@ impl Channel {
     /// Alice opens a channel to Bob over her API, pushing half of it to him, and both
     /// sides can use it.
     pub async fn open(world: &World, alice: &ApiClient) -> Self {
+        let address = world.bob.listen_addresses()[0].to_string();
+        Self::open_to(world, alice, Some(address)).await
+    }
+
+    /// [`Channel::open`], Alice dialling Bob at `address` first, or using the
+    /// connection Bob made to her when `None`.
+    pub async fn open_to(world: &World, alice: &ApiClient, address: Option<String>) -> Self {
         let (chain, bob) = (&world.chain, &world.bob);
         alice
             .open_channel(&OpenChannelRequest {
                 node_id: bob.node_id().to_string(),
-                address: Some(bob.listen_addresses()[0].to_string()),
+                address,
                 amount_sat: CHANNEL_SAT,
                 push_msat: CHANNEL_SAT * 1000 / 2,
                 public: false,

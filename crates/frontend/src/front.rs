@@ -327,7 +327,7 @@ async fn link_loop(
 }
 
 async fn run_attached(
-    state: &FrontState,
+    state: &Arc<FrontState>,
     backend: String,
     active: ActiveBackend,
     link: LinkStream,
@@ -346,16 +346,20 @@ async fn run_attached(
             }
         }
     });
-    let pinger = tokio::spawn(async move {
-        let mut nonce = 0u64;
-        loop {
-            tokio::time::sleep(LINK_PING).await;
-            nonce += 1;
-            if frames.send(Frame::LinkPing { nonce }).is_err() {
-                break;
+    let pinger = {
+        let state = Arc::clone(state);
+        tokio::spawn(async move {
+            let mut nonce = 0u64;
+            loop {
+                tokio::time::sleep(LINK_PING).await;
+                nonce += 1;
+                state.ping_sent(nonce);
+                if frames.send(Frame::LinkPing { nonce }).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        })
+    };
     loop {
         match tokio::time::timeout(LINK_SILENCE, stream.next()).await {
             Ok(Some(Ok(frame))) => {

@@ -5,6 +5,8 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod config;
 pub mod front;
 pub mod signer;
 pub mod state;

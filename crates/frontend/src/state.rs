@@ -46,6 +46,8 @@ pub struct FrontState {
     ecdh_waiting: Mutex<HashMap<u64, std::sync::mpsc::Sender<Option<[u8; 32]>>>>,
     next_ecdh: AtomicU64,
     ecdh_timeout: Duration,
+    /// The link ping in flight: its nonce and when it left.
+    ping_in_flight: Mutex<Option<(u64, std::time::Instant)>>,
     /// Counters for `/v1/state` and `/metrics`.
     pub(crate) counters: Counters,
 }
@@ -59,6 +61,8 @@ pub struct Counters {
     pub events_from_backend: AtomicU64,
     /// Times the front attached to an active backend.
     pub attachments: AtomicU64,
+    /// The link's last ping round trip, in microseconds (0: none yet).
+    pub link_rtt_micros: AtomicU64,
 }
 
 impl FrontState {
@@ -74,6 +78,7 @@ impl FrontState {
             ecdh_waiting: Mutex::default(),
             next_ecdh: AtomicU64::new(1),
             ecdh_timeout,
+            ping_in_flight: Mutex::default(),
             counters: Counters::default(),
         }
     }
@@ -212,7 +217,19 @@ impl FrontState {
                     let _ = asker.send(shared_secret);
                 }
             }
-            Frame::LinkPong { .. } => {}
+            Frame::LinkPong { nonce } => {
+                let sent = self
+                    .ping_in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take_if(|(expected, _)| *expected == nonce);
+                if let Some((_, at)) = sent {
+                    let micros = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.counters
+                        .link_rtt_micros
+                        .store(micros.max(1), Ordering::Relaxed);
+                }
+            }
             Frame::LinkPing { nonce } => {
                 self.send(Frame::LinkPong { nonce });
             }
@@ -224,6 +241,14 @@ impl FrontState {
             }
         }
         Ok(())
+    }
+
+    /// Records a link ping as it leaves, to time its pong.
+    pub(crate) fn ping_sent(&self, nonce: u64) {
+        *self
+            .ping_in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((nonce, std::time::Instant::now()));
     }
 
     fn is_current(&self, peer: &PublicKey, session: SessionId) -> bool {

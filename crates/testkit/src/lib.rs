@@ -19,6 +19,7 @@
 
 pub mod blackhole;
 pub mod etcd;
+pub mod haproxy;
 pub mod moto;
 pub mod postgres;
 pub mod process;

@@ -240,3 +240,61 @@ pub fn find_binary(name: &str, env_var: &str, extra_dirs: &[PathBuf]) -> anyhow:
             )
         })
 }
+
+/// Which of `needles` occur anywhere in the readable memory of process `pid` (its heap,
+/// stacks and mapped files), read through `/proc/PID/mem`; a test process may read its
+/// own children's. Regions the kernel will not let us read are skipped.
+pub fn memory_contains(pid: u32, needles: &[&[u8]]) -> io::Result<Vec<bool>> {
+    use std::io::{BufRead, Read, Seek, SeekFrom};
+    let maps = std::fs::File::open(format!("/proc/{pid}/maps"))?;
+    let mut memory = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut found = vec![false; needles.len()];
+    const CHUNK: usize = 1 << 20;
+    let mut buffer = vec![0u8; CHUNK + longest];
+    for line in io::BufReader::new(maps).lines() {
+        let line = line?;
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let path = fields.nth(3).unwrap_or("");
+        if !perms.starts_with('r') || path == "[vvar]" || path == "[vsyscall]" {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        // Chunks overlap by the longest needle, so that none is missed at a boundary.
+        let mut at = start;
+        let mut carried = 0usize;
+        while at < end {
+            let want = CHUNK.min((end - at) as usize);
+            if memory.seek(SeekFrom::Start(at)).is_err() {
+                break;
+            }
+            let Ok(read) = memory.read(&mut buffer[carried..carried + want]) else {
+                break;
+            };
+            if read == 0 {
+                break;
+            }
+            let window = &buffer[..carried + read];
+            for (index, needle) in needles.iter().enumerate() {
+                if !found[index] && window.windows(needle.len()).any(|w| w == *needle) {
+                    found[index] = true;
+                }
+            }
+            let keep = longest.saturating_sub(1).min(window.len());
+            let tail_start = window.len() - keep;
+            buffer.copy_within(tail_start..carried + read, 0);
+            carried = keep;
+            at += read as u64;
+        }
+    }
+    Ok(found)
+}

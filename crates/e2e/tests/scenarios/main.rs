@@ -6,6 +6,7 @@
 mod etcd_quorum;
 mod failover;
 mod freeze;
+mod fronts;
 mod handover;
 mod manager_writes_refused;
 mod restart;

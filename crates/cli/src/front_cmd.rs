@@ -1,0 +1,142 @@
+//! `phalanx front`: run a front server: peers' connections at the edge, forwarded to the
+//! node's active backend over the link; no node key.
+//!
+//! One line goes to stdout once the front is attached and serving (logs go to stderr):
+//!
+//! ```text
+//! front started name=front-1 node_id=02ab… peers=0.0.0.0:9735 api=127.0.0.1:9090
+//! ```
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use phalanx_frontend::config::{FrontLayer, FrontSettings};
+use phalanx_frontend::{Front, api};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::node_cmd::{LogFormat, init_tracing};
+
+/// Exit status: stopped by SIGTERM or SIGINT.
+pub const EXIT_STOPPED_ON_REQUEST: u8 = 0;
+/// Exit status: could not start (an address in use).
+pub const EXIT_START_FAILED: u8 = 1;
+/// Exit status: the configuration is invalid (the message names the setting).
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Settings: the [front] table of the TOML file given with --config, with every \
+PHALANX_FRONT_* variable and flag winning over it.
+
+The front waits for an active backend (it dials every one in --backends until one \
+greets it as active), learns the node's id from it, then accepts peers. Stdout: `front \
+started name=NAME node_id=HEX peers=ADDR api=ADDR` once it serves. Logs go to stderr \
+(filter: RUST_LOG, default info).
+
+Exit status:
+  0   stopped by SIGTERM or SIGINT
+  1   could not start (an address in use)
+  2   invalid configuration (the message names the setting), or the link's \
+certificates cannot be read or used")]
+pub struct FrontArgs {
+    /// The TOML configuration file (its [front] table).
+    #[arg(long, env = "PHALANX_FRONT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format, on stderr.
+    #[arg(long, value_enum, env = "PHALANX_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    settings: FrontLayer,
+}
+
+fn resolve(args: FrontArgs) -> Result<FrontSettings, String> {
+    let base = match &args.config {
+        Some(path) => FrontLayer::from_file(path).map_err(|err| err.to_string())?,
+        None => FrontLayer::default(),
+    };
+    args.settings
+        .over(base)
+        .resolve()
+        .map_err(|err| err.to_string())
+}
+
+/// Runs the front until SIGTERM or SIGINT.
+pub async fn run(args: FrontArgs) -> ExitCode {
+    let log_format = args.log_format;
+    let settings = match resolve(args) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: invalid configuration: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(log_format);
+    let (mut terminate, mut interrupt) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+        _ => {
+            eprintln!("error: cannot handle signals");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    let name = settings.front.name.clone();
+    tracing::info!(front = %name, backends = ?settings.front.backends, "waiting for an active backend");
+    let front = tokio::select! {
+        started = Front::start(settings.front) => match started {
+            Ok(front) => front,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(EXIT_START_FAILED);
+            }
+        },
+        _ = terminate.recv() => return ExitCode::from(EXIT_STOPPED_ON_REQUEST),
+        _ = interrupt.recv() => return ExitCode::from(EXIT_STOPPED_ON_REQUEST),
+    };
+    let mut api_address = String::from("none");
+    let mut api_task = None;
+    if let Some(address) = settings.api_listen {
+        let listener = match api::bind(address).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                eprintln!("error: cannot serve the front's API on {address}: {err}");
+                return ExitCode::from(EXIT_START_FAILED);
+            }
+        };
+        api_address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let (state, peer_manager) = (
+            std::sync::Arc::clone(front.state()),
+            std::sync::Arc::clone(front.peer_manager()),
+        );
+        api_task = Some(tokio::spawn(async move {
+            if let Err(err) = api::serve_parts(state, peer_manager, listener).await {
+                tracing::error!(error = %err, "the front's API stopped");
+            }
+        }));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
+        "front started name={name} node_id={} peers={} api={api_address}",
+        front.state().node_id(),
+        front.address()
+    );
+    let _ = stdout.flush();
+    drop(stdout);
+    let signal = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    tracing::info!(signal, front = %name, "stopping");
+    if let Some(task) = api_task {
+        task.abort();
+    }
+    drop(front);
+    ExitCode::from(EXIT_STOPPED_ON_REQUEST)
+}

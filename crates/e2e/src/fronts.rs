@@ -1,0 +1,401 @@
+//! The fronts scenario: Alice is a cluster of two backends on PostgreSQL behind two
+//! keyless fronts, and the fronts behind haproxy. Bob knows Alice only by the balancer's
+//! address: he connects there, Alice opens a channel over that connection, and payments
+//! stream both ways while, round after round, the front holding Bob is killed (Bob comes
+//! back through the other one) or the active backend is killed (the fronts attach to the
+//! new one, which Bob reaches again through them). Afterwards: nothing lost or doubled,
+//! no force close, never two active, and no front process ever held the node's secret
+//! (in its memory, its log or its environment).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::PublicKey;
+use lightning::sign::{KeysManager, NodeSigner, Recipient};
+use phalanx_api::ApiClient;
+use phalanx_link::Role;
+use phalanx_link::pki::LinkCa;
+use phalanx_secrets::{FileSeedProvider, SeedProvider};
+use phalanx_store::{ClusterName, StoreOptions};
+use phalanx_testkit::haproxy::Haproxy;
+use phalanx_testkit::process::{free_port, memory_contains};
+
+use crate::api::{health, ready_balancer};
+use crate::cluster::{Cluster, Disruption, OwnServer, PAYMENTS_PER_ROUND};
+use crate::invariants::{SplitBrainWatch, assert_none, epoch_history_violations};
+use crate::nodes::wait_for;
+use crate::process::{
+    API_TIMEOUT, ConfigFile, FailureLogs, LogFile, NodeBinary, NodeProcess, spawn,
+};
+use crate::scenario::{CONCURRENCY, STREAM_TIMEOUT, assert_invariants, successes};
+use crate::stream::{Stream, outcome};
+use crate::world::{Backend, Channel, World};
+use phalanx_devnet::harness::usable_with;
+
+/// What each round does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontDisruption {
+    /// `kill -9` of the front Bob is connected through.
+    KillFront,
+    /// `kill -9` of the active backend, the fronts left in place.
+    KillActiveBackend,
+}
+
+/// How long a round's disruption kept Bob from Alice.
+#[derive(Debug)]
+#[allow(dead_code)] // Read through Debug, in the scenario's report.
+struct Recovery {
+    disruption: FrontDisruption,
+    /// Until Bob's channel was usable again.
+    reconnected: Duration,
+    /// Until a payment succeeded after it.
+    paying: Duration,
+}
+
+/// One front process, on a fixed peer port (a restarted front takes it again, as behind
+/// a balancer that lists it).
+struct FrontProcess {
+    name: &'static str,
+    listen: SocketAddr,
+    process: NodeProcess,
+    api: String,
+}
+
+struct Fronts {
+    binary: NodeBinary,
+    certs: std::path::PathBuf,
+    backends: String,
+    all: Vec<FrontProcess>,
+}
+
+impl Fronts {
+    async fn start(&mut self, name: &'static str, listen: SocketAddr) -> FrontProcess {
+        let file = |suffix: &str| {
+            self.certs
+                .join(format!("{name}.{suffix}"))
+                .display()
+                .to_string()
+        };
+        let (certificate, key) = (file("crt"), file("key"));
+        let ca = self.certs.join("ca.crt").display().to_string();
+        let listen_text = listen.to_string();
+        let mut process = spawn(
+            &self.binary,
+            name,
+            &[
+                "front",
+                "--name",
+                name,
+                "--listen",
+                &listen_text,
+                "--backends",
+                &self.backends,
+                "--certificate",
+                &certificate,
+                "--key",
+                &key,
+                "--ca",
+                &ca,
+                "--api-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+            LogFile::Temporary,
+        );
+        let line = process.wait_line("front started").await;
+        let api = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("api="))
+            .expect("the front's API address")
+            .to_owned();
+        FrontProcess {
+            name,
+            listen,
+            process,
+            api,
+        }
+    }
+
+    /// The index of the front that holds a session for Bob.
+    async fn holding_bob(&self) -> usize {
+        wait_for("a front holding Bob's session", STREAM_TIMEOUT, || async {
+            for (index, front) in self.all.iter().enumerate() {
+                if front_sessions(&front.api).await == Some(1) {
+                    return Some(index);
+                }
+            }
+            None
+        })
+        .await
+    }
+}
+
+/// `GET /v1/state`'s `sessions` of a front.
+async fn front_sessions(api: &str) -> Option<u64> {
+    let body = http_get(api, "/v1/state").await?;
+    let state: serde_json::Value = serde_json::from_str(&body).ok()?;
+    state["sessions"].as_u64()
+}
+
+/// A plain HTTP/1.0 GET on loopback (the front's API needs no client library).
+async fn http_get(address: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.lines().next()?;
+    (status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200"))
+        .then(|| body.to_owned())
+}
+
+/// Writes the link's CA and certificates (one shared by the backends, one per front).
+fn write_certs(dir: &Path, fronts: &[&str]) {
+    std::fs::create_dir_all(dir).expect("the certificates' directory");
+    let ca = LinkCa::generate("alice").expect("a link CA");
+    std::fs::write(dir.join("ca.crt"), ca.cert_pem()).expect("write ca.crt");
+    let issued = [(Role::Backend, "backend")]
+        .into_iter()
+        .chain(fronts.iter().map(|name| (Role::Front, *name)));
+    for (role, name) in issued {
+        let cert = ca.issue(role, name).expect("a link certificate");
+        std::fs::write(dir.join(format!("{name}.crt")), &cert.cert_pem).expect("write a crt");
+        std::fs::write(dir.join(format!("{name}.key")), cert.key_pem.as_bytes())
+            .expect("write a key");
+    }
+}
+
+/// The node's secret key and the seed it comes from, as the byte strings to look for.
+async fn secrets_of(alice_dir: &Path) -> (Vec<Vec<u8>>, PublicKey) {
+    let seed = FileSeedProvider::new(alice_dir.join("seed"), false)
+        .seed()
+        .await
+        .expect("alice's seed file");
+    let keys = KeysManager::new(&seed.ldk_seed(), 0, 0, true);
+    let node_secret = keys.get_node_secret_key();
+    let node_id = keys.get_node_id(Recipient::Node).expect("the node id");
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let needles = vec![
+        node_secret.secret_bytes().to_vec(),
+        hex(&node_secret.secret_bytes()).into_bytes(),
+        seed.as_bytes().to_vec(),
+        seed.ldk_seed().to_vec(),
+    ];
+    (needles, node_id)
+}
+
+/// Runs `rounds` rounds, alternating `disruptions`, during one payment stream.
+pub async fn fronts_under_disruption(
+    binary: NodeBinary,
+    disruptions: &[FrontDisruption],
+    rounds: usize,
+) {
+    let began = Instant::now();
+    let mut own_server = None;
+    let world = World::set_up("fronts", |dir| {
+        let (server, url) = OwnServer::for_scenario(Backend::Postgres, Disruption::Kill, dir);
+        own_server = Some(server);
+        url
+    })
+    .await;
+    let server = own_server.expect("the store was made");
+    let certs = world.dir.join("link");
+    write_certs(&certs, &["front-1", "front-2"]);
+
+    let link_ports = [free_port(), free_port()];
+    let alice_dir = world.dir.join("alice");
+    let config = ConfigFile::new(&alice_dir, &world.store_url, "alice", world.chain.config())
+        .extra(format!(
+            "[link]\ncertificate = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            certs.join("backend.crt").display(),
+            certs.join("backend.key").display(),
+            certs.join("ca.crt").display(),
+        ))
+        .write(&binary);
+    let link = |port: u16| vec!["--link-listen".to_owned(), format!("127.0.0.1:{port}")];
+    let mut cluster = Cluster::start_with(
+        binary.clone(),
+        config,
+        world.store_url.clone(),
+        false,
+        vec![("a", link(link_ports[0])), ("b", link(link_ports[1]))],
+    )
+    .await;
+    let mut fronts = Fronts {
+        binary: binary.clone(),
+        certs,
+        backends: format!("127.0.0.1:{},127.0.0.1:{}", link_ports[0], link_ports[1]),
+        all: Vec::new(),
+    };
+    for name in ["front-1", "front-2"] {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let front = fronts.start(name, listen).await;
+        fronts.all.push(front);
+    }
+    let haproxy = Haproxy::start(&fronts.all.iter().map(|f| f.listen).collect::<Vec<_>>())
+        .expect("haproxy starts");
+    let logs = FailureLogs::new()
+        .with("the store server's log", || server.log_tail())
+        .with("haproxy's log", || haproxy.log_tail());
+
+    let balancer = ready_balancer(Arc::clone(&cluster.known)).await;
+    let token = phalanx_api::read_token(&alice_dir.join("api-token"))
+        .expect("alice's token file is where the test expects it");
+    let alice = ApiClient::new(&format!("http://{}", balancer.addr()))
+        .expect("the balancer's URL")
+        .with_token(token)
+        .with_timeout(API_TIMEOUT);
+    let lease_reader = phalanx_store_connect::connect(
+        &world.store_url,
+        StoreOptions::new(ClusterName::new("alice").expect("a cluster name")),
+    )
+    .await
+    .expect("the test reads Alice's store");
+    let watch = SplitBrainWatch::start(Arc::clone(&cluster.known), Arc::clone(&lease_reader));
+    let (secrets, alice_id) = secrets_of(&alice_dir).await;
+
+    // Bob knows Alice by the balancer's address only; Alice opens the channel over the
+    // connection he made.
+    world
+        .bob
+        .connect_peer(alice_id, haproxy.address())
+        .await
+        .expect("bob reaches alice through the balancer and a front");
+    world.fund_alice(&alice).await;
+    let channel = Channel::open_to(&world, &alice, None).await;
+
+    let deadline = Instant::now() + STREAM_TIMEOUT * (1 + rounds) as u32;
+    let stream = Arc::new(Stream::open_ended(
+        alice.clone(),
+        Arc::clone(&world.bob),
+        deadline,
+    ));
+    let mut workers = stream.spawn_workers(CONCURRENCY);
+    let mut recoveries = Vec::with_capacity(rounds);
+    let mut target = 0;
+    for round in 0..rounds {
+        target += PAYMENTS_PER_ROUND;
+        let active = cluster.active;
+        successes(
+            &stream,
+            target,
+            &mut workers,
+            &mut cluster.instances[active].process,
+            &alice,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 150)).await;
+        let disruption = disruptions[round % disruptions.len()];
+        let before = stream.succeeded();
+        let since = Instant::now();
+        match disruption {
+            FrontDisruption::KillFront => {
+                let index = fronts.holding_bob().await;
+                let mut killed = fronts.all.remove(index);
+                killed.process.kill().await;
+                // As a supervisor would: the front comes back on its port.
+                let again = fronts.start(killed.name, killed.listen).await;
+                fronts.all.push(again);
+            }
+            FrontDisruption::KillActiveBackend => {
+                cluster.kill_active(round).await;
+                cluster.restart_stopped(round).await;
+            }
+        }
+        // Bob notices the loss (the connection reset, or the front disconnecting its
+        // peers when its backend went), then is back: a new session through a front,
+        // the channel reestablished with the active instance.
+        let bob = &world.bob;
+        wait_for("bob to lose alice", STREAM_TIMEOUT, || async {
+            (!usable_with(bob, alice_id)).then_some(())
+        })
+        .await;
+        wait_for("bob to reach alice again", STREAM_TIMEOUT, || async {
+            usable_with(bob, alice_id).then_some(())
+        })
+        .await;
+        let reconnected = since.elapsed();
+        wait_for("payments to succeed again", STREAM_TIMEOUT, || async {
+            (stream.succeeded() > before).then_some(())
+        })
+        .await;
+        recoveries.push(Recovery {
+            disruption,
+            reconnected,
+            paying: since.elapsed(),
+        });
+    }
+
+    stream.finish();
+    for mut worker in workers {
+        let outcome = outcome(&mut worker).await;
+        assert_eq!(
+            outcome,
+            "done",
+            "the stream did not finish\n{}",
+            health(&alice).await
+        );
+    }
+    let attempts = stream.attempts();
+    assert_invariants(&world.chain, &world.bob, &alice, &attempts, &channel).await;
+    assert_none("never two active", &watch.stop().await);
+    let (epoch_violations, _) =
+        epoch_history_violations(&*lease_reader, &cluster.leaderships).await;
+    assert_none("one writer per epoch", &epoch_violations);
+
+    // No front holds the node's secret or seed: not in memory, log or environment. The
+    // same search finds the secret in the active backend (it can find what it seeks).
+    let needles: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
+    let backend_pid = cluster.active_instance().process.child.id();
+    let in_backend = memory_contains(backend_pid, &needles).expect("read the backend's memory");
+    assert!(
+        in_backend[0],
+        "the search finds the node secret in the backend"
+    );
+    for front in &fronts.all {
+        let pid = front.process.child.id();
+        let found = memory_contains(pid, &needles).expect("read a front's memory");
+        assert_eq!(
+            found,
+            vec![false; needles.len()],
+            "{} holds a secret",
+            front.name
+        );
+        let log = front.process.stderr();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        for needle in &needles {
+            assert!(
+                !log.as_bytes().windows(needle.len()).any(|w| w == *needle)
+                    && !environ.windows(needle.len()).any(|w| w == *needle),
+                "{}'s log or environment holds a secret",
+                front.name
+            );
+        }
+    }
+
+    println!(
+        "fronts: {rounds} rounds, {} payments in {} tries; recoveries: {recoveries:?}; \
+         {:?} in all",
+        stream.payments(),
+        attempts.len(),
+        began.elapsed()
+    );
+    for front in &mut fronts.all {
+        let status = front.process.terminate().await;
+        assert_eq!(status.code(), Some(0), "{}", front.process.stderr());
+    }
+    for instance in &mut cluster.instances {
+        let status = instance.process.terminate().await;
+        assert_eq!(status.code(), Some(0), "{}", instance.process.stderr());
+    }
+    drop(logs);
+    drop(haproxy);
+    drop(server);
+    world.bob.shutdown().await;
+}

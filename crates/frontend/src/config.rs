@@ -1,0 +1,168 @@
+//! A front's settings: a TOML file's `[front]` table, with each setting also a flag and a
+//! `PHALANX_FRONT_*` variable that win over the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use phalanx_link::tls::LinkIdentity;
+use serde::Deserialize;
+
+use crate::front::FrontConfig;
+
+/// A setting that cannot be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FrontConfigError {
+    /// The setting, as in the file (`front.listen`).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn field(field: &'static str, message: impl Into<String>) -> FrontConfigError {
+    FrontConfigError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The front's settings, each optional until [`FrontLayer::resolve`].
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct FrontLayer {
+    /// The front's name: its link certificate's, shown in the backend's logs and peers.
+    #[arg(long = "name", env = "PHALANX_FRONT_NAME")]
+    pub name: Option<String>,
+    /// Where peers connect (host:port; default 0.0.0.0:9735). Behind a load balancer, its
+    /// address is the one the node announces.
+    #[arg(long = "listen", env = "PHALANX_FRONT_LISTEN")]
+    pub listen: Option<String>,
+    /// The link addresses of every backend instance (host:port, comma-separated): the
+    /// front attaches to whichever is active.
+    #[arg(
+        long = "backends",
+        env = "PHALANX_FRONT_BACKENDS",
+        value_delimiter = ','
+    )]
+    pub backends: Option<Vec<String>>,
+    /// The front's link certificate (PEM, from `phalanx link-certs`).
+    #[arg(long = "certificate", env = "PHALANX_FRONT_CERTIFICATE")]
+    pub certificate: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long = "key", env = "PHALANX_FRONT_KEY")]
+    pub key: Option<PathBuf>,
+    /// The link CA's certificate (PEM): backends with another CA's certificate are refused.
+    #[arg(long = "ca", env = "PHALANX_FRONT_CA")]
+    pub ca: Option<PathBuf>,
+    /// Where the front serves `GET /v1/state` and `/metrics` (host:port; unset: nowhere).
+    #[arg(long = "api-listen", env = "PHALANX_FRONT_API_LISTEN")]
+    pub api_listen: Option<String>,
+    /// How long a peer's handshake waits for the backend's ECDH (default 5000).
+    #[arg(long = "ecdh-timeout-ms", env = "PHALANX_FRONT_ECDH_TIMEOUT_MS")]
+    pub ecdh_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FrontFile {
+    #[serde(default)]
+    front: FrontLayer,
+}
+
+/// A front's resolved settings.
+#[derive(Debug)]
+pub struct FrontSettings {
+    /// The front itself.
+    pub front: FrontConfig,
+    /// Where its state and metrics are served, if anywhere.
+    pub api_listen: Option<SocketAddr>,
+}
+
+impl FrontLayer {
+    /// The `[front]` table of the TOML file at `path`.
+    pub fn from_file(path: &Path) -> Result<Self, FrontConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| field("config", format!("{}: {err}", path.display())))?;
+        Self::from_toml(&text)
+    }
+
+    /// The `[front]` table of `text`.
+    pub fn from_toml(text: &str) -> Result<Self, FrontConfigError> {
+        toml::from_str::<FrontFile>(text)
+            .map(|file| file.front)
+            .map_err(|err| field("config", err.to_string().trim().to_owned()))
+    }
+
+    /// These settings, with `base`'s where these have none.
+    pub fn over(self, base: FrontLayer) -> FrontLayer {
+        FrontLayer {
+            name: self.name.or(base.name),
+            listen: self.listen.or(base.listen),
+            backends: self.backends.or(base.backends),
+            certificate: self.certificate.or(base.certificate),
+            key: self.key.or(base.key),
+            ca: self.ca.or(base.ca),
+            api_listen: self.api_listen.or(base.api_listen),
+            ecdh_timeout_ms: self.ecdh_timeout_ms.or(base.ecdh_timeout_ms),
+        }
+    }
+
+    /// Checks every setting and reads the link's certificates.
+    pub fn resolve(self) -> Result<FrontSettings, FrontConfigError> {
+        let name = self
+            .name
+            .filter(|name| !name.trim().is_empty())
+            .ok_or_else(|| field("front.name", "is needed"))?;
+        let address = |name: &'static str, text: &str| {
+            text.parse::<SocketAddr>()
+                .map_err(|_| field(name, format!("{text:?} is not an address (host:port)")))
+        };
+        let listen = address(
+            "front.listen",
+            self.listen.as_deref().unwrap_or("0.0.0.0:9735"),
+        )?;
+        let backends = self
+            .backends
+            .unwrap_or_default()
+            .iter()
+            .map(|text| address("front.backends", text.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if backends.is_empty() {
+            return Err(field("front.backends", "at least one backend is needed"));
+        }
+        let api_listen = self
+            .api_listen
+            .as_deref()
+            .map(|text| address("front.api_listen", text))
+            .transpose()?;
+        let ecdh_timeout_ms = self.ecdh_timeout_ms.unwrap_or(5000);
+        if !(100..=60_000).contains(&ecdh_timeout_ms) {
+            return Err(field(
+                "front.ecdh_timeout_ms",
+                format!("{ecdh_timeout_ms} is not between 100 and 60000"),
+            ));
+        }
+        let read = |name: &'static str, path: Option<PathBuf>| {
+            let path = path.ok_or_else(|| field(name, "is needed"))?;
+            std::fs::read_to_string(&path)
+                .map(zeroize::Zeroizing::new)
+                .map_err(|err| field(name, format!("{}: {err}", path.display())))
+        };
+        let certificate = read("front.certificate", self.certificate)?;
+        let key = read("front.key", self.key)?;
+        let ca = read("front.ca", self.ca)?;
+        let identity = LinkIdentity::from_pem(&certificate, &key, &ca)
+            .map_err(|err| field("front.certificate", err.to_string()))?;
+        Ok(FrontSettings {
+            front: FrontConfig {
+                name,
+                listen,
+                backends,
+                identity,
+                ecdh_timeout: Duration::from_millis(ecdh_timeout_ms),
+            },
+            api_listen,
+        })
+    }
+}
