@@ -29,6 +29,21 @@ async fn pay(payer: &Node, payee: &Node, amount_msat: u64) {
     assert_eq!(record.status, PaymentStatus::Succeeded, "{record:?}");
 }
 
+/// The body of a 200 answer to `GET path` (HTTP/1.0, no client library needed).
+async fn get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.lines().next().unwrap().contains(" 200 "), "{head}");
+    body.to_owned()
+}
+
 async fn front(ca: &LinkCa, name: &str, backend: &Node) -> Front {
     let issued = ca.issue(Role::Front, name).unwrap();
     Front::start(FrontConfig {
@@ -100,14 +115,38 @@ async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_f
         pay(&bob, &alice, 3_000_000).await;
     }
     let balance = channel_balance_msat(&bob, alice.node_id());
-    let counters = first.state().counters();
+
+    // The front's own state and metrics.
+    let listener = phalanx_frontend::api::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let api = listener.local_addr().unwrap().to_string();
+    let serving = {
+        let (state, peer_manager) = (Arc::clone(first.state()), Arc::clone(first.peer_manager()));
+        tokio::spawn(phalanx_frontend::api::serve_parts(
+            state,
+            peer_manager,
+            listener,
+        ))
+    };
+    let state: phalanx_frontend::api::FrontStateResponse =
+        serde_json::from_str(&get(&api, "/v1/state").await).unwrap();
+    assert_eq!(state.state, "FRONT_ATTACHED");
+    assert_eq!(state.node_id, bob.node_id().to_string());
+    assert_eq!(state.backend.as_deref(), Some("bob-1"));
+    assert_eq!((state.peers, state.sessions), (1, 1));
+    let metrics = get(&api, "/metrics").await;
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("phalanx_front_messages_to_backend_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(sent > 20, "{metrics}");
     assert!(
-        counters
-            .messages_to_backend
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 20,
-        "every payment's messages crossed the link"
+        metrics.contains("phalanx_front_backend_attached 1"),
+        "{metrics}"
     );
+    serving.abort();
 
     // The front goes away: to bob, alice is disconnected (its channel is kept, not
     // usable); through a second front she reconnects and the channel carries on.

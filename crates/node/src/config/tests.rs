@@ -373,3 +373,35 @@ fn the_backup_stream_takes_its_options() {
         }
     );
 }
+
+#[test]
+fn the_front_link_takes_its_address_and_certificates_together() {
+    assert_eq!(resolve_with("").unwrap().link, None);
+    let config = resolve_with(
+        "[link]\nlisten = \"127.0.0.1:9736\"\ncertificate = \"/l/a.crt\"\nkey = \"/l/a.key\"\nca = \"/l/ca.crt\"",
+    )
+    .unwrap();
+    assert_eq!(
+        config.link,
+        Some(LinkConfig {
+            listen: "127.0.0.1:9736".parse().unwrap(),
+            certificate: PathBuf::from("/l/a.crt"),
+            key: PathBuf::from("/l/a.key"),
+            ca: PathBuf::from("/l/ca.crt"),
+        })
+    );
+    for (toml, needle) in [
+        ("[link]\nlisten = \"9736\"", "link.listen"),
+        (
+            "[link]\nlisten = \"127.0.0.1:9736\"",
+            "link.certificate: is needed",
+        ),
+        (
+            "[link]\nlisten = \"127.0.0.1:9736\"\ncertificate = \"/a\"\nkey = \"/b\"",
+            "link.ca: is needed",
+        ),
+    ] {
+        let err = resolve_with(toml).unwrap_err().to_string();
+        assert!(err.contains(needle), "{toml:?}: {err}");
+    }
+}

@@ -1,0 +1,110 @@
+//! `phalanx front`: every setting from the file, a variable or a flag; each bad one
+//! refused with exit 2 and its name, before anything listens.
+
+use phalanx_link::Role;
+use phalanx_link::pki::LinkCa;
+
+fn front(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
+    command.arg("front").args(args);
+    for (variable, _) in std::env::vars() {
+        if variable.starts_with("PHALANX_") {
+            command.env_remove(variable);
+        }
+    }
+    let output = command
+        .envs(env.iter().copied())
+        .output()
+        .expect("phalanx runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_bad_setting_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LinkCa::generate("test").unwrap();
+    let issued = ca.issue(Role::Front, "front-1").unwrap();
+    for (file, text) in [
+        ("front-1.crt", issued.cert_pem.clone()),
+        ("front-1.key", issued.key_pem.to_string()),
+        ("ca.crt", ca.cert_pem()),
+        ("garbage.crt", "not a certificate".to_owned()),
+    ] {
+        std::fs::write(dir.path().join(file), text).unwrap();
+    }
+    let path = |file: &str| dir.path().join(file).display().to_string();
+    let good = [
+        "--name".to_owned(),
+        "front-1".to_owned(),
+        "--backends".to_owned(),
+        "127.0.0.1:1".to_owned(),
+        "--certificate".to_owned(),
+        path("front-1.crt"),
+        "--key".to_owned(),
+        path("front-1.key"),
+    ];
+    let with = |extra: &[&str]| {
+        let mut args: Vec<String> = good.to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let ca_arg = path("ca.crt");
+    let garbage = path("garbage.crt");
+    let missing = path("missing.crt");
+    for (args, needle) in [
+        (
+            vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()],
+            "front.name",
+        ),
+        (with(&["--ca", &ca_arg, "--listen", "9735"]), "front.listen"),
+        (
+            vec![
+                "--name".to_owned(),
+                "x".to_owned(),
+                "--backends".to_owned(),
+                "nope".to_owned(),
+            ],
+            "front.backends",
+        ),
+        (with(&[]), "front.ca: is needed"),
+        (with(&["--ca", &missing]), "front.ca"),
+        (with(&["--ca", &garbage]), "CA file holds no certificate"),
+        (
+            with(&["--ca", &ca_arg, "--ecdh-timeout-ms", "5"]),
+            "front.ecdh_timeout_ms",
+        ),
+        (
+            with(&["--ca", &ca_arg, "--api-listen", "localhost"]),
+            "front.api_listen",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, stderr) = front(&args, &[]);
+        assert_eq!(status, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+
+    // The file's [front] table, with a variable over it; unknown keys are refused.
+    let config = dir.path().join("front.toml");
+    std::fs::write(&config, "[front]\nname = \"front-1\"\nlisten = \"nope\"\n").unwrap();
+    let config_arg = config.display().to_string();
+    let (status, stderr) = front(&["--config", &config_arg], &[]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("front.listen"), "{stderr}");
+    let (status, stderr) = front(
+        &["--config", &config_arg],
+        &[("PHALANX_FRONT_LISTEN", "127.0.0.1:0")],
+    );
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("front.backends"),
+        "the variable won: {stderr}"
+    );
+    std::fs::write(&config, "[front]\nnmae = \"front-1\"\n").unwrap();
+    let (status, stderr) = front(&["--config", &config_arg], &[]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("unknown field `nmae`"), "{stderr}");
+}
