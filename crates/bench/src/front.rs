@@ -1,41 +1,76 @@
-//! `phalanx-bench front --handshakes N`: the BOLT 8 handshake and `init` of a peer with
-//! the node, directly (the node's `PeerManager` holds the key) and through a keyless
-//! front (its ECDH asked of the backend over the mutual-TLS link, on loopback), in one
-//! run. LDK's `PeerManager` on both sides; each handshake is a new peer with new keys.
+//! `phalanx-bench front`: what a keyless front costs, against a direct connection, in one
+//! run, on loopback.
+//!
+//! - Handshakes (`--handshakes N`): the BOLT 8 handshake and `init` of a new peer with the
+//!   node, directly (the node's `PeerManager` holds the key) and through a `Front`
+//!   (its ECDH asked of the backend's `LinkServer` over mutual TLS). LDK's `PeerManager`
+//!   on both sides; the backend on a runtime of its own, as if in its own process.
+//! - Payments (`--payments N`, each `--concurrency`): Alice pays Bob, whom she reaches
+//!   directly, and Carol, whom she reaches only through a front, alternating rounds.
+//!   Three nodes on SQLite on the built-in regtest chain; a payment counts once the
+//!   payer saw it succeed and the payee recorded it.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bitcoin::Amount;
+use bitcoin::constants::ChainHash;
 use bitcoin::secp256k1::PublicKey;
 use clap::Args;
 use hdrhistogram::Histogram;
+use lightning::ln::peer_handler::ErroringMessageHandler;
 use lightning::sign::{KeysManager, NodeSigner, Recipient};
-use phalanx_frontend::KeylessSigner;
+use phalanx_devnet::chain::ChainControl;
+use phalanx_devnet::harness::{fund, initialize_and_start, node_config, open_channel_at};
+use phalanx_devnet::run::chain_config_from_url;
+use phalanx_devnet::stream::{self, Plan, Stats};
 use phalanx_frontend::testing::{handshake_only, listen};
-use phalanx_link::Role;
-use phalanx_link::ecdh::{EcdhClient, serve_ecdh};
+use phalanx_frontend::{Front, FrontConfig};
+use phalanx_link::backend::LinkServer;
 use phalanx_link::pki::LinkCa;
 use phalanx_link::tls::LinkIdentity;
+use phalanx_link::{ActiveBackend, Role};
+use phalanx_node::config::LinkConfig;
+use phalanx_regtest::{Regtest, RegtestConfig};
 use serde::Serialize;
 
 #[derive(Args, Debug)]
 pub struct FrontArgs {
-    /// Handshakes measured on each path.
+    /// Handshakes measured on each path (0: none).
     #[arg(long, default_value_t = 200)]
     handshakes: usize,
-    /// Print one JSON object per path.
+    /// Payments measured on each path at each concurrency (0: none).
+    #[arg(long, default_value_t = 300)]
+    payments: u64,
+    /// Concurrency levels of the payments.
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    concurrency: Vec<usize>,
+    /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Serialize)]
-struct Result {
+struct HandshakeResult {
     bench: &'static str,
     path: &'static str,
     handshakes: u64,
     handshake_p50_ms: f64,
     handshake_p99_ms: f64,
     handshake_max_ms: f64,
+}
+
+#[derive(Serialize)]
+struct PaymentResult {
+    bench: &'static str,
+    path: &'static str,
+    concurrency: usize,
+    payments: u64,
+    failed: u64,
+    payments_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
 }
 
 fn keys(seed: [u8; 32]) -> Arc<KeysManager> {
@@ -50,17 +85,17 @@ fn keys(seed: [u8; 32]) -> Arc<KeysManager> {
     ))
 }
 
-/// The backend's runtime, shut down without blocking (it is dropped on an async thread).
-struct BackendRuntime(Option<tokio::runtime::Runtime>);
+/// A runtime shut down without blocking (it is dropped on an async thread).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
 
-impl std::ops::Deref for BackendRuntime {
+impl std::ops::Deref for OwnRuntime {
     type Target = tokio::runtime::Runtime;
     fn deref(&self) -> &Self::Target {
         self.0.as_ref().expect("until dropped")
     }
 }
 
-impl Drop for BackendRuntime {
+impl Drop for OwnRuntime {
     fn drop(&mut self) {
         if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
@@ -68,13 +103,32 @@ impl Drop for BackendRuntime {
     }
 }
 
+fn identity(ca: &LinkCa, role: Role, name: &str) -> anyhow::Result<LinkIdentity> {
+    let cert = ca.issue(role, name)?;
+    Ok(LinkIdentity::from_pem(
+        &cert.cert_pem,
+        &cert.key_pem,
+        &ca.cert_pem(),
+    )?)
+}
+
+pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
+    if args.handshakes > 0 {
+        handshakes(&args).await?;
+    }
+    if args.payments > 0 {
+        payments(&args).await?;
+    }
+    Ok(())
+}
+
 /// `count` handshakes, one new peer each, one after another.
-async fn measure(
+async fn measure_handshakes(
     path: &'static str,
     node_id: PublicKey,
-    address: std::net::SocketAddr,
+    address: SocketAddr,
     count: usize,
-) -> anyhow::Result<Result> {
+) -> anyhow::Result<HandshakeResult> {
     let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..count {
         let peer = handshake_only(keys(rand::random()), rand::random());
@@ -91,7 +145,7 @@ async fn measure(
         peer.disconnect_all_peers();
         drop(connection);
     }
-    Ok(Result {
+    Ok(HandshakeResult {
         bench: "front",
         path,
         handshakes: times.len(),
@@ -101,7 +155,7 @@ async fn measure(
     })
 }
 
-pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
+async fn handshakes(args: &FrontArgs) -> anyhow::Result<()> {
     let node_keys = keys(rand::random());
     let node_id = node_keys
         .get_node_id(Recipient::Node)
@@ -110,24 +164,31 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
     // Direct: the node's own PeerManager, with its key.
     let direct = listen(handshake_only(Arc::clone(&node_keys), rand::random())).await?;
 
-    // Through a keyless front: the backend answers ECDH over the link.
+    // Through a keyless front: a backend's link server answers the ECDH (no channels:
+    // a handler that takes none), on a runtime of its own as if in its own process.
     let ca = LinkCa::generate("bench")?;
-    let identity = |role, name| -> anyhow::Result<LinkIdentity> {
-        let cert = ca.issue(role, name)?;
-        Ok(LinkIdentity::from_pem(
-            &cert.cert_pem,
-            &cert.key_pem,
-            &ca.cert_pem(),
-        )?)
-    };
-    // The backend on a runtime of its own, as if in its own process: the front's
-    // handshake blocks a thread of this one while it waits for the answer.
+    let backend_identity = identity(&ca, Role::Backend, "backend-1")?;
     let link_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     link_listener.set_nonblocking(true)?;
     let link_address = link_listener.local_addr()?;
-    let backend_identity = identity(Role::Backend, "backend-1")?;
     let answering = Arc::clone(&node_keys);
-    let backend = BackendRuntime(Some(
+    let server = Arc::new(LinkServer::new(
+        Arc::new(ErroringMessageHandler::new()),
+        "backend-1",
+        ActiveBackend {
+            node_id,
+            chain_hash: *ChainHash::using_genesis_block(bitcoin::Network::Regtest).as_bytes(),
+            init_features: Vec::new(),
+            node_features: Vec::new(),
+        },
+        Box::new(move |point| {
+            answering
+                .ecdh(Recipient::Node, point, None)
+                .ok()
+                .map(|secret| secret.secret_bytes())
+        }),
+    ));
+    let backend = OwnRuntime(Some(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -135,45 +196,31 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
     ));
     backend.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(link_listener)?;
-        serve_ecdh(
-            listener,
-            &backend_identity,
-            "backend-1".into(),
-            move |point| {
-                answering
-                    .ecdh(Recipient::Node, point, None)
-                    .ok()
-                    .map(|secret| secret.secret_bytes())
-            },
-        )
-        .await
+        server.serve(listener, &backend_identity).await
     });
-    let link = EcdhClient::connect(
-        &identity(Role::Front, "front-1")?,
-        "front-1",
-        link_address,
-        Duration::from_secs(5),
-    )
-    .await?;
-    let front = listen(handshake_only(
-        Arc::new(KeylessSigner::new(node_id, link)),
-        rand::random(),
-    ))
+    let front = Front::start(FrontConfig {
+        name: "front-1".into(),
+        listen: "127.0.0.1:0".parse()?,
+        backends: vec![link_address],
+        identity: identity(&ca, Role::Front, "front-1")?,
+        ecdh_timeout: Duration::from_secs(5),
+    })
     .await?;
 
     // Alternating rounds, so that both paths see the same machine.
     let rounds = 4;
     let per_round = args.handshakes.div_ceil(rounds);
-    let mut results: Vec<(&'static str, Vec<Result>)> =
+    let mut results: Vec<(&'static str, Vec<HandshakeResult>)> =
         vec![("direct", Vec::new()), ("keyless-front", Vec::new())];
     for _ in 0..rounds {
         results[0]
             .1
-            .push(measure("direct", node_id, direct, per_round).await?);
+            .push(measure_handshakes("direct", node_id, direct, per_round).await?);
         results[1]
             .1
-            .push(measure("keyless-front", node_id, front, per_round).await?);
+            .push(measure_handshakes("keyless-front", node_id, front.address(), per_round).await?);
     }
+    drop(front);
     drop(backend);
     for (path, rounds) in results {
         // Whole-run figures: the rounds' histograms are not kept, so medians of rounds.
@@ -181,7 +228,7 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
         let mut p99: Vec<f64> = rounds.iter().map(|r| r.handshake_p99_ms).collect();
         p50.sort_by(f64::total_cmp);
         p99.sort_by(f64::total_cmp);
-        let result = Result {
+        let result = HandshakeResult {
             bench: "front",
             path,
             handshakes: rounds.iter().map(|r| r.handshakes).sum(),
@@ -204,5 +251,148 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+async fn payments(args: &FrontArgs) -> anyhow::Result<()> {
+    let dir = phalanx_testkit::process::scratch_dir("bench-front")?;
+    let regtest = Regtest::start(RegtestConfig::default()).await?;
+    let chain =
+        ChainControl::connect(chain_config_from_url(&regtest.rpc_url_with_credentials())?).await?;
+    chain.ensure_funds(Amount::from_sat(50_000_000)).await?;
+
+    // Carol serves fronts: the link's certificates in files, as `phalanx link-certs`
+    // writes them.
+    let ca = LinkCa::generate("bench")?;
+    let certs = dir.join("link");
+    std::fs::create_dir_all(&certs)?;
+    let carol_cert = ca.issue(Role::Backend, "carol-1")?;
+    std::fs::write(certs.join("carol-1.crt"), &carol_cert.cert_pem)?;
+    std::fs::write(certs.join("carol-1.key"), carol_cert.key_pem.as_bytes())?;
+    std::fs::write(certs.join("ca.crt"), ca.cert_pem())?;
+    let alice = initialize_and_start(&node_config(chain.config(), &dir, "alice", None)?).await?;
+    let bob = initialize_and_start(&node_config(chain.config(), &dir, "bob", None)?).await?;
+    let mut carol_config = node_config(chain.config(), &dir, "carol", None)?;
+    carol_config.link = Some(LinkConfig {
+        listen: "127.0.0.1:0".parse()?,
+        certificate: certs.join("carol-1.crt"),
+        key: certs.join("carol-1.key"),
+        ca: certs.join("ca.crt"),
+    });
+    let carol = initialize_and_start(&carol_config).await?;
+    let front = Front::start(FrontConfig {
+        name: "front-1".into(),
+        listen: "127.0.0.1:0".parse()?,
+        backends: vec![
+            carol
+                .link_address()
+                .ok_or_else(|| anyhow::anyhow!("carol serves no link"))?,
+        ],
+        identity: identity(&ca, Role::Front, "front-1")?,
+        ecdh_timeout: Duration::from_secs(5),
+    })
+    .await?;
+
+    let levels = args.concurrency.len() as u64;
+    let amount_msat = 1_000_000;
+    let channel_sat = (args.payments * levels * amount_msat / 1000 * 2).max(1_000_000);
+    fund(
+        &chain,
+        &alice,
+        Amount::from_sat(2 * channel_sat + 2_000_000),
+    )
+    .await?;
+    open_channel_at(
+        &chain,
+        &alice,
+        &bob,
+        bob.listen_addresses()[0],
+        channel_sat,
+        0,
+    )
+    .await?;
+    open_channel_at(&chain, &alice, &carol, front.address(), channel_sat, 0).await?;
+
+    if !args.json {
+        println!(
+            "{:<8} {:>11} {:>9} {:>7} {:>12} {:>9} {:>9}",
+            "path", "concurrency", "payments", "failed", "payments/s", "p50 ms", "p99 ms"
+        );
+    }
+    // Two rounds per path, alternating, each half the payments; the figures are of the
+    // rounds together.
+    for &concurrency in &args.concurrency {
+        let mut stats = [Stats::default(), Stats::default()];
+        // Each path's own time: its rounds only.
+        let mut busy = [Duration::ZERO; 2];
+        for _ in 0..2 {
+            for (index, payee) in [&bob, &carol].into_iter().enumerate() {
+                let began = Instant::now();
+                let round = Arc::new(Mutex::new(std::mem::take(&mut stats[index])));
+                let (_stop_sender, stop) = tokio::sync::watch::channel(false);
+                stream::run(
+                    Arc::clone(&alice),
+                    Arc::clone(payee),
+                    Plan {
+                        count: Some(args.payments.div_ceil(2)),
+                        concurrency,
+                        amount_msat,
+                        both_ways: false,
+                    },
+                    Arc::clone(&round),
+                    stop,
+                )
+                .await;
+                stats[index] =
+                    std::mem::take(&mut *round.lock().unwrap_or_else(|e| e.into_inner()));
+                busy[index] += began.elapsed();
+            }
+        }
+        for ((path, stats), busy) in ["direct", "front"].into_iter().zip(&stats).zip(busy) {
+            let result = PaymentResult {
+                bench: "front",
+                path,
+                concurrency,
+                payments: stats.succeeded,
+                failed: stats.failed,
+                payments_per_s: stats.succeeded as f64 / busy.as_secs_f64().max(1e-9),
+                p50_ms: stats.latency_ms(0.5),
+                p99_ms: stats.latency_ms(0.99),
+            };
+            if let Some(failure) = &stats.last_failure {
+                eprintln!("{path}: {} payments failed; last: {failure}", stats.failed);
+            }
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                println!(
+                    "{:<8} {:>11} {:>9} {:>7} {:>12.1} {:>9.2} {:>9.2}",
+                    path,
+                    concurrency,
+                    result.payments,
+                    result.failed,
+                    result.payments_per_s,
+                    result.p50_ms,
+                    result.p99_ms
+                );
+            }
+        }
+    }
+    let mut violations = phalanx_devnet::invariants::between(&chain, &alice, &bob).await;
+    violations.extend(phalanx_devnet::invariants::between(&chain, &alice, &carol).await);
+    eprintln!("invariants: {} violated", violations.len());
+    for violation in &violations {
+        eprintln!("  {violation}");
+    }
+    drop(front);
+    for node in [alice, bob, carol] {
+        node.shutdown().await;
+    }
+    anyhow::ensure!(
+        violations.is_empty(),
+        "{} invariant violations",
+        violations.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

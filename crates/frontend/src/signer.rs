@@ -40,16 +40,6 @@ impl<T: EcdhSource + ?Sized> EcdhSource for std::sync::Arc<T> {
     }
 }
 
-/// The backend, over the link: blocks the caller (LDK's handshake) until the backend
-/// answers or the link's timeout passes.
-impl EcdhSource for phalanx_link::ecdh::EcdhClient {
-    fn ecdh(&self, point: &PublicKey) -> Result<SharedSecret, EcdhUnavailable> {
-        let secret = phalanx_link::ecdh::EcdhClient::ecdh(self, point)
-            .map_err(|err| EcdhUnavailable(err.to_string()))?;
-        Ok(SharedSecret::from_bytes(secret))
-    }
-}
-
 /// A `NodeSigner` for a front: the node's id, ECDH from an [`EcdhSource`], no secret.
 pub struct KeylessSigner<S> {
     node_id: PublicKey,

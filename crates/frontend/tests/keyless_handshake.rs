@@ -115,55 +115,71 @@ async fn a_backend_that_does_not_answer_fails_the_handshake_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_front_asks_the_backend_over_the_mutual_tls_link() {
-    use phalanx_link::Role;
-    use phalanx_link::ecdh::{EcdhClient, serve_ecdh};
+    use lightning::ln::peer_handler::ErroringMessageHandler;
+    use phalanx_frontend::{Front, FrontConfig};
+    use phalanx_link::backend::LinkServer;
     use phalanx_link::pki::LinkCa;
     use phalanx_link::tls::LinkIdentity;
+    use phalanx_link::{ActiveBackend, Role};
 
     let ca = LinkCa::generate("test").unwrap();
     let identity = |role, name| {
         let cert = ca.issue(role, name).unwrap();
         LinkIdentity::from_pem(&cert.cert_pem, &cert.key_pem, &ca.cert_pem()).unwrap()
     };
-    // The backend: the node key, and the link's listener answering ECDH with it.
+    // The backend: the node key, and its link server answering ECDH with it (no channel
+    // handler to speak of).
     let node_keys = keys(7);
     let node_id = node_keys.get_node_id(Recipient::Node).unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (answering, counting) = (Arc::clone(&node_keys), Arc::clone(&asked));
+    let server = Arc::new(LinkServer::new(
+        Arc::new(ErroringMessageHandler::new()),
+        "backend-1",
+        ActiveBackend {
+            node_id,
+            chain_hash: [0; 32],
+            init_features: Vec::new(),
+            node_features: Vec::new(),
+        },
+        Box::new(move |point| {
+            counting.fetch_add(1, Ordering::SeqCst);
+            answering
+                .ecdh(Recipient::Node, point, None)
+                .ok()
+                .map(|secret| secret.secret_bytes())
+        }),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let link_address = listener.local_addr().unwrap();
     let backend_identity = identity(Role::Backend, "backend-1");
-    let answering = Arc::clone(&node_keys);
-    let asked = Arc::new(AtomicUsize::new(0));
-    let counting = Arc::clone(&asked);
-    tokio::spawn(async move {
-        serve_ecdh(
-            listener,
-            &backend_identity,
-            "backend-1".into(),
-            move |point| {
-                counting.fetch_add(1, Ordering::SeqCst);
-                answering
-                    .ecdh(Recipient::Node, point, None)
-                    .ok()
-                    .map(|secret| secret.secret_bytes())
-            },
-        )
-        .await
-    });
+    tokio::spawn(async move { server.serve(listener, &backend_identity).await });
 
-    // The front: no key, the link to the backend.
-    let link = EcdhClient::connect(
-        &identity(Role::Front, "front-1"),
-        "front-1",
-        link_address,
-        Duration::from_secs(5),
-    )
+    // The front: no key, the link to the backend; the node id learnt from it.
+    let front = Front::start(FrontConfig {
+        name: "front-1".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        backends: vec![link_address],
+        identity: identity(Role::Front, "front-1"),
+        ecdh_timeout: Duration::from_secs(5),
+    })
     .await
     .unwrap();
-    let (front, peer, _connection) = dial_through_a_front(node_id, link).await;
-    assert!(
-        connected(&front, &peer, &node_id).await,
-        "the peer sees the node through the keyless front"
-    );
+    assert_eq!(front.state().node_id(), node_id);
+    let peer = handshake_only(keys(9), [2; 32]);
+    let _connection =
+        lightning_net_tokio::connect_outbound(Arc::clone(&peer), node_id, front.address())
+            .await
+            .expect("the TCP connection opens");
+    let mut seen = false;
+    for _ in 0..200 {
+        if peer.peer_by_node_id(&node_id).is_some() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(seen, "the peer sees the node through the keyless front");
     assert!(
         asked.load(Ordering::SeqCst) >= 1,
         "the backend answered the ECDH"

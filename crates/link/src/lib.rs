@@ -19,7 +19,6 @@
 
 pub mod backend;
 mod codec;
-pub mod ecdh;
 mod error;
 mod frame;
 pub mod ldk;
