@@ -6,9 +6,10 @@
 //!   (its ECDH asked of the backend's `LinkServer` over mutual TLS). LDK's `PeerManager`
 //!   on both sides; the backend on a runtime of its own, as if in its own process.
 //! - Payments (`--payments N`, each `--concurrency`): Alice pays Bob, whom she reaches
-//!   directly, and Carol, whom she reaches only through a front, alternating rounds.
-//!   Three nodes on SQLite on the built-in regtest chain; a payment counts once the
-//!   payer saw it succeed and the payee recorded it.
+//!   directly, and Dave pays Carol, whom he reaches only through a front, alternating
+//!   rounds. Four nodes on SQLite on the built-in regtest chain (a pair per path, so
+//!   that each pair's ledgers can be checked against each other); a payment counts once
+//!   the payer saw it succeed and the payee recorded it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -272,6 +273,7 @@ async fn payments(args: &FrontArgs) -> anyhow::Result<()> {
     std::fs::write(certs.join("ca.crt"), ca.cert_pem())?;
     let alice = initialize_and_start(&node_config(chain.config(), &dir, "alice", None)?).await?;
     let bob = initialize_and_start(&node_config(chain.config(), &dir, "bob", None)?).await?;
+    let dave = initialize_and_start(&node_config(chain.config(), &dir, "dave", None)?).await?;
     let mut carol_config = node_config(chain.config(), &dir, "carol", None)?;
     carol_config.link = Some(LinkConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -296,12 +298,8 @@ async fn payments(args: &FrontArgs) -> anyhow::Result<()> {
     let levels = args.concurrency.len() as u64;
     let amount_msat = 1_000_000;
     let channel_sat = (args.payments * levels * amount_msat / 1000 * 2).max(1_000_000);
-    fund(
-        &chain,
-        &alice,
-        Amount::from_sat(2 * channel_sat + 2_000_000),
-    )
-    .await?;
+    fund(&chain, &alice, Amount::from_sat(channel_sat + 1_000_000)).await?;
+    fund(&chain, &dave, Amount::from_sat(channel_sat + 1_000_000)).await?;
     open_channel_at(
         &chain,
         &alice,
@@ -311,7 +309,7 @@ async fn payments(args: &FrontArgs) -> anyhow::Result<()> {
         0,
     )
     .await?;
-    open_channel_at(&chain, &alice, &carol, front.address(), channel_sat, 0).await?;
+    open_channel_at(&chain, &dave, &carol, front.address(), channel_sat, 0).await?;
 
     if !args.json {
         println!(
@@ -326,12 +324,13 @@ async fn payments(args: &FrontArgs) -> anyhow::Result<()> {
         // Each path's own time: its rounds only.
         let mut busy = [Duration::ZERO; 2];
         for _ in 0..2 {
-            for (index, payee) in [&bob, &carol].into_iter().enumerate() {
+            for (index, (payer, payee)) in [(&alice, &bob), (&dave, &carol)].into_iter().enumerate()
+            {
                 let began = Instant::now();
                 let round = Arc::new(Mutex::new(std::mem::take(&mut stats[index])));
                 let (_stop_sender, stop) = tokio::sync::watch::channel(false);
                 stream::run(
-                    Arc::clone(&alice),
+                    Arc::clone(payer),
                     Arc::clone(payee),
                     Plan {
                         count: Some(args.payments.div_ceil(2)),
@@ -379,13 +378,13 @@ async fn payments(args: &FrontArgs) -> anyhow::Result<()> {
         }
     }
     let mut violations = phalanx_devnet::invariants::between(&chain, &alice, &bob).await;
-    violations.extend(phalanx_devnet::invariants::between(&chain, &alice, &carol).await);
+    violations.extend(phalanx_devnet::invariants::between(&chain, &dave, &carol).await);
     eprintln!("invariants: {} violated", violations.len());
     for violation in &violations {
         eprintln!("  {violation}");
     }
     drop(front);
-    for node in [alice, bob, carol] {
+    for node in [alice, bob, carol, dave] {
         node.shutdown().await;
     }
     anyhow::ensure!(
