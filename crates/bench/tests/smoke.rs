@@ -48,3 +48,49 @@ fn store_bench_prints_one_json_object_per_case() {
         assert!(result["p99_ms"].as_f64().unwrap() >= result["p50_ms"].as_f64().unwrap());
     }
 }
+
+#[test]
+fn front_bench_prints_a_line_per_path_and_case() {
+    let output = Command::new(env!("CARGO_BIN_EXE_phalanx-bench"))
+        .args([
+            "front",
+            "--handshakes",
+            "4",
+            "--payments",
+            "4",
+            "--concurrency",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let paths: Vec<&str> = lines.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["direct", "keyless-front", "direct", "front"]);
+    for result in &lines {
+        assert_eq!(result["bench"], "front");
+    }
+    for handshakes in &lines[..2] {
+        assert_eq!(handshakes["handshakes"], 4);
+        assert!(handshakes["handshake_p50_ms"].as_f64().unwrap() > 0.0);
+    }
+    for payments in &lines[2..] {
+        assert_eq!(
+            (payments["payments"].as_u64(), payments["failed"].as_u64()),
+            (Some(4), Some(0))
+        );
+        assert!(
+            payments["payments_per_s"].as_f64().unwrap() > 0.0,
+            "{payments}"
+        );
+    }
+}
