@@ -156,14 +156,21 @@ impl Front {
             ))
             .await
             .map_err(|_| LinkError::Protocol("the link's runtime stopped".into()))?;
-        let state = Arc::new(FrontState::new(first.1.node_id, config.ecdh_timeout));
+        let (state, mut dial_requests) = FrontState::new(first.1.node_id, config.ecdh_timeout);
+        let state = Arc::new(state);
+        let (attached, first_attach) = tokio::sync::oneshot::channel();
         link_runtime.spawn(link_loop(
             Arc::clone(&state),
             client,
             config.name.clone(),
             config.backends.clone(),
             first,
+            attached,
         ));
+        // Serving peers before the link is attached would fail their handshakes.
+        first_attach
+            .await
+            .map_err(|_| LinkError::Protocol("the first backend could not be attached".into()))?;
         let signer = Arc::new(KeylessSigner::new(state.node_id(), Arc::clone(&state)));
         let ignoring = Arc::new(IgnoringMessageHandler {});
         let peer_manager = Arc::new(PeerManager::new(
@@ -210,6 +217,16 @@ impl Front {
                 processing.process_events();
             }
         }));
+        let dialling = Arc::clone(&peer_manager);
+        tasks.push(tokio::spawn(async move {
+            while let Some((peer, address)) = dial_requests.recv().await {
+                if dialling.peer_by_node_id(&peer).is_some() {
+                    continue;
+                }
+                let dialling = Arc::clone(&dialling);
+                tokio::spawn(async move { dial_peer(dialling, peer, &address).await });
+            }
+        }));
         let ticking = Arc::clone(&peer_manager);
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -241,6 +258,38 @@ impl Front {
     /// The front's peer manager.
     pub fn peer_manager(&self) -> &Arc<FrontPeerManager> {
         &self.peer_manager
+    }
+}
+
+/// Dials `peer` at `address` for the backend, and runs the connection.
+async fn dial_peer(
+    peer_manager: Arc<FrontPeerManager>,
+    peer: bitcoin::secp256k1::PublicKey,
+    address: &str,
+) {
+    let resolved = match tokio::net::lookup_host(address).await {
+        Ok(mut addresses) => addresses.next(),
+        Err(err) => {
+            tracing::warn!(%peer, address, error = %err, "cannot resolve a peer's address");
+            return;
+        }
+    };
+    let Some(resolved) = resolved else {
+        tracing::warn!(%peer, address, "a peer's address resolves to nothing");
+        return;
+    };
+    let connected = tokio::time::timeout(
+        DIAL_TIMEOUT,
+        lightning_net_tokio::connect_outbound(Arc::clone(&peer_manager), peer, resolved),
+    )
+    .await;
+    match connected {
+        Ok(Some(connection)) => {
+            tracing::info!(%peer, address, "dialled a peer for the backend");
+            connection.await;
+        }
+        Ok(None) => tracing::warn!(%peer, address, "cannot connect to a peer"),
+        Err(_) => tracing::warn!(%peer, address, "connecting to a peer timed out"),
     }
 }
 
@@ -314,14 +363,16 @@ async fn link_loop(
     name: String,
     backends: Vec<SocketAddr>,
     first: (String, ActiveBackend, LinkStream),
+    attached: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut next = Some(first);
+    let mut attached = Some(attached);
     loop {
         let (backend, active, link) = match next.take() {
             Some(attached) => attached,
             None => dial_any(Arc::clone(&client), name.clone(), backends.clone()).await,
         };
-        run_attached(&state, backend, active, link).await;
+        run_attached(&state, backend, active, link, attached.take()).await;
         tokio::time::sleep(REDIAL_PAUSE).await;
     }
 }
@@ -331,12 +382,16 @@ async fn run_attached(
     backend: String,
     active: ActiveBackend,
     link: LinkStream,
+    on_attach: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     let (mut sink, mut stream) = link.split();
     let (frames, mut outgoing) = mpsc::unbounded_channel::<Frame>();
     if let Err(why) = state.attach(backend.clone(), active, frames.clone()) {
         tracing::error!(%backend, why, "refusing a backend");
         return;
+    }
+    if let Some(on_attach) = on_attach {
+        let _ = on_attach.send(());
     }
     tracing::info!(%backend, "front attached to the active backend");
     let writer = tokio::spawn(async move {

@@ -50,6 +50,8 @@ pub struct FrontState {
     ping_in_flight: Mutex<Option<(u64, std::time::Instant)>>,
     /// Counters for `/v1/state` and `/metrics`.
     pub(crate) counters: Counters,
+    /// The dials the backend asks for, to the front's task that makes them.
+    dials: mpsc::UnboundedSender<(PublicKey, String)>,
 }
 
 /// What a front has done, for its state and metrics.
@@ -67,8 +69,13 @@ pub struct Counters {
 
 impl FrontState {
     /// The state of a front of node `node_id`; ECDH answers are awaited `ecdh_timeout`.
-    pub fn new(node_id: PublicKey, ecdh_timeout: Duration) -> Self {
-        Self {
+    /// The receiver gets the dials the backend asks for.
+    pub fn new(
+        node_id: PublicKey,
+        ecdh_timeout: Duration,
+    ) -> (Self, mpsc::UnboundedReceiver<(PublicKey, String)>) {
+        let (dials, dial_requests) = mpsc::unbounded_channel();
+        let state = Self {
             node_id,
             attached: RwLock::new(None),
             sessions: Mutex::default(),
@@ -80,7 +87,9 @@ impl FrontState {
             ecdh_timeout,
             ping_in_flight: Mutex::default(),
             counters: Counters::default(),
-        }
+            dials,
+        };
+        (state, dial_requests)
     }
 
     /// The node's id.
@@ -216,6 +225,10 @@ impl FrontState {
                 if let Some(asker) = asker {
                     let _ = asker.send(shared_secret);
                 }
+            }
+            Frame::ConnectPeer { peer, address } => {
+                // The front's task dials; it outlives no front.
+                let _ = self.dials.send((peer, address));
             }
             Frame::LinkPong { nonce } => {
                 let sent = self

@@ -58,12 +58,11 @@ async fn front(ca: &LinkCa, name: &str, backend: &Node) -> Front {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_front() {
-    let regtest = TestChain::start().await;
-    let dir = tempfile::tempdir().unwrap();
+/// Bob, a node serving fronts (his link's certificates written as `phalanx link-certs`
+/// writes them), and the CA that signed them.
+async fn fronted_bob(regtest: &TestChain, dir: &std::path::Path) -> (Arc<Node>, LinkCa) {
     let ca = LinkCa::generate("front-test").unwrap();
-    let certs = dir.path().join("link");
+    let certs = dir.join("link");
     std::fs::create_dir(&certs).unwrap();
     let issued = ca.issue(Role::Backend, "bob-1").unwrap();
     for (file, pem) in [
@@ -73,16 +72,22 @@ async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_f
     ] {
         std::fs::write(certs.join(file), pem).unwrap();
     }
-
-    let alice = start(&node_config(&regtest, dir.path(), "alice", None)).await;
-    let mut bob_config = node_config(&regtest, dir.path(), "bob", None);
+    let mut bob_config = node_config(regtest, dir, "bob", None);
     bob_config.link = Some(LinkConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         certificate: certs.join("bob-1.crt"),
         key: certs.join("bob-1.key"),
         ca: certs.join("ca.crt"),
     });
-    let bob = start(&bob_config).await;
+    (start(&bob_config).await, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_front() {
+    let regtest = TestChain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = start(&node_config(&regtest, dir.path(), "alice", None)).await;
+    let (bob, ca) = fronted_bob(&regtest, dir.path()).await;
     let first = front(&ca, "front-1", &bob).await;
     assert_eq!(
         first.state().node_id(),
@@ -178,4 +183,27 @@ async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_f
     );
     assert!(alice.list_channels().len() == 1 && bob.list_channels().len() == 1);
     let _keep: Arc<Node> = alice;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_a_front_dials_its_peers_through_it() {
+    let regtest = TestChain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = start(&node_config(&regtest, dir.path(), "alice", None)).await;
+    let (bob, ca) = fronted_bob(&regtest, dir.path()).await;
+    let front = front(&ca, "front-1", &bob).await;
+
+    // Bob opens a channel to Alice by her address: the front dials her, and to Alice
+    // the connection comes from the front's side, not Bob's own.
+    fund(&regtest, &bob, Amount::from_sat(2_000_000)).await;
+    harness::open_channel(regtest.control(), &bob, &alice, 1_000_000, 300_000_000)
+        .await
+        .unwrap();
+    let on_bob = bob.list_peers();
+    assert_eq!(on_bob.len(), 1, "{on_bob:?}");
+    assert_eq!(on_bob[0].address.as_deref(), Some("front:front-1"));
+    assert!(!on_bob[0].inbound, "the front dialled out");
+    assert_eq!(front.state().sessions(), 1);
+    pay(&bob, &alice, 10_000_000).await;
+    pay(&alice, &bob, 3_000_000).await;
 }

@@ -67,6 +67,8 @@ struct State {
     /// Peers connected to the backend directly, through its own `PeerManager`.
     direct: HashSet<PublicKey>,
     next_link: LinkId,
+    /// Spreads the dials the backend asks for over its fronts.
+    next_dial: usize,
 }
 
 impl State {
@@ -148,6 +150,27 @@ where
         let on_front = state.sessions.contains_key(peer);
         self.end_session(&mut state, *peer, "asked to");
         on_front
+    }
+
+    /// Asks a front to dial `peer` at `address` (the fronts in turn, one request each
+    /// call); `false` if no front is linked. The session comes back as any other.
+    pub fn connect_through_front(&self, peer: PublicKey, address: &str) -> bool {
+        let mut state = self.lock();
+        state.next_dial = state.next_dial.wrapping_add(1);
+        let mut fronts: Vec<LinkId> = state.links.keys().copied().collect();
+        if fronts.is_empty() {
+            return false;
+        }
+        fronts.sort_unstable();
+        let link = fronts[state.next_dial % fronts.len()];
+        state.send(
+            link,
+            Frame::ConnectPeer {
+                peer,
+                address: address.to_owned(),
+            },
+        );
+        true
     }
 
     /// How many fronts are linked.

@@ -141,6 +141,14 @@ pub enum Frame {
     },
     /// The node's own gossip, for every peer of the front (backend to front).
     Broadcast(Broadcast),
+    /// The backend wants a connection to `peer` (backend to front): the front dials it,
+    /// unless it is connected already, and the session comes as any other.
+    ConnectPeer {
+        /// The peer.
+        peer: PublicKey,
+        /// Where it listens (`host:port`).
+        address: String,
+    },
 }
 
 /// What a front needs of the active backend to answer peers itself during their
@@ -190,6 +198,7 @@ impl Frame {
             Frame::Active(_) => "active",
             Frame::PeerEvent { .. } => "peer_event",
             Frame::Broadcast(_) => "broadcast",
+            Frame::ConnectPeer { .. } => "connect_peer",
         }
     }
 }

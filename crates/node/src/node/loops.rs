@@ -38,10 +38,9 @@ pub(super) async fn reconnect_loop(node: Arc<Node>) {
             .collect();
         for peer in wanted.difference(&connected) {
             if let Some(address) = node.address_book.get(peer) {
-                let peer_manager = Arc::clone(&node.peer_manager);
-                let peer = *peer;
+                let (node, peer) = (Arc::clone(&node), *peer);
                 tokio::spawn(async move {
-                    match peers::connect(&peer_manager, peer, address).await {
+                    match node.connect_peer(peer, address).await {
                         Ok(()) => tracing::info!(%peer, %address, "reconnected to channel peer"),
                         Err(err) => tracing::debug!(%peer, error = %err, "reconnecting failed"),
                     }

@@ -3,7 +3,9 @@
 use super::*;
 
 impl Node {
-    /// Connects to a peer and remembers its address for reconnection.
+    /// Connects to a peer and remembers its address for reconnection. A node with
+    /// fronts linked dials through one of them (so its own address stays behind them);
+    /// without any, it dials itself.
     pub async fn connect_peer(
         &self,
         node_id: PublicKey,
@@ -15,11 +17,43 @@ impl Node {
                 "cannot connect to ourselves".into(),
             ));
         }
-        peers::connect(&self.peer_manager, node_id, address).await?;
+        if self.is_peer_connected(&node_id) {
+            // Already: directly, or through a front.
+        } else if self
+            .link_server
+            .connect_through_front(node_id, &address.to_string())
+        {
+            self.wait_for_front_session(node_id, address).await?;
+        } else {
+            peers::connect(&self.peer_manager, node_id, address).await?;
+        }
         self.address_book
             .put(&node_id, address)
             .await
             .map_err(|source| PeerError::Store { node_id, source })?;
+        Ok(())
+    }
+
+    /// Waits until `node_id` has a session through a front, up to the connect timeout.
+    async fn wait_for_front_session(
+        &self,
+        node_id: PublicKey,
+        address: SocketAddr,
+    ) -> Result<(), PeerError> {
+        let deadline = tokio::time::Instant::now() + peers::CONNECT_TIMEOUT;
+        while !self.link_server.has_peer(&node_id) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PeerError::Unreachable {
+                    node_id,
+                    address,
+                    reason: format!(
+                        "no session through a front within {:?}",
+                        peers::CONNECT_TIMEOUT
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Ok(())
     }
 
