@@ -72,6 +72,10 @@ fn one_of_each() -> Vec<Frame> {
                 body: vec![3; 140],
             },
         }),
+        Frame::ConnectPeer {
+            peer: key(5),
+            address: "203.0.113.7:9735".into(),
+        },
     ]
 }
 
@@ -280,6 +284,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                     },
                 }
             ),
+        (any_key(), ".{0,60}").prop_map(|(peer, address)| Frame::ConnectPeer { peer, address }),
         (any_wire_message(), prop::option::of(any_wire_message())).prop_map(
             |(announcement, update)| Frame::Broadcast(Broadcast::ChannelAnnouncement {
                 announcement,
