@@ -179,8 +179,9 @@ impl FrontState {
         self.push_events(peers.into_iter().map(disconnect));
     }
 
-    /// A frame from the attached backend.
-    pub(crate) fn on_frame(&self, frame: Frame) -> Result<(), phalanx_link::LinkError> {
+    /// A frame from the attached backend (public for the fuzz targets: it takes bytes
+    /// from another process).
+    pub fn on_frame(&self, frame: Frame) -> Result<(), phalanx_link::LinkError> {
         match frame {
             Frame::PeerEvent {
                 session,

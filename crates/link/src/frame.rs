@@ -171,7 +171,9 @@ impl Frame {
         postcard::to_allocvec(self).expect("every frame encodes")
     }
 
-    /// Decodes one frame's bytes; trailing bytes are an error.
+    /// Decodes one frame's bytes; trailing bytes are an error, and so are bytes that
+    /// are not the frame's own encoding (postcard reads an overlong varint as the number
+    /// it spells: found by the fuzz target), so that each frame has one form on the wire.
     pub fn decode(bytes: &[u8]) -> Result<Self, LinkError> {
         let (frame, rest) = postcard::take_from_bytes::<Frame>(bytes)
             .map_err(|err| LinkError::Malformed(err.to_string()))?;
@@ -179,6 +181,12 @@ impl Frame {
             return Err(LinkError::Malformed(format!(
                 "{} bytes after the frame",
                 rest.len()
+            )));
+        }
+        if frame.encode() != bytes {
+            return Err(LinkError::Malformed(format!(
+                "a {} frame not in its canonical encoding",
+                frame.kind()
             )));
         }
         Ok(frame)

@@ -108,6 +108,16 @@ fn trailing_bytes_and_truncations_are_malformed() {
 }
 
 #[test]
+fn an_overlong_number_is_malformed() {
+    // 54 (a hello's version, here) as a varint is one byte, 0x36; 0xb6 0x00 spells it
+    // again in two. Found by the fuzz target.
+    let err = Frame::decode(&[0x00, 0xb6, 0x00, 0x00, 0x01, 0x20]).unwrap_err();
+    assert!(err.to_string().contains("canonical"), "{err}");
+    assert_eq!(Frame::LinkPing { nonce: 54 }.encode(), [6, 0x36]);
+    assert!(Frame::decode(&[6, 0xb6, 0x00]).is_err());
+}
+
+#[test]
 fn a_key_that_is_not_a_point_is_refused() {
     let mut bytes = Frame::PeerDisconnected {
         session: SessionId(1),
