@@ -348,6 +348,14 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM to every instance; each must exit 0 (a clean stop).
+    pub async fn terminate_all(&mut self) {
+        for instance in &mut self.instances {
+            let status = instance.process.terminate().await;
+            assert_eq!(status.code(), Some(0), "{}", instance.process.stderr());
+        }
+    }
+
     /// The instance that announced the latest leadership.
     pub fn active_instance(&mut self) -> &mut Instance {
         &mut self.instances[self.active]

@@ -14,25 +14,19 @@ use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::PublicKey;
 use lightning::sign::{KeysManager, NodeSigner, Recipient};
-use phalanx_api::ApiClient;
+use phalanx_devnet::harness::usable_with;
 use phalanx_link::Role;
 use phalanx_link::pki::LinkCa;
 use phalanx_secrets::{FileSeedProvider, SeedProvider};
-use phalanx_store::{ClusterName, StoreOptions};
 use phalanx_testkit::haproxy::Haproxy;
 use phalanx_testkit::process::{free_port, memory_contains};
 
-use crate::api::{health, ready_balancer};
 use crate::cluster::{Cluster, Disruption, OwnServer, PAYMENTS_PER_ROUND};
-use crate::invariants::{SplitBrainWatch, assert_none, epoch_history_violations};
 use crate::nodes::wait_for;
-use crate::process::{
-    API_TIMEOUT, ConfigFile, FailureLogs, LogFile, NodeBinary, NodeProcess, spawn,
-};
-use crate::scenario::{CONCURRENCY, STREAM_TIMEOUT, assert_invariants, successes};
-use crate::stream::{Stream, outcome};
+use crate::process::{ConfigFile, FailureLogs, LogFile, NodeBinary, NodeProcess, spawn};
+use crate::scenario::{CONCURRENCY, STREAM_TIMEOUT, Watched, until_disruption};
+use crate::stream::Stream;
 use crate::world::{Backend, Channel, World};
-use phalanx_devnet::harness::usable_with;
 
 /// What each round does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,20 +238,8 @@ pub async fn fronts_under_disruption(
         .with("the store server's log", || server.log_tail())
         .with("haproxy's log", || haproxy.log_tail());
 
-    let balancer = ready_balancer(Arc::clone(&cluster.known)).await;
-    let token = phalanx_api::read_token(&alice_dir.join("api-token"))
-        .expect("alice's token file is where the test expects it");
-    let alice = ApiClient::new(&format!("http://{}", balancer.addr()))
-        .expect("the balancer's URL")
-        .with_token(token)
-        .with_timeout(API_TIMEOUT);
-    let lease_reader = phalanx_store_connect::connect(
-        &world.store_url,
-        StoreOptions::new(ClusterName::new("alice").expect("a cluster name")),
-    )
-    .await
-    .expect("the test reads Alice's store");
-    let watch = SplitBrainWatch::start(Arc::clone(&cluster.known), Arc::clone(&lease_reader));
+    let watched = Watched::start(&cluster, &world, &alice_dir).await;
+    let alice = watched.alice.clone();
     let (secrets, alice_id) = secrets_of(&alice_dir).await;
 
     // Bob knows Alice by the balancer's address only; Alice opens the channel over the
@@ -281,16 +263,7 @@ pub async fn fronts_under_disruption(
     let mut target = 0;
     for round in 0..rounds {
         target += PAYMENTS_PER_ROUND;
-        let active = cluster.active;
-        successes(
-            &stream,
-            target,
-            &mut workers,
-            &mut cluster.instances[active].process,
-            &alice,
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 150)).await;
+        until_disruption(&stream, target, &mut workers, &mut cluster, &alice).await;
         let disruption = disruptions[round % disruptions.len()];
         let before = stream.succeeded();
         let since = Instant::now();
@@ -332,22 +305,9 @@ pub async fn fronts_under_disruption(
         });
     }
 
-    stream.finish();
-    for mut worker in workers {
-        let outcome = outcome(&mut worker).await;
-        assert_eq!(
-            outcome,
-            "done",
-            "the stream did not finish\n{}",
-            health(&alice).await
-        );
-    }
-    let attempts = stream.attempts();
-    assert_invariants(&world.chain, &world.bob, &alice, &attempts, &channel).await;
-    assert_none("never two active", &watch.stop().await);
-    let (epoch_violations, _) =
-        epoch_history_violations(&*lease_reader, &cluster.leaderships).await;
-    assert_none("one writer per epoch", &epoch_violations);
+    let (attempts, _) = watched
+        .finish(&stream, workers, &world, &channel, &cluster)
+        .await;
 
     // No front holds the node's secret or seed: not in memory, log or environment. The
     // same search finds the secret in the active backend (it can find what it seeks).
@@ -390,10 +350,7 @@ pub async fn fronts_under_disruption(
         let status = front.process.terminate().await;
         assert_eq!(status.code(), Some(0), "{}", front.process.stderr());
     }
-    for instance in &mut cluster.instances {
-        let status = instance.process.terminate().await;
-        assert_eq!(status.code(), Some(0), "{}", instance.process.stderr());
-    }
+    cluster.terminate_all().await;
     drop(logs);
     drop(haproxy);
     drop(server);

@@ -180,20 +180,8 @@ pub async fn disrupt_repeatedly(
         disruption == Disruption::CutOffStore,
     )
     .await;
-    let balancer = ready_balancer(Arc::clone(&cluster.known)).await;
-    let token = phalanx_api::read_token(&alice_dir.join("api-token"))
-        .expect("alice's token file is where the test expects it");
-    let alice = ApiClient::new(&format!("http://{}", balancer.addr()))
-        .expect("the balancer's URL")
-        .with_token(token)
-        .with_timeout(API_TIMEOUT);
-    let lease_reader = phalanx_store_connect::connect(
-        &world.store_url,
-        StoreOptions::new(ClusterName::new("alice").expect("a cluster name")),
-    )
-    .await
-    .expect("the test reads Alice's store");
-    let watch = SplitBrainWatch::start(Arc::clone(&cluster.known), Arc::clone(&lease_reader));
+    let watched = Watched::start(&cluster, &world, &alice_dir).await;
+    let (alice, lease_reader) = (watched.alice.clone(), Arc::clone(&watched.lease_reader));
 
     world.fund_alice(&alice).await;
     let channel = Channel::open(&world, &alice).await;
@@ -209,17 +197,7 @@ pub async fn disrupt_repeatedly(
     let mut target = 0;
     for round in 0..rounds {
         target += PAYMENTS_PER_ROUND;
-        let active = cluster.active;
-        successes(
-            &stream,
-            target,
-            &mut workers,
-            &mut cluster.instances[active].process,
-            &alice,
-        )
-        .await;
-        // A random moment inside the stream, not just after a payment completed.
-        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 150)).await;
+        until_disruption(&stream, target, &mut workers, &mut cluster, &alice).await;
         let report = match disruption {
             Disruption::Kill => cluster.kill_active(round).await,
             Disruption::Terminate => cluster.terminate_active(round).await,
@@ -241,22 +219,9 @@ pub async fn disrupt_repeatedly(
         cluster.restart_stopped(round).await;
     }
 
-    stream.finish();
-    for mut worker in workers {
-        let outcome = outcome(&mut worker).await;
-        assert_eq!(
-            outcome,
-            "done",
-            "the stream did not finish\n{}",
-            health(&alice).await
-        );
-    }
-    let attempts = stream.attempts();
-    assert_invariants(&world.chain, &world.bob, &alice, &attempts, &channel).await;
-    assert_none("never two active", &watch.stop().await);
-    let (epoch_violations, unannounced) =
-        epoch_history_violations(&*lease_reader, &cluster.leaderships).await;
-    assert_none("one writer per epoch", &epoch_violations);
+    let (attempts, unannounced) = watched
+        .finish(&stream, workers, &world, &channel, &cluster)
+        .await;
 
     println!(
         "{backend:?}: {rounds} rounds of {disruption:?}, {} payments in {} tries; {} \
@@ -267,13 +232,104 @@ pub async fn disrupt_repeatedly(
         cluster.leaderships.len(),
         began.elapsed()
     );
-    for instance in &mut cluster.instances {
-        let status = instance.process.terminate().await;
-        assert_eq!(status.code(), Some(0), "{}", instance.process.stderr());
-    }
+    cluster.terminate_all().await;
     drop(logs);
     drop(server);
     world.bob.shutdown().await;
+}
+
+/// What a cluster scenario reaches and watches Alice through: her API behind a balancer
+/// that follows the active instance, her store (for the lease's history), and the
+/// watch that no two instances are active at once.
+pub(crate) struct Watched {
+    /// The balancer in front of the instances' APIs.
+    _balancer: phalanx_testkit::proxy::TcpProxy,
+    /// Alice's API, through the balancer.
+    pub alice: ApiClient,
+    /// Alice's store, read by the test.
+    pub lease_reader: Arc<dyn phalanx_store::Store>,
+    watch: SplitBrainWatch,
+}
+
+impl Watched {
+    /// Starts watching `cluster`, whose data directory (token) is `alice_dir`.
+    pub(crate) async fn start(
+        cluster: &Cluster,
+        world: &World,
+        alice_dir: &std::path::Path,
+    ) -> Self {
+        let balancer = ready_balancer(Arc::clone(&cluster.known)).await;
+        let token = phalanx_api::read_token(&alice_dir.join("api-token"))
+            .expect("alice's token file is where the test expects it");
+        let alice = ApiClient::new(&format!("http://{}", balancer.addr()))
+            .expect("the balancer's URL")
+            .with_token(token)
+            .with_timeout(API_TIMEOUT);
+        let lease_reader = phalanx_store_connect::connect(
+            &world.store_url,
+            StoreOptions::new(ClusterName::new("alice").expect("a cluster name")),
+        )
+        .await
+        .expect("the test reads Alice's store");
+        let watch = SplitBrainWatch::start(Arc::clone(&cluster.known), Arc::clone(&lease_reader));
+        Self {
+            _balancer: balancer,
+            alice,
+            lease_reader,
+            watch,
+        }
+    }
+
+    /// Ends the stream, waits for its workers, and checks what every cluster scenario
+    /// must leave true: [`assert_invariants`], never two active, one writer per epoch.
+    /// Returns the attempts, and how many leaderships were won but never announced.
+    pub(crate) async fn finish(
+        self,
+        stream: &Stream,
+        workers: Vec<JoinHandle<Result<(), String>>>,
+        world: &World,
+        channel: &Channel,
+        cluster: &Cluster,
+    ) -> (Vec<Attempt>, usize) {
+        stream.finish();
+        for mut worker in workers {
+            let outcome = outcome(&mut worker).await;
+            assert_eq!(
+                outcome,
+                "done",
+                "the stream did not finish\n{}",
+                health(&self.alice).await
+            );
+        }
+        let attempts = stream.attempts();
+        assert_invariants(&world.chain, &world.bob, &self.alice, &attempts, channel).await;
+        assert_none("never two active", &self.watch.stop().await);
+        let (epoch_violations, unannounced) =
+            epoch_history_violations(&*self.lease_reader, &cluster.leaderships).await;
+        assert_none("one writer per epoch", &epoch_violations);
+        (attempts, unannounced)
+    }
+}
+
+/// Waits until the stream has made `target` payments with the active instance running,
+/// then for a random moment inside the stream (not just after a payment completed).
+pub(crate) async fn until_disruption(
+    stream: &Stream,
+    target: usize,
+    workers: &mut [JoinHandle<Result<(), String>>],
+    cluster: &mut Cluster,
+    alice: &ApiClient,
+) {
+    let active = cluster.active;
+    successes(
+        stream,
+        target,
+        workers,
+        &mut cluster.instances[active].process,
+        alice,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 150)).await;
 }
 
 /// Everything a scenario must leave true once its stream finished.
