@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::PublicKey;
@@ -24,8 +23,7 @@ use phalanx_testkit::process::{free_port, memory_contains};
 use crate::cluster::{Cluster, Disruption, OwnServer, PAYMENTS_PER_ROUND};
 use crate::nodes::wait_for;
 use crate::process::{ConfigFile, FailureLogs, LogFile, NodeBinary, NodeProcess, spawn};
-use crate::scenario::{CONCURRENCY, STREAM_TIMEOUT, Watched, until_disruption};
-use crate::stream::Stream;
+use crate::scenario::{STREAM_TIMEOUT, Watched, until_disruption};
 use crate::world::{Backend, Channel, World};
 
 /// What each round does.
@@ -252,13 +250,7 @@ pub async fn fronts_under_disruption(
     world.fund_alice(&alice).await;
     let channel = Channel::open_to(&world, &alice, None).await;
 
-    let deadline = Instant::now() + STREAM_TIMEOUT * (1 + rounds) as u32;
-    let stream = Arc::new(Stream::open_ended(
-        alice.clone(),
-        Arc::clone(&world.bob),
-        deadline,
-    ));
-    let mut workers = stream.spawn_workers(CONCURRENCY);
+    let (stream, mut workers) = watched.stream(&world, rounds);
     let mut recoveries = Vec::with_capacity(rounds);
     let mut target = 0;
     for round in 0..rounds {

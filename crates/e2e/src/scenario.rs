@@ -186,13 +186,7 @@ pub async fn disrupt_repeatedly(
     world.fund_alice(&alice).await;
     let channel = Channel::open(&world, &alice).await;
 
-    let deadline = Instant::now() + STREAM_TIMEOUT * (1 + rounds) as u32;
-    let stream = Arc::new(Stream::open_ended(
-        alice.clone(),
-        Arc::clone(&world.bob),
-        deadline,
-    ));
-    let mut workers = stream.spawn_workers(CONCURRENCY);
+    let (stream, mut workers) = watched.stream(&world, rounds);
     let mut downtimes = Vec::with_capacity(rounds);
     let mut target = 0;
     for round in 0..rounds {
@@ -278,6 +272,23 @@ impl Watched {
             lease_reader,
             watch,
         }
+    }
+
+    /// An open-ended stream of payments between Alice and Bob, with time for `rounds`
+    /// disruptions, and its workers.
+    pub(crate) fn stream(
+        &self,
+        world: &World,
+        rounds: usize,
+    ) -> (Arc<Stream>, Vec<JoinHandle<Result<(), String>>>) {
+        let deadline = Instant::now() + STREAM_TIMEOUT * (1 + rounds) as u32;
+        let stream = Arc::new(Stream::open_ended(
+            self.alice.clone(),
+            Arc::clone(&world.bob),
+            deadline,
+        ));
+        let workers = stream.spawn_workers(CONCURRENCY);
+        (stream, workers)
     }
 
     /// Ends the stream, waits for its workers, and checks what every cluster scenario
