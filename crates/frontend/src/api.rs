@@ -1,5 +1,5 @@
-//! A front's `GET /v1/state` and `GET /metrics` (no other route, no token: nothing
-//! here acts, and nothing here is secret).
+//! A front's `GET /v1/state`, `GET /v1/ready` and `GET /metrics` (no other route, no
+//! token: nothing here acts, and nothing here is secret).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +64,7 @@ pub async fn serve_parts(
     });
     let router = Router::new()
         .route("/v1/state", get(front_state))
+        .route("/v1/ready", get(front_ready))
         .route("/metrics", get(front_metrics))
         .with_state(served);
     axum::serve(listener, router).await
@@ -99,6 +100,22 @@ async fn front_state(State(served): State<Arc<Served>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
         serde_json::to_string(&body).expect("the state encodes"),
+    )
+}
+
+/// 200 while attached to an active backend, 503 otherwise: what a load balancer's
+/// health check asks, so that it sends peers only to fronts that can serve them.
+async fn front_ready(State(served): State<Arc<Served>>) -> impl IntoResponse {
+    let attached = served.state.attached_to().is_some();
+    let status = if attached {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{{\"ready\":{attached}}}"),
     )
 }
 

@@ -29,8 +29,8 @@ async fn pay(payer: &Node, payee: &Node, amount_msat: u64) {
     assert_eq!(record.status, PaymentStatus::Succeeded, "{record:?}");
 }
 
-/// The body of a 200 answer to `GET path` (HTTP/1.0, no client library needed).
-async fn get(address: &str, path: &str) -> String {
+/// The status and body of the answer to `GET path` (HTTP/1.0, no client library needed).
+async fn get_status(address: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream
@@ -40,8 +40,15 @@ async fn get(address: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.lines().next().unwrap().contains(" 200 "), "{head}");
-    body.to_owned()
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The body of a 200 answer to `GET path`.
+async fn get(address: &str, path: &str) -> String {
+    let (status, body) = get_status(address, path).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 async fn front(ca: &LinkCa, name: &str, backend: &Node) -> Front {
@@ -151,6 +158,7 @@ async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_f
         metrics.contains("phalanx_front_backend_attached 1"),
         "{metrics}"
     );
+    assert_eq!(get_status(&api, "/v1/ready").await.0, 200);
     serving.abort();
 
     // The front goes away: to bob, alice is disconnected (its channel is kept, not
@@ -182,6 +190,32 @@ async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_f
         Some("front:front-2")
     );
     assert!(alice.list_channels().len() == 1 && bob.list_channels().len() == 1);
+
+    // The backend goes away: the front detaches, disconnects its peers, and says it is
+    // not ready (a balancer's health check then sends peers elsewhere).
+    let listener = phalanx_frontend::api::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let api = listener.local_addr().unwrap().to_string();
+    tokio::spawn(phalanx_frontend::api::serve_parts(
+        Arc::clone(second.state()),
+        Arc::clone(second.peer_manager()),
+        listener,
+    ));
+    assert_eq!(get_status(&api, "/v1/ready").await.0, 200);
+    bob.shutdown().await;
+    wait_for("the front to detach", TIMEOUT, || async {
+        (get_status(&api, "/v1/ready").await.0 == 503).then_some(())
+    })
+    .await;
+    let state: phalanx_frontend::api::FrontStateResponse =
+        serde_json::from_str(&get(&api, "/v1/state").await).unwrap();
+    assert_eq!(state.state, "FRONT_WAITING");
+    assert_eq!(state.backend, None);
+    wait_for("the front to drop its peers", TIMEOUT, || async {
+        second.peer_manager().list_peers().is_empty().then_some(())
+    })
+    .await;
     let _keep: Arc<Node> = alice;
 }
 

@@ -91,6 +91,8 @@ where
     ecdh: EcdhFn,
     state: Mutex<State>,
     wake: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Set once the node stops: every link is closed and no frame reaches the handler.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl<H> LinkServer<H>
@@ -108,7 +110,26 @@ where
             ecdh,
             state: Mutex::default(),
             wake: OnceLock::new(),
+            closed: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Stops serving fronts, for good: every link is closed (its fronts detach and
+    /// disconnect its peers) and no frame reaches the handler any more, nor does any
+    /// event leave. The node calls it when it stops, as it disconnects its own peers:
+    /// a stopped node must not act through its fronts either.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+        let mut state = self.lock();
+        state.links.clear();
+        let peers: Vec<PublicKey> = state.sessions.drain().map(|(peer, _)| peer).collect();
+        for peer in peers {
+            self.handler.peer_disconnected(peer);
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.closed.borrow()
     }
 
     /// What to call once frames were handed to the handler, so that its answers go out
@@ -178,8 +199,9 @@ where
         self.lock().links.len()
     }
 
-    /// Accepts fronts on `listener` over mutual TLS until the listener fails; each link
-    /// runs on a task of its own.
+    /// Accepts fronts on `listener` over mutual TLS until [`close`](Self::close)d (a
+    /// failed accept is retried after a pause); each link runs on a task of its own.
+    /// Fails only if the TLS configuration cannot be built.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
@@ -187,7 +209,18 @@ where
     ) -> Result<(), LinkError> {
         let acceptor = TlsAcceptor::from(identity.server_config()?);
         loop {
-            let (tcp, remote) = listener.accept().await?;
+            let (tcp, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off rather than spin, or stop the node.
+                    tracing::warn!(error = %err, "accepting a front's connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if self.is_closed() {
+                return Ok(());
+            }
             let _ = tcp.set_nodelay(true);
             let (server, acceptor) = (Arc::clone(&self), acceptor.clone());
             tokio::spawn(async move {
@@ -236,6 +269,9 @@ where
         });
         let link_id = {
             let mut state = self.lock();
+            if self.is_closed() {
+                return;
+            }
             state.next_link += 1;
             let id = state.next_link;
             state.links.insert(
@@ -248,9 +284,17 @@ where
             id
         };
         tracing::info!(%front, "front linked");
-        while let Some(frame) = stream.next().await {
+        let mut closed = self.closed.subscribe();
+        loop {
+            let frame = tokio::select! {
+                frame = stream.next() => frame,
+                _ = closed.wait_for(|closed| *closed) => break,
+            };
+            let Some(frame) = frame else { break };
             let handled = frame.and_then(|frame| self.on_frame(link_id, frame));
-            if let Some(wake) = self.wake.get() {
+            if !self.is_closed()
+                && let Some(wake) = self.wake.get()
+            {
                 wake();
             }
             if let Err(err) = handled {
@@ -265,6 +309,9 @@ where
 
     /// One frame from a front.
     fn on_frame(&self, link: LinkId, frame: Frame) -> Result<(), LinkError> {
+        if self.is_closed() {
+            return Err(LinkError::Protocol("the node has stopped".into()));
+        }
         match frame {
             Frame::PeerConnected {
                 session,

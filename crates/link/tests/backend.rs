@@ -391,3 +391,53 @@ async fn refusals_and_broken_messages_end_only_their_session() {
     assert!(matches!(a.next().await, None | Some(Err(_))));
     assert_eq!(backend.server.fronts(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_server_ends_its_links_and_hands_nothing_more_to_the_handler() {
+    let backend = Backend::start(None).await;
+    let p = key(1);
+    let mut a = backend.front("front-a").await;
+    a.send(connected(1, p)).await.unwrap();
+    backend.expect(&["connect P inbound=true"]).await;
+
+    // The node stops: its peers on fronts are disconnected at once, the link ends, and
+    // neither a frame already on its way nor a new front gets anywhere.
+    backend.server.close();
+    backend.expect(&["disconnect P"]).await;
+    let _ = a.send(stfu(1, p, 1)).await;
+    loop {
+        match a.next().await {
+            None | Some(Err(_)) => break,
+            Some(Ok(frame)) => assert!(
+                matches!(frame, Frame::LinkPong { .. }),
+                "nothing but what was under way: {frame:?}"
+            ),
+        }
+    }
+    assert_eq!(backend.server.fronts(), 0);
+    assert!(!backend.server.has_peer(&p));
+    let tcp = TcpStream::connect(backend.address).await;
+    if let Ok(tcp) = tcp {
+        // The listener may still accept the TCP connection; the link never opens.
+        let issued = backend.ca.issue(Role::Front, "front-b").unwrap();
+        let identity =
+            LinkIdentity::from_pem(&issued.cert_pem, &issued.key_pem, &backend.ca.cert_pem())
+                .unwrap();
+        let opened = TlsConnector::from(identity.client_config().unwrap())
+            .connect(expected_name(Role::Backend), tcp)
+            .await;
+        if let Ok(tls) = opened {
+            let mut link = Framed::new(tls, LinkCodec::default());
+            let _ = link
+                .send(Frame::Hello(Hello::new(Role::Front, "front-b")))
+                .await;
+            assert!(!matches!(link.next().await, Some(Ok(Frame::Hello(_)))));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        backend.handler.0.seen.lock().unwrap().len(),
+        0,
+        "nothing more"
+    );
+}

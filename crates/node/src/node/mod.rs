@@ -380,6 +380,7 @@ impl Node {
             task.abort();
         }
         self.peer_manager.disconnect_all_peers();
+        self.link_server.close();
         let background_processor = lock(&self.background_processor).take();
         if let Some(task) = background_processor {
             if how == Stopping::FailStop {
