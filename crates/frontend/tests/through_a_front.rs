@@ -121,6 +121,11 @@ async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_f
     assert_eq!(peers[0].node_id, alice.node_id());
     assert_eq!(peers[0].address.as_deref(), Some("front:front-1"));
     assert_eq!(first.state().sessions(), 1);
+    let gauges = bob.gauges();
+    assert_eq!(
+        (gauges.fronts, gauges.peers_on_fronts, gauges.peers),
+        (1, 1, 1)
+    );
 
     for _ in 0..5 {
         pay(&alice, &bob, 10_000_000).await;

@@ -16,7 +16,9 @@
 //! | `phalanx_lease_renewal_seconds` | histogram | store round trip of a renewal |
 //! | `phalanx_store_transactions_total{outcome}` | counter | fenced store transactions: `committed`, `failed` |
 //! | `phalanx_store_transaction_seconds` | histogram | their latency |
-//! | `phalanx_peers` | gauge | connected peers |
+//! | `phalanx_peers` | gauge | connected peers (directly or through fronts) |
+//! | `phalanx_fronts` | gauge | front servers linked to this instance |
+//! | `phalanx_peers_on_fronts` | gauge | of the peers, those connected through fronts |
 //! | `phalanx_channels{usable}` | gauge | channels, usable or not |
 //! | `phalanx_payments{direction,status}` | gauge | payment records by direction and status |
 
@@ -46,6 +48,10 @@ pub const PAYMENT_STATUSES: [&str; 4] = ["pending", "accepted", "succeeded", "fa
 pub struct NodeGauges {
     /// Connected peers.
     pub peers: usize,
+    /// Front servers linked.
+    pub fronts: usize,
+    /// Peers connected through fronts.
+    pub peers_on_fronts: usize,
     /// Channels.
     pub channels: usize,
     /// Of them, usable ones.
@@ -69,6 +75,8 @@ pub struct Metrics {
     transactions: Family<Labels, Counter>,
     transaction_seconds: Histogram,
     peers: Gauge,
+    fronts: Gauge,
+    peers_on_fronts: Gauge,
     channels: Family<Labels, Gauge>,
     payments: Family<Labels, Gauge>,
 }
@@ -136,6 +144,13 @@ impl Metrics {
             latency(),
         );
         let peers = register(r, "peers", "Connected peers", Gauge::default());
+        let fronts = register(r, "fronts", "Front servers linked", Gauge::default());
+        let peers_on_fronts = register(
+            r,
+            "peers_on_fronts",
+            "Peers connected through front servers",
+            Gauge::default(),
+        );
         let channels = register(r, "channels", "Channels, usable or not", Family::default());
         let payments = register(
             r,
@@ -155,6 +170,8 @@ impl Metrics {
             transactions,
             transaction_seconds,
             peers,
+            fronts,
+            peers_on_fronts,
             channels,
             payments,
         }
@@ -215,6 +232,8 @@ impl Metrics {
         if let Some(gauges) = gauges {
             let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
             self.peers.set(gauge(gauges.peers));
+            self.fronts.set(gauge(gauges.fronts));
+            self.peers_on_fronts.set(gauge(gauges.peers_on_fronts));
             self.channels
                 .get_or_create(&vec![("usable", "true")])
                 .set(gauge(gauges.usable_channels));
@@ -259,6 +278,8 @@ mod tests {
         (metrics.write_observer())(Duration::from_millis(1), false);
         let gauges = NodeGauges {
             peers: 2,
+            fronts: 2,
+            peers_on_fronts: 1,
             channels: 3,
             usable_channels: 1,
             payments: HashMap::from([(("outbound", "succeeded"), 5)]),
@@ -276,6 +297,8 @@ mod tests {
             "phalanx_store_transactions_total{outcome=\"failed\"} 1",
             "phalanx_store_transaction_seconds_count 2",
             "phalanx_peers 2",
+            "phalanx_fronts 2",
+            "phalanx_peers_on_fronts 1",
             "phalanx_channels{usable=\"true\"} 1",
             "phalanx_channels{usable=\"false\"} 2",
             "phalanx_payments{direction=\"outbound\",status=\"succeeded\"} 5",

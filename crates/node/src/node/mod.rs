@@ -306,6 +306,8 @@ impl Node {
         }
         NodeGauges {
             peers: self.list_peers().len(),
+            fronts: self.link_server.fronts(),
+            peers_on_fronts: self.link_server.peers().len(),
             channels: channels.len(),
             usable_channels: channels.iter().filter(|c| c.is_usable).count(),
             payments,
