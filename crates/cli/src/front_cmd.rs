@@ -84,18 +84,9 @@ pub async fn run(args: FrontArgs) -> ExitCode {
         }
     };
     let name = settings.front.name.clone();
-    tracing::info!(front = %name, backends = ?settings.front.backends, "waiting for an active backend");
-    let front = tokio::select! {
-        started = Front::start(settings.front) => match started {
-            Ok(front) => front,
-            Err(err) => {
-                eprintln!("error: {err}");
-                return ExitCode::from(EXIT_START_FAILED);
-            }
-        },
-        _ = terminate.recv() => return ExitCode::from(EXIT_STOPPED_ON_REQUEST),
-        _ = interrupt.recv() => return ExitCode::from(EXIT_STOPPED_ON_REQUEST),
-    };
+    // The API answers from the start: FRONT_WAITING (and 503 on /v1/ready) until the
+    // front has attached to an active backend.
+    let slot = api::FrontSlot::new();
     let mut api_address = String::from("none");
     let mut api_task = None;
     if let Some(address) = settings.api_listen {
@@ -110,16 +101,27 @@ pub async fn run(args: FrontArgs) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let (state, peer_manager) = (
-            std::sync::Arc::clone(front.state()),
-            std::sync::Arc::clone(front.peer_manager()),
-        );
+        let serving = slot.clone();
         api_task = Some(tokio::spawn(async move {
-            if let Err(err) = api::serve_parts(state, peer_manager, listener).await {
+            if let Err(err) = api::serve_slot(serving, listener).await {
                 tracing::error!(error = %err, "the front's API stopped");
             }
         }));
+        tracing::info!(front = %name, api = %api_address, "front API listening");
     }
+    tracing::info!(front = %name, backends = ?settings.front.backends, "waiting for an active backend");
+    let front = tokio::select! {
+        started = Front::start(settings.front) => match started {
+            Ok(front) => front,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(EXIT_START_FAILED);
+            }
+        },
+        _ = terminate.recv() => return ExitCode::from(EXIT_STOPPED_ON_REQUEST),
+        _ = interrupt.recv() => return ExitCode::from(EXIT_STOPPED_ON_REQUEST),
+    };
+    slot.fill(&front);
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,

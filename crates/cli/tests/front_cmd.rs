@@ -108,3 +108,90 @@ fn each_bad_setting_is_refused_by_name() {
     assert_eq!(status, Some(2), "{stderr}");
     assert!(stderr.contains("unknown field `nmae`"), "{stderr}");
 }
+
+/// The status and body of `GET path` on `address`, if it answers.
+fn get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+#[test]
+fn a_front_without_a_backend_says_so_on_its_api_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LinkCa::generate("test").unwrap();
+    let issued = ca.issue(Role::Front, "front-1").unwrap();
+    std::fs::write(dir.path().join("front-1.crt"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.path().join("front-1.key"), issued.key_pem.as_bytes()).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    // Nothing listens where the backend should be.
+    let (backend, api) = (free(), free());
+    let path = |file: &str| dir.path().join(file).display().to_string();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
+    command
+        .args(["front", "--name", "front-1", "--listen", "127.0.0.1:0"])
+        .args(["--backends", &backend, "--api-listen", &api])
+        .args([
+            "--certificate",
+            &path("front-1.crt"),
+            "--key",
+            &path("front-1.key"),
+        ])
+        .args(["--ca", &path("ca.crt")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (variable, _) in std::env::vars() {
+        if variable.starts_with("PHALANX_") {
+            command.env_remove(variable);
+        }
+    }
+    let child = command.spawn().unwrap();
+    let mut answered = None;
+    for _ in 0..200 {
+        answered = get(&api, "/v1/state");
+        if answered.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let (status, body) = answered.expect("the API answers while the front waits");
+    assert_eq!(status, 200);
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["state"], "FRONT_WAITING", "{body}");
+    assert!(state["node_id"].is_null(), "{body}");
+    assert_eq!(get(&api, "/v1/ready").unwrap().0, 503);
+    let metrics = get(&api, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("phalanx_front_backend_attached 0"),
+        "{metrics}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("front started"), "{stdout}");
+}

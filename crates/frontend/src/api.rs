@@ -2,8 +2,8 @@
 //! token: nothing here acts, and nothing here is secret).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -25,8 +25,8 @@ pub struct FrontStateResponse {
     /// `FRONT_ATTACHED` (serving peers for the active backend) or `FRONT_WAITING` (no
     /// active backend reached: peers are refused).
     pub state: String,
-    /// The node's id.
-    pub node_id: String,
+    /// The node's id (none until the front first attached: it learns it then).
+    pub node_id: Option<String>,
     /// The backend instance attached to.
     pub backend: Option<String>,
     /// Peers connected to the front.
@@ -40,6 +40,30 @@ pub struct FrontStateResponse {
 struct Served {
     state: Arc<FrontState>,
     peer_manager: Arc<FrontPeerManager>,
+}
+
+/// Where the API finds its front: empty while the front waits for its first active
+/// backend (it learns the node's id from it), so that the API can answer from the start.
+#[derive(Clone, Default)]
+pub struct FrontSlot(Arc<OnceLock<Served>>);
+
+impl FrontSlot {
+    /// An empty slot: the API answers `FRONT_WAITING` and 503 until it is filled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The front has started: the API serves its state from now on.
+    pub fn fill(&self, front: &Front) {
+        self.fill_parts(Arc::clone(front.state()), Arc::clone(front.peer_manager()));
+    }
+
+    fn fill_parts(&self, state: Arc<FrontState>, peer_manager: Arc<FrontPeerManager>) {
+        let _ = self.0.set(Served {
+            state,
+            peer_manager,
+        });
+    }
 }
 
 /// Serves `front`'s state and metrics on `listener` until the task is dropped.
@@ -58,15 +82,19 @@ pub async fn serve_parts(
     peer_manager: Arc<FrontPeerManager>,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
-    let served = Arc::new(Served {
-        state,
-        peer_manager,
-    });
+    let slot = FrontSlot::new();
+    slot.fill_parts(state, peer_manager);
+    serve_slot(slot, listener).await
+}
+
+/// Serves the state and metrics of the front `slot` holds (or will), until the task is
+/// dropped.
+pub async fn serve_slot(slot: FrontSlot, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let router = Router::new()
         .route("/v1/state", get(front_state))
         .route("/v1/ready", get(front_ready))
         .route("/metrics", get(front_metrics))
-        .with_state(served);
+        .with_state(slot);
     axum::serve(listener, router).await
 }
 
@@ -82,20 +110,32 @@ fn rtt_ms(state: &FrontState) -> Option<f64> {
     }
 }
 
-async fn front_state(State(served): State<Arc<Served>>) -> impl IntoResponse {
-    let backend = served.state.attached_to();
-    let body = FrontStateResponse {
-        state: if backend.is_some() {
-            "FRONT_ATTACHED"
-        } else {
-            "FRONT_WAITING"
+async fn front_state(State(slot): State<FrontSlot>) -> impl IntoResponse {
+    let body = match slot.0.get() {
+        Some(served) => {
+            let backend = served.state.attached_to();
+            FrontStateResponse {
+                state: if backend.is_some() {
+                    "FRONT_ATTACHED"
+                } else {
+                    "FRONT_WAITING"
+                }
+                .into(),
+                node_id: Some(served.state.node_id().to_string()),
+                backend,
+                peers: served.peer_manager.list_peers().len(),
+                sessions: served.state.sessions(),
+                link_rtt_ms: rtt_ms(&served.state),
+            }
         }
-        .into(),
-        node_id: served.state.node_id().to_string(),
-        backend,
-        peers: served.peer_manager.list_peers().len(),
-        sessions: served.state.sessions(),
-        link_rtt_ms: rtt_ms(&served.state),
+        None => FrontStateResponse {
+            state: "FRONT_WAITING".into(),
+            node_id: None,
+            backend: None,
+            peers: 0,
+            sessions: 0,
+            link_rtt_ms: None,
+        },
     };
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -105,8 +145,11 @@ async fn front_state(State(served): State<Arc<Served>>) -> impl IntoResponse {
 
 /// 200 while attached to an active backend, 503 otherwise: what a load balancer's
 /// health check asks, so that it sends peers only to fronts that can serve them.
-async fn front_ready(State(served): State<Arc<Served>>) -> impl IntoResponse {
-    let attached = served.state.attached_to().is_some();
+async fn front_ready(State(slot): State<FrontSlot>) -> impl IntoResponse {
+    let attached = slot
+        .0
+        .get()
+        .is_some_and(|served| served.state.attached_to().is_some());
     let status = if attached {
         axum::http::StatusCode::OK
     } else {
@@ -119,9 +162,18 @@ async fn front_ready(State(served): State<Arc<Served>>) -> impl IntoResponse {
     )
 }
 
-async fn front_metrics(State(served): State<Arc<Served>>) -> impl IntoResponse {
-    let counters = served.state.counters();
+async fn front_metrics(State(slot): State<FrontSlot>) -> impl IntoResponse {
     let mut registry = Registry::with_prefix("phalanx_front");
+    let Some(served) = slot.0.get() else {
+        // Waiting for the first backend: only that.
+        registry.register(
+            "backend_attached",
+            "1 while the front is attached to an active backend",
+            ConstGauge::new(0i64),
+        );
+        return encoded(&registry);
+    };
+    let counters = served.state.counters();
     let gauge = |value: i64| ConstGauge::new(value);
     registry.register(
         "peers",
@@ -158,8 +210,12 @@ async fn front_metrics(State(served): State<Arc<Served>>) -> impl IntoResponse {
         "The link's last ping round trip",
         ConstGauge::new(rtt_ms(&served.state).unwrap_or(0.0) / 1000.0),
     );
+    encoded(&registry)
+}
+
+fn encoded(registry: &Registry) -> axum::response::Response {
     let mut text = String::new();
-    if encode(&mut text, &registry).is_err() {
+    if encode(&mut text, registry).is_err() {
         return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new()).into_response();
     }
     (

@@ -105,7 +105,27 @@ pub struct Front {
     peer_manager: Arc<FrontPeerManager>,
     address: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
-    link_runtime: Option<tokio::runtime::Runtime>,
+    _link_runtime: LinkRuntime,
+}
+
+/// The link's own runtime, shut down without blocking when dropped: a front may be
+/// dropped on an async thread, and so may `Front::start` be, cancelled while it waits
+/// for a backend (a SIGTERM then).
+struct LinkRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for LinkRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("until dropped")
+    }
+}
+
+impl Drop for LinkRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Drop for Front {
@@ -114,9 +134,6 @@ impl Drop for Front {
             task.abort();
         }
         self.peer_manager.disconnect_all_peers();
-        if let Some(runtime) = self.link_runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 
@@ -140,12 +157,14 @@ impl Front {
             source,
         })?;
         let client = config.identity.client_config()?;
-        let link_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("phalanx-front-link")
-            .enable_all()
-            .build()
-            .map_err(LinkError::Io)?;
+        let link_runtime = LinkRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("phalanx-front-link")
+                .enable_all()
+                .build()
+                .map_err(LinkError::Io)?,
+        ));
         // The node's id comes from the first active backend: the keyless signer must
         // know it before the PeerManager exists.
         let first = link_runtime
@@ -241,7 +260,7 @@ impl Front {
             peer_manager,
             address,
             tasks,
-            link_runtime: Some(link_runtime),
+            _link_runtime: link_runtime,
         })
     }
 

@@ -149,7 +149,7 @@ async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_f
     let state: phalanx_frontend::api::FrontStateResponse =
         serde_json::from_str(&get(&api, "/v1/state").await).unwrap();
     assert_eq!(state.state, "FRONT_ATTACHED");
-    assert_eq!(state.node_id, bob.node_id().to_string());
+    assert_eq!(state.node_id, Some(bob.node_id().to_string()));
     assert_eq!(state.backend.as_deref(), Some("bob-1"));
     assert_eq!((state.peers, state.sessions), (1, 1));
     let metrics = get(&api, "/metrics").await;
