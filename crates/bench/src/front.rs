@@ -30,6 +30,7 @@ use phalanx_frontend::testing::{handshake_only, listen};
 use phalanx_frontend::{Front, FrontConfig};
 use phalanx_link::backend::LinkServer;
 use phalanx_link::pki::LinkCa;
+use phalanx_link::runtime::OwnRuntime;
 use phalanx_link::tls::LinkIdentity;
 use phalanx_link::{ActiveBackend, Role};
 use phalanx_node::config::LinkConfig;
@@ -84,24 +85,6 @@ fn keys(seed: [u8; 32]) -> Arc<KeysManager> {
         now.subsec_nanos(),
         true,
     ))
-}
-
-/// A runtime shut down without blocking (it is dropped on an async thread).
-struct OwnRuntime(Option<tokio::runtime::Runtime>);
-
-impl std::ops::Deref for OwnRuntime {
-    type Target = tokio::runtime::Runtime;
-    fn deref(&self) -> &Self::Target {
-        self.0.as_ref().expect("until dropped")
-    }
-}
-
-impl Drop for OwnRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
 }
 
 fn identity(ca: &LinkCa, role: Role, name: &str) -> anyhow::Result<LinkIdentity> {
@@ -189,12 +172,7 @@ async fn handshakes(args: &FrontArgs) -> anyhow::Result<()> {
                 .map(|secret| secret.secret_bytes())
         }),
     ));
-    let backend = OwnRuntime(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?,
-    ));
+    let backend = OwnRuntime::new("bench-backend", 1)?;
     backend.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(link_listener)?;
         server.serve(listener, &backend_identity).await

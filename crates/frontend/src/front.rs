@@ -11,6 +11,7 @@ use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler, PeerMa
 use lightning::util::logger::{Level, Logger, Record};
 use lightning_net_tokio::SocketDescriptor;
 use phalanx_link::ldk::inbound::Forwarder;
+use phalanx_link::runtime::OwnRuntime;
 use phalanx_link::tls::{LinkIdentity, expected_name};
 use phalanx_link::{ActiveBackend, Frame, Hello, LinkCodec, LinkError, Role};
 use tokio::net::TcpStream;
@@ -105,27 +106,8 @@ pub struct Front {
     peer_manager: Arc<FrontPeerManager>,
     address: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
-    _link_runtime: LinkRuntime,
-}
-
-/// The link's own runtime, shut down without blocking when dropped: a front may be
-/// dropped on an async thread, and so may `Front::start` be, cancelled while it waits
-/// for a backend (a SIGTERM then).
-struct LinkRuntime(Option<tokio::runtime::Runtime>);
-
-impl std::ops::Deref for LinkRuntime {
-    type Target = tokio::runtime::Runtime;
-    fn deref(&self) -> &Self::Target {
-        self.0.as_ref().expect("until dropped")
-    }
-}
-
-impl Drop for LinkRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
+    /// The link's runtime (see [`Front::start`]).
+    _link_runtime: OwnRuntime,
 }
 
 impl Drop for Front {
@@ -157,14 +139,8 @@ impl Front {
             source,
         })?;
         let client = config.identity.client_config()?;
-        let link_runtime = LinkRuntime(Some(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("phalanx-front-link")
-                .enable_all()
-                .build()
-                .map_err(LinkError::Io)?,
-        ));
+        // Dropped without blocking: `start` may be cancelled while it waits (a SIGTERM).
+        let link_runtime = OwnRuntime::new("phalanx-front-link", 1).map_err(LinkError::Io)?;
         // The node's id comes from the first active backend: the keyless signer must
         // know it before the PeerManager exists.
         let first = link_runtime

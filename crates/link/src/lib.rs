@@ -23,6 +23,7 @@ mod error;
 mod frame;
 pub mod ldk;
 pub mod pki;
+pub mod runtime;
 pub mod tls;
 
 pub use crate::codec::{LinkCodec, MAX_FRAME_BYTES};
