@@ -31,7 +31,6 @@ use phalanx_frontend::{Front, FrontConfig};
 use phalanx_link::backend::LinkServer;
 use phalanx_link::pki::LinkCa;
 use phalanx_link::runtime::OwnRuntime;
-use phalanx_link::tls::LinkIdentity;
 use phalanx_link::{ActiveBackend, Role};
 use phalanx_node::config::LinkConfig;
 use phalanx_regtest::{Regtest, RegtestConfig};
@@ -85,15 +84,6 @@ fn keys(seed: [u8; 32]) -> Arc<KeysManager> {
         now.subsec_nanos(),
         true,
     ))
-}
-
-fn identity(ca: &LinkCa, role: Role, name: &str) -> anyhow::Result<LinkIdentity> {
-    let cert = ca.issue(role, name)?;
-    Ok(LinkIdentity::from_pem(
-        &cert.cert_pem,
-        &cert.key_pem,
-        &ca.cert_pem(),
-    )?)
 }
 
 pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
@@ -151,7 +141,7 @@ async fn handshakes(args: &FrontArgs) -> anyhow::Result<()> {
     // Through a keyless front: a backend's link server answers the ECDH (no channels:
     // a handler that takes none), on a runtime of its own as if in its own process.
     let ca = LinkCa::generate("bench")?;
-    let backend_identity = identity(&ca, Role::Backend, "backend-1")?;
+    let backend_identity = ca.identity(Role::Backend, "backend-1")?;
     let link_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     link_listener.set_nonblocking(true)?;
     let link_address = link_listener.local_addr()?;
@@ -181,7 +171,7 @@ async fn handshakes(args: &FrontArgs) -> anyhow::Result<()> {
         name: "front-1".into(),
         listen: "127.0.0.1:0".parse()?,
         backends: vec![link_address],
-        identity: identity(&ca, Role::Front, "front-1")?,
+        identity: ca.identity(Role::Front, "front-1")?,
         ecdh_timeout: Duration::from_secs(5),
     })
     .await?;
@@ -268,7 +258,7 @@ async fn payments(args: &FrontArgs) -> anyhow::Result<()> {
                 .link_address()
                 .ok_or_else(|| anyhow::anyhow!("carol serves no link"))?,
         ],
-        identity: identity(&ca, Role::Front, "front-1")?,
+        identity: ca.identity(Role::Front, "front-1")?,
         ecdh_timeout: Duration::from_secs(5),
     })
     .await?;

@@ -119,14 +119,10 @@ async fn the_front_asks_the_backend_over_the_mutual_tls_link() {
     use phalanx_frontend::{Front, FrontConfig};
     use phalanx_link::backend::LinkServer;
     use phalanx_link::pki::LinkCa;
-    use phalanx_link::tls::LinkIdentity;
     use phalanx_link::{ActiveBackend, Role};
 
     let ca = LinkCa::generate("test").unwrap();
-    let identity = |role, name| {
-        let cert = ca.issue(role, name).unwrap();
-        LinkIdentity::from_pem(&cert.cert_pem, &cert.key_pem, &ca.cert_pem()).unwrap()
-    };
+    let identity = |role, name| ca.identity(role, name).unwrap();
     // The backend: the node key, and its link server answering ECDH with it (no channel
     // handler to speak of).
     let node_keys = keys(7);

@@ -12,7 +12,6 @@ use phalanx_e2e::nodes::*;
 use phalanx_frontend::{Front, FrontConfig};
 use phalanx_link::Role;
 use phalanx_link::pki::LinkCa;
-use phalanx_link::tls::LinkIdentity;
 use phalanx_node::Node;
 use phalanx_node::config::LinkConfig;
 use phalanx_node::payments::PaymentStatus;
@@ -52,13 +51,11 @@ async fn get(address: &str, path: &str) -> String {
 }
 
 async fn front(ca: &LinkCa, name: &str, backend: &Node) -> Front {
-    let issued = ca.issue(Role::Front, name).unwrap();
     Front::start(FrontConfig {
         name: name.into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         backends: vec![backend.link_address().expect("the node serves fronts")],
-        identity: LinkIdentity::from_pem(&issued.cert_pem, &issued.key_pem, &ca.cert_pem())
-            .unwrap(),
+        identity: ca.identity(Role::Front, name).unwrap(),
         ecdh_timeout: Duration::from_secs(5),
     })
     .await

@@ -73,6 +73,13 @@ impl LinkCa {
         Zeroizing::new(self.issuer.key().serialize_pem())
     }
 
+    /// A certificate for the process `name` acting as `role`, ready to use: what a
+    /// process loads from the files `phalanx link-certs` writes (tests, benchmarks).
+    pub fn identity(&self, role: Role, name: &str) -> Result<crate::tls::LinkIdentity, LinkError> {
+        let issued = self.issue(role, name)?;
+        crate::tls::LinkIdentity::from_pem(&issued.cert_pem, &issued.key_pem, &self.cert_pem())
+    }
+
     /// A certificate for the process `name` acting as `role`.
     pub fn issue(&self, role: Role, name: &str) -> Result<IssuedCert, LinkError> {
         let mut params = CertificateParams::new(vec![server_name(role).to_owned()])

@@ -98,9 +98,7 @@ struct Backend {
 impl Backend {
     async fn start(refuse: Option<PublicKey>) -> Self {
         let ca = LinkCa::generate("backend-test").unwrap();
-        let issued = ca.issue(Role::Backend, "backend-1").unwrap();
-        let identity =
-            LinkIdentity::from_pem(&issued.cert_pem, &issued.key_pem, &ca.cert_pem()).unwrap();
+        let identity = ca.identity(Role::Backend, "backend-1").unwrap();
         let handler = Arc::new(Forwarder(Recorder {
             refuse,
             ..Recorder::default()
@@ -419,10 +417,7 @@ async fn a_closed_server_ends_its_links_and_hands_nothing_more_to_the_handler() 
     let tcp = TcpStream::connect(backend.address).await;
     if let Ok(tcp) = tcp {
         // The listener may still accept the TCP connection; the link never opens.
-        let issued = backend.ca.issue(Role::Front, "front-b").unwrap();
-        let identity =
-            LinkIdentity::from_pem(&issued.cert_pem, &issued.key_pem, &backend.ca.cert_pem())
-                .unwrap();
+        let identity = backend.ca.identity(Role::Front, "front-b").unwrap();
         let opened = TlsConnector::from(identity.client_config().unwrap())
             .connect(expected_name(Role::Backend), tcp)
             .await;

@@ -10,8 +10,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::codec::Framed;
 
 fn identity(ca: &LinkCa, role: Role, name: &str) -> LinkIdentity {
-    let cert = ca.issue(role, name).unwrap();
-    LinkIdentity::from_pem(&cert.cert_pem, &cert.key_pem, &ca.cert_pem()).unwrap()
+    ca.identity(role, name).unwrap()
 }
 
 /// A backend listening with `server`, a front dialling it with `client` for `role`'s
