@@ -111,16 +111,7 @@ fn each_bad_setting_is_refused_by_name() {
 
 /// The status and body of `GET path` on `address`, if it answers.
 fn get(address: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    phalanx_testkit::http::get_blocking(address, path).ok()
 }
 
 #[test]

@@ -126,25 +126,11 @@ impl Fronts {
 
 /// `GET /v1/state`'s `sessions` of a front.
 async fn front_sessions(api: &str) -> Option<u64> {
-    let body = http_get(api, "/v1/state").await?;
-    let state: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let (status, body) = phalanx_testkit::http::get(api, "/v1/state").await.ok()?;
+    let state: serde_json::Value = (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()?;
     state["sessions"].as_u64()
-}
-
-/// A plain HTTP/1.0 GET on loopback (the front's API needs no client library).
-async fn http_get(address: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.lines().next()?;
-    (status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200"))
-        .then(|| body.to_owned())
 }
 
 /// Writes the link's CA and certificates (one shared by the backends, one per front).

@@ -28,19 +28,9 @@ async fn pay(payer: &Node, payee: &Node, amount_msat: u64) {
     assert_eq!(record.status, PaymentStatus::Succeeded, "{record:?}");
 }
 
-/// The status and body of the answer to `GET path` (HTTP/1.0, no client library needed).
+/// The status and body of the answer to `GET path`.
 async fn get_status(address: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
+    phalanx_testkit::http::get(address, path).await.unwrap()
 }
 
 /// The body of a 200 answer to `GET path`.

@@ -20,6 +20,7 @@
 pub mod blackhole;
 pub mod etcd;
 pub mod haproxy;
+pub mod http;
 pub mod moto;
 pub mod postgres;
 pub mod process;
