@@ -36,6 +36,8 @@ use phalanx_node::config::LinkConfig;
 use phalanx_regtest::{Regtest, RegtestConfig};
 use serde::Serialize;
 
+use crate::payments::{no_violations, print_violations};
+
 #[derive(Args, Debug)]
 pub struct FrontArgs {
     /// Handshakes measured on each path (0: none).
@@ -347,19 +349,12 @@ async fn payments(args: &FrontArgs) -> anyhow::Result<()> {
     }
     let mut violations = phalanx_devnet::invariants::between(&chain, &alice, &bob).await;
     violations.extend(phalanx_devnet::invariants::between(&chain, &dave, &carol).await);
-    eprintln!("invariants: {} violated", violations.len());
-    for violation in &violations {
-        eprintln!("  {violation}");
-    }
+    print_violations(&violations);
     drop(front);
     for node in [alice, bob, carol, dave] {
         node.shutdown().await;
     }
-    anyhow::ensure!(
-        violations.is_empty(),
-        "{} invariant violations",
-        violations.len()
-    );
+    no_violations(&violations)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

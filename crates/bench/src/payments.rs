@@ -183,18 +183,29 @@ async fn run_once(args: &PaymentsArgs, backup_stream: bool) -> anyhow::Result<()
         }
     }
     let violations = phalanx_devnet::invariants::between(&chain, &alice, &bob).await;
-    eprintln!("invariants: {} violated", violations.len());
-    for violation in &violations {
-        eprintln!("  {violation}");
-    }
+    print_violations(&violations);
     alice.shutdown().await;
     bob.shutdown().await;
     drop(servers);
+    no_violations(&violations)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Prints the invariants a run violated (on stderr, beside the figures).
+pub(crate) fn print_violations(violations: &[String]) {
+    eprintln!("invariants: {} violated", violations.len());
+    for violation in violations {
+        eprintln!("  {violation}");
+    }
+}
+
+/// A run whose invariants did not hold fails, whatever its figures.
+pub(crate) fn no_violations(violations: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(
         violations.is_empty(),
         "{} invariant violations",
         violations.len()
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

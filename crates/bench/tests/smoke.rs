@@ -3,12 +3,11 @@
 
 use std::process::Command;
 
-#[test]
-fn store_bench_prints_one_json_object_per_case() {
+/// Runs `phalanx-bench args...`, which must succeed, and parses each line of its
+/// output as a JSON object.
+fn bench_lines(args: &[&str]) -> Vec<serde_json::Value> {
     let output = Command::new(env!("CARGO_BIN_EXE_phalanx-bench"))
-        // Long enough that a loaded machine still completes a write of the 16 queued on
-        // SQLite's one writer inside the window (0.2 s once counted none).
-        .args(["store", "--backend", "sqlite", "--seconds", "1", "--json"])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -16,11 +15,18 @@ fn store_bench_prints_one_json_object_per_case() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+    String::from_utf8(output.stdout)
         .unwrap()
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn store_bench_prints_one_json_object_per_case() {
+    // Long enough that a loaded machine still completes a write of the 16 queued on
+    // SQLite's one writer inside the window (0.2 s once counted none).
+    let lines = bench_lines(&["store", "--backend", "sqlite", "--seconds", "1", "--json"]);
     let cases: Vec<(String, u64, u64)> = lines
         .iter()
         .map(|r| {
@@ -51,29 +57,16 @@ fn store_bench_prints_one_json_object_per_case() {
 
 #[test]
 fn front_bench_prints_a_line_per_path_and_case() {
-    let output = Command::new(env!("CARGO_BIN_EXE_phalanx-bench"))
-        .args([
-            "front",
-            "--handshakes",
-            "4",
-            "--payments",
-            "4",
-            "--concurrency",
-            "2",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let lines = bench_lines(&[
+        "front",
+        "--handshakes",
+        "4",
+        "--payments",
+        "4",
+        "--concurrency",
+        "2",
+        "--json",
+    ]);
     let paths: Vec<&str> = lines.iter().map(|r| r["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["direct", "keyless-front", "direct", "front"]);
     for result in &lines {
