@@ -103,7 +103,7 @@ pub async fn run(args: FrontArgs) -> ExitCode {
             .unwrap_or_default();
         let serving = slot.clone();
         api_task = Some(tokio::spawn(async move {
-            if let Err(err) = api::serve_slot(serving, listener).await {
+            if let Err(err) = api::serve(serving, listener).await {
                 tracing::error!(error = %err, "the front's API stopped");
             }
         }));

@@ -55,41 +55,16 @@ impl FrontSlot {
 
     /// The front has started: the API serves its state from now on.
     pub fn fill(&self, front: &Front) {
-        self.fill_parts(Arc::clone(front.state()), Arc::clone(front.peer_manager()));
-    }
-
-    fn fill_parts(&self, state: Arc<FrontState>, peer_manager: Arc<FrontPeerManager>) {
         let _ = self.0.set(Served {
-            state,
-            peer_manager,
+            state: Arc::clone(front.state()),
+            peer_manager: Arc::clone(front.peer_manager()),
         });
     }
 }
 
-/// Serves `front`'s state and metrics on `listener` until the task is dropped.
-pub async fn serve(front: &Front, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    serve_parts(
-        Arc::clone(front.state()),
-        Arc::clone(front.peer_manager()),
-        listener,
-    )
-    .await
-}
-
-/// [`serve`], from the front's parts (for a task that outlives a borrow of the front).
-pub async fn serve_parts(
-    state: Arc<FrontState>,
-    peer_manager: Arc<FrontPeerManager>,
-    listener: tokio::net::TcpListener,
-) -> std::io::Result<()> {
-    let slot = FrontSlot::new();
-    slot.fill_parts(state, peer_manager);
-    serve_slot(slot, listener).await
-}
-
 /// Serves the state and metrics of the front `slot` holds (or will), until the task is
 /// dropped.
-pub async fn serve_slot(slot: FrontSlot, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+pub async fn serve(slot: FrontSlot, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let router = Router::new()
         .route("/v1/state", get(front_state))
         .route("/v1/ready", get(front_ready))

@@ -125,14 +125,9 @@ async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_f
         .await
         .unwrap();
     let api = listener.local_addr().unwrap().to_string();
-    let serving = {
-        let (state, peer_manager) = (Arc::clone(first.state()), Arc::clone(first.peer_manager()));
-        tokio::spawn(phalanx_frontend::api::serve_parts(
-            state,
-            peer_manager,
-            listener,
-        ))
-    };
+    let slot = phalanx_frontend::api::FrontSlot::new();
+    slot.fill(&first);
+    let serving = tokio::spawn(phalanx_frontend::api::serve(slot, listener));
     let state: phalanx_frontend::api::FrontStateResponse =
         serde_json::from_str(&get(&api, "/v1/state").await).unwrap();
     assert_eq!(state.state, "FRONT_ATTACHED");
@@ -189,11 +184,9 @@ async fn a_peer_on_a_front_opens_pays_both_ways_and_comes_back_through_another_f
         .await
         .unwrap();
     let api = listener.local_addr().unwrap().to_string();
-    tokio::spawn(phalanx_frontend::api::serve_parts(
-        Arc::clone(second.state()),
-        Arc::clone(second.peer_manager()),
-        listener,
-    ));
+    let slot = phalanx_frontend::api::FrontSlot::new();
+    slot.fill(&second);
+    tokio::spawn(phalanx_frontend::api::serve(slot, listener));
     assert_eq!(get_status(&api, "/v1/ready").await.0, 200);
     bob.shutdown().await;
     wait_for("the front to detach", TIMEOUT, || async {
