@@ -183,7 +183,12 @@ impl Frame {
                 rest.len()
             )));
         }
-        if frame.encode() != bytes {
+        // The canonical encoding is the shortest (an overlong varint only adds bytes),
+        // so comparing sizes is enough, and it allocates nothing.
+        let canonical_size =
+            postcard::serialize_with_flavor(&frame, postcard::ser_flavors::Size::default())
+                .expect("every frame encodes");
+        if canonical_size != bytes.len() {
             return Err(LinkError::Malformed(format!(
                 "a {} frame not in its canonical encoding",
                 frame.kind()
