@@ -40,7 +40,8 @@ pub(super) async fn reconnect_loop(node: Arc<Node>) {
             if let Some(address) = node.address_book.get(peer) {
                 let (node, peer) = (Arc::clone(&node), *peer);
                 tokio::spawn(async move {
-                    match node.connect_peer(peer, address).await {
+                    // Its address is in the book already: reach it, nothing to record.
+                    match node.reach_peer(peer, address).await {
                         Ok(()) => tracing::info!(%peer, %address, "reconnected to channel peer"),
                         Err(err) => tracing::debug!(%peer, error = %err, "reconnecting failed"),
                     }

@@ -3,9 +3,7 @@
 use super::*;
 
 impl Node {
-    /// Connects to a peer and remembers its address for reconnection. A node with
-    /// fronts linked dials through one of them (so its own address stays behind them);
-    /// without any, it dials itself.
+    /// Connects to a peer and remembers its address for reconnection.
     pub async fn connect_peer(
         &self,
         node_id: PublicKey,
@@ -17,21 +15,32 @@ impl Node {
                 "cannot connect to ourselves".into(),
             ));
         }
-        if self.is_peer_connected(&node_id) {
-            // Already: directly, or through a front.
-        } else if self
-            .link_server
-            .connect_through_front(node_id, &address.to_string())
-        {
-            self.wait_for_front_session(node_id, address).await?;
-        } else {
-            peers::connect(&self.peer_manager, node_id, address).await?;
-        }
+        self.reach_peer(node_id, address).await?;
         self.address_book
             .put(&node_id, address)
             .await
             .map_err(|source| PeerError::Store { node_id, source })?;
         Ok(())
+    }
+
+    /// Connects to a peer unless it is connected. A node with fronts linked dials
+    /// through one of them (so its own address stays behind them); without any, it
+    /// dials itself.
+    pub(super) async fn reach_peer(
+        &self,
+        node_id: PublicKey,
+        address: SocketAddr,
+    ) -> Result<(), PeerError> {
+        if self.is_peer_connected(&node_id) {
+            Ok(())
+        } else if self
+            .link_server
+            .connect_through_front(node_id, &address.to_string())
+        {
+            self.wait_for_front_session(node_id, address).await
+        } else {
+            peers::connect(&self.peer_manager, node_id, address).await
+        }
     }
 
     /// Waits until `node_id` has a session through a front, up to the connect timeout.
