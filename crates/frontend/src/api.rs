@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::front::{Front, FrontPeerManager};
+use crate::gossip::FrontGraph;
 use crate::state::FrontState;
 
 /// `GET /v1/state` of a front.
@@ -35,11 +36,26 @@ pub struct FrontStateResponse {
     pub sessions: usize,
     /// The link's last round trip, in milliseconds.
     pub link_rtt_ms: Option<f64>,
+    /// Channels in the front's network graph.
+    pub graph_channels: usize,
+    /// Nodes in the front's network graph.
+    pub graph_nodes: usize,
+    /// New, verified gossip messages handed to the backend.
+    pub gossip_to_backend: u64,
 }
 
 struct Served {
     state: Arc<FrontState>,
     peer_manager: Arc<FrontPeerManager>,
+    graph: Arc<FrontGraph>,
+}
+
+impl Served {
+    /// Channels and nodes in the front's graph.
+    fn graph_size(&self) -> (usize, usize) {
+        let graph = self.graph.read_only();
+        (graph.channels().len(), graph.nodes().len())
+    }
 }
 
 /// Where the API finds its front: empty while the front waits for its first active
@@ -58,6 +74,7 @@ impl FrontSlot {
         let _ = self.0.set(Served {
             state: Arc::clone(front.state()),
             peer_manager: Arc::clone(front.peer_manager()),
+            graph: Arc::clone(front.graph()),
         });
     }
 }
@@ -89,6 +106,7 @@ async fn front_state(State(slot): State<FrontSlot>) -> impl IntoResponse {
     let body = match slot.0.get() {
         Some(served) => {
             let backend = served.state.attached_to();
+            let (graph_channels, graph_nodes) = served.graph_size();
             FrontStateResponse {
                 state: if backend.is_some() {
                     "FRONT_ATTACHED"
@@ -101,6 +119,13 @@ async fn front_state(State(slot): State<FrontSlot>) -> impl IntoResponse {
                 peers: served.peer_manager.list_peers().len(),
                 sessions: served.state.sessions(),
                 link_rtt_ms: rtt_ms(&served.state),
+                graph_channels,
+                graph_nodes,
+                gossip_to_backend: served
+                    .state
+                    .counters()
+                    .gossip_to_backend
+                    .load(Ordering::Relaxed),
             }
         }
         None => FrontStateResponse {
@@ -110,6 +135,9 @@ async fn front_state(State(slot): State<FrontSlot>) -> impl IntoResponse {
             peers: 0,
             sessions: 0,
             link_rtt_ms: None,
+            graph_channels: 0,
+            graph_nodes: 0,
+            gossip_to_backend: 0,
         },
     };
     (
@@ -184,6 +212,49 @@ async fn front_metrics(State(slot): State<FrontSlot>) -> impl IntoResponse {
         "link_rtt_seconds",
         "The link's last ping round trip",
         ConstGauge::new(rtt_ms(&served.state).unwrap_or(0.0) / 1000.0),
+    );
+    let counter =
+        |value: &std::sync::atomic::AtomicU64| ConstCounter::new(value.load(Ordering::Relaxed));
+    registry.register(
+        "gossip_received",
+        "Gossip messages (announcements, updates) received from peers",
+        counter(&counters.gossip_received),
+    );
+    registry.register(
+        "gossip_duplicate",
+        "Gossip messages received that the front's graph had already",
+        counter(&counters.gossip_duplicate),
+    );
+    registry.register(
+        "gossip_not_taken",
+        "Gossip messages refused, or held while their funding output was checked",
+        counter(&counters.gossip_not_taken),
+    );
+    registry.register(
+        "gossip_to_backend",
+        "New, verified gossip messages handed to the backend",
+        counter(&counters.gossip_to_backend),
+    );
+    registry.register(
+        "funding_checks",
+        "Funding outputs asked of the backend",
+        counter(&counters.funding_checks),
+    );
+    registry.register(
+        "funding_checks_failed",
+        "Funding-output checks that found no output, failed or timed out",
+        counter(&counters.funding_checks_failed),
+    );
+    let (channels, nodes) = served.graph_size();
+    registry.register(
+        "graph_channels",
+        "Channels in the front's network graph",
+        gauge(channels as i64),
+    );
+    registry.register(
+        "graph_nodes",
+        "Nodes in the front's network graph",
+        gauge(nodes as i64),
     );
     encoded(&registry)
 }

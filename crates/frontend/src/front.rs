@@ -21,6 +21,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_util::codec::Framed;
 
+use crate::gossip::{EdgeGossip, FrontGraph};
 use crate::signer::KeylessSigner;
 use crate::state::FrontState;
 
@@ -32,6 +33,11 @@ const LINK_PING: Duration = Duration::from_millis(500);
 const LINK_SILENCE: Duration = Duration::from_secs(3);
 /// The pause between rounds of dialling every backend.
 const REDIAL_PAUSE: Duration = Duration::from_millis(200);
+/// How long a funding-output check may wait for the backend (LDK advises a few seconds:
+/// pending checks hold gossip processing back).
+const FUNDING_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the front's graph drops channels not updated for two weeks.
+const GRAPH_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// A front's settings.
 #[derive(Debug)]
@@ -86,11 +92,11 @@ impl Logger for LdkTracing {
     }
 }
 
-/// The front's `PeerManager`: channel messages forwarded, no gossip yet, no key.
+/// The front's `PeerManager`: channel messages forwarded, gossip at the edge, no key.
 pub type FrontPeerManager = PeerManager<
     SocketDescriptor,
     Arc<Forwarder<Arc<FrontState>>>,
-    Arc<IgnoringMessageHandler>,
+    Arc<EdgeGossip>,
     Arc<IgnoringMessageHandler>,
     Arc<LdkTracing>,
     Arc<IgnoringMessageHandler>,
@@ -103,6 +109,7 @@ type LinkStream = Framed<tokio_rustls::client::TlsStream<TcpStream>, LinkCodec>;
 /// A running front; dropping it stops it.
 pub struct Front {
     state: Arc<FrontState>,
+    gossip: Arc<EdgeGossip>,
     peer_manager: Arc<FrontPeerManager>,
     address: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
@@ -151,8 +158,16 @@ impl Front {
             ))
             .await
             .map_err(|_| LinkError::Protocol("the link's runtime stopped".into()))?;
+        let network = bitcoin::Network::from_chain_hash(bitcoin::constants::ChainHash::from(
+            first.1.chain_hash,
+        ))
+        .ok_or_else(|| {
+            LinkError::Protocol("the backend runs a chain this front does not know".into())
+        })?;
         let (state, mut dial_requests) = FrontState::new(first.1.node_id, config.ecdh_timeout);
         let state = Arc::new(state);
+        let graph = Arc::new(FrontGraph::new(network, Arc::new(LdkTracing)));
+        let gossip = Arc::new(EdgeGossip::new(graph, Arc::clone(&state)));
         let (attached, first_attach) = tokio::sync::oneshot::channel();
         link_runtime.spawn(link_loop(
             Arc::clone(&state),
@@ -171,7 +186,7 @@ impl Front {
         let peer_manager = Arc::new(PeerManager::new(
             MessageHandler {
                 chan_handler: Arc::new(Forwarder(Arc::clone(&state))),
-                route_handler: Arc::clone(&ignoring),
+                route_handler: Arc::clone(&gossip),
                 onion_message_handler: Arc::clone(&ignoring),
                 custom_message_handler: Arc::clone(&ignoring),
                 send_only_message_handler: ignoring,
@@ -230,9 +245,34 @@ impl Front {
                 ticking.timer_tick_occurred();
             }
         }));
+        // Announcements whose funding check completed wait in the gossip handler's events.
+        let (checked, processing) = (Arc::clone(&gossip), Arc::clone(&peer_manager));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                checked.checks_completed().await;
+                processing.process_events();
+            }
+        }));
+        let (expiring, pruning) = (Arc::clone(&state), Arc::clone(&gossip));
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut pruned = std::time::Instant::now();
+            loop {
+                tick.tick().await;
+                if let Some(deadline) = std::time::Instant::now().checked_sub(FUNDING_CHECK_TIMEOUT)
+                {
+                    expiring.expire_funding_checks(deadline);
+                }
+                if pruned.elapsed() >= GRAPH_PRUNE_EVERY {
+                    pruning.graph().remove_stale_channels_and_tracking();
+                    pruned = std::time::Instant::now();
+                }
+            }
+        }));
         tracing::info!(front = %config.name, %address, node_id = %state.node_id(), "front serving peers");
         Ok(Self {
             state,
+            gossip,
             peer_manager,
             address,
             tasks,
@@ -248,6 +288,11 @@ impl Front {
     /// The front's state (attachment, sessions, counters).
     pub fn state(&self) -> &Arc<FrontState> {
         &self.state
+    }
+
+    /// The front's network graph.
+    pub fn graph(&self) -> &Arc<FrontGraph> {
+        self.gossip.graph()
     }
 
     /// The front's peer manager.

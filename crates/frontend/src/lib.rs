@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod front;
+pub mod gossip;
 pub mod signer;
 pub mod state;
 pub mod testing;

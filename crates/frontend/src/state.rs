@@ -3,16 +3,20 @@
 //! front's `PeerManager`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bitcoin::constants::ChainHash;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::secp256k1::ecdh::SharedSecret;
 use lightning::ln::msgs::{BaseMessageHandler, ErrorAction, Init, MessageSendEvent};
+use lightning::routing::utxo::{UtxoFuture, UtxoLookup, UtxoLookupError, UtxoResult};
 use lightning::types::features::{InitFeatures, NodeFeatures};
 use lightning::util::ser::Writeable;
+use lightning::util::wakers::Notifier;
+use phalanx_link::ldk::gossip::{FundingLookupFailure, FundingOutput, VerifiedGossip};
 use phalanx_link::ldk::inbound::{ChannelMessage, ForwardTarget};
 use phalanx_link::{ActiveBackend, Frame, SessionId};
 use tokio::sync::{Notify, mpsc};
@@ -52,6 +56,10 @@ pub struct FrontState {
     pub(crate) counters: Counters,
     /// The dials the backend asks for, to the front's task that makes them.
     dials: mpsc::UnboundedSender<(PublicKey, String)>,
+    /// Funding-output checks asked of the backend: LDK's future for each, and when it
+    /// was asked (checks hold LDK's gossip processing back, so they time out).
+    funding_waiting: Mutex<HashMap<u64, (UtxoFuture, Instant)>>,
+    next_funding: AtomicU64,
 }
 
 /// What a front has done, for its state and metrics.
@@ -65,6 +73,19 @@ pub struct Counters {
     pub attachments: AtomicU64,
     /// The link's last ping round trip, in microseconds (0: none yet).
     pub link_rtt_micros: AtomicU64,
+    /// Gossip messages (announcements, updates) received from peers.
+    pub gossip_received: AtomicU64,
+    /// Of those, the ones the graph had already.
+    pub gossip_duplicate: AtomicU64,
+    /// Of those, the ones not taken at once: refused (a bad signature, no funding
+    /// output, stale), or held while their funding output is checked.
+    pub gossip_not_taken: AtomicU64,
+    /// New, verified gossip handed to the backend.
+    pub gossip_to_backend: AtomicU64,
+    /// Funding outputs asked of the backend.
+    pub funding_checks: AtomicU64,
+    /// Of those, the ones that found no output (or failed, or timed out).
+    pub funding_checks_failed: AtomicU64,
 }
 
 impl FrontState {
@@ -88,6 +109,8 @@ impl FrontState {
             ping_in_flight: Mutex::default(),
             counters: Counters::default(),
             dials,
+            funding_waiting: Mutex::default(),
+            next_funding: AtomicU64::new(1),
         };
         (state, dial_requests)
     }
@@ -138,6 +161,49 @@ impl FrontState {
         self.events_ready.notify_one();
     }
 
+    /// Hands verified gossip to the backend; false if none is attached.
+    pub(crate) fn send_gossip(&self, gossip: VerifiedGossip) -> bool {
+        self.send(Frame::Gossip(gossip))
+    }
+
+    /// Fails the funding checks asked before `deadline` (LDK holds the announcement
+    /// and its updates meanwhile, and slows gossip intake while many wait).
+    pub(crate) fn expire_funding_checks(&self, deadline: Instant) {
+        let expired: Vec<UtxoFuture> = {
+            let mut waiting = self.lock_funding();
+            let old: Vec<u64> = waiting
+                .iter()
+                .filter(|(_, (_, asked))| *asked < deadline)
+                .map(|(request, _)| *request)
+                .collect();
+            old.into_iter()
+                .filter_map(|request| waiting.remove(&request).map(|(future, _)| future))
+                .collect()
+        };
+        for future in expired {
+            self.resolve_funding(&future, Err(FundingLookupFailure::UnknownTx));
+        }
+    }
+
+    fn resolve_funding(
+        &self,
+        future: &UtxoFuture,
+        output: Result<FundingOutput, FundingLookupFailure>,
+    ) {
+        if output.is_err() {
+            self.counters
+                .funding_checks_failed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        future.resolve(output.map(FundingOutput::into_tx_out).map_err(Into::into));
+    }
+
+    fn lock_funding(&self) -> MutexGuard<'_, HashMap<u64, (UtxoFuture, Instant)>> {
+        self.funding_waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Attaches to a backend that said it is active; refuses one of another node.
     pub(crate) fn attach(
         &self,
@@ -169,6 +235,8 @@ impl FrontState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        // No answer will come over a link that is gone.
+        self.expire_funding_checks(Instant::now() + Duration::from_secs(1));
         let peers: Vec<PublicKey> = {
             let mut sessions = self.lock_sessions();
             for session in sessions.values_mut() {
@@ -225,6 +293,12 @@ impl FrontState {
                     .remove(&request);
                 if let Some(asker) = asker {
                     let _ = asker.send(shared_secret);
+                }
+            }
+            Frame::FundingOutputResponse { request, output } => {
+                let waiting = self.lock_funding().remove(&request);
+                if let Some((future, _)) = waiting {
+                    self.resolve_funding(&future, output);
                 }
             }
             Frame::ConnectPeer { peer, address } => {
@@ -419,5 +493,41 @@ impl EcdhSource for FrontState {
             Ok(None) => Err(EcdhUnavailable("the backend refused".into())),
             Err(why) => Err(EcdhUnavailable(why.into())),
         }
+    }
+}
+
+/// Funding outputs are asked of the attached backend's chain source, answered later
+/// (LDK holds the announcement meanwhile).
+impl UtxoLookup for FrontState {
+    fn get_utxo(
+        &self,
+        chain_hash: &ChainHash,
+        short_channel_id: u64,
+        async_completion_notifier: Arc<Notifier>,
+    ) -> UtxoResult {
+        match self.backend(|b| ChainHash::from(b.chain_hash)) {
+            None => return UtxoResult::Sync(Err(UtxoLookupError::UnknownTx)),
+            Some(ours) if ours != *chain_hash => {
+                return UtxoResult::Sync(Err(UtxoLookupError::UnknownChain));
+            }
+            Some(_) => {}
+        }
+        let request = self.next_funding.fetch_add(1, Ordering::Relaxed);
+        let future = UtxoFuture::new(async_completion_notifier);
+        // Recorded before asking, so that the answer always finds it.
+        self.lock_funding()
+            .insert(request, (future.clone(), Instant::now()));
+        self.counters.funding_checks.fetch_add(1, Ordering::Relaxed);
+        if !self.send(Frame::FundingOutputRequest {
+            request,
+            short_channel_id,
+        }) {
+            self.lock_funding().remove(&request);
+            self.counters
+                .funding_checks_failed
+                .fetch_add(1, Ordering::Relaxed);
+            return UtxoResult::Sync(Err(UtxoLookupError::UnknownTx));
+        }
+        UtxoResult::Async(future)
     }
 }

@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
 use crate::ldk::WireMessage;
+use crate::ldk::gossip::{FundingLookupFailure, FundingOutput, VerifiedGossip};
 use crate::ldk::inbound::{ChannelMessage, Inbox};
 use crate::ldk::outbound::{PeerEvent, Route, route};
 use crate::tls::LinkIdentity;
@@ -34,6 +35,22 @@ use crate::{ActiveBackend, Frame, Hello, LinkCodec, LinkError, Role, SessionId};
 
 /// Answers the handshake's ECDH with the node key: `None` refuses.
 pub type EcdhFn = Box<dyn Fn(&PublicKey) -> Option<[u8; 32]> + Send + Sync>;
+
+/// Called once with the answer to a front's funding-output question.
+pub type FundingAnswer = Box<dyn FnOnce(Result<FundingOutput, FundingLookupFailure>) + Send>;
+
+/// What the backend does with its fronts' gossip (see [`crate::ldk::gossip`]).
+pub trait GossipBackend: Send + Sync {
+    /// Finds the output `short_channel_id` names on the node's chain, for a front checking
+    /// a channel announcement: unspent and confirmed deeply enough to be announced, or
+    /// [`FundingLookupFailure::UnknownTx`]. `answer` is called once, promptly and without
+    /// blocking the caller (a front gives up after a few seconds and drops the
+    /// announcement).
+    fn funding_output(&self, short_channel_id: u64, answer: FundingAnswer);
+    /// Gossip a front verified (signatures, funding output) and its graph took as new:
+    /// for the node's router, through LDK's unsigned paths.
+    fn verified(&self, front: &str, gossip: VerifiedGossip);
+}
 
 type LinkId = u64;
 
@@ -91,6 +108,7 @@ where
     ecdh: EcdhFn,
     state: Mutex<State>,
     wake: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    gossip: OnceLock<Arc<dyn GossipBackend>>,
     /// Set once the node stops: every link is closed and no frame reaches the handler.
     closed: tokio::sync::watch::Sender<bool>,
 }
@@ -110,6 +128,7 @@ where
             ecdh,
             state: Mutex::default(),
             wake: OnceLock::new(),
+            gossip: OnceLock::new(),
             closed: tokio::sync::watch::channel(false).0,
         }
     }
@@ -136,6 +155,12 @@ where
     /// (the backend's `PeerManager::process_events`). Set once.
     pub fn set_wake(&self, wake: impl Fn() + Send + Sync + 'static) {
         let _ = self.wake.set(Box::new(wake));
+    }
+
+    /// Where the fronts' gossip goes and their funding questions are answered. Set once;
+    /// until then a front's questions are answered "unknown" and its gossip dropped.
+    pub fn set_gossip(&self, gossip: Arc<dyn GossipBackend>) {
+        let _ = self.gossip.set(gossip);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -291,8 +316,19 @@ where
                 _ = closed.wait_for(|closed| *closed) => break,
             };
             let Some(frame) = frame else { break };
-            let handled = frame.and_then(|frame| self.on_frame(link_id, frame));
-            if !self.is_closed()
+            // Only what reaches the channel handler can make it want to send something.
+            let for_the_handler = frame.as_ref().is_ok_and(|frame| {
+                !matches!(
+                    frame,
+                    Frame::Gossip(_)
+                        | Frame::FundingOutputRequest { .. }
+                        | Frame::LinkPing { .. }
+                        | Frame::LinkPong { .. }
+                )
+            });
+            let handled = frame.and_then(|frame| self.on_frame(link_id, &front, frame));
+            if for_the_handler
+                && !self.is_closed()
                 && let Some(wake) = self.wake.get()
             {
                 wake();
@@ -308,7 +344,7 @@ where
     }
 
     /// One frame from a front.
-    fn on_frame(&self, link: LinkId, frame: Frame) -> Result<(), LinkError> {
+    fn on_frame(&self, link: LinkId, front: &str, frame: Frame) -> Result<(), LinkError> {
         if self.is_closed() {
             return Err(LinkError::Protocol("the node has stopped".into()));
         }
@@ -343,6 +379,26 @@ where
             }
             Frame::LinkPing { nonce } => self.lock().send(link, Frame::LinkPong { nonce }),
             Frame::LinkPong { .. } => {}
+            Frame::FundingOutputRequest {
+                request,
+                short_channel_id,
+            } => {
+                let Some(frames) = self.lock().links.get(&link).map(|l| l.frames.clone()) else {
+                    return Ok(());
+                };
+                let answer: FundingAnswer = Box::new(move |output| {
+                    let _ = frames.send(Frame::FundingOutputResponse { request, output });
+                });
+                match self.gossip.get() {
+                    Some(gossip) => gossip.funding_output(short_channel_id, answer),
+                    None => answer(Err(FundingLookupFailure::UnknownTx)),
+                }
+            }
+            Frame::Gossip(gossip) => {
+                if let Some(backend) = self.gossip.get() {
+                    backend.verified(front, gossip);
+                }
+            }
             other => {
                 return Err(LinkError::Protocol(format!(
                     "a front sent a {} frame",

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::LinkError;
 use crate::ldk::WireMessage;
+use crate::ldk::gossip::{FundingLookupFailure, FundingOutput, VerifiedGossip};
 use crate::ldk::outbound::{Broadcast, PeerEvent};
 
 /// The link's version. Frames are encoded by `postcard`, which numbers the variants of
@@ -149,6 +150,24 @@ pub enum Frame {
         /// Where it listens (`host:port`).
         address: String,
     },
+    /// The front checks a channel announcement: which output does `short_channel_id`
+    /// name on the node's chain, if it exists and is unspent (front to backend)?
+    FundingOutputRequest {
+        /// Matches the answer to the question.
+        request: u64,
+        /// The channel's short id (BOLT 7).
+        short_channel_id: u64,
+    },
+    /// The backend's answer to a [`Frame::FundingOutputRequest`].
+    FundingOutputResponse {
+        /// The request answered.
+        request: u64,
+        /// The output, or why there is none.
+        output: Result<FundingOutput, FundingLookupFailure>,
+    },
+    /// Gossip a front verified and took as new, for the backend's router (front to
+    /// backend).
+    Gossip(VerifiedGossip),
 }
 
 /// What a front needs of the active backend to answer peers itself during their
@@ -212,6 +231,9 @@ impl Frame {
             Frame::PeerEvent { .. } => "peer_event",
             Frame::Broadcast(_) => "broadcast",
             Frame::ConnectPeer { .. } => "connect_peer",
+            Frame::FundingOutputRequest { .. } => "funding_output_request",
+            Frame::FundingOutputResponse { .. } => "funding_output_response",
+            Frame::Gossip(_) => "gossip",
         }
     }
 }

@@ -5,6 +5,7 @@ use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use phalanx_link::ldk::WireMessage;
+use phalanx_link::ldk::gossip::{FundingLookupFailure, FundingOutput, VerifiedGossip};
 use phalanx_link::ldk::outbound::{Broadcast, PeerEvent};
 use phalanx_link::{
     ActiveBackend, Frame, Hello, LINK_VERSION, LinkCodec, LinkError, MAX_FRAME_BYTES, Role,
@@ -76,6 +77,20 @@ fn one_of_each() -> Vec<Frame> {
             peer: key(5),
             address: "203.0.113.7:9735".into(),
         },
+        Frame::FundingOutputRequest {
+            request: 3,
+            short_channel_id: 0x0000_6f00_0001_0002,
+        },
+        Frame::FundingOutputResponse {
+            request: 3,
+            output: Ok(FundingOutput {
+                value_sat: 20_000,
+                script_pubkey: vec![0x00, 0x20, 7, 7],
+            }),
+        },
+        Frame::Gossip(VerifiedGossip::ChannelUpdate {
+            contents: vec![4; 100],
+        }),
     ]
 }
 
@@ -295,6 +310,43 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 }
             ),
         (any_key(), ".{0,60}").prop_map(|(peer, address)| Frame::ConnectPeer { peer, address }),
+        (any::<u64>(), any::<u64>()).prop_map(|(request, short_channel_id)| {
+            Frame::FundingOutputRequest {
+                request,
+                short_channel_id,
+            }
+        }),
+        (
+            any::<u64>(),
+            prop::option::of((any::<u64>(), prop::collection::vec(any::<u8>(), 0..40))),
+            any::<bool>()
+        )
+            .prop_map(
+                |(request, found, other_chain)| Frame::FundingOutputResponse {
+                    request,
+                    output: match found {
+                        Some((value_sat, script_pubkey)) => Ok(FundingOutput {
+                            value_sat,
+                            script_pubkey
+                        }),
+                        None if other_chain => Err(FundingLookupFailure::UnknownChain),
+                        None => Err(FundingLookupFailure::UnknownTx),
+                    },
+                }
+            ),
+        (
+            prop::collection::vec(any::<u8>(), 0..300),
+            prop::option::of(any::<u64>()),
+            0..3u8
+        )
+            .prop_map(|(contents, capacity_sat, kind)| Frame::Gossip(match kind {
+                0 => VerifiedGossip::ChannelAnnouncement {
+                    contents,
+                    capacity_sat
+                },
+                1 => VerifiedGossip::ChannelUpdate { contents },
+                _ => VerifiedGossip::NodeAnnouncement { contents },
+            })),
         (any_wire_message(), prop::option::of(any_wire_message())).prop_map(
             |(announcement, update)| Frame::Broadcast(Broadcast::ChannelAnnouncement {
                 announcement,

@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod esplora;
 pub mod events;
+pub mod front_gossip;
 pub mod identity;
 pub mod keys;
 pub mod logger;

@@ -19,6 +19,8 @@
 //! | `phalanx_peers` | gauge | connected peers (directly or through fronts) |
 //! | `phalanx_fronts` | gauge | front servers linked to this instance |
 //! | `phalanx_peers_on_fronts` | gauge | of the peers, those connected through fronts |
+//! | `phalanx_front_gossip_total{outcome}` | counter | verified gossip from fronts: `new` in the router's graph, `ignored` (had it), `malformed` |
+//! | `phalanx_front_funding_checks_total{outcome}` | counter | funding outputs fronts asked for: `found`, `unknown` |
 //! | `phalanx_channels{usable}` | gauge | channels, usable or not |
 //! | `phalanx_payments{direction,status}` | gauge | payment records by direction and status |
 
@@ -77,6 +79,8 @@ pub struct Metrics {
     peers: Gauge,
     fronts: Gauge,
     peers_on_fronts: Gauge,
+    front_gossip: Family<Labels, Counter>,
+    front_funding_checks: Family<Labels, Counter>,
     channels: Family<Labels, Gauge>,
     payments: Family<Labels, Gauge>,
 }
@@ -151,6 +155,18 @@ impl Metrics {
             "Peers connected through front servers",
             Gauge::default(),
         );
+        let front_gossip = register(
+            r,
+            "front_gossip",
+            "Verified gossip from fronts, by what the router's graph did with it",
+            Family::default(),
+        );
+        let front_funding_checks = register(
+            r,
+            "front_funding_checks",
+            "Funding outputs fronts asked for, by outcome",
+            Family::default(),
+        );
         let channels = register(r, "channels", "Channels, usable or not", Family::default());
         let payments = register(
             r,
@@ -172,9 +188,25 @@ impl Metrics {
             peers,
             fronts,
             peers_on_fronts,
+            front_gossip,
+            front_funding_checks,
             channels,
             payments,
         }
+    }
+
+    /// Records a piece of gossip from a front: `new`, `ignored` or `malformed`.
+    pub fn front_gossip(&self, outcome: &'static str) {
+        self.front_gossip
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    /// Records a front's funding check: `found` or `unknown`.
+    pub fn front_funding_check(&self, outcome: &'static str) {
+        self.front_funding_checks
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
     }
 
     /// Records a lease this process won.

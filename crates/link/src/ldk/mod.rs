@@ -7,6 +7,7 @@
 //! own, [`inbound::ChannelMessage`] for what a peer sends the channel handler, and
 //! [`outbound`] for what the backend's handler sends peers.
 
+pub mod gossip;
 pub mod inbound;
 pub mod outbound;
 

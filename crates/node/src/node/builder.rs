@@ -145,6 +145,11 @@ impl NodeBuilder {
         ));
         let (peer_manager, link_server) =
             new_peer_manager(&base, &channel_manager, &gossip_sync, &chain_monitor);
+        link_server.set_gossip(Arc::new(crate::front_gossip::FrontGossip::new(
+            Arc::clone(&base.chain),
+            Arc::clone(&routing.network_graph),
+            Arc::clone(&base.metrics),
+        )));
         let payments =
             Arc::new(PaymentStore::load(Arc::clone(&base.kv)).map_err(BuildError::Persist)?);
         fail_unsent_payments(&payments, &channel_manager)
@@ -211,6 +216,7 @@ impl NodeBuilder {
             peer_manager,
             link_server,
             link_address,
+            network_graph: Arc::clone(&routing.network_graph),
             wallet,
             payments,
             payment_locks: PaymentLocks::default(),

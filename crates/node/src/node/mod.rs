@@ -141,6 +141,8 @@ pub struct Node {
     link_server: Arc<LinkServer>,
     /// Where fronts connect, if the node serves any.
     link_address: Option<SocketAddr>,
+    /// The router's view of the network (gossip from direct peers and fronts).
+    network_graph: Arc<NetworkGraph>,
     wallet: Arc<OnchainWallet>,
     payments: Arc<PaymentStore>,
     /// Serializes the calls that start one payment (see `PaymentLocks`).
@@ -280,6 +282,11 @@ impl Node {
             fees_msat: self.events.forwarded_fees_msat.load(Ordering::Relaxed),
             payments: self.events.forwarded_payments.load(Ordering::Relaxed),
         }
+    }
+
+    /// The router's network graph.
+    pub fn network_graph(&self) -> &Arc<NetworkGraph> {
+        &self.network_graph
     }
 
     /// The metrics this node records into (handed to its builder).

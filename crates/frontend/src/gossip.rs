@@ -1,0 +1,247 @@
+//! Gossip at the edge: the front keeps its own network graph (in memory: a restarted
+//! front syncs it again from its peers), answers gossip queries and rebroadcasts from
+//! it, and checks what peers send before the backend sees any of it: signatures here,
+//! funding outputs through the backend's chain source (LDK's asynchronous
+//! `UtxoLookup`, asked over the link). The backend gets only what the front's graph took
+//! as new, unsigned, for its router (`phalanx_link::ldk::gossip`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bitcoin::secp256k1::PublicKey;
+use lightning::ln::msgs::{
+    BaseMessageHandler, ChannelAnnouncement, ChannelUpdate, ErrorAction, Init, LightningError,
+    MessageSendEvent, NodeAnnouncement, QueryChannelRange, QueryShortChannelIds, ReplyChannelRange,
+    ReplyShortChannelIdsEnd, RoutingMessageHandler,
+};
+use lightning::routing::gossip::{NetworkGraph, NodeId, P2PGossipSync};
+use lightning::types::features::{InitFeatures, NodeFeatures};
+use phalanx_link::ldk::gossip::VerifiedGossip;
+
+use crate::front::LdkTracing;
+use crate::state::FrontState;
+
+/// The front's network graph.
+pub type FrontGraph = NetworkGraph<Arc<LdkTracing>>;
+
+/// LDK's gossip handler over the front's graph, checking funding outputs through the
+/// backend ([`FrontState`] is the `UtxoLookup`).
+pub type FrontGossipSync = P2PGossipSync<Arc<FrontGraph>, Arc<FrontState>, Arc<LdkTracing>>;
+
+/// The front's route handler: LDK's gossip handling, and what its graph takes as new
+/// from a peer handed to the backend.
+pub struct EdgeGossip {
+    sync: FrontGossipSync,
+    state: Arc<FrontState>,
+}
+
+impl EdgeGossip {
+    /// Gossip over `graph`, funding outputs and new gossip through `state`'s link.
+    pub fn new(graph: Arc<FrontGraph>, state: Arc<FrontState>) -> Self {
+        let sync = P2PGossipSync::new(graph, Some(Arc::clone(&state)), Arc::new(LdkTracing));
+        Self { sync, state }
+    }
+
+    /// The front's graph.
+    pub fn graph(&self) -> &Arc<FrontGraph> {
+        self.sync.network_graph()
+    }
+
+    /// Resolves the next time a funding-output check completes (the front's
+    /// `PeerManager` must then process events: the checked announcements wait there).
+    pub fn checks_completed(&self) -> lightning::util::wakers::Future {
+        self.sync.validation_completion_future()
+    }
+
+    /// Counts a peer's gossip and what became of it; hands the new to the backend.
+    fn took<T>(
+        &self,
+        from: Option<PublicKey>,
+        outcome: &Result<T, LightningError>,
+        verified: impl FnOnce() -> VerifiedGossip,
+    ) {
+        // Our own gossip (the backend's, from its broadcasts) comes with no peer: the
+        // backend has it already.
+        if from.is_none() {
+            return;
+        }
+        let counters = &self.state.counters;
+        counters.gossip_received.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(_) => self.forward(verified()),
+            Err(LightningError {
+                action: ErrorAction::IgnoreDuplicateGossip,
+                ..
+            }) => {
+                counters.gossip_duplicate.fetch_add(1, Ordering::Relaxed);
+            }
+            // Still being checked, or refused (bad signature, no such output, stale).
+            Err(_) => {
+                counters.gossip_not_taken.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn forward(&self, gossip: VerifiedGossip) {
+        if self.state.send_gossip(gossip) {
+            self.state
+                .counters
+                .gossip_to_backend
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn capacity_of(&self, short_channel_id: u64) -> Option<u64> {
+        self.graph()
+            .read_only()
+            .channel(short_channel_id)
+            .and_then(|channel| channel.capacity_sats)
+    }
+}
+
+impl BaseMessageHandler for EdgeGossip {
+    /// LDK's gossip events; the announcements whose funding check just completed are new
+    /// in the graph, so they go to the backend as they go out to peers.
+    fn get_and_clear_pending_msg_events(&self) -> Vec<MessageSendEvent> {
+        let events = self.sync.get_and_clear_pending_msg_events();
+        for event in &events {
+            match event {
+                MessageSendEvent::BroadcastChannelAnnouncement { msg, update_msg } => {
+                    let scid = msg.contents.short_channel_id;
+                    self.forward(VerifiedGossip::channel_announcement(
+                        &msg.contents,
+                        self.capacity_of(scid),
+                    ));
+                    if let Some(update) = update_msg {
+                        self.forward(VerifiedGossip::channel_update(&update.contents));
+                    }
+                }
+                MessageSendEvent::BroadcastChannelUpdate { msg, .. } => {
+                    self.forward(VerifiedGossip::channel_update(&msg.contents));
+                }
+                MessageSendEvent::BroadcastNodeAnnouncement { msg } => {
+                    self.forward(VerifiedGossip::node_announcement(&msg.contents));
+                }
+                _ => {}
+            }
+        }
+        events
+    }
+
+    fn peer_disconnected(&self, their_node_id: PublicKey) {
+        self.sync.peer_disconnected(their_node_id)
+    }
+
+    fn provided_node_features(&self) -> NodeFeatures {
+        self.sync.provided_node_features()
+    }
+
+    fn provided_init_features(&self, their_node_id: PublicKey) -> InitFeatures {
+        self.sync.provided_init_features(their_node_id)
+    }
+
+    fn peer_connected(
+        &self,
+        their_node_id: PublicKey,
+        msg: &Init,
+        inbound: bool,
+    ) -> Result<(), ()> {
+        self.sync.peer_connected(their_node_id, msg, inbound)
+    }
+}
+
+impl RoutingMessageHandler for EdgeGossip {
+    fn handle_node_announcement(
+        &self,
+        their_node_id: Option<PublicKey>,
+        msg: &NodeAnnouncement,
+    ) -> Result<bool, LightningError> {
+        let outcome = self.sync.handle_node_announcement(their_node_id, msg);
+        self.took(their_node_id, &outcome, || {
+            VerifiedGossip::node_announcement(&msg.contents)
+        });
+        outcome
+    }
+
+    fn handle_channel_announcement(
+        &self,
+        their_node_id: Option<PublicKey>,
+        msg: &ChannelAnnouncement,
+    ) -> Result<bool, LightningError> {
+        let outcome = self.sync.handle_channel_announcement(their_node_id, msg);
+        self.took(their_node_id, &outcome, || {
+            VerifiedGossip::channel_announcement(
+                &msg.contents,
+                self.capacity_of(msg.contents.short_channel_id),
+            )
+        });
+        outcome
+    }
+
+    fn handle_channel_update(
+        &self,
+        their_node_id: Option<PublicKey>,
+        msg: &ChannelUpdate,
+    ) -> Result<Option<(NodeId, NodeId)>, LightningError> {
+        let outcome = self.sync.handle_channel_update(their_node_id, msg);
+        self.took(their_node_id, &outcome, || {
+            VerifiedGossip::channel_update(&msg.contents)
+        });
+        outcome
+    }
+
+    fn get_next_channel_announcement(
+        &self,
+        starting_point: u64,
+    ) -> Option<(
+        ChannelAnnouncement,
+        Option<ChannelUpdate>,
+        Option<ChannelUpdate>,
+    )> {
+        self.sync.get_next_channel_announcement(starting_point)
+    }
+
+    fn get_next_node_announcement(
+        &self,
+        starting_point: Option<&NodeId>,
+    ) -> Option<NodeAnnouncement> {
+        self.sync.get_next_node_announcement(starting_point)
+    }
+
+    fn handle_reply_channel_range(
+        &self,
+        their_node_id: PublicKey,
+        msg: ReplyChannelRange,
+    ) -> Result<(), LightningError> {
+        self.sync.handle_reply_channel_range(their_node_id, msg)
+    }
+
+    fn handle_reply_short_channel_ids_end(
+        &self,
+        their_node_id: PublicKey,
+        msg: ReplyShortChannelIdsEnd,
+    ) -> Result<(), LightningError> {
+        self.sync
+            .handle_reply_short_channel_ids_end(their_node_id, msg)
+    }
+
+    fn handle_query_channel_range(
+        &self,
+        their_node_id: PublicKey,
+        msg: QueryChannelRange,
+    ) -> Result<(), LightningError> {
+        self.sync.handle_query_channel_range(their_node_id, msg)
+    }
+
+    fn handle_query_short_channel_ids(
+        &self,
+        their_node_id: PublicKey,
+        msg: QueryShortChannelIds,
+    ) -> Result<(), LightningError> {
+        self.sync.handle_query_short_channel_ids(their_node_id, msg)
+    }
+
+    fn processing_queue_high(&self) -> bool {
+        self.sync.processing_queue_high()
+    }
+}

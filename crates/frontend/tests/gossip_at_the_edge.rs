@@ -1,0 +1,125 @@
+//! Gossip at the edge: a front checks a peer's gossip (signatures, and funding outputs
+//! through the backend's chain source) in its own graph, and the backend's router gets
+//! what was new, once, without the signatures.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use phalanx_e2e::chain::TestChain;
+use phalanx_frontend::Front;
+use phalanx_gossip_sim::{ReplayPeer, Shape, SyntheticGraph};
+use phalanx_node::Node;
+
+mod common;
+use common::{front, fronted_bob};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn to_backend(front: &Front) -> u64 {
+    front
+        .state()
+        .counters()
+        .gossip_to_backend
+        .load(Ordering::Relaxed)
+}
+
+fn graph_size(node: &Node) -> (usize, usize) {
+    let graph = node.network_graph().read_only();
+    (graph.channels().len(), graph.nodes().len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_checks_gossip_and_hands_the_backend_only_what_is_new() {
+    let regtest = TestChain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bob, ca) = fronted_bob(&regtest, dir.path()).await;
+    let shape = Shape {
+        bad_signatures: 4,
+        unfunded: 3,
+        ..Shape::new(30, 90)
+    };
+    let graph = Arc::new(SyntheticGraph::build(shape, &mut regtest.chain()).unwrap());
+    let good = graph.good_channels().to_vec();
+    let bad = graph.bad_channels();
+    assert_eq!((good.len(), bad.len()), (90, 7));
+    // Every good channel, both its updates, every node.
+    let new_messages = (90 + 90 * 2 + 30) as u64;
+
+    let front = front(&ca, "front-1", &bob).await;
+    let peer = ReplayPeer::new(Arc::clone(&graph), [7; 32]);
+    assert!(peer.connect(bob.node_id(), front.address()).await);
+    wait_for("the backend's graph to hold the synthetic graph", || {
+        graph_size(&bob) == (90, 30) && to_backend(&front) == new_messages
+    })
+    .await;
+
+    for (name, graph) in [
+        ("backend", bob.network_graph().read_only()),
+        ("front", front.graph().read_only()),
+    ] {
+        for scid in &good {
+            let channel = graph
+                .channel(*scid)
+                .unwrap_or_else(|| panic!("{name} lacks {scid}"));
+            // The capacity the front found on chain reached the backend with the channel.
+            assert_eq!(channel.capacity_sats, Some(shape.capacity_sat), "{name}");
+            assert!(
+                channel.one_to_two.is_some() && channel.two_to_one.is_some(),
+                "{name}: {scid}"
+            );
+        }
+        for scid in &bad {
+            assert!(
+                graph.channel(*scid).is_none(),
+                "{name} took bad channel {scid}"
+            );
+        }
+    }
+    // Signatures are the front's work: the backend keeps no announcement to relay.
+    let backend_graph = bob.network_graph().read_only();
+    assert!(
+        backend_graph
+            .channel(good[0])
+            .unwrap()
+            .announcement_message
+            .is_none()
+    );
+    assert!(
+        front
+            .graph()
+            .read_only()
+            .channel(good[0])
+            .unwrap()
+            .announcement_message
+            .is_some()
+    );
+    drop(backend_graph);
+    let counters = front.state().counters();
+    // Each funded or unfunded announcement with good signatures was looked up; the
+    // unfunded ones found nothing.
+    assert!(counters.funding_checks.load(Ordering::Relaxed) >= 93);
+    assert!(counters.funding_checks_failed.load(Ordering::Relaxed) >= 3);
+
+    // A second peer sends the same graph: all of it duplicates, none reaches the backend.
+    let again = ReplayPeer::new(Arc::clone(&graph), [8; 32]);
+    assert!(again.connect(bob.node_id(), front.address()).await);
+    wait_for("the second replay to arrive", || {
+        counters.gossip_duplicate.load(Ordering::Relaxed) >= new_messages
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(to_backend(&front), new_messages);
+    assert_eq!(graph_size(&bob), (90, 30));
+}
