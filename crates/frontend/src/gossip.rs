@@ -5,14 +5,16 @@
 //! `UtxoLookup`, asked over the link). The backend gets only what the front's graph took
 //! as new, unsigned, for its router (`phalanx_link::ldk::gossip`).
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use bitcoin::secp256k1::PublicKey;
 use lightning::ln::msgs::{
     BaseMessageHandler, ChannelAnnouncement, ChannelUpdate, ErrorAction, Init, LightningError,
     MessageSendEvent, NodeAnnouncement, QueryChannelRange, QueryShortChannelIds, ReplyChannelRange,
-    ReplyShortChannelIdsEnd, RoutingMessageHandler,
+    ReplyShortChannelIdsEnd, RoutingMessageHandler, UnsignedChannelUpdate,
+    UnsignedNodeAnnouncement,
 };
 use lightning::routing::gossip::{NetworkGraph, NodeId, P2PGossipSync};
 use lightning::types::features::{InitFeatures, NodeFeatures};
@@ -33,13 +35,24 @@ pub type FrontGossipSync = P2PGossipSync<Arc<FrontGraph>, Arc<FrontState>, Arc<L
 pub struct EdgeGossip {
     sync: FrontGossipSync,
     state: Arc<FrontState>,
+    /// The channels whose announcement went to the backend. The backend refuses an
+    /// update of a channel it does not know, and a node announcement of a node without
+    /// channels; and a channel enters the front's graph (when its funding check
+    /// completes) a moment before its announcement is forwarded, while other peers'
+    /// updates of it may be handled. So an announcement is sent under this lock, and
+    /// anything that needs it checks here first and sends it if it has not gone yet.
+    announced: Mutex<HashSet<u64>>,
 }
 
 impl EdgeGossip {
     /// Gossip over `graph`, funding outputs and new gossip through `state`'s link.
     pub fn new(graph: Arc<FrontGraph>, state: Arc<FrontState>) -> Self {
         let sync = P2PGossipSync::new(graph, Some(Arc::clone(&state)), Arc::new(LdkTracing));
-        Self { sync, state }
+        Self {
+            sync,
+            state,
+            announced: Mutex::default(),
+        }
     }
 
     /// The front's graph.
@@ -53,12 +66,13 @@ impl EdgeGossip {
         self.sync.validation_completion_future()
     }
 
-    /// Counts a peer's gossip and what became of it; hands the new to the backend.
+    /// Counts a peer's gossip and what became of it; `forward` hands the new to the
+    /// backend.
     fn took<T>(
         &self,
         from: Option<PublicKey>,
         outcome: &Result<T, LightningError>,
-        verified: impl FnOnce() -> VerifiedGossip,
+        forward: impl FnOnce(),
     ) {
         // Our own gossip (the backend's, from its broadcasts) comes with no peer: the
         // backend has it already.
@@ -68,7 +82,7 @@ impl EdgeGossip {
         let counters = &self.state.counters;
         counters.gossip_received.fetch_add(1, Ordering::Relaxed);
         match outcome {
-            Ok(_) => self.forward(verified()),
+            Ok(_) => forward(),
             Err(LightningError {
                 action: ErrorAction::IgnoreDuplicateGossip,
                 ..
@@ -91,11 +105,44 @@ impl EdgeGossip {
         }
     }
 
-    fn capacity_of(&self, short_channel_id: u64) -> Option<u64> {
-        self.graph()
+    /// Sends the backend the announcement of channel `scid` from the front's graph,
+    /// unless it went already.
+    fn announce(&self, scid: u64) {
+        let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        if announced.contains(&scid) {
+            return;
+        }
+        let gossip = {
+            let graph = self.graph().read_only();
+            let Some(channel) = graph.channel(scid) else {
+                return;
+            };
+            let Some(announcement) = &channel.announcement_message else {
+                return;
+            };
+            VerifiedGossip::channel_announcement(&announcement.contents, channel.capacity_sats)
+        };
+        announced.insert(scid);
+        self.forward(gossip);
+    }
+
+    /// An update, after its channel's announcement.
+    fn forward_channel_update(&self, update: &UnsignedChannelUpdate) {
+        self.announce(update.short_channel_id);
+        self.forward(VerifiedGossip::channel_update(update));
+    }
+
+    /// A node announcement, after the announcement of a channel of the node.
+    fn forward_node_announcement(&self, announcement: &UnsignedNodeAnnouncement) {
+        let a_channel = self
+            .graph()
             .read_only()
-            .channel(short_channel_id)
-            .and_then(|channel| channel.capacity_sats)
+            .node(&announcement.node_id)
+            .and_then(|info| info.channels.first().copied());
+        if let Some(scid) = a_channel {
+            self.announce(scid);
+        }
+        self.forward(VerifiedGossip::node_announcement(announcement));
     }
 }
 
@@ -107,20 +154,16 @@ impl BaseMessageHandler for EdgeGossip {
         for event in &events {
             match event {
                 MessageSendEvent::BroadcastChannelAnnouncement { msg, update_msg } => {
-                    let scid = msg.contents.short_channel_id;
-                    self.forward(VerifiedGossip::channel_announcement(
-                        &msg.contents,
-                        self.capacity_of(scid),
-                    ));
+                    self.announce(msg.contents.short_channel_id);
                     if let Some(update) = update_msg {
-                        self.forward(VerifiedGossip::channel_update(&update.contents));
+                        self.forward_channel_update(&update.contents);
                     }
                 }
                 MessageSendEvent::BroadcastChannelUpdate { msg, .. } => {
-                    self.forward(VerifiedGossip::channel_update(&msg.contents));
+                    self.forward_channel_update(&msg.contents);
                 }
                 MessageSendEvent::BroadcastNodeAnnouncement { msg } => {
-                    self.forward(VerifiedGossip::node_announcement(&msg.contents));
+                    self.forward_node_announcement(&msg.contents);
                 }
                 _ => {}
             }
@@ -158,7 +201,7 @@ impl RoutingMessageHandler for EdgeGossip {
     ) -> Result<bool, LightningError> {
         let outcome = self.sync.handle_node_announcement(their_node_id, msg);
         self.took(their_node_id, &outcome, || {
-            VerifiedGossip::node_announcement(&msg.contents)
+            self.forward_node_announcement(&msg.contents)
         });
         outcome
     }
@@ -169,11 +212,10 @@ impl RoutingMessageHandler for EdgeGossip {
         msg: &ChannelAnnouncement,
     ) -> Result<bool, LightningError> {
         let outcome = self.sync.handle_channel_announcement(their_node_id, msg);
+        // Taken at once when its funding check answered without waiting; otherwise it
+        // goes when the check completes (see `get_and_clear_pending_msg_events`).
         self.took(their_node_id, &outcome, || {
-            VerifiedGossip::channel_announcement(
-                &msg.contents,
-                self.capacity_of(msg.contents.short_channel_id),
-            )
+            self.announce(msg.contents.short_channel_id)
         });
         outcome
     }
@@ -185,7 +227,7 @@ impl RoutingMessageHandler for EdgeGossip {
     ) -> Result<Option<(NodeId, NodeId)>, LightningError> {
         let outcome = self.sync.handle_channel_update(their_node_id, msg);
         self.took(their_node_id, &outcome, || {
-            VerifiedGossip::channel_update(&msg.contents)
+            self.forward_channel_update(&msg.contents)
         });
         outcome
     }

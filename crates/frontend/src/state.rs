@@ -36,6 +36,17 @@ struct PeerSession {
     /// messages are dropped and its disconnect is not forwarded (the backend has none
     /// to pair it with).
     detached: bool,
+    /// The peer's `init`, as it sent it: a peer kept across a failover is introduced to
+    /// the next backend with it.
+    init: Vec<u8>,
+    inbound: bool,
+    /// A channel message crossed the session, either way: the peer has (or is opening)
+    /// a channel with the node, so a failover must disconnect it for
+    /// `channel_reestablish` to run with the next backend. Peers without are only
+    /// gossiping with the front and stay connected.
+    channel_traffic: bool,
+    /// Kept connected when the backend went away; gets a new session at the next one.
+    awaiting_backend: bool,
 }
 
 /// The front's state (see the module doc); the handler its `PeerManager` forwards to.
@@ -223,12 +234,34 @@ impl FrontState {
             name,
         });
         self.counters.attachments.fetch_add(1, Ordering::Relaxed);
+        self.introduce_kept_peers();
         Ok(())
     }
 
-    /// The link to the backend is gone: every peer is disconnected, so that it
-    /// reconnects (through any front) to whichever instance is active next and
-    /// `channel_reestablish` runs with it. ECDH questions waiting fail at once.
+    /// Gives each peer kept connected across the last backend's loss a new session at
+    /// this one, as if it had just connected.
+    fn introduce_kept_peers(&self) {
+        let mut sessions = self.lock_sessions();
+        for (peer, session) in sessions.iter_mut() {
+            if !session.awaiting_backend {
+                continue;
+            }
+            session.id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
+            session.awaiting_backend = false;
+            session.detached = !self.send(Frame::PeerConnected {
+                session: session.id,
+                peer: *peer,
+                init: session.init.clone(),
+                inbound: session.inbound,
+            });
+        }
+    }
+
+    /// The link to the backend is gone: every peer with channel traffic is
+    /// disconnected, so that it reconnects (through any front) to whichever instance is
+    /// active next and `channel_reestablish` runs with it; peers that only gossip stay
+    /// connected and are introduced to the next backend. ECDH questions and funding
+    /// checks waiting fail at once.
     pub(crate) fn detach(&self) {
         *self.attached.write().unwrap_or_else(|e| e.into_inner()) = None;
         self.ecdh_waiting
@@ -237,14 +270,20 @@ impl FrontState {
             .clear();
         // No answer will come over a link that is gone.
         self.expire_funding_checks(Instant::now() + Duration::from_secs(1));
-        let peers: Vec<PublicKey> = {
+        let channel_peers: Vec<PublicKey> = {
             let mut sessions = self.lock_sessions();
-            for session in sessions.values_mut() {
+            let mut channel_peers = Vec::new();
+            for (peer, session) in sessions.iter_mut() {
+                if session.channel_traffic || session.detached {
+                    channel_peers.push(*peer);
+                } else {
+                    session.awaiting_backend = true;
+                }
                 session.detached = true;
             }
-            sessions.keys().copied().collect()
+            channel_peers
         };
-        self.push_events(peers.into_iter().map(disconnect));
+        self.push_events(channel_peers.into_iter().map(disconnect));
     }
 
     /// A frame from the attached backend (public for the fuzz targets: it takes bytes
@@ -256,8 +295,11 @@ impl FrontState {
                 peer,
                 event,
             } => {
-                if !self.is_current(&peer, session) {
-                    return Ok(());
+                match self.lock_sessions().get_mut(&peer) {
+                    Some(current) if current.id == session && !current.detached => {
+                        current.channel_traffic = true;
+                    }
+                    _ => return Ok(()),
                 }
                 self.counters
                     .events_from_backend
@@ -339,12 +381,6 @@ impl FrontState {
             .unwrap_or_else(|e| e.into_inner()) = Some((nonce, std::time::Instant::now()));
     }
 
-    fn is_current(&self, peer: &PublicKey, session: SessionId) -> bool {
-        self.lock_sessions()
-            .get(peer)
-            .is_some_and(|s| s.id == session && !s.detached)
-    }
-
     fn backend<T>(&self, read: impl FnOnce(&ActiveBackend) -> T) -> Option<T> {
         self.attached
             .read()
@@ -397,18 +433,23 @@ impl BaseMessageHandler for FrontState {
         inbound: bool,
     ) -> Result<(), ()> {
         let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
+        let init = msg.encode();
         // The session is recorded before the backend can answer about it.
         self.lock_sessions().insert(
             their_node_id,
             PeerSession {
                 id,
                 detached: false,
+                init: init.clone(),
+                inbound,
+                channel_traffic: false,
+                awaiting_backend: false,
             },
         );
         let sent = self.send(Frame::PeerConnected {
             session: id,
             peer: their_node_id,
-            init: msg.encode(),
+            init,
             inbound,
         });
         if !sent {
@@ -421,13 +462,24 @@ impl BaseMessageHandler for FrontState {
 
 impl ForwardTarget for FrontState {
     fn forward(&self, peer: PublicKey, message: ChannelMessage) {
-        let Some(session) = self
-            .lock_sessions()
-            .get(&peer)
-            .filter(|s| !s.detached)
-            .map(|s| s.id)
-        else {
-            return;
+        let session = {
+            let mut sessions = self.lock_sessions();
+            let Some(session) = sessions.get_mut(&peer) else {
+                return;
+            };
+            session.channel_traffic = true;
+            if session.awaiting_backend {
+                // A peer kept across a failover starts on a channel while no backend can
+                // answer: it must reconnect to reestablish it with the next one.
+                session.awaiting_backend = false;
+                drop(sessions);
+                self.push_events([disconnect(peer)]);
+                return;
+            }
+            if session.detached {
+                return;
+            }
+            session.id
         };
         self.counters
             .messages_to_backend
@@ -529,5 +581,127 @@ impl UtxoLookup for FrontState {
             return UtxoResult::Sync(Err(UtxoLookupError::UnknownTx));
         }
         UtxoResult::Async(future)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    use lightning::ln::msgs::Stfu;
+    use lightning::ln::types::ChannelId;
+
+    fn key(byte: u8) -> PublicKey {
+        PublicKey::from_secret_key(
+            &Secp256k1::new(),
+            &SecretKey::from_slice(&[byte; 32]).unwrap(),
+        )
+    }
+
+    fn attach(state: &FrontState) -> mpsc::UnboundedReceiver<Frame> {
+        let (frames, received) = mpsc::unbounded_channel();
+        let backend = ActiveBackend {
+            node_id: state.node_id(),
+            chain_hash: [0; 32],
+            init_features: Vec::new(),
+            node_features: Vec::new(),
+        };
+        state.attach("backend".into(), backend, frames).unwrap();
+        received
+    }
+
+    fn connected(frames: &mut mpsc::UnboundedReceiver<Frame>) -> Vec<(PublicKey, SessionId)> {
+        let mut connected = Vec::new();
+        while let Ok(frame) = frames.try_recv() {
+            if let Frame::PeerConnected { peer, session, .. } = frame {
+                connected.push((peer, session));
+            }
+        }
+        connected.sort();
+        connected
+    }
+
+    fn disconnected(state: &FrontState) -> Vec<PublicKey> {
+        let mut peers: Vec<PublicKey> = state
+            .get_and_clear_pending_msg_events()
+            .into_iter()
+            .filter_map(|event| match event {
+                MessageSendEvent::HandleError { node_id, .. } => Some(node_id),
+                _ => None,
+            })
+            .collect();
+        peers.sort();
+        peers
+    }
+
+    /// Across a failover, a peer with channel traffic is disconnected (it must
+    /// reestablish with the next backend) and a gossip-only peer stays, introduced to
+    /// the next backend with a new session.
+    #[test]
+    fn a_failover_disconnects_channel_peers_and_keeps_gossip_only_peers() {
+        let (state, _dials) = FrontState::new(key(1), Duration::from_secs(1));
+        let mut first = attach(&state);
+        let init = Init {
+            features: InitFeatures::empty(),
+            networks: None,
+            remote_network_address: None,
+        };
+        let (channel_peer, gossip_peer) = (key(2), key(3));
+        state.peer_connected(channel_peer, &init, true).unwrap();
+        state.peer_connected(gossip_peer, &init, true).unwrap();
+        let first_sessions = connected(&mut first);
+        assert_eq!(first_sessions.len(), 2);
+        state.forward(
+            channel_peer,
+            ChannelMessage::Stfu(Stfu {
+                channel_id: ChannelId([0; 32]),
+                initiator: true,
+            }),
+        );
+
+        state.detach();
+        assert_eq!(disconnected(&state), vec![channel_peer]);
+        // While no backend is attached the kept peer has no session.
+        assert_eq!(state.sessions(), 0);
+
+        // LDK tells the front the channel peer is gone; the gossip peer is still there.
+        state.peer_disconnected(channel_peer);
+        let mut second = attach(&state);
+        let second_sessions = connected(&mut second);
+        assert_eq!(second_sessions.len(), 1);
+        assert_eq!(second_sessions[0].0, gossip_peer);
+        assert!(
+            first_sessions
+                .iter()
+                .all(|(_, session)| *session != second_sessions[0].1),
+            "the kept peer gets a new session"
+        );
+        assert_eq!(state.sessions(), 1);
+        assert!(disconnected(&state).is_empty());
+    }
+
+    /// A kept peer that starts on a channel while no backend is attached is
+    /// disconnected rather than left waiting for an answer.
+    #[test]
+    fn a_kept_peer_that_sends_a_channel_message_between_backends_is_disconnected() {
+        let (state, _dials) = FrontState::new(key(1), Duration::from_secs(1));
+        let _first = attach(&state);
+        let init = Init {
+            features: InitFeatures::empty(),
+            networks: None,
+            remote_network_address: None,
+        };
+        let peer = key(4);
+        state.peer_connected(peer, &init, true).unwrap();
+        state.detach();
+        assert!(disconnected(&state).is_empty());
+        state.forward(
+            peer,
+            ChannelMessage::Stfu(Stfu {
+                channel_id: ChannelId([0; 32]),
+                initiator: true,
+            }),
+        );
+        assert_eq!(disconnected(&state), vec![peer]);
     }
 }

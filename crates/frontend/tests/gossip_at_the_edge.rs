@@ -60,10 +60,24 @@ async fn a_front_checks_gossip_and_hands_the_backend_only_what_is_new() {
     let front = front(&ca, "front-1", &bob).await;
     let peer = ReplayPeer::new(Arc::clone(&graph), [7; 32]);
     assert!(peer.connect(bob.node_id(), front.address()).await);
+    // Everything of the good channels, updates included, reaches the backend: an update
+    // or a node announcement never overtakes the announcement it needs.
     wait_for("the backend's graph to hold the synthetic graph", || {
-        graph_size(&bob) == (90, 30) && to_backend(&front) == new_messages
+        let graph = bob.network_graph().read_only();
+        graph.nodes().len() == 30
+            && graph
+                .nodes()
+                .unordered_iter()
+                .all(|(_, node)| node.announcement_info.is_some())
+            && good.iter().all(|scid| {
+                graph
+                    .channel(*scid)
+                    .is_some_and(|c| c.one_to_two.is_some() && c.two_to_one.is_some())
+            })
     })
     .await;
+    assert_eq!(graph_size(&bob), (90, 30));
+    assert_eq!(to_backend(&front), new_messages);
 
     for (name, graph) in [
         ("backend", bob.network_graph().read_only()),

@@ -134,7 +134,7 @@ async fn the_front_asks_the_backend_over_the_mutual_tls_link() {
         "backend-1",
         ActiveBackend {
             node_id,
-            chain_hash: [0; 32],
+            chain_hash: *bitcoin::constants::ChainHash::REGTEST.as_bytes(),
             init_features: Vec::new(),
             node_features: Vec::new(),
         },
