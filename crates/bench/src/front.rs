@@ -49,6 +49,16 @@ pub struct FrontArgs {
     /// Concurrency levels of the payments.
     #[arg(long, value_delimiter = ',', default_value = "1,10")]
     concurrency: Vec<usize>,
+    /// Channels of the synthetic graph replayed to a front process (0: no gossip
+    /// ingest measured). Mainnet-size: 50000.
+    #[arg(long, default_value_t = 0)]
+    gossip_channels: usize,
+    /// Nodes of the synthetic graph (at most as many as channels). Mainnet-size: 15000.
+    #[arg(long, default_value_t = 15_000)]
+    gossip_nodes: usize,
+    /// Channel updates per channel: 0, 1 or 2.
+    #[arg(long, default_value_t = 2)]
+    gossip_updates_per_channel: u8,
     /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
@@ -94,6 +104,23 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
     }
     if args.payments > 0 {
         payments(&args).await?;
+    }
+    if args.gossip_channels > 0 {
+        anyhow::ensure!(
+            args.gossip_nodes >= 2 && args.gossip_nodes <= args.gossip_channels,
+            "--gossip-nodes must be between 2 and --gossip-channels (every node needs a channel)"
+        );
+        anyhow::ensure!(
+            args.gossip_updates_per_channel <= 2,
+            "--gossip-updates-per-channel is 0, 1 or 2"
+        );
+        crate::gossip::ingest(
+            args.gossip_nodes,
+            args.gossip_channels,
+            args.gossip_updates_per_channel,
+            args.json,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod failover;
 mod front;
+mod gossip;
 mod payments;
 mod snapshot;
 mod store;
@@ -30,18 +31,25 @@ enum Bench {
     /// kill -9 of a cluster's active instance under load: time to the standby's start
     /// and to the next payment, force closes, lost and duplicate payments.
     Failover(failover::FailoverArgs),
-    /// The BOLT 8 handshake directly and through a keyless front (ECDH over the link).
+    /// What a keyless front costs: handshakes and payments through it against direct,
+    /// and its gossip ingest.
     Front(front::FrontArgs),
     /// `phalanx node` itself: the failover benchmark runs its instances as this.
     #[command(hide = true)]
     Node(Box<phalanx_cli::node_cmd::NodeArgs>),
+    /// `phalanx init` itself: for the processes the benchmarks start.
+    #[command(hide = true)]
+    Init(Box<phalanx_cli::node_cmd::NodeArgs>),
+    /// `phalanx front` itself: the gossip benchmark runs its front as this.
+    #[command(hide = true, name = "front-server")]
+    FrontServer(Box<phalanx_cli::front_cmd::FrontArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before the runtime's threads start: `prepare` takes secrets out of the environment.
     let prepared = match &cli.bench {
-        Bench::Node(args) => match phalanx_cli::node_cmd::prepare(args) {
+        Bench::Node(args) | Bench::Init(args) => match phalanx_cli::node_cmd::prepare(args) {
             Ok(prepared) => Some(prepared),
             Err(code) => return code,
         },
@@ -65,6 +73,13 @@ fn main() -> ExitCode {
             };
             return runtime.block_on(phalanx_cli::node_cmd::run(prepared));
         }
+        Bench::Init(_) => {
+            let Some(prepared) = prepared else {
+                unreachable!("prepared above")
+            };
+            return runtime.block_on(phalanx_cli::node_cmd::init(prepared));
+        }
+        Bench::FrontServer(args) => return runtime.block_on(phalanx_cli::front_cmd::run(*args)),
         Bench::Store(args) => {
             init_logs();
             runtime.block_on(store::run(args))

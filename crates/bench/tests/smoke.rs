@@ -87,3 +87,28 @@ fn front_bench_prints_a_line_per_path_and_case() {
         );
     }
 }
+
+#[test]
+fn front_bench_measures_gossip_ingest_through_a_front_process() {
+    let lines = bench_lines(&[
+        "front",
+        "--handshakes",
+        "0",
+        "--payments",
+        "0",
+        "--gossip-channels",
+        "300",
+        "--gossip-nodes",
+        "100",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let result = &lines[0];
+    assert_eq!(result["path"], "gossip-ingest");
+    // 300 channels, two updates each, 100 nodes: each handed to the backend once.
+    assert_eq!(result["messages"], 1000);
+    assert_eq!(result["to_backend"], 1000);
+    for field in ["messages_per_s", "front_cpu_s", "front_peak_rss_mb"] {
+        assert!(result[field].as_f64().unwrap() > 0.0, "{field}: {result}");
+    }
+}

@@ -1,0 +1,294 @@
+//! `phalanx-bench front --gossip-channels N`: gossip ingest at a front. A synthetic graph
+//! (`phalanx_gossip_sim`: every channel funded on the built-in regtest chain, every
+//! message signed) is replayed by a peer to a front process (`phalanx front`) in front
+//! of a backend process (`phalanx node`, SQLite), as a peer's full sync: LDK's backfill
+//! from the replaying side, the front checking each signature itself and each funding
+//! output through the backend. Measured: messages per second until the front's graph
+//! holds the whole graph and the backend's router has all of it; the CPU time and memory
+//! of the front's process, and the CPU time of the backend's meanwhile (from `/proc`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use phalanx_e2e::chain::TestChain;
+use phalanx_e2e::process::{self, ConfigFile, LogFile, NodeBinary};
+use phalanx_gossip_sim::{ReplayPeer, Shape, SyntheticGraph};
+use phalanx_link::Role;
+use phalanx_link::pki::LinkCa;
+use phalanx_testkit::process::free_port;
+use serde::Serialize;
+
+use crate::payments::{no_violations, print_violations};
+
+/// How long the whole ingest may take.
+const INGEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Serialize)]
+struct GossipResult {
+    bench: &'static str,
+    path: &'static str,
+    nodes: usize,
+    channels: usize,
+    messages: usize,
+    /// Until the front's graph held every channel and node.
+    front_seconds: f64,
+    messages_per_s: f64,
+    /// Until the backend's router had every new message the front handed it.
+    backend_seconds: f64,
+    front_cpu_s: f64,
+    front_cpu_percent: f64,
+    front_rss_mb: f64,
+    front_peak_rss_mb: f64,
+    backend_cpu_s: f64,
+    backend_cpu_percent: f64,
+    to_backend: u64,
+    build_s: f64,
+}
+
+/// CPU seconds (user and system) a process has used, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which may hold spaces, in parentheses.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("a /proc stat line")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
+        .context("clock ticks per second")?;
+    Ok(ticks as f64 / per_second as f64)
+}
+
+/// A process's resident memory now and at its peak, in MiB, from `/proc/PID/status`.
+fn memory_mb(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<f64> {
+        let line = status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .with_context(|| format!("{name} in /proc/{pid}/status"))?;
+        let kib: f64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("a number")?
+            .parse()?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn write_certs(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let ca = LinkCa::generate("bench-gossip")?;
+    std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
+    for (role, name) in [(Role::Backend, "backend"), (Role::Front, "front-1")] {
+        let issued = ca.issue(role, name)?;
+        std::fs::write(dir.join(format!("{name}.crt")), &issued.cert_pem)?;
+        std::fs::write(dir.join(format!("{name}.key")), issued.key_pem.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A number from a metrics text: the line starting with `series`.
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse::<f64>().ok())
+        .map(|value| value as u64)
+        .unwrap_or(0)
+}
+
+pub async fn ingest(
+    nodes: usize,
+    channels: usize,
+    updates_per_channel: u8,
+    json: bool,
+) -> anyhow::Result<()> {
+    let dir = phalanx_testkit::process::scratch_dir("bench-gossip")?;
+    let chain = TestChain::start().await;
+    let built = Instant::now();
+    let shape = Shape {
+        updates_per_channel,
+        ..Shape::new(nodes, channels)
+    };
+    let graph = Arc::new(
+        SyntheticGraph::build(shape, &mut chain.chain()).map_err(|err| anyhow::anyhow!("{err}"))?,
+    );
+    let build_s = built.elapsed().as_secs_f64();
+    let messages = graph.messages();
+
+    let certs = dir.join("link");
+    write_certs(&certs)?;
+    let binary = NodeBinary::current_exe()?;
+    let alice_dir = dir.join("alice");
+    let store_url = format!("sqlite://{}", alice_dir.join("node.db").display());
+    let config = ConfigFile::new(&alice_dir, &store_url, "alice", chain.config())
+        .extra(format!(
+            "[link]\ncertificate = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            certs.join("backend.crt").display(),
+            certs.join("backend.key").display(),
+            certs.join("ca.crt").display(),
+        ))
+        .write(&binary);
+    let link = format!("127.0.0.1:{}", free_port());
+    let mut backend = process::node(&binary, "alice", &config, &["--link-listen", &link]);
+    let (_, backend_api) = backend.api().await;
+    backend.started().await;
+
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let file = |name: &str| certs.join(name).display().to_string();
+    let mut front = process::spawn(
+        &binary,
+        "front-1",
+        &[
+            "front-server",
+            "--name",
+            "front-1",
+            "--listen",
+            &listen.to_string(),
+            "--backends",
+            &link,
+            "--certificate",
+            &file("front-1.crt"),
+            "--key",
+            &file("front-1.key"),
+            "--ca",
+            &file("ca.crt"),
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        LogFile::Temporary,
+    );
+    let line = front.wait_line("front started").await;
+    let front_api = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("api="))
+        .context("the front's API address")?
+        .to_owned();
+    let state = front_state(&front_api).await?;
+    let node_id: bitcoin::secp256k1::PublicKey = state["node_id"]
+        .as_str()
+        .context("the front's node id")?
+        .parse()?;
+
+    let (front_pid, backend_pid) = (front.child.id(), backend.child.id());
+    let (front_cpu0, backend_cpu0) = (cpu_seconds(front_pid)?, cpu_seconds(backend_pid)?);
+    let peer = ReplayPeer::new(Arc::clone(&graph), rand::random());
+    let began = Instant::now();
+    anyhow::ensure!(
+        peer.connect(node_id, listen).await,
+        "cannot reach the front"
+    );
+    let expected_new =
+        graph.good_channels().len() * (1 + usize::from(updates_per_channel)) + graph.nodes();
+    let mut ticked = Instant::now();
+    let front_seconds = loop {
+        let state = front_state(&front_api).await?;
+        let (in_graph, nodes_in_graph) = (
+            state["graph_channels"].as_u64().unwrap_or(0) as usize,
+            state["graph_nodes"].as_u64().unwrap_or(0) as usize,
+        );
+        if in_graph >= channels && nodes_in_graph >= nodes {
+            break began.elapsed();
+        }
+        anyhow::ensure!(
+            began.elapsed() < INGEST_TIMEOUT,
+            "the front's graph has {in_graph} of {channels} channels and {nodes_in_graph} of \
+             {nodes} nodes after {INGEST_TIMEOUT:?}"
+        );
+        if ticked.elapsed() >= Duration::from_secs(10) {
+            peer.tick();
+            ticked = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let new_series = "phalanx_front_gossip_total{outcome=\"new\"} ";
+    let backend_seconds = loop {
+        let text = backend_api.metrics().await.unwrap_or_default();
+        if metric(&text, new_series) as usize >= expected_new {
+            break began.elapsed();
+        }
+        anyhow::ensure!(
+            began.elapsed() < INGEST_TIMEOUT,
+            "the backend took {} of {expected_new} new messages",
+            metric(&text, new_series)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (front_cpu1, backend_cpu1) = (cpu_seconds(front_pid)?, cpu_seconds(backend_pid)?);
+    let (front_rss_mb, front_peak_rss_mb) = memory_mb(front_pid)?;
+    let state = front_state(&front_api).await?;
+    let to_backend = state["gossip_to_backend"].as_u64().unwrap_or(0);
+    let backend_text = backend_api.metrics().await.unwrap_or_default();
+
+    let elapsed = backend_seconds.as_secs_f64();
+    let result = GossipResult {
+        bench: "front",
+        path: "gossip-ingest",
+        nodes,
+        channels,
+        messages,
+        front_seconds: front_seconds.as_secs_f64(),
+        messages_per_s: messages as f64 / front_seconds.as_secs_f64(),
+        backend_seconds: elapsed,
+        front_cpu_s: front_cpu1 - front_cpu0,
+        front_cpu_percent: 100.0 * (front_cpu1 - front_cpu0) / elapsed,
+        front_rss_mb,
+        front_peak_rss_mb,
+        backend_cpu_s: backend_cpu1 - backend_cpu0,
+        backend_cpu_percent: 100.0 * (backend_cpu1 - backend_cpu0) / elapsed,
+        to_backend,
+        build_s,
+    };
+    // What must hold: the front handed over each new message once, and the backend took
+    // each as new (none refused for arriving before what it needs).
+    let mut violations = Vec::new();
+    if to_backend as usize != expected_new {
+        violations.push(format!(
+            "the front handed the backend {to_backend} messages, not {expected_new}"
+        ));
+    }
+    let ignored = metric(
+        &backend_text,
+        "phalanx_front_gossip_total{outcome=\"ignored\"} ",
+    );
+    if ignored != 0 {
+        violations.push(format!("the backend ignored {ignored} messages"));
+    }
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!(
+            "gossip ingest: {messages} messages ({nodes} nodes, {channels} channels) in {:.1} s \
+             at the front ({:.0}/s), {:.1} s to the backend's router; front CPU {:.1} s ({:.0}%), \
+             RSS {:.0} MiB (peak {:.0}); backend CPU {:.1} s ({:.0}%); graph built in {:.1} s",
+            result.front_seconds,
+            result.messages_per_s,
+            result.backend_seconds,
+            result.front_cpu_s,
+            result.front_cpu_percent,
+            result.front_rss_mb,
+            result.front_peak_rss_mb,
+            result.backend_cpu_s,
+            result.backend_cpu_percent,
+            result.build_s
+        );
+    }
+    print_violations(&violations);
+    let _ = front.terminate().await;
+    let _ = backend.terminate().await;
+    no_violations(&violations)
+}
+
+async fn front_state(api: &str) -> anyhow::Result<serde_json::Value> {
+    let (status, body) = phalanx_testkit::http::get(api, "/v1/state").await?;
+    anyhow::ensure!(status == 200, "the front's state: {status} {body}");
+    Ok(serde_json::from_str(&body)?)
+}
