@@ -3,17 +3,22 @@
 //! address: he connects there, Alice opens a channel over that connection, and payments
 //! stream both ways while, round after round, the front holding Bob is killed (Bob comes
 //! back through the other one) or the active backend is killed (the fronts attach to the
-//! new one, which Bob reaches again through them). Afterwards: nothing lost or doubled,
+//! new one, which Bob reaches again through them), or a peer floods a front with a
+//! synthetic graph's gossip through the balancer (the front checks it and hands the
+//! backend what is new, while payments go on; that peer, gossip only, stays connected
+//! when a later round kills the active backend). Afterwards: nothing lost or doubled,
 //! no force close, never two active, and no front process ever held the node's secret
 //! (in its memory, its log or its environment).
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::PublicKey;
 use lightning::sign::{KeysManager, NodeSigner, Recipient};
 use phalanx_devnet::harness::usable_with;
+use phalanx_gossip_sim::{ReplayPeer, Shape, SyntheticGraph};
 use phalanx_link::Role;
 use phalanx_link::pki::LinkCa;
 use phalanx_secrets::{FileSeedProvider, SeedProvider};
@@ -33,6 +38,30 @@ pub enum FrontDisruption {
     KillFront,
     /// `kill -9` of the active backend, the fronts left in place.
     KillActiveBackend,
+    /// A peer connects through the balancer and sends its front a synthetic graph of
+    /// [`FLOOD_CHANNELS`] channels (tens of thousands of messages) as a full sync.
+    GossipFlood,
+}
+
+/// The flood's graph: 2,000 nodes and 8,000 channels, both directions updated (26,000
+/// messages, each signed, each channel funded on the chain).
+const FLOOD_NODES: usize = 2_000;
+const FLOOD_CHANNELS: usize = 8_000;
+/// How long a front may take to check the flood (a debug build, on a busy machine).
+const FLOOD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A flood round: how long the front took, and the payments' median time to success
+/// before and during it.
+#[derive(Debug)]
+#[allow(dead_code)] // Read through Debug, in the scenario's report.
+struct Flood {
+    messages: usize,
+    front: &'static str,
+    ingested: Duration,
+    median_before: Option<Duration>,
+    payments_before: usize,
+    median_during: Option<Duration>,
+    payments_during: usize,
 }
 
 /// How long a round's disruption kept Bob from Alice.
@@ -124,13 +153,28 @@ impl Fronts {
     }
 }
 
+/// `GET /v1/state` of a front.
+async fn front_state(api: &str) -> Option<serde_json::Value> {
+    let (status, body) = phalanx_testkit::http::get(api, "/v1/state").await.ok()?;
+    (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
 /// `GET /v1/state`'s `sessions` of a front.
 async fn front_sessions(api: &str) -> Option<u64> {
-    let (status, body) = phalanx_testkit::http::get(api, "/v1/state").await.ok()?;
-    let state: serde_json::Value = (status == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()?;
-    state["sessions"].as_u64()
+    front_state(api).await?["sessions"].as_u64()
+}
+
+/// `phalanx_front_gossip_total{outcome}` of a backend.
+async fn gossip_from_fronts(api: &phalanx_api::ApiClient, outcome: &str) -> Option<u64> {
+    let text = api.metrics().await.ok()?;
+    let series = format!("phalanx_front_gossip_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .or(Some(0))
 }
 
 /// Writes the link's CA and certificates (one shared by the backends, one per front).
@@ -222,6 +266,18 @@ pub async fn fronts_under_disruption(
         .with("the store server's log", || server.log_tail())
         .with("haproxy's log", || haproxy.log_tail());
 
+    // The flood's channels are funded before Alice's, so its blocks are long confirmed.
+    let flood_graph = disruptions
+        .contains(&FrontDisruption::GossipFlood)
+        .then(|| {
+            Arc::new(
+                SyntheticGraph::build(
+                    Shape::new(FLOOD_NODES, FLOOD_CHANNELS),
+                    &mut world.chain.chain(),
+                )
+                .expect("the flood's graph"),
+            )
+        });
     let watched = Watched::start(&cluster, &world, &alice_dir).await;
     let alice = watched.alice.clone();
     let (secrets, alice_id) = secrets_of(&alice_dir).await;
@@ -237,7 +293,11 @@ pub async fn fronts_under_disruption(
     let channel = Channel::open_to(&world, &alice, None).await;
 
     let (stream, mut workers) = watched.stream(&world, rounds);
+    let stream_began = Instant::now();
     let mut recoveries = Vec::with_capacity(rounds);
+    let mut floods = Vec::new();
+    // The flood's peer, kept: it only gossips, so the fronts keep it across failovers.
+    let mut flooder: Option<ReplayPeer> = None;
     let mut target = 0;
     for round in 0..rounds {
         target += PAYMENTS_PER_ROUND;
@@ -245,7 +305,58 @@ pub async fn fronts_under_disruption(
         let disruption = disruptions[round % disruptions.len()];
         let before = stream.succeeded();
         let since = Instant::now();
+        let flooder_before = flooder
+            .as_ref()
+            .filter(|peer| peer.is_connected(&alice_id))
+            .map(ReplayPeer::disconnections);
         match disruption {
+            FrontDisruption::GossipFlood => {
+                let graph = flood_graph.clone().expect("built above");
+                let peer = ReplayPeer::new(Arc::clone(&graph), [0x5e; 32]);
+                assert!(
+                    peer.connect(alice_id, haproxy.address()).await,
+                    "the flooding peer reaches a front"
+                );
+                let channels = graph.good_channels().len() as u64;
+                let front = wait_for(
+                    "a front's graph to hold the flood",
+                    FLOOD_TIMEOUT,
+                    || async {
+                        for front in &fronts.all {
+                            let state = front_state(&front.api).await?;
+                            if state["graph_channels"].as_u64() >= Some(channels) {
+                                return Some(front.name);
+                            }
+                        }
+                        None
+                    },
+                )
+                .await;
+                let ingested = since.elapsed();
+                // The backend's router got all of it, once: nothing new was refused.
+                let api = cluster.active_instance().api.clone();
+                let messages = graph.messages() as u64;
+                wait_for(
+                    "the backend's router to hold the flood",
+                    FLOOD_TIMEOUT,
+                    || async { (gossip_from_fronts(&api, "new").await? >= messages).then_some(()) },
+                )
+                .await;
+                assert_eq!(gossip_from_fronts(&api, "ignored").await, Some(0));
+                let (median_before, payments_before) = stream.median_success(stream_began, since);
+                let (median_during, payments_during) =
+                    stream.median_success(since, since + ingested);
+                floods.push(Flood {
+                    messages: graph.messages(),
+                    front,
+                    ingested,
+                    median_before,
+                    payments_before,
+                    median_during,
+                    payments_during,
+                });
+                flooder = Some(peer);
+            }
             FrontDisruption::KillFront => {
                 let index = fronts.holding_bob().await;
                 let mut killed = fronts.all.remove(index);
@@ -265,12 +376,14 @@ pub async fn fronts_under_disruption(
         let bob = &world.bob;
         // Bounded, and not required: a reconnection quicker than the 50 ms polls would
         // leave no loss to see.
-        let _ = phalanx_devnet::harness::wait_for(
-            "bob to lose alice",
-            Duration::from_secs(2),
-            || async { (!usable_with(bob, alice_id)).then_some(()) },
-        )
-        .await;
+        if disruption != FrontDisruption::GossipFlood {
+            let _ = phalanx_devnet::harness::wait_for(
+                "bob to lose alice",
+                Duration::from_secs(2),
+                || async { (!usable_with(bob, alice_id)).then_some(()) },
+            )
+            .await;
+        }
         wait_for("bob to reach alice again", STREAM_TIMEOUT, || async {
             usable_with(bob, alice_id).then_some(())
         })
@@ -285,6 +398,16 @@ pub async fn fronts_under_disruption(
             reconnected,
             paying: since.elapsed(),
         });
+        // A gossip-only peer outlives the active backend's death: its front keeps it
+        // and introduces it to the next backend.
+        if disruption == FrontDisruption::KillActiveBackend
+            && let (Some(peer), Some(disconnections)) = (&flooder, flooder_before)
+        {
+            assert!(
+                peer.is_connected(&alice_id) && peer.disconnections() == disconnections,
+                "round {round}: the gossip-only peer was disconnected by a backend's death"
+            );
+        }
     }
 
     let (attempts, _) = watched
@@ -323,7 +446,7 @@ pub async fn fronts_under_disruption(
 
     println!(
         "fronts: {rounds} rounds, {} payments in {} tries; recoveries: {recoveries:?}; \
-         {:?} in all",
+         floods: {floods:?}; {:?} in all",
         stream.payments(),
         attempts.len(),
         began.elapsed()

@@ -55,6 +55,10 @@ pub struct Attempt {
     pub amount_msat: u64,
     /// What the payer said.
     pub outcome: Outcome,
+    /// When the try began.
+    pub began: Instant,
+    /// How long it took to its outcome.
+    pub took: Duration,
 }
 
 /// The stream's shared state.
@@ -116,6 +120,18 @@ impl Stream {
         self.in_flight.load(Ordering::SeqCst)
     }
 
+    /// The median time to success of the tries that began in `from..to`, and how many
+    /// there were.
+    pub fn median_success(&self, from: Instant, to: Instant) -> (Option<Duration>, usize) {
+        let mut took: Vec<Duration> = lock(&self.attempts)
+            .iter()
+            .filter(|a| a.outcome == Outcome::Succeeded && a.began >= from && a.began < to)
+            .map(|a| a.took)
+            .collect();
+        took.sort();
+        (took.get(took.len() / 2).copied(), took.len())
+    }
+
     /// Every try so far.
     pub fn attempts(&self) -> Vec<Attempt> {
         lock(&self.attempts).clone()
@@ -159,12 +175,15 @@ async fn worker(stream: Arc<Stream>) -> Result<(), String> {
                 ));
             }
             stream.in_flight.fetch_add(1, Ordering::SeqCst);
+            let began = Instant::now();
             let attempt = match way {
                 Way::AliceToBob => alice_pays(&stream, slot, amount_msat).await,
                 Way::BobToAlice => bob_pays(&stream, slot, amount_msat).await,
             };
             stream.in_flight.fetch_sub(1, Ordering::SeqCst);
-            let attempt = attempt?;
+            let mut attempt = attempt?;
+            attempt.began = began;
+            attempt.took = began.elapsed();
             let done = attempt.outcome == Outcome::Succeeded;
             lock(&stream.attempts).push(attempt);
             if done {
@@ -191,6 +210,8 @@ async fn alice_pays(stream: &Stream, slot: usize, amount_msat: u64) -> Result<At
         payment_hash: payment_hash.clone(),
         amount_msat,
         outcome,
+        began: Instant::now(),
+        took: Duration::ZERO,
     };
     let request = PayInvoiceRequest {
         invoice: invoice.to_string(),
@@ -305,6 +326,8 @@ async fn bob_pays(stream: &Stream, slot: usize, amount_msat: u64) -> Result<Atte
         payment_hash,
         amount_msat,
         outcome,
+        began: Instant::now(),
+        took: Duration::ZERO,
     })
 }
 

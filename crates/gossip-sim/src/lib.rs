@@ -354,6 +354,7 @@ pub struct ReplaySource {
     graph: Arc<SyntheticGraph>,
     served: AtomicU64,
     finished: AtomicBool,
+    disconnections: AtomicU64,
 }
 
 impl ReplaySource {
@@ -362,6 +363,7 @@ impl ReplaySource {
             graph,
             served: AtomicU64::new(0),
             finished: AtomicBool::new(false),
+            disconnections: AtomicU64::new(0),
         }
     }
 }
@@ -371,7 +373,9 @@ impl BaseMessageHandler for ReplaySource {
         Vec::new()
     }
 
-    fn peer_disconnected(&self, _their_node_id: PublicKey) {}
+    fn peer_disconnected(&self, _their_node_id: PublicKey) {
+        self.disconnections.fetch_add(1, Ordering::Relaxed);
+    }
 
     fn provided_node_features(&self) -> NodeFeatures {
         let mut features = NodeFeatures::empty();
@@ -576,6 +580,11 @@ impl ReplayPeer {
     /// Whether the whole graph has been handed to the connection.
     pub fn finished(&self) -> bool {
         self.source.finished.load(Ordering::Acquire)
+    }
+
+    /// How many times a connection of the peer's ended.
+    pub fn disconnections(&self) -> u64 {
+        self.source.disconnections.load(Ordering::Relaxed)
     }
 
     /// Whether the peer is connected to `node_id`.
