@@ -253,6 +253,19 @@ impl Front {
                 processing.process_events();
             }
         }));
+        // Each backend attached to gets the front's graph (see `replay_graph_to_backend`).
+        let (attaching, replaying) = (Arc::clone(&state), Arc::clone(&gossip));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                attaching.attached_notify.notified().await;
+                let replaying = Arc::clone(&replaying);
+                if let Ok(sent) =
+                    tokio::task::spawn_blocking(move || replaying.replay_graph_to_backend()).await
+                {
+                    tracing::info!(messages = sent, "handed the front's graph to the backend");
+                }
+            }
+        }));
         let (expiring, pruning) = (Arc::clone(&state), Arc::clone(&gossip));
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

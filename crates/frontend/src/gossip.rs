@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bitcoin::secp256k1::PublicKey;
 use lightning::ln::msgs::{
@@ -42,6 +42,12 @@ pub struct EdgeGossip {
     /// updates of it may be handled. So an announcement is sent under this lock, and
     /// anything that needs it checks here first and sends it if it has not gone yet.
     announced: Mutex<HashSet<u64>>,
+    /// Taken shared while a peer's update or node announcement is handled, and
+    /// exclusively while LDK applies the completed funding checks. LDK takes a completed
+    /// check out of its pending set before it puts the channel in the graph: an update
+    /// handled in between finds neither, and is dropped (seen: 31 of 100,000 updates in
+    /// the ingest benchmark, before this lock).
+    resolving: RwLock<()>,
 }
 
 impl EdgeGossip {
@@ -52,6 +58,7 @@ impl EdgeGossip {
             sync,
             state,
             announced: Mutex::default(),
+            resolving: RwLock::new(()),
         }
     }
 
@@ -126,6 +133,61 @@ impl EdgeGossip {
         self.forward(gossip);
     }
 
+    /// Hands the backend the whole graph, as new: called when the front attaches to a
+    /// backend. A backend that just took over has only the graph it last persisted (and
+    /// a new node none), and the front hands over only what is new to its own graph, so
+    /// without this the router would miss what the fronts learnt before. The backend
+    /// keeps what it lacks and ignores the rest. Returns the messages sent.
+    pub fn replay_graph_to_backend(&self) -> u64 {
+        self.announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let (channels, nodes) = {
+            let graph = self.graph().read_only();
+            let channels: Vec<(u64, Vec<UnsignedChannelUpdate>)> = graph
+                .channels()
+                .unordered_iter()
+                .map(|(scid, channel)| {
+                    let updates = [&channel.one_to_two, &channel.two_to_one]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|direction| direction.last_update_message.as_ref())
+                        .map(|update| update.contents.clone())
+                        .collect();
+                    (*scid, updates)
+                })
+                .collect();
+            let nodes: Vec<UnsignedNodeAnnouncement> = graph
+                .nodes()
+                .unordered_iter()
+                .filter_map(|(_, node)| node.announcement_info.as_ref())
+                .filter_map(|info| info.announcement_message())
+                .map(|announcement| announcement.contents.clone())
+                .collect();
+            (channels, nodes)
+        };
+        let before = self
+            .state
+            .counters
+            .gossip_to_backend
+            .load(Ordering::Relaxed);
+        for (scid, updates) in channels {
+            self.announce(scid);
+            for update in &updates {
+                self.forward(VerifiedGossip::channel_update(update));
+            }
+        }
+        for node in &nodes {
+            self.forward(VerifiedGossip::node_announcement(node));
+        }
+        self.state
+            .counters
+            .gossip_to_backend
+            .load(Ordering::Relaxed)
+            - before
+    }
+
     /// An update, after its channel's announcement.
     fn forward_channel_update(&self, update: &UnsignedChannelUpdate) {
         self.announce(update.short_channel_id);
@@ -150,7 +212,10 @@ impl BaseMessageHandler for EdgeGossip {
     /// LDK's gossip events; the announcements whose funding check just completed are new
     /// in the graph, so they go to the backend as they go out to peers.
     fn get_and_clear_pending_msg_events(&self) -> Vec<MessageSendEvent> {
-        let events = self.sync.get_and_clear_pending_msg_events();
+        let events = {
+            let _resolving = self.resolving.write().unwrap_or_else(|e| e.into_inner());
+            self.sync.get_and_clear_pending_msg_events()
+        };
         for event in &events {
             match event {
                 MessageSendEvent::BroadcastChannelAnnouncement { msg, update_msg } => {
@@ -199,7 +264,10 @@ impl RoutingMessageHandler for EdgeGossip {
         their_node_id: Option<PublicKey>,
         msg: &NodeAnnouncement,
     ) -> Result<bool, LightningError> {
-        let outcome = self.sync.handle_node_announcement(their_node_id, msg);
+        let outcome = {
+            let _resolving = self.resolving.read().unwrap_or_else(|e| e.into_inner());
+            self.sync.handle_node_announcement(their_node_id, msg)
+        };
         self.took(their_node_id, &outcome, || {
             self.forward_node_announcement(&msg.contents)
         });
@@ -225,7 +293,10 @@ impl RoutingMessageHandler for EdgeGossip {
         their_node_id: Option<PublicKey>,
         msg: &ChannelUpdate,
     ) -> Result<Option<(NodeId, NodeId)>, LightningError> {
-        let outcome = self.sync.handle_channel_update(their_node_id, msg);
+        let outcome = {
+            let _resolving = self.resolving.read().unwrap_or_else(|e| e.into_inner());
+            self.sync.handle_channel_update(their_node_id, msg)
+        };
         self.took(their_node_id, &outcome, || {
             self.forward_channel_update(&msg.contents)
         });

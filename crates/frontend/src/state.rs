@@ -58,6 +58,8 @@ pub struct FrontState {
     events: Mutex<Vec<MessageSendEvent>>,
     /// Woken when events wait: the front then runs `PeerManager::process_events`.
     pub(crate) events_ready: Notify,
+    /// Woken when the front attaches to a backend: it then hands it its graph.
+    pub(crate) attached_notify: Notify,
     ecdh_waiting: Mutex<HashMap<u64, std::sync::mpsc::Sender<Option<[u8; 32]>>>>,
     next_ecdh: AtomicU64,
     ecdh_timeout: Duration,
@@ -114,6 +116,7 @@ impl FrontState {
             next_session: AtomicU64::new(1),
             events: Mutex::default(),
             events_ready: Notify::new(),
+            attached_notify: Notify::new(),
             ecdh_waiting: Mutex::default(),
             next_ecdh: AtomicU64::new(1),
             ecdh_timeout,
@@ -235,6 +238,7 @@ impl FrontState {
         });
         self.counters.attachments.fetch_add(1, Ordering::Relaxed);
         self.introduce_kept_peers();
+        self.attached_notify.notify_one();
         Ok(())
     }
 
@@ -467,6 +471,14 @@ impl ForwardTarget for FrontState {
             let Some(session) = sessions.get_mut(&peer) else {
                 return;
             };
+            if matches!(message, ChannelMessage::ChannelUpdate(_)) {
+                // The channel handler only wants a channel's counterparty's update, and a
+                // channel needs other messages first: every gossiped update would
+                // otherwise cross the link twice (once to the router, verified).
+                if !session.channel_traffic || session.detached {
+                    return;
+                }
+            }
             session.channel_traffic = true;
             if session.awaiting_backend {
                 // A peer kept across a failover starts on a channel while no backend can

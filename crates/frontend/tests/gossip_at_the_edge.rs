@@ -6,9 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use lightning::ln::peer_handler::ErroringMessageHandler;
 use phalanx_e2e::chain::TestChain;
-use phalanx_frontend::Front;
+use phalanx_frontend::{Front, FrontConfig};
 use phalanx_gossip_sim::{ReplayPeer, Shape, SyntheticGraph};
+use phalanx_link::backend::{FundingAnswer, GossipBackend, LinkServer};
+use phalanx_link::ldk::gossip::{FundingLookupFailure, VerifiedGossip};
+use phalanx_link::{ActiveBackend, Role};
 use phalanx_node::Node;
 
 mod common;
@@ -121,6 +125,9 @@ async fn a_front_checks_gossip_and_hands_the_backend_only_what_is_new() {
     );
     drop(backend_graph);
     let counters = front.state().counters();
+    // Gossip goes to the router only: no update crossed as a channel message (the
+    // replaying peer has no channel with the node).
+    assert_eq!(counters.messages_to_backend.load(Ordering::Relaxed), 0);
     // Each funded or unfunded announcement with good signatures was looked up; the
     // unfunded ones found nothing.
     assert!(counters.funding_checks.load(Ordering::Relaxed) >= 93);
@@ -136,4 +143,97 @@ async fn a_front_checks_gossip_and_hands_the_backend_only_what_is_new() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(to_backend(&front), new_messages);
     assert_eq!(graph_size(&bob), (90, 30));
+}
+
+/// A stand-in backend of the same node: it records the gossip it is handed.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<&'static str>>);
+
+impl GossipBackend for Recorder {
+    fn funding_output(&self, _short_channel_id: u64, answer: FundingAnswer) {
+        answer(Err(FundingLookupFailure::UnknownTx));
+    }
+
+    fn verified(&self, _front: &str, gossip: VerifiedGossip) {
+        self.0.lock().unwrap().push(gossip.kind());
+    }
+}
+
+impl Recorder {
+    fn count(&self, kind: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|k| **k == kind)
+            .count()
+    }
+}
+
+/// A backend that takes over has only the graph it last persisted: the front hands it
+/// its whole graph when it attaches, and the peer that only gossips stays connected
+/// through the change of backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_hands_its_graph_to_the_next_backend_and_keeps_its_gossip_peers() {
+    let regtest = TestChain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bob, ca) = fronted_bob(&regtest, dir.path()).await;
+    let graph = Arc::new(SyntheticGraph::build(Shape::new(20, 60), &mut regtest.chain()).unwrap());
+
+    // The next backend: a link server of the same node, recording what it gets.
+    let recorder = Arc::new(Recorder::default());
+    let stand_in = Arc::new(LinkServer::new(
+        Arc::new(ErroringMessageHandler::new()),
+        "stand-in",
+        ActiveBackend {
+            node_id: bob.node_id(),
+            chain_hash: *bitcoin::constants::ChainHash::REGTEST.as_bytes(),
+            init_features: Vec::new(),
+            node_features: Vec::new(),
+        },
+        Box::new(|_| None),
+    ));
+    stand_in.set_gossip(Arc::clone(&recorder) as Arc<dyn GossipBackend>);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stand_in_address = listener.local_addr().unwrap();
+    let identity = ca.identity(Role::Backend, "stand-in").unwrap();
+    let serving = Arc::clone(&stand_in);
+    tokio::spawn(async move { serving.serve(listener, &identity).await });
+
+    let front = Front::start(FrontConfig {
+        name: "front-1".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        backends: vec![bob.link_address().unwrap(), stand_in_address],
+        identity: ca.identity(Role::Front, "front-1").unwrap(),
+        ecdh_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    assert_eq!(front.state().attached_to().as_deref(), Some("bob-1"));
+    let peer = ReplayPeer::new(Arc::clone(&graph), [9; 32]);
+    assert!(peer.connect(bob.node_id(), front.address()).await);
+    let new_messages = (60 + 60 * 2 + 20) as u64;
+    wait_for("the front to hand bob the graph", || {
+        to_backend(&front) == new_messages
+    })
+    .await;
+
+    bob.shutdown().await;
+    wait_for("the stand-in to get the front's whole graph", || {
+        recorder.count("channel_announcement") == 60
+            && recorder.count("channel_update") == 120
+            && recorder.count("node_announcement") == 20
+    })
+    .await;
+    assert_eq!(front.state().attached_to().as_deref(), Some("stand-in"));
+    assert!(
+        peer.is_connected(&bob.node_id()),
+        "the gossip-only peer was kept"
+    );
+    assert_eq!(peer.disconnections(), 0);
+    // It has a session at the stand-in: the front introduced it again.
+    wait_for("the kept peer's session at the stand-in", || {
+        stand_in.peers().len() == 1
+    })
+    .await;
 }
