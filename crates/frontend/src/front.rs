@@ -331,18 +331,27 @@ async fn dial_peer(
         tracing::warn!(%peer, address, "a peer's address resolves to nothing");
         return;
     };
-    let connected = tokio::time::timeout(
-        DIAL_TIMEOUT,
-        lightning_net_tokio::connect_outbound(Arc::clone(&peer_manager), peer, resolved),
-    )
-    .await;
-    match connected {
-        Ok(Some(connection)) => {
-            tracing::info!(%peer, address, "dialled a peer for the backend");
-            connection.await;
+    let connected = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(resolved)).await;
+    let stream = match connected {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::warn!(%peer, address, error = %err, "cannot connect to a peer");
+            return;
         }
-        Ok(None) => tracing::warn!(%peer, address, "cannot connect to a peer"),
-        Err(_) => tracing::warn!(%peer, address, "connecting to a peer timed out"),
+        Err(_) => {
+            tracing::warn!(%peer, address, "connecting to a peer timed out");
+            return;
+        }
+    };
+    // LDK writes each message as it is ready; Nagle would hold the small ones back for
+    // the peer's delayed ACK (lightning-net-tokio's own `connect_outbound` leaves it on).
+    let _ = stream.set_nodelay(true);
+    match stream.into_std() {
+        Ok(stream) => {
+            tracing::info!(%peer, address, "dialled a peer for the backend");
+            lightning_net_tokio::setup_outbound(peer_manager, peer, stream).await;
+        }
+        Err(err) => tracing::warn!(%peer, address, error = %err, "cannot take the connection"),
     }
 }
 

@@ -557,19 +557,21 @@ impl ReplayPeer {
     /// Connects to node `node_id` at `address` and keeps the connection on a task of the
     /// current runtime; false if the connection failed.
     pub async fn connect(&self, node_id: PublicKey, address: SocketAddr) -> bool {
-        match lightning_net_tokio::connect_outbound(
+        let Ok(stream) = tokio::net::TcpStream::connect(address).await else {
+            return false;
+        };
+        // As a Lightning node should: without it, each backfill batch waits for the
+        // front's delayed ACK (lightning-net-tokio's `connect_outbound` leaves Nagle on).
+        let _ = stream.set_nodelay(true);
+        let Ok(stream) = stream.into_std() else {
+            return false;
+        };
+        tokio::spawn(lightning_net_tokio::setup_outbound(
             Arc::clone(&self.peer_manager),
             node_id,
-            address,
-        )
-        .await
-        {
-            Some(connection) => {
-                tokio::spawn(connection);
-                true
-            }
-            None => false,
-        }
+            stream,
+        ));
+        true
     }
 
     /// Messages handed to the connection so far.
