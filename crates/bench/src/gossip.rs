@@ -25,6 +25,8 @@ use crate::payments::{no_violations, print_violations};
 
 /// How long the whole ingest may take.
 const INGEST_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long the front's graph may stay the same once the peer has sent everything.
+const STALL: Duration = Duration::from_secs(30);
 
 #[derive(Serialize)]
 struct GossipResult {
@@ -189,6 +191,10 @@ pub async fn ingest(
     let expected_new =
         graph.good_channels().len() * (1 + usize::from(updates_per_channel)) + graph.nodes();
     let mut ticked = Instant::now();
+    let mut violations = Vec::new();
+    // The last change of the front's graph: 30 s without one while the replay is done is
+    // a stall, reported as such rather than waited out.
+    let (mut last_size, mut last_change) = ((0, 0), Instant::now());
     let front_seconds = loop {
         let state = front_state(&front_api).await?;
         let (in_graph, nodes_in_graph) = (
@@ -197,6 +203,15 @@ pub async fn ingest(
         );
         if in_graph >= channels && nodes_in_graph >= nodes {
             break began.elapsed();
+        }
+        if (in_graph, nodes_in_graph) != last_size {
+            (last_size, last_change) = ((in_graph, nodes_in_graph), Instant::now());
+        } else if peer.finished() && last_change.elapsed() > STALL {
+            violations.push(format!(
+                "the front's graph stopped at {in_graph} of {channels} channels and \
+                 {nodes_in_graph} of {nodes} nodes"
+            ));
+            break last_change.duration_since(began);
         }
         anyhow::ensure!(
             began.elapsed() < INGEST_TIMEOUT,
@@ -212,7 +227,13 @@ pub async fn ingest(
     let new_series = "phalanx_front_gossip_total{outcome=\"new\"} ";
     let backend_seconds = loop {
         let text = backend_api.metrics().await.unwrap_or_default();
-        if metric(&text, new_series) as usize >= expected_new {
+        let handed = front_state(&front_api).await?["gossip_to_backend"]
+            .as_u64()
+            .unwrap_or(0);
+        // All the front handed over (all there is, unless the front stalled).
+        if metric(&text, new_series) as usize >= expected_new
+            || (!violations.is_empty() && metric(&text, new_series) >= handed)
+        {
             break began.elapsed();
         }
         anyhow::ensure!(
@@ -249,7 +270,6 @@ pub async fn ingest(
     };
     // What must hold: the front handed over each new message once, and the backend took
     // each as new (none refused for arriving before what it needs).
-    let mut violations = Vec::new();
     if to_backend as usize != expected_new {
         violations.push(format!(
             "the front handed the backend {to_backend} messages, not {expected_new}"

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bitcoin::{Block, BlockHash, OutPoint, Txid};
 use lightning_block_sync::gossip::UtxoSource;
@@ -32,7 +33,20 @@ pub struct FrontGossip {
     graph: Arc<NetworkGraph>,
     metrics: Arc<Metrics>,
     blocks: Arc<BlockCache>,
+    tip: Arc<Mutex<Option<Tip>>>,
 }
+
+/// The chain's tip as last asked, reused for a moment: an initial sync asks about
+/// thousands of channels a second.
+#[derive(Clone, Copy)]
+struct Tip {
+    hash: BlockHash,
+    height: Option<u32>,
+    asked: Instant,
+}
+
+/// How long a tip is reused.
+const TIP_FOR: Duration = Duration::from_secs(1);
 
 /// Recent blocks with their transactions' ids (hashing a large funding transaction for
 /// every output of it would cost more than the lookup).
@@ -40,6 +54,10 @@ type BlockCache = Mutex<VecDeque<Arc<CachedBlock>>>;
 
 struct CachedBlock {
     hash: BlockHash,
+    height: u32,
+    /// The tip when the block was found at `height`: while it is still the tip, the
+    /// height still names this block.
+    tip: BlockHash,
     block: Block,
     txids: Vec<Txid>,
 }
@@ -52,19 +70,21 @@ impl FrontGossip {
             graph,
             metrics,
             blocks: Arc::default(),
+            tip: Arc::default(),
         }
     }
 }
 
 impl GossipBackend for FrontGossip {
     fn funding_output(&self, short_channel_id: u64, answer: FundingAnswer) {
-        let (chain, blocks, metrics) = (
+        let (chain, blocks, tip, metrics) = (
             Arc::clone(&self.chain),
             Arc::clone(&self.blocks),
+            Arc::clone(&self.tip),
             Arc::clone(&self.metrics),
         );
         self.chain.runtime.spawn(async move {
-            let output = funding_output(&chain, &blocks, short_channel_id).await;
+            let output = funding_output(&chain, &blocks, &tip, short_channel_id).await;
             metrics.front_funding_check(if output.is_ok() { "found" } else { "unknown" });
             answer(output);
         });
@@ -88,36 +108,46 @@ impl GossipBackend for FrontGossip {
 async fn funding_output(
     chain: &ChainClient,
     blocks: &BlockCache,
+    tip_cache: &Mutex<Option<Tip>>,
     short_channel_id: u64,
 ) -> Result<FundingOutput, FundingLookupFailure> {
     let unknown = |_| FundingLookupFailure::UnknownTx;
     let (height, tx_index, vout) = short_channel_id_parts(short_channel_id);
-    let (_, tip) = chain.get_best_block().await.map_err(unknown)?;
-    if tip.is_some_and(|tip| height.saturating_add(MIN_CONFIRMATIONS) > tip) {
+    let recent = *tip_cache.lock().unwrap_or_else(|e| e.into_inner());
+    let tip = match recent.filter(|tip| tip.asked.elapsed() < TIP_FOR) {
+        Some(tip) => tip,
+        None => {
+            let (hash, height) = chain.get_best_block().await.map_err(unknown)?;
+            let tip = Tip {
+                hash,
+                height,
+                asked: Instant::now(),
+            };
+            *tip_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(tip);
+            tip
+        }
+    };
+    if tip
+        .height
+        .is_some_and(|tip| height.saturating_add(MIN_CONFIRMATIONS) > tip)
+    {
         return Err(FundingLookupFailure::UnknownTx);
     }
-    // By hash, not height: a reorganization changes what a height holds.
-    let hash = chain
-        .get_block_hash_by_height(height)
-        .await
-        .map_err(unknown)?;
-    let cached = match cached(blocks, &hash) {
+    // The block found at `height` under this very tip, if any; else asked by height and
+    // kept by hash: a reorganization changes what a height holds.
+    let cached = match cached(blocks, |entry| {
+        entry.height == height && entry.tip == tip.hash
+    }) {
         Some(cached) => cached,
         None => {
-            let block = match chain.get_block(&hash).await.map_err(unknown)? {
-                BlockData::FullBlock(block) => block,
-                BlockData::HeaderOnly(_) => return Err(FundingLookupFailure::UnknownTx),
-            };
-            let txids = block.txdata.iter().map(|tx| tx.compute_txid()).collect();
-            let cached = Arc::new(CachedBlock { hash, block, txids });
-            let mut cache = blocks.lock().unwrap_or_else(|e| e.into_inner());
-            if !cache.iter().any(|entry| entry.hash == hash) {
-                if cache.len() >= CACHED_BLOCKS {
-                    cache.pop_front();
-                }
-                cache.push_back(Arc::clone(&cached));
+            let hash = chain
+                .get_block_hash_by_height(height)
+                .await
+                .map_err(unknown)?;
+            match cached(blocks, |entry| entry.hash == hash) {
+                Some(cached) => cached,
+                None => fetch(chain, blocks, hash, height, tip.hash).await?,
             }
-            cached
         }
     };
     let tx = cached
@@ -136,11 +166,48 @@ async fn funding_output(
     Ok(FundingOutput::of(output))
 }
 
-fn cached(blocks: &BlockCache, hash: &BlockHash) -> Option<Arc<CachedBlock>> {
+fn cached(
+    blocks: &BlockCache,
+    matching: impl Fn(&CachedBlock) -> bool,
+) -> Option<Arc<CachedBlock>> {
     blocks
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .find(|entry| entry.hash == *hash)
+        .find(|entry| matching(entry))
         .cloned()
+}
+
+/// Fetches block `hash` (at `height` under `tip`) and keeps it.
+async fn fetch(
+    chain: &ChainClient,
+    blocks: &BlockCache,
+    hash: BlockHash,
+    height: u32,
+    tip: BlockHash,
+) -> Result<Arc<CachedBlock>, FundingLookupFailure> {
+    let block = match chain
+        .get_block(&hash)
+        .await
+        .map_err(|_| FundingLookupFailure::UnknownTx)?
+    {
+        BlockData::FullBlock(block) => block,
+        BlockData::HeaderOnly(_) => return Err(FundingLookupFailure::UnknownTx),
+    };
+    let txids = block.txdata.iter().map(|tx| tx.compute_txid()).collect();
+    let cached = Arc::new(CachedBlock {
+        hash,
+        height,
+        tip,
+        block,
+        txids,
+    });
+    let mut cache = blocks.lock().unwrap_or_else(|e| e.into_inner());
+    if !cache.iter().any(|entry| entry.hash == hash) {
+        if cache.len() >= CACHED_BLOCKS {
+            cache.pop_front();
+        }
+        cache.push_back(Arc::clone(&cached));
+    }
+    Ok(cached)
 }
