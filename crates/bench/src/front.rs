@@ -27,7 +27,7 @@ use phalanx_devnet::harness::{fund, initialize_and_start, node_config, open_chan
 use phalanx_devnet::run::chain_config_from_url;
 use phalanx_devnet::stream::{self, Plan, Stats};
 use phalanx_frontend::testing::{handshake_only, listen};
-use phalanx_frontend::{Front, FrontConfig};
+use phalanx_frontend::{Front, FrontConfig, NodeKey};
 use phalanx_link::backend::LinkServer;
 use phalanx_link::pki::LinkCa;
 use phalanx_link::runtime::OwnRuntime;
@@ -202,22 +202,39 @@ async fn handshakes(args: &FrontArgs) -> anyhow::Result<()> {
         backends: vec![link_address],
         identity: ca.identity(Role::Front, "front-1")?,
         ecdh_timeout: Duration::from_secs(5),
+        node_key: None,
+    })
+    .await?;
+    // A front holding the node key (`key_provider = "seed"`), attached to the same
+    // backend: its handshakes ask the backend nothing.
+    let keyed = Front::start(FrontConfig {
+        name: "front-2".into(),
+        listen: "127.0.0.1:0".parse()?,
+        backends: vec![link_address],
+        identity: ca.identity(Role::Front, "front-2")?,
+        ecdh_timeout: Duration::from_secs(5),
+        node_key: Some(NodeKey::new(node_keys.get_node_secret_key())),
     })
     .await?;
 
-    // Alternating rounds, so that both paths see the same machine.
+    // Alternating rounds, so that every path sees the same machine.
     let rounds = 4;
     let per_round = args.handshakes.div_ceil(rounds);
+    let paths = [
+        ("direct", direct),
+        ("keyless-front", front.address()),
+        ("keyed-front", keyed.address()),
+    ];
     let mut results: Vec<(&'static str, Vec<HandshakeResult>)> =
-        vec![("direct", Vec::new()), ("keyless-front", Vec::new())];
+        paths.iter().map(|(path, _)| (*path, Vec::new())).collect();
     for _ in 0..rounds {
-        results[0]
-            .1
-            .push(measure_handshakes("direct", node_id, direct, per_round).await?);
-        results[1]
-            .1
-            .push(measure_handshakes("keyless-front", node_id, front.address(), per_round).await?);
+        for (index, (path, address)) in paths.iter().enumerate() {
+            results[index]
+                .1
+                .push(measure_handshakes(path, node_id, *address, per_round).await?);
+        }
     }
+    drop(keyed);
     drop(front);
     drop(backend);
     for (path, rounds) in results {
@@ -289,6 +306,7 @@ async fn payments(args: &FrontArgs) -> anyhow::Result<()> {
         ],
         identity: ca.identity(Role::Front, "front-1")?,
         ecdh_timeout: Duration::from_secs(5),
+        node_key: None,
     })
     .await?;
 

@@ -68,15 +68,18 @@ fn front_bench_prints_a_line_per_path_and_case() {
         "--json",
     ]);
     let paths: Vec<&str> = lines.iter().map(|r| r["path"].as_str().unwrap()).collect();
-    assert_eq!(paths, ["direct", "keyless-front", "direct", "front"]);
+    assert_eq!(
+        paths,
+        ["direct", "keyless-front", "keyed-front", "direct", "front"]
+    );
     for result in &lines {
         assert_eq!(result["bench"], "front");
     }
-    for handshakes in &lines[..2] {
+    for handshakes in &lines[..3] {
         assert_eq!(handshakes["handshakes"], 4);
         assert!(handshakes["handshake_p50_ms"].as_f64().unwrap() > 0.0);
     }
-    for payments in &lines[2..] {
+    for payments in &lines[3..] {
         assert_eq!(
             (payments["payments"].as_u64(), payments["failed"].as_u64()),
             (Some(4), Some(0))

@@ -4,16 +4,19 @@
 //! One line goes to stdout once the front is attached and serving (logs go to stderr):
 //!
 //! ```text
-//! front started name=front-1 node_id=02ab… peers=0.0.0.0:9735 api=127.0.0.1:9090
+//! front started name=front-1 node_id=02ab… peers=0.0.0.0:9735 api=127.0.0.1:9090 key=backend
 //! ```
+//!
+//! `key=held` instead when the front holds the node key (`--key-provider seed`).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use phalanx_frontend::config::{FrontLayer, FrontSettings};
-use phalanx_frontend::{Front, api};
+use phalanx_frontend::config::{FrontLayer, FrontSettings, KeyProvider};
+use phalanx_frontend::{Front, NodeKey, api};
+use phalanx_node::config::{SeedConfig, SeedLayer};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::node_cmd::{LogFormat, init_tracing};
@@ -49,30 +52,90 @@ pub struct FrontArgs {
     log_format: LogFormat,
     #[command(flatten)]
     settings: FrontLayer,
+    /// The node's seed, for `--key-provider seed` (as `phalanx node` takes it).
+    #[command(flatten)]
+    seed: SeedLayer,
 }
 
-fn resolve(args: FrontArgs) -> Result<FrontSettings, String> {
-    let base = match &args.config {
-        Some(path) => FrontLayer::from_file(path).map_err(|err| err.to_string())?,
-        None => FrontLayer::default(),
+/// The `[seed]` table of a front's file (other tables are the front's own).
+#[derive(serde::Deserialize)]
+struct SeedFile {
+    #[serde(default)]
+    seed: SeedLayer,
+}
+
+fn resolve(args: FrontArgs) -> Result<(FrontSettings, Option<SeedConfig>), String> {
+    let (base, seed_base) = match &args.config {
+        Some(path) => {
+            let front = FrontLayer::from_file(path).map_err(|err| err.to_string())?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| format!("config: {}: {err}", path.display()))?;
+            let seed = toml::from_str::<SeedFile>(&text)
+                .map_err(|err| format!("config: {}", err.to_string().trim()))?
+                .seed;
+            (front, seed)
+        }
+        None => (FrontLayer::default(), SeedLayer::default()),
     };
-    args.settings
+    let settings = args
+        .settings
         .over(base)
         .resolve()
-        .map_err(|err| err.to_string())
+        .map_err(|err| err.to_string())?;
+    let seed = args.seed.over(seed_base);
+    if settings.key_provider == KeyProvider::None {
+        return Ok((settings, None));
+    }
+    // A front has no data directory to find a default seed file in.
+    if matches!(seed.seed_provider.as_deref(), None | Some("file")) && seed.seed_file.is_none() {
+        return Err("seed.file: is needed when front.key_provider is \"seed\"".into());
+    }
+    let seed = seed
+        .resolve(std::path::Path::new("."))
+        .map_err(|err| err.to_string())?;
+    Ok((settings, Some(seed)))
+}
+
+/// The node key from the seed `config` names, checked against its expected node id.
+async fn load_node_key(config: &SeedConfig) -> Result<NodeKey, String> {
+    let seed = phalanx_instance::secrets::seed_provider(config, false)
+        .await
+        .seed()
+        .await
+        .map_err(|err| format!("cannot load the node's seed: {err}"))?;
+    let keys = lightning::sign::KeysManager::new(&seed.ldk_seed(), 0, 0, true);
+    let key = NodeKey::new(keys.get_node_secret_key());
+    if let Some(expected) = config.expected_node_id
+        && key.node_id() != expected
+    {
+        return Err(format!(
+            "the seed is node {}'s, not the expected {expected}",
+            key.node_id()
+        ));
+    }
+    Ok(key)
 }
 
 /// Runs the front until SIGTERM or SIGINT.
 pub async fn run(args: FrontArgs) -> ExitCode {
     let log_format = args.log_format;
-    let settings = match resolve(args) {
-        Ok(settings) => settings,
+    let (mut settings, seed) = match resolve(args) {
+        Ok(resolved) => resolved,
         Err(err) => {
             eprintln!("error: invalid configuration: {err}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     init_tracing(log_format);
+    if let Some(seed) = &seed {
+        match load_node_key(seed).await {
+            Ok(key) => settings.front.node_key = Some(key),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(EXIT_START_FAILED);
+            }
+        }
+    }
     let (mut terminate, mut interrupt) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -125,9 +188,10 @@ pub async fn run(args: FrontArgs) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "front started name={name} node_id={} peers={} api={api_address}",
+        "front started name={name} node_id={} peers={} api={api_address} key={}",
         front.state().node_id(),
-        front.address()
+        front.address(),
+        if front.holds_key() { "held" } else { "backend" }
     );
     let _ = stdout.flush();
     drop(stdout);

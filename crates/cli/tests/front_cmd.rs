@@ -80,6 +80,26 @@ fn each_bad_setting_is_refused_by_name() {
             with(&["--ca", &ca_arg, "--api-listen", "localhost"]),
             "front.api_listen",
         ),
+        (
+            with(&["--ca", &ca_arg, "--key-provider", "hsm"]),
+            "front.key_provider",
+        ),
+        // A front holding the key needs to be told where the seed is.
+        (
+            with(&["--ca", &ca_arg, "--key-provider", "seed"]),
+            "seed.file: is needed",
+        ),
+        (
+            with(&[
+                "--ca",
+                &ca_arg,
+                "--key-provider",
+                "seed",
+                "--seed-provider",
+                "carrier-pigeon",
+            ]),
+            "seed.provider",
+        ),
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (status, stderr) = front(&args, &[]);
@@ -103,6 +123,24 @@ fn each_bad_setting_is_refused_by_name() {
         stderr.contains("front.backends"),
         "the variable won: {stderr}"
     );
+    // The node's [seed] table may sit beside [front], for key_provider = "seed"; a
+    // seed that cannot be read stops the start (status 1), naming no secret.
+    std::fs::write(
+        &config,
+        format!(
+            "[front]\nname = \"front-1\"\nlisten = \"127.0.0.1:0\"\nbackends = \
+             [\"127.0.0.1:1\"]\ncertificate = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n\
+             key_provider = \"seed\"\n\n[seed]\nfile = \"{}\"\n",
+            path("front-1.crt"),
+            path("front-1.key"),
+            ca_arg,
+            path("no-such-seed")
+        ),
+    )
+    .unwrap();
+    let (status, stderr) = front(&["--config", &config_arg], &[]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot load the node's seed"), "{stderr}");
     std::fs::write(&config, "[front]\nnmae = \"front-1\"\n").unwrap();
     let (status, stderr) = front(&["--config", &config_arg], &[]);
     assert_eq!(status, Some(2), "{stderr}");
@@ -185,4 +223,92 @@ fn a_front_without_a_backend_says_so_on_its_api_and_stops_on_sigterm() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!stdout.contains("front started"), "{stdout}");
+}
+
+/// `--key-provider seed`: the front loads the node's seed, holds the node key (`key=held`)
+/// and serves a backend of that node; given another node's seed, it refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_given_the_seed_holds_the_key_of_its_backends_node() {
+    use lightning::ln::peer_handler::ErroringMessageHandler;
+    use lightning::sign::{KeysManager, NodeSigner, Recipient};
+    use phalanx_link::ActiveBackend;
+    use phalanx_link::backend::LinkServer;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LinkCa::generate("test").unwrap();
+    let issued = ca.issue(Role::Front, "front-1").unwrap();
+    std::fs::write(dir.path().join("front-1.crt"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.path().join("front-1.key"), issued.key_pem.as_bytes()).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    let path = |file: &str| dir.path().join(file).display().to_string();
+    // Two seeds, as `phalanx init` writes them (128 hex digits, mode 0600).
+    let seeds = [[0x11u8; 64], [0x22u8; 64]];
+    for (index, seed) in seeds.iter().enumerate() {
+        let file = dir.path().join(format!("seed-{index}"));
+        std::fs::write(&file, hex::encode(seed)).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    // The backend runs the node of the first seed.
+    let seed = phalanx_secrets::Seed::from_bytes(seeds[0]);
+    let node_id = KeysManager::new(&seed.ldk_seed(), 0, 0, true)
+        .get_node_id(Recipient::Node)
+        .unwrap();
+    let server = std::sync::Arc::new(LinkServer::new(
+        std::sync::Arc::new(ErroringMessageHandler::new()),
+        "backend-1",
+        ActiveBackend {
+            node_id,
+            chain_hash: *bitcoin::constants::ChainHash::REGTEST.as_bytes(),
+            init_features: Vec::new(),
+            node_features: Vec::new(),
+        },
+        Box::new(|_| None),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap().to_string();
+    let identity = ca.identity(Role::Backend, "backend-1").unwrap();
+    tokio::spawn(async move { server.serve(listener, &identity).await });
+
+    let run = |seed_file: String| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
+        command
+            .args(["front", "--name", "front-1", "--listen", "127.0.0.1:0"])
+            .args(["--backends", &backend])
+            .args(["--certificate", &path("front-1.crt")])
+            .args(["--key", &path("front-1.key"), "--ca", &path("ca.crt")])
+            .args(["--key-provider", "seed", "--seed-file", &seed_file])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (variable, _) in std::env::vars() {
+            if variable.starts_with("PHALANX_") {
+                command.env_remove(variable);
+            }
+        }
+        command.spawn().unwrap()
+    };
+
+    let mut keyed = run(path("seed-0"));
+    let stdout = keyed.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the front starts")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(line.starts_with("front started"), "{line}");
+    assert!(line.contains(&format!("node_id={node_id}")), "{line}");
+    assert!(line.ends_with("key=held"), "{line}");
+    keyed.kill().await.unwrap();
+
+    let other = run(path("seed-1"));
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), other.wait_with_output())
+        .await
+        .expect("the front stops")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds the key of node"), "{stderr}");
+    assert!(!stderr.contains(&hex::encode(seeds[1])), "{stderr}");
 }

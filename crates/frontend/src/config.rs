@@ -61,6 +61,20 @@ pub struct FrontLayer {
     /// How long a peer's handshake waits for the backend's ECDH (default 5000).
     #[arg(long = "ecdh-timeout-ms", env = "PHALANX_FRONT_ECDH_TIMEOUT_MS")]
     pub ecdh_timeout_ms: Option<u64>,
+    /// Where the node key comes from: `none` (the default: the front holds no key and
+    /// asks the backend) or `seed` (the front loads the node's seed as `phalanx node`
+    /// does, from the `[seed]` table and `--seed-*` settings, and holds the key).
+    #[arg(long = "key-provider", env = "PHALANX_FRONT_KEY_PROVIDER")]
+    pub key_provider: Option<String>,
+}
+
+/// Where a front's node key comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyProvider {
+    /// No key: the backend answers the handshakes' ECDH over the link.
+    None,
+    /// The node's seed, from its seed provider: the front holds the key.
+    Seed,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +82,11 @@ pub struct FrontLayer {
 struct FrontFile {
     #[serde(default)]
     front: FrontLayer,
+    /// The node's `[seed]` table, for `key_provider = "seed"`: read by `phalanx front`
+    /// with the node's own rules, so only allowed here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    seed: Option<toml::Table>,
 }
 
 /// A front's resolved settings.
@@ -77,6 +96,8 @@ pub struct FrontSettings {
     pub front: FrontConfig,
     /// Where its state and metrics are served, if anywhere.
     pub api_listen: Option<SocketAddr>,
+    /// Where its node key comes from (the caller loads it into `front.node_key`).
+    pub key_provider: KeyProvider,
 }
 
 impl FrontLayer {
@@ -105,6 +126,7 @@ impl FrontLayer {
             ca: self.ca.or(base.ca),
             api_listen: self.api_listen.or(base.api_listen),
             ecdh_timeout_ms: self.ecdh_timeout_ms.or(base.ecdh_timeout_ms),
+            key_provider: self.key_provider.or(base.key_provider),
         }
     }
 
@@ -143,6 +165,16 @@ impl FrontLayer {
                 format!("{ecdh_timeout_ms} is not between 100 and 60000"),
             ));
         }
+        let key_provider = match self.key_provider.as_deref().unwrap_or("none") {
+            "none" => KeyProvider::None,
+            "seed" => KeyProvider::Seed,
+            other => {
+                return Err(field(
+                    "front.key_provider",
+                    format!("{other:?} is not a key provider (none or seed)"),
+                ));
+            }
+        };
         let read = |name: &'static str, path: Option<PathBuf>| {
             let path = path.ok_or_else(|| field(name, "is needed"))?;
             std::fs::read_to_string(&path)
@@ -161,8 +193,10 @@ impl FrontLayer {
                 backends,
                 identity,
                 ecdh_timeout: Duration::from_millis(ecdh_timeout_ms),
+                node_key: None,
             },
             api_listen,
+            key_provider,
         })
     }
 }

@@ -22,7 +22,7 @@ use tokio_rustls::rustls::ClientConfig;
 use tokio_util::codec::Framed;
 
 use crate::gossip::{EdgeGossip, FrontGraph};
-use crate::signer::KeylessSigner;
+use crate::signer::{EcdhSource, KeylessSigner, NodeKey};
 use crate::state::FrontState;
 
 /// How long dialling a backend, or its greeting, may take.
@@ -52,6 +52,9 @@ pub struct FrontConfig {
     pub identity: LinkIdentity,
     /// How long a handshake waits for the backend's ECDH.
     pub ecdh_timeout: Duration,
+    /// The node key, if this front holds it (`[front] key_provider`): handshakes are
+    /// then answered locally. `None`, the default: keyless.
+    pub node_key: Option<NodeKey>,
 }
 
 /// Why a front cannot start.
@@ -72,6 +75,14 @@ pub enum FrontError {
     /// No backend was configured.
     #[error("a front needs at least one backend address")]
     NoBackends,
+    /// The front was given the key of another node than the backend runs.
+    #[error("the front holds the key of node {held}, but the backend runs node {backend}")]
+    WrongNodeKey {
+        /// The node id of the key the front was given.
+        held: bitcoin::secp256k1::PublicKey,
+        /// The backend's.
+        backend: bitcoin::secp256k1::PublicKey,
+    },
 }
 
 /// LDK's log lines, through `tracing`.
@@ -100,7 +111,7 @@ pub type FrontPeerManager = PeerManager<
     Arc<IgnoringMessageHandler>,
     Arc<LdkTracing>,
     Arc<IgnoringMessageHandler>,
-    Arc<KeylessSigner<Arc<FrontState>>>,
+    Arc<KeylessSigner<Arc<dyn EcdhSource>>>,
     Arc<IgnoringMessageHandler>,
 >;
 
@@ -109,6 +120,7 @@ type LinkStream = Framed<tokio_rustls::client::TlsStream<TcpStream>, LinkCodec>;
 /// A running front; dropping it stops it.
 pub struct Front {
     state: Arc<FrontState>,
+    holds_key: bool,
     gossip: Arc<EdgeGossip>,
     peer_manager: Arc<FrontPeerManager>,
     address: SocketAddr,
@@ -158,6 +170,14 @@ impl Front {
             ))
             .await
             .map_err(|_| LinkError::Protocol("the link's runtime stopped".into()))?;
+        if let Some(key) = &config.node_key
+            && key.node_id() != first.1.node_id
+        {
+            return Err(FrontError::WrongNodeKey {
+                held: key.node_id(),
+                backend: first.1.node_id,
+            });
+        }
         let network = bitcoin::Network::from_chain_hash(bitcoin::constants::ChainHash::from(
             first.1.chain_hash,
         ))
@@ -181,7 +201,12 @@ impl Front {
         first_attach
             .await
             .map_err(|_| LinkError::Protocol("the first backend could not be attached".into()))?;
-        let signer = Arc::new(KeylessSigner::new(state.node_id(), Arc::clone(&state)));
+        let holds_key = config.node_key.is_some();
+        let ecdh: Arc<dyn EcdhSource> = match config.node_key {
+            Some(key) => Arc::new(key),
+            None => Arc::clone(&state) as Arc<dyn EcdhSource>,
+        };
+        let signer = Arc::new(KeylessSigner::new(state.node_id(), ecdh));
         let ignoring = Arc::new(IgnoringMessageHandler {});
         let peer_manager = Arc::new(PeerManager::new(
             MessageHandler {
@@ -282,9 +307,10 @@ impl Front {
                 }
             }
         }));
-        tracing::info!(front = %config.name, %address, node_id = %state.node_id(), "front serving peers");
+        tracing::info!(front = %config.name, %address, node_id = %state.node_id(), holds_key, "front serving peers");
         Ok(Self {
             state,
+            holds_key,
             gossip,
             peer_manager,
             address,
@@ -301,6 +327,11 @@ impl Front {
     /// The front's state (attachment, sessions, counters).
     pub fn state(&self) -> &Arc<FrontState> {
         &self.state
+    }
+
+    /// Whether the front holds the node key (rather than asking the backend).
+    pub fn holds_key(&self) -> bool {
+        self.holds_key
     }
 
     /// The front's network graph.

@@ -14,5 +14,5 @@ pub mod state;
 pub mod testing;
 
 pub use crate::front::{Front, FrontConfig, FrontError};
-pub use crate::signer::{EcdhSource, EcdhUnavailable, KeylessSigner};
+pub use crate::signer::{EcdhSource, EcdhUnavailable, KeylessSigner, NodeKey};
 pub use crate::state::FrontState;

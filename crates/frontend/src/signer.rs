@@ -5,7 +5,8 @@
 //! None)` for the noise handshake, plus `sign_gossip_message` if asked to broadcast a node
 //! announcement, which a front never is: the backend signs the node's announcements
 //! (docs/fronts-ldk.md). So the node id is given, the ECDH is asked of an [`EcdhSource`]
-//! (the backend, over the link), and everything else is refused.
+//! (the backend, over the link; or, for a front given the key, [`NodeKey`]), and
+//! everything else is refused.
 
 use bitcoin::secp256k1::ecdh::SharedSecret;
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, Signature};
@@ -122,5 +123,40 @@ impl<S: EcdhSource> NodeSigner for KeylessSigner<S> {
 
     fn sign_message(&self, _msg: &[u8]) -> Result<String, ()> {
         Err(())
+    }
+}
+
+/// The node key, for a front that holds it (`[front] key_provider = "seed"`): the
+/// handshake's ECDH is answered locally instead of over the link. Its `Debug` hides it;
+/// it is erased when dropped.
+pub struct NodeKey(bitcoin::secp256k1::SecretKey);
+
+impl NodeKey {
+    /// The key.
+    pub fn new(secret: bitcoin::secp256k1::SecretKey) -> Self {
+        Self(secret)
+    }
+
+    /// The node id it is the key of.
+    pub fn node_id(&self) -> PublicKey {
+        PublicKey::from_secret_key(&bitcoin::secp256k1::Secp256k1::signing_only(), &self.0)
+    }
+}
+
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeKey(..)")
+    }
+}
+
+impl Drop for NodeKey {
+    fn drop(&mut self) {
+        self.0.non_secure_erase();
+    }
+}
+
+impl EcdhSource for NodeKey {
+    fn ecdh(&self, point: &PublicKey) -> Result<SharedSecret, EcdhUnavailable> {
+        Ok(SharedSecret::new(point, &self.0))
     }
 }

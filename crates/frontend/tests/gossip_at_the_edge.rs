@@ -206,6 +206,7 @@ async fn a_front_hands_its_graph_to_the_next_backend_and_keeps_its_gossip_peers(
         backends: vec![bob.link_address().unwrap(), stand_in_address],
         identity: ca.identity(Role::Front, "front-1").unwrap(),
         ecdh_timeout: Duration::from_secs(5),
+        node_key: None,
     })
     .await
     .unwrap();

@@ -113,10 +113,15 @@ async fn a_backend_that_does_not_answer_fails_the_handshake_only() {
     assert!(front.list_peers().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_front_asks_the_backend_over_the_mutual_tls_link() {
+/// A backend's link server with the node key `keys(7)`, counting the ECDH questions it
+/// answers, and a `phalanx_frontend::Front` attached to it, given `node_key` or not; a
+/// peer then dials the node at the front. Returns whether the peer saw the node, and how
+/// many ECDH questions the backend answered.
+async fn handshake_through_a_linked_front(
+    node_key: Option<[u8; 32]>,
+) -> Result<(bool, usize), phalanx_frontend::FrontError> {
     use lightning::ln::peer_handler::ErroringMessageHandler;
-    use phalanx_frontend::{Front, FrontConfig};
+    use phalanx_frontend::{Front, FrontConfig, NodeKey};
     use phalanx_link::backend::LinkServer;
     use phalanx_link::pki::LinkCa;
     use phalanx_link::{ActiveBackend, Role};
@@ -151,17 +156,18 @@ async fn the_front_asks_the_backend_over_the_mutual_tls_link() {
     let backend_identity = identity(Role::Backend, "backend-1");
     tokio::spawn(async move { server.serve(listener, &backend_identity).await });
 
-    // The front: no key, the link to the backend; the node id learnt from it.
+    // The front: the link to the backend, the node id learnt from it.
     let front = Front::start(FrontConfig {
         name: "front-1".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         backends: vec![link_address],
         identity: identity(Role::Front, "front-1"),
         ecdh_timeout: Duration::from_secs(5),
+        node_key: node_key.map(|seed| NodeKey::new(keys(seed[0]).get_node_secret_key())),
     })
-    .await
-    .unwrap();
+    .await?;
     assert_eq!(front.state().node_id(), node_id);
+    assert_eq!(front.holds_key(), node_key.is_some());
     let peer = handshake_only(keys(9), [2; 32]);
     let _connection =
         lightning_net_tokio::connect_outbound(Arc::clone(&peer), node_id, front.address())
@@ -175,9 +181,36 @@ async fn the_front_asks_the_backend_over_the_mutual_tls_link() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    Ok((seen, asked.load(Ordering::SeqCst)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_front_asks_the_backend_over_the_mutual_tls_link() {
+    let (seen, asked) = handshake_through_a_linked_front(None).await.unwrap();
     assert!(seen, "the peer sees the node through the keyless front");
+    assert!(asked >= 1, "the backend answered the ECDH");
+}
+
+/// `[front] key_provider = "seed"`: the front answers the handshake with the node key
+/// it holds, and asks the backend nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_given_the_node_key_answers_handshakes_itself() {
+    let (seen, asked) = handshake_through_a_linked_front(Some([7; 32]))
+        .await
+        .unwrap();
+    assert!(seen, "the peer sees the node through the keyed front");
+    assert_eq!(asked, 0, "the backend was asked for an ECDH");
+}
+
+/// A front given another node's key refuses to serve: its handshakes would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_front_given_another_nodes_key_refuses_to_start() {
+    let refused = handshake_through_a_linked_front(Some([8; 32])).await;
     assert!(
-        asked.load(Ordering::SeqCst) >= 1,
-        "the backend answered the ECDH"
+        matches!(
+            refused,
+            Err(phalanx_frontend::FrontError::WrongNodeKey { .. })
+        ),
+        "{refused:?}"
     );
 }

@@ -19,6 +19,7 @@ pub async fn front(ca: &LinkCa, name: &str, backend: &Node) -> Front {
         backends: vec![backend.link_address().expect("the node serves fronts")],
         identity: ca.identity(Role::Front, name).unwrap(),
         ecdh_timeout: Duration::from_secs(5),
+        node_key: None,
     })
     .await
     .unwrap()
