@@ -22,7 +22,7 @@ use phalanx_gossip_sim::{ReplayPeer, Shape, SyntheticGraph};
 use phalanx_link::Role;
 use phalanx_link::pki::LinkCa;
 use phalanx_secrets::{FileSeedProvider, SeedProvider};
-use phalanx_testkit::haproxy::Haproxy;
+use phalanx_testkit::haproxy::{Haproxy, Server};
 use phalanx_testkit::process::{free_port, memory_contains};
 
 use crate::cluster::{Cluster, Disruption, OwnServer, PAYMENTS_PER_ROUND};
@@ -80,6 +80,8 @@ struct Recovery {
 struct FrontProcess {
     name: &'static str,
     listen: SocketAddr,
+    /// Its API's port, fixed too: the balancer checks `/v1/ready` there.
+    api_port: u16,
     process: NodeProcess,
     api: String,
 }
@@ -92,7 +94,12 @@ struct Fronts {
 }
 
 impl Fronts {
-    async fn start(&mut self, name: &'static str, listen: SocketAddr) -> FrontProcess {
+    async fn start(
+        &mut self,
+        name: &'static str,
+        listen: SocketAddr,
+        api_port: u16,
+    ) -> FrontProcess {
         let file = |suffix: &str| {
             self.certs
                 .join(format!("{name}.{suffix}"))
@@ -102,6 +109,7 @@ impl Fronts {
         let (certificate, key) = (file("crt"), file("key"));
         let ca = self.certs.join("ca.crt").display().to_string();
         let listen_text = listen.to_string();
+        let api_listen = format!("127.0.0.1:{api_port}");
         let mut process = spawn(
             &self.binary,
             name,
@@ -120,7 +128,7 @@ impl Fronts {
                 "--ca",
                 &ca,
                 "--api-listen",
-                "127.0.0.1:0",
+                &api_listen,
             ],
             &[],
             LogFile::Temporary,
@@ -134,6 +142,7 @@ impl Fronts {
         FrontProcess {
             name,
             listen,
+            api_port,
             process,
             api,
         }
@@ -257,11 +266,19 @@ pub async fn fronts_under_disruption(
     };
     for name in ["front-1", "front-2"] {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let front = fronts.start(name, listen).await;
+        let front = fronts.start(name, listen, free_port()).await;
         fronts.all.push(front);
     }
-    let haproxy = Haproxy::start(&fronts.all.iter().map(|f| f.listen).collect::<Vec<_>>())
-        .expect("haproxy starts");
+    // The balancer sends peers only to fronts attached to a backend (`/v1/ready`).
+    let servers: Vec<Server> = fronts
+        .all
+        .iter()
+        .map(|front| Server {
+            address: front.listen,
+            ready_port: Some(front.api_port),
+        })
+        .collect();
+    let haproxy = Haproxy::start_servers(&servers).expect("haproxy starts");
     let logs = FailureLogs::new()
         .with("the store server's log", || server.log_tail())
         .with("haproxy's log", || haproxy.log_tail());
@@ -298,6 +315,8 @@ pub async fn fronts_under_disruption(
     let mut floods = Vec::new();
     // The flood's peer, kept: it only gossips, so the fronts keep it across failovers.
     let mut flooder: Option<ReplayPeer> = None;
+    // The front the flood went to, and its process.
+    let mut flooded = None;
     let mut target = 0;
     for round in 0..rounds {
         target += PAYMENTS_PER_ROUND;
@@ -333,6 +352,11 @@ pub async fn fronts_under_disruption(
                 )
                 .await;
                 let ingested = since.elapsed();
+                flooded = fronts
+                    .all
+                    .iter()
+                    .find(|f| f.name == front)
+                    .map(|f| (f.name, f.process.child.id()));
                 // The backend's router got all of it, once: nothing new was refused.
                 let api = cluster.active_instance().api.clone();
                 let messages = graph.messages() as u64;
@@ -362,7 +386,9 @@ pub async fn fronts_under_disruption(
                 let mut killed = fronts.all.remove(index);
                 killed.process.kill().await;
                 // As a supervisor would: the front comes back on its port.
-                let again = fronts.start(killed.name, killed.listen).await;
+                let again = fronts
+                    .start(killed.name, killed.listen, killed.api_port)
+                    .await;
                 fronts.all.push(again);
             }
             FrontDisruption::KillActiveBackend => {
@@ -398,6 +424,38 @@ pub async fn fronts_under_disruption(
             reconnected,
             paying: since.elapsed(),
         });
+        // The instance that took over gets the flooded front's whole graph when the
+        // front attaches to it (it has only what it last persisted).
+        // (Unless that front was killed since: a restarted front's graph is empty.)
+        if disruption == FrontDisruption::KillActiveBackend
+            && let Some(graph) = &flood_graph
+            && fronts
+                .all
+                .iter()
+                .any(|front| Some((front.name, front.process.child.id())) == flooded)
+        {
+            let api = cluster.active_instance().api.clone();
+            let messages = graph.messages() as u64;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let new = gossip_from_fronts(&api, "new").await.unwrap_or(0);
+                let ignored = gossip_from_fronts(&api, "ignored").await.unwrap_or(0);
+                if new + ignored >= messages {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let mut states = Vec::new();
+                    for front in &fronts.all {
+                        states.push(front_state(&front.api).await);
+                    }
+                    panic!(
+                        "round {round}: the new instance got {new} new and {ignored} known \
+                         messages of the {messages} the fronts hold: {states:?}"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         // A gossip-only peer outlives the active backend's death: its front keeps it
         // and introduces it to the next backend.
         if disruption == FrontDisruption::KillActiveBackend

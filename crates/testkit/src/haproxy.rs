@@ -2,8 +2,9 @@
 //! scratch directory, in front of a list of servers, stopped when dropped.
 //!
 //! It sends each new connection to the server with the fewest (`leastconn`), checks every
-//! server's port every 200 ms, and sends a connection whose server refuses it to another
-//! one (`option redispatch`), as an operator's balancer in front of fronts would.
+//! server every 200 ms (its port, or an HTTP health endpoint beside it), and sends a
+//! connection whose server refuses it to another one (`option redispatch`), as an
+//! operator's balancer in front of fronts would.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -14,6 +15,16 @@ use anyhow::{Context, bail};
 
 use crate::process::{free_port, scratch_dir, spawn_tied};
 
+/// A server behind the balancer.
+#[derive(Clone, Copy, Debug)]
+pub struct Server {
+    /// Where connections go.
+    pub address: SocketAddr,
+    /// The port, on the same host, of its HTTP health endpoint (`GET /v1/ready`); `None`:
+    /// the connection port itself is checked.
+    pub ready_port: Option<u16>,
+}
+
 /// A running haproxy.
 pub struct Haproxy {
     child: Child,
@@ -22,8 +33,23 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
-    /// Starts haproxy balancing TCP connections over `servers`.
+    /// Starts haproxy balancing TCP connections over `servers`, each checked by a TCP
+    /// connection to its port.
     pub fn start(servers: &[SocketAddr]) -> anyhow::Result<Self> {
+        let servers: Vec<Server> = servers
+            .iter()
+            .map(|address| Server {
+                address: *address,
+                ready_port: None,
+            })
+            .collect();
+        Self::start_servers(&servers)
+    }
+
+    /// Starts haproxy balancing TCP connections over `servers`, sending connections only
+    /// to those whose `GET /v1/ready` answers 200 on their `ready_port` (a front's API:
+    /// 503 while it has no backend).
+    pub fn start_servers(servers: &[Server]) -> anyhow::Result<Self> {
         let dir = scratch_dir("haproxy")?;
         let mut last_error = None;
         // Another process may take the free port before haproxy binds it: try again.
@@ -94,17 +120,25 @@ impl Drop for Haproxy {
     }
 }
 
-fn config_text(address: SocketAddr, servers: &[SocketAddr]) -> String {
+fn config_text(address: SocketAddr, servers: &[Server]) -> String {
     let mut text = format!(
         "global\n    maxconn 1000\n\n\
          defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1h\n    \
-         timeout server 1h\n    retries 3\n    option redispatch\n\n\
+         timeout server 1h\n    timeout check 1s\n    retries 3\n    option redispatch\n\n\
          frontend peers\n    bind {address}\n    default_backend fronts\n\n\
          backend fronts\n    balance leastconn\n"
     );
+    if servers.iter().any(|server| server.ready_port.is_some()) {
+        text.push_str("    option httpchk GET /v1/ready\n    http-check expect status 200\n");
+    }
     for (index, server) in servers.iter().enumerate() {
+        let port = server
+            .ready_port
+            .map(|port| format!(" port {port}"))
+            .unwrap_or_default();
         text.push_str(&format!(
-            "    server front{index} {server} check inter 200ms fall 1 rise 1\n"
+            "    server front{index} {} check{port} inter 200ms fall 1 rise 1\n",
+            server.address
         ));
     }
     text
