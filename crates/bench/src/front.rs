@@ -203,6 +203,7 @@ async fn handshakes(args: &FrontArgs) -> anyhow::Result<()> {
         identity: ca.identity(Role::Front, "front-1")?,
         ecdh_timeout: Duration::from_secs(5),
         node_key: None,
+        public_address: None,
     })
     .await?;
     // A front holding the node key (`key_provider = "seed"`), attached to the same
@@ -214,6 +215,7 @@ async fn handshakes(args: &FrontArgs) -> anyhow::Result<()> {
         identity: ca.identity(Role::Front, "front-2")?,
         ecdh_timeout: Duration::from_secs(5),
         node_key: Some(NodeKey::new(node_keys.get_node_secret_key())),
+        public_address: None,
     })
     .await?;
 
@@ -307,6 +309,7 @@ async fn payments(args: &FrontArgs) -> anyhow::Result<()> {
         identity: ca.identity(Role::Front, "front-1")?,
         ecdh_timeout: Duration::from_secs(5),
         node_key: None,
+        public_address: None,
     })
     .await?;
 

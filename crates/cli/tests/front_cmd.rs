@@ -84,6 +84,10 @@ fn each_bad_setting_is_refused_by_name() {
             with(&["--ca", &ca_arg, "--key-provider", "hsm"]),
             "front.key_provider",
         ),
+        (
+            with(&["--ca", &ca_arg, "--public-address", "pay example com"]),
+            "front.public_address",
+        ),
         // A front holding the key needs to be told where the seed is.
         (
             with(&["--ca", &ca_arg, "--key-provider", "seed"]),

@@ -61,6 +61,10 @@ pub struct FrontLayer {
     /// How long a peer's handshake waits for the backend's ECDH (default 5000).
     #[arg(long = "ecdh-timeout-ms", env = "PHALANX_FRONT_ECDH_TIMEOUT_MS")]
     pub ecdh_timeout_ms: Option<u64>,
+    /// What the node announces as its address through this front: the load balancer's
+    /// (host:port, a name or an IP; unset: the front announces nothing).
+    #[arg(long = "public-address", env = "PHALANX_FRONT_PUBLIC_ADDRESS")]
+    pub public_address: Option<String>,
     /// Where the node key comes from: `none` (the default: the front holds no key and
     /// asks the backend) or `seed` (the front loads the node's seed as `phalanx node`
     /// does, from the `[seed]` table and `--seed-*` settings, and holds the key).
@@ -127,6 +131,7 @@ impl FrontLayer {
             api_listen: self.api_listen.or(base.api_listen),
             ecdh_timeout_ms: self.ecdh_timeout_ms.or(base.ecdh_timeout_ms),
             key_provider: self.key_provider.or(base.key_provider),
+            public_address: self.public_address.or(base.public_address),
         }
     }
 
@@ -165,6 +170,19 @@ impl FrontLayer {
                 format!("{ecdh_timeout_ms} is not between 100 and 60000"),
             ));
         }
+        let public_address = self
+            .public_address
+            .map(|text| {
+                text.parse::<lightning::ln::msgs::SocketAddress>()
+                    .map(|_| text.clone())
+                    .map_err(|_| {
+                        field(
+                            "front.public_address",
+                            format!("{text:?} is not an address a node can announce (host:port)"),
+                        )
+                    })
+            })
+            .transpose()?;
         let key_provider = match self.key_provider.as_deref().unwrap_or("none") {
             "none" => KeyProvider::None,
             "seed" => KeyProvider::Seed,
@@ -194,6 +212,7 @@ impl FrontLayer {
                 identity,
                 ecdh_timeout: Duration::from_millis(ecdh_timeout_ms),
                 node_key: None,
+                public_address,
             },
             api_listen,
             key_provider,

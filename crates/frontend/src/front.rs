@@ -55,6 +55,9 @@ pub struct FrontConfig {
     /// The node key, if this front holds it (`[front] key_provider`): handshakes are
     /// then answered locally. `None`, the default: keyless.
     pub node_key: Option<NodeKey>,
+    /// Where peers reach the node through this front (its balancer's `host:port`), told
+    /// to each backend it attaches to, for the node's announcement.
+    pub public_address: Option<String>,
 }
 
 /// Why a front cannot start.
@@ -184,7 +187,8 @@ impl Front {
         .ok_or_else(|| {
             LinkError::Protocol("the backend runs a chain this front does not know".into())
         })?;
-        let (state, mut dial_requests) = FrontState::new(first.1.node_id, config.ecdh_timeout);
+        let (mut state, mut dial_requests) = FrontState::new(first.1.node_id, config.ecdh_timeout);
+        state.public_address = config.public_address.clone();
         let state = Arc::new(state);
         let graph = Arc::new(FrontGraph::new(network, Arc::new(LdkTracing)));
         let gossip = Arc::new(EdgeGossip::new(graph, Arc::clone(&state)));

@@ -73,6 +73,8 @@ pub struct FrontState {
     /// was asked (checks hold LDK's gossip processing back, so they time out).
     funding_waiting: Mutex<HashMap<u64, (UtxoFuture, Instant)>>,
     next_funding: AtomicU64,
+    /// Where peers reach the node through this front: told to each backend attached to.
+    pub(crate) public_address: Option<String>,
 }
 
 /// What a front has done, for its state and metrics.
@@ -125,6 +127,7 @@ impl FrontState {
             dials,
             funding_waiting: Mutex::default(),
             next_funding: AtomicU64::new(1),
+            public_address: None,
         };
         (state, dial_requests)
     }
@@ -237,6 +240,11 @@ impl FrontState {
             name,
         });
         self.counters.attachments.fetch_add(1, Ordering::Relaxed);
+        if let Some(address) = &self.public_address {
+            self.send(Frame::PublicAddress {
+                address: address.clone(),
+            });
+        }
         self.introduce_kept_peers();
         self.attached_notify.notify_one();
         Ok(())

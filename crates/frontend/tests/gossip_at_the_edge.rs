@@ -207,6 +207,7 @@ async fn a_front_hands_its_graph_to_the_next_backend_and_keeps_its_gossip_peers(
         identity: ca.identity(Role::Front, "front-1").unwrap(),
         ecdh_timeout: Duration::from_secs(5),
         node_key: None,
+        public_address: None,
     })
     .await
     .unwrap();
@@ -235,6 +236,56 @@ async fn a_front_hands_its_graph_to_the_next_backend_and_keeps_its_gossip_peers(
     // It has a session at the stand-in: the front introduced it again.
     wait_for("the kept peer's session at the stand-in", || {
         stand_in.peers().len() == 1
+    })
+    .await;
+}
+
+/// The node announces itself at its fronts' public address (the balancer's): the front
+/// tells the backend, which signs the announcement and sends it out through the front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_node_announces_its_fronts_public_address() {
+    let regtest = TestChain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = phalanx_e2e::nodes::start(&phalanx_e2e::nodes::node_config(
+        &regtest,
+        dir.path(),
+        "alice",
+        None,
+    ))
+    .await;
+    let (bob, ca) = fronted_bob(&regtest, dir.path()).await;
+    let public = "203.0.113.5:9735";
+    let front = Front::start(FrontConfig {
+        name: "front-1".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        backends: vec![bob.link_address().unwrap()],
+        identity: ca.identity(Role::Front, "front-1").unwrap(),
+        ecdh_timeout: Duration::from_secs(5),
+        node_key: None,
+        public_address: Some(public.into()),
+    })
+    .await
+    .unwrap();
+    // A public channel from Alice to Bob, through the front; announced after six blocks.
+    phalanx_e2e::nodes::fund(&regtest, &alice, bitcoin::Amount::from_sat(2_000_000)).await;
+    alice
+        .open_channel(bob.node_id(), Some(front.address()), 1_000_000, 0, true)
+        .await
+        .unwrap();
+    let bob_id = lightning::routing::gossip::NodeId::from_pubkey(&bob.node_id());
+    for _ in 0..12 {
+        phalanx_devnet::harness::mine(regtest.control(), &[&alice, &bob], 1)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for("alice to learn bob's address from his announcement", || {
+        alice
+            .network_graph()
+            .read_only()
+            .node(&bob_id)
+            .and_then(|node| node.announcement_info.clone())
+            .is_some_and(|info| info.addresses().iter().any(|a| a.to_string() == public))
     })
     .await;
 }

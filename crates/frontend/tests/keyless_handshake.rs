@@ -164,6 +164,7 @@ async fn handshake_through_a_linked_front(
         identity: identity(Role::Front, "front-1"),
         ecdh_timeout: Duration::from_secs(5),
         node_key: node_key.map(|seed| NodeKey::new(keys(seed[0]).get_node_secret_key())),
+        public_address: None,
     })
     .await?;
     assert_eq!(front.state().node_id(), node_id);

@@ -57,6 +57,8 @@ type LinkId = u64;
 struct FrontLink {
     name: String,
     frames: mpsc::UnboundedSender<Frame>,
+    /// Where peers reach the node through this front, as it said.
+    public_address: Option<String>,
 }
 
 struct Session {
@@ -155,6 +157,20 @@ where
     /// (the backend's `PeerManager::process_events`). Set once.
     pub fn set_wake(&self, wake: impl Fn() + Send + Sync + 'static) {
         let _ = self.wake.set(Box::new(wake));
+    }
+
+    /// Where peers reach the node through the linked fronts (their balancers'
+    /// addresses), sorted, each once: what the node announces.
+    pub fn public_addresses(&self) -> Vec<String> {
+        let mut addresses: Vec<String> = self
+            .lock()
+            .links
+            .values()
+            .filter_map(|link| link.public_address.clone())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
     }
 
     /// Where the fronts' gossip goes and their funding questions are answered. Set once;
@@ -304,6 +320,7 @@ where
                 FrontLink {
                     name: front.clone(),
                     frames,
+                    public_address: None,
                 },
             );
             id
@@ -322,6 +339,7 @@ where
                     frame,
                     Frame::Gossip(_)
                         | Frame::FundingOutputRequest { .. }
+                        | Frame::PublicAddress { .. }
                         | Frame::LinkPing { .. }
                         | Frame::LinkPong { .. }
                 )
@@ -397,6 +415,11 @@ where
             Frame::Gossip(gossip) => {
                 if let Some(backend) = self.gossip.get() {
                     backend.verified(front, gossip);
+                }
+            }
+            Frame::PublicAddress { address } => {
+                if let Some(link) = self.lock().links.get_mut(&link) {
+                    link.public_address = Some(address);
                 }
             }
             other => {

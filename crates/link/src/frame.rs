@@ -168,6 +168,12 @@ pub enum Frame {
     /// Gossip a front verified and took as new, for the backend's router (front to
     /// backend).
     Gossip(VerifiedGossip),
+    /// Where peers reach the node through this front (its load balancer's address), for
+    /// the node's announcement (front to backend, once attached).
+    PublicAddress {
+        /// `host:port`, as LDK's `SocketAddress` reads it.
+        address: String,
+    },
 }
 
 /// What a front needs of the active backend to answer peers itself during their
@@ -234,6 +240,7 @@ impl Frame {
             Frame::FundingOutputRequest { .. } => "funding_output_request",
             Frame::FundingOutputResponse { .. } => "funding_output_response",
             Frame::Gossip(_) => "gossip",
+            Frame::PublicAddress { .. } => "public_address",
         }
     }
 }

@@ -91,6 +91,9 @@ fn one_of_each() -> Vec<Frame> {
         Frame::Gossip(VerifiedGossip::ChannelUpdate {
             contents: vec![4; 100],
         }),
+        Frame::PublicAddress {
+            address: "pay.example.com:9735".into(),
+        },
     ]
 }
 
@@ -334,6 +337,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                     },
                 }
             ),
+        ".{0,60}".prop_map(|address| Frame::PublicAddress { address }),
         (
             prop::collection::vec(any::<u8>(), 0..300),
             prop::option::of(any::<u64>()),

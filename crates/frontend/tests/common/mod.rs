@@ -20,6 +20,7 @@ pub async fn front(ca: &LinkCa, name: &str, backend: &Node) -> Front {
         identity: ca.identity(Role::Front, name).unwrap(),
         ecdh_timeout: Duration::from_secs(5),
         node_key: None,
+        public_address: None,
     })
     .await
     .unwrap()

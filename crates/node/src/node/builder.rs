@@ -753,6 +753,11 @@ fn start_tasks(node: &Arc<Node>, parts: TaskParts<'_>) {
         reconnect_loop(Arc::clone(node)),
     ));
     tasks.push(supervisor.spawn(
+        "the node announcer",
+        Runs::UntilShutdown,
+        announce_loop(Arc::clone(node)),
+    ));
+    tasks.push(supervisor.spawn(
         "the HTLC processor",
         Runs::UntilShutdown,
         htlc_processor(

@@ -151,3 +151,60 @@ pub(super) async fn fail_stopper(node: Arc<Node>) {
     // stop_tasks aborts this task's siblings (and this one): run it detached.
     tokio::spawn(async move { node2.stop_tasks(&reason, Stopping::FailStop).await });
 }
+
+/// How often the announcer looks at the fronts' public addresses.
+const ANNOUNCE_CHECK: Duration = Duration::from_secs(10);
+/// How often the node announcement is sent again when nothing changed (as LDK advises
+/// for nodes that announce: peers forget stale ones).
+const ANNOUNCE_AGAIN: Duration = Duration::from_secs(3600);
+
+/// Announces the node at the public addresses of its fronts (their load balancers'),
+/// when they change and every hour: signed here, sent to direct peers by the
+/// `PeerManager` and to every front (which relay it) from the node's own graph. The
+/// graph keeps a node announcement only once the node has a public channel in it, so
+/// until then the announcer tries again at each look.
+pub(super) async fn announce_loop(node: Arc<Node>) {
+    let mut shutdown = node.shutdown.subscribe();
+    let mut announced: Option<(Vec<String>, Instant)> = None;
+    let our_id = lightning::routing::gossip::NodeId::from_pubkey(&node.node_id());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ANNOUNCE_CHECK) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let addresses = node.link_server.public_addresses();
+        if addresses.is_empty() {
+            continue;
+        }
+        let due = announced
+            .as_ref()
+            .is_none_or(|(sent, at)| *sent != addresses || at.elapsed() >= ANNOUNCE_AGAIN);
+        if !due {
+            continue;
+        }
+        let parsed: Vec<lightning::ln::msgs::SocketAddress> = addresses
+            .iter()
+            .filter_map(|address| address.parse().ok())
+            .take(100)
+            .collect();
+        let mut alias = [0u8; 32];
+        let name = node.alias.as_bytes();
+        alias[..name.len().min(32)].copy_from_slice(&name[..name.len().min(32)]);
+        node.peer_manager
+            .broadcast_node_announcement([0x5a, 0x4e, 0x58], alias, parsed);
+        let message = node
+            .network_graph
+            .read_only()
+            .node(&our_id)
+            .and_then(|info| info.announcement_info.as_ref())
+            .and_then(|info| info.announcement_message().cloned());
+        if let Some(msg) = message {
+            // To every front; the backend's own peers have it from the PeerManager.
+            let _ = node.link_server.route_events(vec![
+                lightning::ln::msgs::MessageSendEvent::BroadcastNodeAnnouncement { msg },
+            ]);
+            tracing::info!(?addresses, "announced the node at its fronts' addresses");
+            announced = Some((addresses, Instant::now()));
+        }
+    }
+}
