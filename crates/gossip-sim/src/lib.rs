@@ -298,7 +298,7 @@ fn fund(chain: &mut Chain, outputs: &[TxOut]) -> Result<Vec<u64>, BuildError> {
         let needed: Amount =
             batch.iter().map(|o| o.value).sum::<Amount>() + Amount::from_sat(1_000_000);
         let mut coins = chain.wallet_coins();
-        coins.sort_by(|a, b| b.1.value.cmp(&a.1.value));
+        coins.sort_by_key(|coin| std::cmp::Reverse(coin.1.value));
         let mut spent = Vec::new();
         let mut total = Amount::ZERO;
         for coin in coins {
