@@ -8,16 +8,14 @@
 //! of the front's process, and the CPU time of the backend's meanwhile (from `/proc`).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use phalanx_e2e::chain::TestChain;
+use phalanx_e2e::fronts::{link_section, write_certs};
 use phalanx_e2e::process::{self, ConfigFile, LogFile, NodeBinary};
 use phalanx_gossip_sim::{ReplayPeer, Shape, SyntheticGraph};
-use phalanx_link::Role;
-use phalanx_link::pki::LinkCa;
 use phalanx_testkit::process::free_port;
 use serde::Serialize;
 
@@ -84,18 +82,6 @@ fn memory_mb(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-fn write_certs(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let ca = LinkCa::generate("bench-gossip")?;
-    std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
-    for (role, name) in [(Role::Backend, "backend"), (Role::Front, "front-1")] {
-        let issued = ca.issue(role, name)?;
-        std::fs::write(dir.join(format!("{name}.crt")), &issued.cert_pem)?;
-        std::fs::write(dir.join(format!("{name}.key")), issued.key_pem.as_bytes())?;
-    }
-    Ok(())
-}
-
 /// A number from a metrics text: the line starting with `series`.
 fn metric(text: &str, series: &str) -> u64 {
     text.lines()
@@ -126,17 +112,12 @@ pub async fn ingest(
     let messages = graph.messages();
 
     let certs = dir.join("link");
-    write_certs(&certs)?;
+    write_certs(&certs, &["front-1"]);
     let binary = NodeBinary::current_exe()?;
     let alice_dir = dir.join("alice");
     let store_url = format!("sqlite://{}", alice_dir.join("node.db").display());
     let config = ConfigFile::new(&alice_dir, &store_url, "alice", chain.config())
-        .extra(format!(
-            "[link]\ncertificate = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-            certs.join("backend.crt").display(),
-            certs.join("backend.key").display(),
-            certs.join("ca.crt").display(),
-        ))
+        .extra(link_section(&certs))
         .write(&binary);
     let link = format!("127.0.0.1:{}", free_port());
     let mut backend = process::node(&binary, "alice", &config, &["--link-listen", &link]);

@@ -186,8 +186,9 @@ async fn gossip_from_fronts(api: &phalanx_api::ApiClient, outcome: &str) -> Opti
         .or(Some(0))
 }
 
-/// Writes the link's CA and certificates (one shared by the backends, one per front).
-fn write_certs(dir: &Path, fronts: &[&str]) {
+/// Writes the link's CA and certificates (one shared by the backends, named `backend`,
+/// and one per front) into `dir`.
+pub fn write_certs(dir: &Path, fronts: &[&str]) {
     std::fs::create_dir_all(dir).expect("the certificates' directory");
     let ca = LinkCa::generate("alice").expect("a link CA");
     std::fs::write(dir.join("ca.crt"), ca.cert_pem()).expect("write ca.crt");
@@ -200,6 +201,17 @@ fn write_certs(dir: &Path, fronts: &[&str]) {
         std::fs::write(dir.join(format!("{name}.key")), cert.key_pem.as_bytes())
             .expect("write a key");
     }
+}
+
+/// The `[link]` table of a backend using the certificates [`write_certs`] wrote in
+/// `certs`.
+pub fn link_section(certs: &Path) -> String {
+    format!(
+        "[link]\ncertificate = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+        certs.join("backend.crt").display(),
+        certs.join("backend.key").display(),
+        certs.join("ca.crt").display(),
+    )
 }
 
 /// The node's secret key and the seed it comes from, as the byte strings to look for.
@@ -242,12 +254,7 @@ pub async fn fronts_under_disruption(
     let link_ports = [free_port(), free_port()];
     let alice_dir = world.dir.join("alice");
     let config = ConfigFile::new(&alice_dir, &world.store_url, "alice", world.chain.config())
-        .extra(format!(
-            "[link]\ncertificate = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-            certs.join("backend.crt").display(),
-            certs.join("backend.key").display(),
-            certs.join("ca.crt").display(),
-        ))
+        .extra(link_section(&certs))
         .write(&binary);
     let link = |port: u16| vec!["--link-listen".to_owned(), format!("127.0.0.1:{port}")];
     let mut cluster = Cluster::start_with(
