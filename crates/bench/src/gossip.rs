@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use phalanx_e2e::chain::TestChain;
-use phalanx_e2e::fronts::{link_section, write_certs};
+use phalanx_e2e::fronts::{link_section, metric_value as metric, write_certs};
 use phalanx_e2e::process::{self, ConfigFile, LogFile, NodeBinary};
 use phalanx_gossip_sim::{ReplayPeer, Shape, SyntheticGraph};
 use phalanx_testkit::process::free_port;
@@ -80,16 +80,6 @@ fn memory_mb(pid: u32) -> anyhow::Result<(f64, f64)> {
         Ok(kib / 1024.0)
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// A number from a metrics text: the line starting with `series`.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|value| value.parse::<f64>().ok())
-        .map(|value| value as u64)
-        .unwrap_or(0)
 }
 
 pub async fn ingest(
@@ -205,7 +195,7 @@ pub async fn ingest(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let new_series = "phalanx_front_gossip_total{outcome=\"new\"} ";
+    let new_series = "phalanx_front_gossip_total{outcome=\"new\"}";
     let backend_seconds = loop {
         let text = backend_api.metrics().await.unwrap_or_default();
         let handed = front_state(&front_api).await?["gossip_to_backend"]
@@ -258,7 +248,7 @@ pub async fn ingest(
     }
     let ignored = metric(
         &backend_text,
-        "phalanx_front_gossip_total{outcome=\"ignored\"} ",
+        "phalanx_front_gossip_total{outcome=\"ignored\"}",
     );
     if ignored != 0 {
         violations.push(format!("the backend ignored {ignored} messages"));

@@ -22,6 +22,17 @@ fn front(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     )
 }
 
+/// Writes a new link CA's `ca.crt` and front-1's `front-1.crt` and `front-1.key` in
+/// `dir`; returns the CA.
+fn write_front_certs(dir: &std::path::Path) -> LinkCa {
+    let ca = LinkCa::generate("test").unwrap();
+    let issued = ca.issue(Role::Front, "front-1").unwrap();
+    std::fs::write(dir.join("front-1.crt"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.join("front-1.key"), issued.key_pem.as_bytes()).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+    ca
+}
+
 #[test]
 fn each_bad_setting_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,11 +170,7 @@ fn get(address: &str, path: &str) -> Option<(u16, String)> {
 #[test]
 fn a_front_without_a_backend_says_so_on_its_api_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = LinkCa::generate("test").unwrap();
-    let issued = ca.issue(Role::Front, "front-1").unwrap();
-    std::fs::write(dir.path().join("front-1.crt"), &issued.cert_pem).unwrap();
-    std::fs::write(dir.path().join("front-1.key"), issued.key_pem.as_bytes()).unwrap();
-    std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    write_front_certs(dir.path());
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -239,11 +246,7 @@ async fn a_front_given_the_seed_holds_the_key_of_its_backends_node() {
     use phalanx_link::backend::LinkServer;
 
     let dir = tempfile::tempdir().unwrap();
-    let ca = LinkCa::generate("test").unwrap();
-    let issued = ca.issue(Role::Front, "front-1").unwrap();
-    std::fs::write(dir.path().join("front-1.crt"), &issued.cert_pem).unwrap();
-    std::fs::write(dir.path().join("front-1.key"), issued.key_pem.as_bytes()).unwrap();
-    std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    let ca = write_front_certs(dir.path());
     let path = |file: &str| dir.path().join(file).display().to_string();
     // Two seeds, as `phalanx init` writes them (128 hex digits, mode 0600).
     let seeds = [[0x11u8; 64], [0x22u8; 64]];

@@ -175,15 +175,23 @@ async fn front_sessions(api: &str) -> Option<u64> {
     front_state(api).await?["sessions"].as_u64()
 }
 
-/// `phalanx_front_gossip_total{outcome}` of a backend.
-async fn gossip_from_fronts(api: &phalanx_api::ApiClient, outcome: &str) -> Option<u64> {
-    let text = api.metrics().await.ok()?;
-    let series = format!("phalanx_front_gossip_total{{outcome=\"{outcome}\"}} ");
+/// The value of `series` (its name and labels, as printed) in a metrics text; 0 if the
+/// series has no line yet (a counter never incremented).
+pub fn metric_value(text: &str, series: &str) -> u64 {
     text.lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse::<f64>().ok())
         .map(|value| value as u64)
-        .or(Some(0))
+        .unwrap_or(0)
+}
+
+/// `phalanx_front_gossip_total{outcome}` of a backend; `None` if it cannot be read.
+async fn gossip_from_fronts(api: &phalanx_api::ApiClient, outcome: &str) -> Option<u64> {
+    let text = api.metrics().await.ok()?;
+    Some(metric_value(
+        &text,
+        &format!("phalanx_front_gossip_total{{outcome=\"{outcome}\"}}"),
+    ))
 }
 
 /// Writes the link's CA and certificates (one shared by the backends, named `backend`,
