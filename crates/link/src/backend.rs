@@ -11,6 +11,12 @@
 //! peers connected to the backend directly): it passes everything to the node's handler,
 //! but sends the events of peers on a front down their link, and broadcasts to every
 //! front too.
+//!
+//! Onion messages (BOLT 4 and 12) of peers on fronts go to the node's onion message
+//! handler ([`LinkServer::set_onion_handler`]) as their sessions come and go, and what it
+//! has for them leaves down their links each time the backend's `PeerManager` processes
+//! its events (through [`SplitHandler`]), the way LDK's `PeerManager` pulls them for its
+//! own peers.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
@@ -18,7 +24,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bitcoin::secp256k1::PublicKey;
 use futures::{SinkExt, StreamExt};
-use lightning::ln::msgs::{BaseMessageHandler, ChannelMessageHandler, Init, MessageSendEvent};
+use lightning::ln::msgs::{
+    BaseMessageHandler, ChannelMessageHandler, Init, MessageSendEvent, OnionMessage,
+    OnionMessageHandler,
+};
 use lightning::types::features::{InitFeatures, NodeFeatures};
 use lightning::util::ser::LengthReadable;
 use tokio::net::TcpListener;
@@ -26,10 +35,10 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
-use crate::ldk::WireMessage;
 use crate::ldk::gossip::{FundingLookupFailure, FundingOutput, VerifiedGossip};
 use crate::ldk::inbound::{ChannelMessage, Inbox};
 use crate::ldk::outbound::{PeerEvent, Route, route};
+use crate::ldk::{WireMessage, types};
 use crate::tls::LinkIdentity;
 use crate::{ActiveBackend, Frame, Hello, LinkCodec, LinkError, Role, SessionId};
 
@@ -38,6 +47,14 @@ pub type EcdhFn = Box<dyn Fn(&PublicKey) -> Option<[u8; 32]> + Send + Sync>;
 
 /// Called once with the answer to a front's funding-output question.
 pub type FundingAnswer = Box<dyn FnOnce(Result<FundingOutput, FundingLookupFailure>) + Send>;
+
+/// The node's onion message handler (LDK's `OnionMessenger`), for peers on fronts.
+pub type OnionHandler = Arc<dyn OnionMessageHandler + Send + Sync>;
+
+/// At most this many onion messages leave for one peer each time events are processed,
+/// so that one peer's backlog cannot hold the server's lock long; the rest wait for the
+/// next round (LDK's own buffers bound them).
+const ONION_MESSAGES_PER_ROUND: usize = 32;
 
 /// What the backend does with its fronts' gossip (see [`crate::ldk::gossip`]).
 pub trait GossipBackend: Send + Sync {
@@ -111,6 +128,7 @@ where
     state: Mutex<State>,
     wake: OnceLock<Box<dyn Fn() + Send + Sync>>,
     gossip: OnceLock<Arc<dyn GossipBackend>>,
+    onion: OnceLock<OnionHandler>,
     /// Set once the node stops: every link is closed and no frame reaches the handler.
     closed: tokio::sync::watch::Sender<bool>,
 }
@@ -131,6 +149,7 @@ where
             state: Mutex::default(),
             wake: OnceLock::new(),
             gossip: OnceLock::new(),
+            onion: OnceLock::new(),
             closed: tokio::sync::watch::channel(false).0,
         }
     }
@@ -145,7 +164,15 @@ where
         state.links.clear();
         let peers: Vec<PublicKey> = state.sessions.drain().map(|(peer, _)| peer).collect();
         for peer in peers {
-            self.handler.peer_disconnected(peer);
+            self.peer_gone(peer);
+        }
+    }
+
+    /// Tells the handlers that `peer`'s session through a front ended.
+    fn peer_gone(&self, peer: PublicKey) {
+        self.handler.peer_disconnected(peer);
+        if let Some(onion) = self.onion.get() {
+            onion.peer_disconnected(peer);
         }
     }
 
@@ -177,6 +204,12 @@ where
     /// until then a front's questions are answered "unknown" and its gossip dropped.
     pub fn set_gossip(&self, gossip: Arc<dyn GossipBackend>) {
         let _ = self.gossip.set(gossip);
+    }
+
+    /// Where the onion messages of peers on fronts go, and whence theirs come. Set once;
+    /// until then their onion messages are ignored, as an unknown odd message is.
+    pub fn set_onion_handler(&self, onion: OnionHandler) {
+        let _ = self.onion.set(onion);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -382,7 +415,7 @@ where
                 let mut state = self.lock();
                 if is_current(&state, link, session, &peer) {
                     state.sessions.remove(&peer);
-                    self.handler.peer_disconnected(peer);
+                    self.peer_gone(peer);
                 }
             }
             Frame::EcdhRequest { request, point } => {
@@ -453,7 +486,7 @@ where
         };
         if let Some(old) = state.sessions.remove(&peer) {
             // The newer connection wins: the old one is ended on its front.
-            self.handler.peer_disconnected(peer);
+            self.peer_gone(peer);
             state.send(
                 old.link,
                 Frame::PeerDisconnected {
@@ -464,6 +497,12 @@ where
         }
         if self.handler.peer_connected(peer, &init, inbound).is_err() {
             return refuse(&state, "the channel handler refused it");
+        }
+        if let Some(onion) = self.onion.get()
+            && onion.peer_connected(peer, &init, inbound).is_err()
+        {
+            self.handler.peer_disconnected(peer);
+            return refuse(&state, "the onion message handler refused it");
         }
         state.sessions.insert(
             peer,
@@ -481,6 +520,16 @@ where
         let mut state = self.lock();
         if !is_current(&state, link, session, &peer) {
             return; // A message of a session that has ended.
+        }
+        if message.message_type == types::ONION_MESSAGE {
+            let Some(onion) = self.onion.get() else {
+                return; // No onion handler: an odd type this node does not read.
+            };
+            match message.read::<OnionMessage>() {
+                Ok(decoded) => onion.handle_onion_message(peer, &decoded),
+                Err(err) => self.end_session(&mut state, peer, &err.to_string()),
+            }
+            return;
         }
         let decoded = match ChannelMessage::decode(&message) {
             Ok(Some(decoded)) => decoded,
@@ -501,7 +550,7 @@ where
     fn end_session(&self, state: &mut State, peer: PublicKey, why: &str) {
         if let Some(session) = state.sessions.remove(&peer) {
             tracing::info!(%peer, session = session.id.0, why, "ending a peer's session");
-            self.handler.peer_disconnected(peer);
+            self.peer_gone(peer);
             state.send(
                 session.link,
                 Frame::PeerEvent {
@@ -525,19 +574,18 @@ where
             .collect();
         for peer in gone {
             state.sessions.remove(&peer);
-            self.handler.peer_disconnected(peer);
+            self.peer_gone(peer);
         }
     }
 
     /// Sends the events of peers on fronts down their links, and broadcasts to every
     /// front; returns the events the backend's own `PeerManager` is to handle (those of
-    /// its direct peers, the broadcasts, and the ones it only logs).
+    /// its direct peers, the broadcasts, and the ones it only logs). The onion messages
+    /// waiting for peers on fronts leave too.
     pub fn route_events(&self, events: Vec<MessageSendEvent>) -> Vec<MessageSendEvent> {
-        if events.is_empty() {
-            return events;
-        }
         let state = self.lock();
-        if state.links.is_empty() {
+        self.send_onion_messages(&state);
+        if events.is_empty() || state.links.is_empty() {
             return events;
         }
         let mut kept = Vec::with_capacity(events.len());
@@ -565,6 +613,35 @@ where
             }
         }
         kept
+    }
+}
+
+impl<H> LinkServer<H>
+where
+    H: Deref + Send + Sync + 'static,
+    H::Target: ChannelMessageHandler,
+{
+    /// Pulls what the onion message handler has for each peer on a front, as LDK's
+    /// `PeerManager` does for its own peers, and sends it down the peer's link.
+    fn send_onion_messages(&self, state: &State) {
+        let Some(onion) = self.onion.get() else {
+            return;
+        };
+        for (peer, session) in &state.sessions {
+            for _ in 0..ONION_MESSAGES_PER_ROUND {
+                let Some(message) = onion.next_onion_message_for_peer(*peer) else {
+                    break;
+                };
+                state.send(
+                    session.link,
+                    Frame::PeerMessage {
+                        session: session.id,
+                        peer: *peer,
+                        message: WireMessage::of(&message),
+                    },
+                );
+            }
+        }
     }
 }
 

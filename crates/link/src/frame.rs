@@ -93,8 +93,10 @@ pub enum Frame {
         /// Its peer.
         peer: PublicKey,
     },
-    /// A Lightning message of a session, either way, in the order the session sent or
-    /// must send it.
+    /// A Lightning message of a session, in the order the session sent or must send it:
+    /// a channel or onion message from the peer (front to backend), or an onion message
+    /// for it (backend to front; the backend's channel messages come as
+    /// [`Frame::PeerEvent`]s).
     PeerMessage {
         /// The session.
         session: SessionId,

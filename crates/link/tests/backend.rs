@@ -436,3 +436,151 @@ async fn a_closed_server_ends_its_links_and_hands_nothing_more_to_the_handler() 
         "nothing more"
     );
 }
+
+/// The node's onion message handler: what it was told, and what it has for peers.
+#[derive(Default)]
+struct OnionRecorder {
+    seen: Mutex<Vec<String>>,
+    outbox: Mutex<Vec<(PublicKey, msgs::OnionMessage)>>,
+}
+
+impl BaseMessageHandler for OnionRecorder {
+    fn get_and_clear_pending_msg_events(&self) -> Vec<MessageSendEvent> {
+        Vec::new()
+    }
+    fn peer_disconnected(&self, peer: PublicKey) {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("disconnect {}", name(&peer)));
+    }
+    fn provided_node_features(&self) -> NodeFeatures {
+        NodeFeatures::empty()
+    }
+    fn provided_init_features(&self, _: PublicKey) -> InitFeatures {
+        InitFeatures::empty()
+    }
+    fn peer_connected(&self, peer: PublicKey, _: &Init, _: bool) -> Result<(), ()> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("connect {}", name(&peer)));
+        Ok(())
+    }
+}
+
+impl msgs::OnionMessageHandler for OnionRecorder {
+    fn handle_onion_message(&self, peer: PublicKey, msg: &msgs::OnionMessage) {
+        self.seen.lock().unwrap().push(format!(
+            "onion {} {}",
+            name(&peer),
+            msg.onion_routing_packet.hop_data[0]
+        ));
+    }
+    fn next_onion_message_for_peer(&self, peer: PublicKey) -> Option<msgs::OnionMessage> {
+        let mut outbox = self.outbox.lock().unwrap();
+        let at = outbox.iter().position(|(to, _)| *to == peer)?;
+        Some(outbox.remove(at).1)
+    }
+    fn timer_tick_occurred(&self) {}
+}
+
+fn onion_message(marker: u8) -> msgs::OnionMessage {
+    msgs::OnionMessage {
+        blinding_point: key(3),
+        onion_routing_packet: lightning::onion_message::packet::Packet {
+            version: 0,
+            public_key: key(4),
+            hop_data: vec![marker; 1300],
+            hmac: [marker; 32],
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onion_messages_of_peers_on_fronts_reach_the_onion_handler_and_leave_down_their_link() {
+    let backend = Backend::start(None).await;
+    let onion = Arc::new(OnionRecorder::default());
+    backend
+        .server
+        .set_onion_handler(Arc::clone(&onion) as phalanx_link::backend::OnionHandler);
+    let onion_seen = |expected: &[&str]| {
+        let seen = std::mem::take(&mut *onion.seen.lock().unwrap());
+        assert_eq!(seen, expected);
+    };
+    let (p, q) = (key(1), key(2));
+    let mut a = backend.front("front-a").await;
+
+    a.send(connected(1, p)).await.unwrap();
+    let message = WireMessage::of(&onion_message(7));
+    assert_eq!(
+        message.message_type,
+        phalanx_link::ldk::types::ONION_MESSAGE
+    );
+    a.send(Frame::PeerMessage {
+        session: SessionId(1),
+        peer: p,
+        message,
+    })
+    .await
+    .unwrap();
+    a.send(stfu(1, p, 1)).await.unwrap();
+    backend
+        .expect(&["connect P inbound=true", "stfu P 1"])
+        .await;
+    onion_seen(&["connect P", "onion P 7"]);
+
+    // What the handler has for P leaves down P's link when events are processed; what
+    // it has for Q, a peer on no front, stays with it (the backend's own PeerManager
+    // pulls that).
+    onion.outbox.lock().unwrap().extend([
+        (q, onion_message(9)),
+        (p, onion_message(8)),
+        (p, onion_message(6)),
+    ]);
+    assert!(backend.server.route_events(Vec::new()).is_empty());
+    for marker in [8, 6] {
+        let frame = tokio::time::timeout(Duration::from_secs(10), a.next())
+            .await
+            .expect("P's onion messages leave down its link");
+        assert_eq!(
+            frame.unwrap().unwrap(),
+            Frame::PeerMessage {
+                session: SessionId(1),
+                peer: p,
+                message: WireMessage::of(&onion_message(marker)),
+            }
+        );
+    }
+    assert_eq!(onion.outbox.lock().unwrap().len(), 1);
+
+    // An onion message that does not decode ends the session, for both handlers.
+    a.send(Frame::PeerMessage {
+        session: SessionId(1),
+        peer: p,
+        message: WireMessage {
+            message_type: phalanx_link::ldk::types::ONION_MESSAGE,
+            body: vec![1],
+        },
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        a.next().await.unwrap().unwrap(),
+        Frame::PeerEvent {
+            session: SessionId(1),
+            peer: p,
+            event: PeerEvent::Disconnect { last: None },
+        }
+    );
+    backend.expect(&["disconnect P"]).await;
+    onion_seen(&["disconnect P"]);
+
+    // A session's end reaches the onion handler too.
+    a.send(connected(2, p)).await.unwrap();
+    a.send(disconnected(2, p)).await.unwrap();
+    backend
+        .expect(&["connect P inbound=true", "disconnect P"])
+        .await;
+    onion_seen(&["connect P", "disconnect P"]);
+}

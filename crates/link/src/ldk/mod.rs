@@ -94,4 +94,5 @@ pub mod types {
     pub const QUERY_CHANNEL_RANGE: u16 = 263;
     pub const REPLY_CHANNEL_RANGE: u16 = 264;
     pub const GOSSIP_TIMESTAMP_FILTER: u16 = 265;
+    pub const ONION_MESSAGE: u16 = 513;
 }
