@@ -42,6 +42,10 @@ pub struct FrontStateResponse {
     pub graph_nodes: usize,
     /// New, verified gossip messages handed to the backend.
     pub gossip_to_backend: u64,
+    /// Onion messages from peers forwarded to the backend.
+    pub onion_to_backend: u64,
+    /// Onion messages from the backend queued for peers.
+    pub onion_from_backend: u64,
 }
 
 struct Served {
@@ -126,6 +130,16 @@ async fn front_state(State(slot): State<FrontSlot>) -> impl IntoResponse {
                     .counters()
                     .gossip_to_backend
                     .load(Ordering::Relaxed),
+                onion_to_backend: served
+                    .state
+                    .counters()
+                    .onion_to_backend
+                    .load(Ordering::Relaxed),
+                onion_from_backend: served
+                    .state
+                    .counters()
+                    .onion_from_backend
+                    .load(Ordering::Relaxed),
             }
         }
         None => FrontStateResponse {
@@ -138,6 +152,8 @@ async fn front_state(State(slot): State<FrontSlot>) -> impl IntoResponse {
             graph_channels: 0,
             graph_nodes: 0,
             gossip_to_backend: 0,
+            onion_to_backend: 0,
+            onion_from_backend: 0,
         },
     };
     (
@@ -234,6 +250,21 @@ async fn front_metrics(State(slot): State<FrontSlot>) -> impl IntoResponse {
         "gossip_to_backend",
         "New, verified gossip messages handed to the backend",
         counter(&counters.gossip_to_backend),
+    );
+    registry.register(
+        "onion_to_backend",
+        "Onion messages from peers forwarded to the backend",
+        counter(&counters.onion_to_backend),
+    );
+    registry.register(
+        "onion_from_backend",
+        "Onion messages from the backend queued for peers",
+        counter(&counters.onion_from_backend),
+    );
+    registry.register(
+        "onion_dropped",
+        "Onion messages dropped: no backend to take them, a full queue, a session gone",
+        counter(&counters.onion_dropped),
     );
     registry.register(
         "funding_checks",

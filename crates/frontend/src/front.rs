@@ -22,6 +22,7 @@ use tokio_rustls::rustls::ClientConfig;
 use tokio_util::codec::Framed;
 
 use crate::gossip::{EdgeGossip, FrontGraph};
+use crate::onion::OnionRelay;
 use crate::signer::{EcdhSource, KeylessSigner, NodeKey};
 use crate::state::FrontState;
 
@@ -106,12 +107,13 @@ impl Logger for LdkTracing {
     }
 }
 
-/// The front's `PeerManager`: channel messages forwarded, gossip at the edge, no key.
+/// The front's `PeerManager`: channel and onion messages forwarded, gossip at the edge,
+/// no key.
 pub type FrontPeerManager = PeerManager<
     SocketDescriptor,
     Arc<Forwarder<Arc<FrontState>>>,
     Arc<EdgeGossip>,
-    Arc<IgnoringMessageHandler>,
+    Arc<OnionRelay>,
     Arc<LdkTracing>,
     Arc<IgnoringMessageHandler>,
     Arc<KeylessSigner<Arc<dyn EcdhSource>>>,
@@ -216,7 +218,7 @@ impl Front {
             MessageHandler {
                 chan_handler: Arc::new(Forwarder(Arc::clone(&state))),
                 route_handler: Arc::clone(&gossip),
-                onion_message_handler: Arc::clone(&ignoring),
+                onion_message_handler: Arc::new(OnionRelay::new(Arc::clone(&state))),
                 custom_message_handler: Arc::clone(&ignoring),
                 send_only_message_handler: ignoring,
             },

@@ -2,7 +2,7 @@
 //! attached to, a session per connected peer, and the backend's events waiting for the
 //! front's `PeerManager`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use bitcoin::constants::ChainHash;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::secp256k1::ecdh::SharedSecret;
-use lightning::ln::msgs::{BaseMessageHandler, ErrorAction, Init, MessageSendEvent};
+use lightning::ln::msgs::{BaseMessageHandler, ErrorAction, Init, MessageSendEvent, OnionMessage};
 use lightning::routing::utxo::{UtxoFuture, UtxoLookup, UtxoLookupError, UtxoResult};
 use lightning::types::features::{InitFeatures, NodeFeatures};
 use lightning::util::ser::Writeable;
 use lightning::util::wakers::Notifier;
 use phalanx_link::ldk::gossip::{FundingLookupFailure, FundingOutput, VerifiedGossip};
 use phalanx_link::ldk::inbound::{ChannelMessage, ForwardTarget};
+use phalanx_link::ldk::{WireMessage, types};
 use phalanx_link::{ActiveBackend, Frame, SessionId};
 use tokio::sync::{Notify, mpsc};
 
@@ -75,7 +76,14 @@ pub struct FrontState {
     next_funding: AtomicU64,
     /// Where peers reach the node through this front: told to each backend attached to.
     pub(crate) public_address: Option<String>,
+    /// Onion messages from the backend, per peer, until the front's `PeerManager` pulls
+    /// them (as it does from an onion messenger: when the peer's buffer has room).
+    onion_out: Mutex<HashMap<PublicKey, VecDeque<OnionMessage>>>,
 }
+
+/// At most this many onion messages wait for one peer; more are dropped (onion
+/// messages are best-effort, and LDK's own messenger bounds its per-peer buffer too).
+pub const ONION_MESSAGES_PER_PEER: usize = 64;
 
 /// What a front has done, for its state and metrics.
 #[derive(Debug, Default)]
@@ -101,6 +109,13 @@ pub struct Counters {
     pub funding_checks: AtomicU64,
     /// Of those, the ones that found no output (or failed, or timed out).
     pub funding_checks_failed: AtomicU64,
+    /// Onion messages from peers forwarded to the backend.
+    pub onion_to_backend: AtomicU64,
+    /// Onion messages from the backend queued for peers.
+    pub onion_from_backend: AtomicU64,
+    /// Onion messages dropped: from a peer while no backend could take them, or for a
+    /// peer whose queue was full or whose session had ended.
+    pub onion_dropped: AtomicU64,
 }
 
 impl FrontState {
@@ -128,6 +143,7 @@ impl FrontState {
             funding_waiting: Mutex::default(),
             next_funding: AtomicU64::new(1),
             public_address: None,
+            onion_out: Mutex::default(),
         };
         (state, dial_requests)
     }
@@ -282,6 +298,9 @@ impl FrontState {
             .clear();
         // No answer will come over a link that is gone.
         self.expire_funding_checks(Instant::now() + Duration::from_secs(1));
+        // What the old backend had for peers is its own business; a stopped instance
+        // does not act through its fronts, even by onion message.
+        self.lock_onion_out().clear();
         let channel_peers: Vec<PublicKey> = {
             let mut sessions = self.lock_sessions();
             let mut channel_peers = Vec::new();
@@ -330,6 +349,11 @@ impl FrontState {
                     self.push_events([disconnect(peer)]);
                 }
             }
+            Frame::PeerMessage {
+                session,
+                peer,
+                message,
+            } => self.onion_message_from_backend(session, peer, &message)?,
             Frame::Broadcast(broadcast) => {
                 self.counters
                     .events_from_backend
@@ -383,6 +407,92 @@ impl FrontState {
             }
         }
         Ok(())
+    }
+
+    /// An onion message the backend has for a session's peer: queued until the front's
+    /// `PeerManager` pulls it. Anything but an onion message comes as a `PeerEvent`.
+    fn onion_message_from_backend(
+        &self,
+        session: SessionId,
+        peer: PublicKey,
+        message: &WireMessage,
+    ) -> Result<(), phalanx_link::LinkError> {
+        if message.message_type != types::ONION_MESSAGE {
+            return Err(phalanx_link::LinkError::Protocol(format!(
+                "the backend sent a peer message of type {}: only onion messages come that way",
+                message.message_type
+            )));
+        }
+        let onion: OnionMessage = message.read()?;
+        let current = self
+            .lock_sessions()
+            .get(&peer)
+            .is_some_and(|s| s.id == session && !s.detached);
+        let queued = current && {
+            let mut queues = self.lock_onion_out();
+            let queue = queues.entry(peer).or_default();
+            queue.len() < ONION_MESSAGES_PER_PEER && {
+                queue.push_back(onion);
+                true
+            }
+        };
+        if queued {
+            self.counters
+                .onion_from_backend
+                .fetch_add(1, Ordering::Relaxed);
+            // The `PeerManager` pulls onion messages as it writes to its peers.
+            self.events_ready.notify_one();
+        } else {
+            self.counters.onion_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Forwards an onion message from `peer` to the backend, on its current session;
+    /// dropped if there is none (no backend attached, or the session was refused).
+    pub(crate) fn onion_message_from_peer(&self, peer: PublicKey, message: &OnionMessage) {
+        let session = self
+            .lock_sessions()
+            .get(&peer)
+            .filter(|s| !s.detached && !s.awaiting_backend)
+            .map(|s| s.id);
+        let sent = session.is_some_and(|session| {
+            self.send(Frame::PeerMessage {
+                session,
+                peer,
+                message: WireMessage::of(message),
+            })
+        });
+        let counter = if sent {
+            &self.counters.onion_to_backend
+        } else {
+            &self.counters.onion_dropped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The next onion message the backend has for `peer`.
+    pub(crate) fn next_onion_message_for(&self, peer: &PublicKey) -> Option<OnionMessage> {
+        let mut queues = self.lock_onion_out();
+        let queue = queues.get_mut(peer)?;
+        let next = queue.pop_front();
+        if queue.is_empty() {
+            queues.remove(peer);
+        }
+        next
+    }
+
+    /// `peer` is gone: what waited for it is dropped.
+    pub(crate) fn drop_onion_messages_for(&self, peer: &PublicKey) {
+        if let Some(queue) = self.lock_onion_out().remove(peer) {
+            self.counters
+                .onion_dropped
+                .fetch_add(queue.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn lock_onion_out(&self) -> MutexGuard<'_, HashMap<PublicKey, VecDeque<OnionMessage>>> {
+        self.onion_out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a link ping as it leaves, to time its pong.

@@ -213,7 +213,7 @@ fn count(n: usize) -> u32 {
 /// | `InvalidInvoice` | `invalid_invoice` |
 /// | `Wallet(InvalidAddress)` | `invalid_address` |
 /// | `InsufficientFunds`, `Wallet(InsufficientFunds)` | `insufficient_funds` |
-/// | `InvalidRequest`, `Wallet(Build)`, `Lightning` refusals of the request (LDK's `APIMisuseError`, `FeeRateTooHigh`, `ChannelUnavailable`, `IncompatibleShutdownScript`) | `invalid_request` |
+/// | `InvalidRequest`, `InvalidOffer`, `Offer`, `Wallet(Build)`, `Lightning` refusals of the request (LDK's `APIMisuseError`, `FeeRateTooHigh`, `ChannelUnavailable`, `IncompatibleShutdownScript`) | `invalid_request` |
 /// | `Lightning(MonitorUpdateInProgress)` | `store_unavailable` |
 /// | `PeerNotConnected` | `unknown_peer` |
 /// | `Peer(Unreachable)` | `peer_unreachable` |
@@ -237,9 +237,10 @@ pub fn error_code(err: &NodeError) -> ErrorCode {
         NodeError::Wallet(WalletError::InvalidAddress(_)) => ErrorCode::InvalidAddress,
         NodeError::InsufficientFunds(_)
         | NodeError::Wallet(WalletError::InsufficientFunds { .. }) => ErrorCode::InsufficientFunds,
-        NodeError::InvalidRequest(_) | NodeError::Wallet(WalletError::Build(_)) => {
-            ErrorCode::InvalidRequest
-        }
+        NodeError::InvalidRequest(_)
+        | NodeError::InvalidOffer(_)
+        | NodeError::Offer(_)
+        | NodeError::Wallet(WalletError::Build(_)) => ErrorCode::InvalidRequest,
         NodeError::Lightning { err, .. } => lightning_error_code(err),
         NodeError::PeerNotConnected(_) => ErrorCode::UnknownPeer,
         NodeError::Peer(PeerError::Unreachable { .. }) => ErrorCode::PeerUnreachable,

@@ -16,13 +16,15 @@ use lightning::io;
 use crate::payments::{Direction, PaymentRecord, PaymentStatus, PaymentStore};
 use crate::peers;
 use crate::persist::FailStop;
-use crate::types::{BumpHandler, Chain, ChannelManager, OutputSweeper, PeerManager};
+use crate::types::{BumpHandler, Chain, ChannelManager, LinkServer, OutputSweeper, PeerManager};
 use crate::wallet::{OnchainWallet, WalletError};
 
 /// The node's event handler.
 pub struct EventHandler {
     pub(crate) channel_manager: Arc<ChannelManager>,
     pub(crate) peer_manager: Arc<PeerManager>,
+    /// Peers on fronts: a connection LDK asks for is made through one when any is linked.
+    pub(crate) link_server: Arc<LinkServer>,
     pub(crate) wallet: Arc<OnchainWallet>,
     pub(crate) chain: Chain,
     pub(crate) sweeper: Arc<OutputSweeper>,
@@ -185,6 +187,8 @@ impl EventHandler {
                     &hash,
                     "recording a sent payment",
                     |record| {
+                        // A payment to an offer learns its hash from the invoice.
+                        record.payment_hash = hash.clone();
                         record.status = PaymentStatus::Succeeded;
                         record.preimage = Some(payment_preimage.to_string());
                         record.fee_msat = fee_paid_msat;
@@ -213,6 +217,9 @@ impl EventHandler {
                     &hash,
                     "recording a failed payment",
                     |record| {
+                        if !hash.is_empty() {
+                            record.payment_hash = hash.clone();
+                        }
                         record.status = PaymentStatus::Failed;
                         record.failure_reason = Some(why.clone());
                     },
@@ -309,7 +316,14 @@ impl EventHandler {
                 let address = addresses
                     .iter()
                     .find_map(|a| a.to_socket_addrs().ok().and_then(|mut it| it.next()));
-                if let Some(address) = address {
+                // The onion messenger wants a peer to pass a message to: through a front
+                // when fronts are linked (the session comes back as any other), as the
+                // node dials every peer.
+                if let Some(address) = address
+                    && !self
+                        .link_server
+                        .connect_through_front(node_id, &address.to_string())
+                {
                     let peer_manager = Arc::clone(&self.peer_manager);
                     tokio::spawn(async move {
                         if let Err(err) = peers::connect(&peer_manager, node_id, address).await {

@@ -73,6 +73,9 @@ pub struct PaymentRecord {
     pub failure_reason: Option<String>,
     /// The BOLT11 invoice, when there is one.
     pub invoice: Option<String>,
+    /// The BOLT12 offer paid (outbound), when the payment is to one.
+    #[serde(default)]
+    pub offer: Option<String>,
     /// A hold invoice: its payment is claimed only when the preimage is given.
     #[serde(default)]
     pub hold: bool,
@@ -102,6 +105,7 @@ impl PaymentRecord {
             fee_msat: None,
             failure_reason: None,
             invoice: None,
+            offer: None,
             hold: false,
             created_at: now,
             updated_at: now,

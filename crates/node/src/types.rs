@@ -7,7 +7,7 @@ use lightning::chain::chainmonitor;
 use lightning::events::bump_transaction::sync::BumpTransactionEventHandlerSync;
 use lightning::ln::channelmanager;
 use lightning::ln::peer_handler::{self, IgnoringMessageHandler};
-use lightning::onion_message::messenger::DefaultMessageRouter;
+use lightning::onion_message::messenger::{self, DefaultMessageRouter};
 use lightning::routing::gossip::{self, P2PGossipSync};
 use lightning::routing::router::DefaultRouter;
 use lightning::routing::scoring::{ProbabilisticScorer, ProbabilisticScoringFeeParameters};
@@ -71,6 +71,19 @@ pub type ChannelManager = channelmanager::ChannelManager<
     Arc<MessageRouter>,
     Logger,
 >;
+/// Onion messages (BOLT 12 offers and invoices): the channel manager makes and takes
+/// the offers messages; DNS resolution and custom messages are not handled.
+pub type OnionMessenger = messenger::OnionMessenger<
+    Keys,
+    Keys,
+    Logger,
+    Arc<ChannelManager>,
+    Arc<MessageRouter>,
+    Arc<ChannelManager>,
+    Arc<ChannelManager>,
+    IgnoringMessageHandler,
+    IgnoringMessageHandler,
+>;
 /// The active backend's end of the links to front servers.
 pub type LinkServer = phalanx_link::backend::LinkServer<Arc<ChannelManager>>;
 /// The channel handler of the node's own peer manager: the channel manager, with the
@@ -81,7 +94,7 @@ pub type PeerManager = peer_handler::PeerManager<
     lightning_net_tokio::SocketDescriptor,
     Arc<SplitHandler>,
     Arc<GossipSync>,
-    IgnoringMessageHandler,
+    Arc<OnionMessenger>,
     Logger,
     IgnoringMessageHandler,
     Keys,

@@ -12,6 +12,7 @@
 //! node is loading, and so this crate names no store backend.
 
 use super::*;
+use lightning::ln::msgs::BaseMessageHandler;
 
 /// Builds a [`Node`] from the parts it is handed (see the [module docs](self)).
 pub struct NodeBuilder {
@@ -143,8 +144,24 @@ impl NodeBuilder {
             None,
             Arc::clone(&base.logger),
         ));
-        let (peer_manager, link_server) =
-            new_peer_manager(&base, &channel_manager, &gossip_sync, &chain_monitor);
+        let onion_messenger = Arc::new(OnionMessenger::new(
+            Arc::clone(&base.keys),
+            Arc::clone(&base.keys),
+            Arc::clone(&base.logger),
+            Arc::clone(&channel_manager),
+            Arc::clone(&routing.message_router),
+            Arc::clone(&channel_manager),
+            Arc::clone(&channel_manager),
+            IgnoringMessageHandler {},
+            IgnoringMessageHandler {},
+        ));
+        let (peer_manager, link_server) = new_peer_manager(
+            &base,
+            &channel_manager,
+            &onion_messenger,
+            &gossip_sync,
+            &chain_monitor,
+        );
         link_server.set_gossip(Arc::new(crate::front_gossip::FrontGossip::new(
             Arc::clone(&base.chain),
             Arc::clone(&routing.network_graph),
@@ -175,6 +192,7 @@ impl NodeBuilder {
         let events = Arc::new(EventHandler {
             channel_manager: Arc::clone(&channel_manager),
             peer_manager: Arc::clone(&peer_manager),
+            link_server: Arc::clone(&link_server),
             wallet: Arc::clone(&wallet),
             chain: Arc::clone(&base.chain),
             sweeper: Arc::clone(&sweeper),
@@ -214,6 +232,7 @@ impl NodeBuilder {
             chain_monitor,
             channel_manager,
             peer_manager,
+            onion_messenger,
             link_server,
             link_address,
             network_graph: Arc::clone(&routing.network_graph),
@@ -569,22 +588,30 @@ async fn sync_to_tip(
 }
 
 /// The peer manager, and the link server beside it (serving fronts only if `[link]`
-/// is set): peers on fronts reach the channel manager through the server, and its
-/// events for them leave through the peer manager's handler.
+/// is set): peers on fronts reach the channel manager and the onion messenger through
+/// the server, and what those have for them leaves through the peer manager's handler.
 fn new_peer_manager(
     base: &Base,
     channel_manager: &Arc<ChannelManager>,
+    onion_messenger: &Arc<OnionMessenger>,
     gossip_sync: &Arc<GossipSync>,
     chain_monitor: &Arc<ChainMonitor>,
 ) -> (Arc<PeerManager>, Arc<LinkServer>) {
+    let node_id = base
+        .keys
+        .get_node_id(Recipient::Node)
+        .expect("the node key");
+    // Fronts advertise what the node handles: channels, and onion messages.
     let active = ActiveBackend {
-        node_id: base
-            .keys
-            .get_node_id(Recipient::Node)
-            .expect("the node key"),
+        node_id,
         chain_hash: *ChainHash::using_genesis_block(base.config.network).as_bytes(),
-        init_features: channel_manager.init_features().le_flags().to_vec(),
-        node_features: channel_manager.node_features().le_flags().to_vec(),
+        init_features: (channel_manager.init_features()
+            | onion_messenger.provided_init_features(node_id))
+        .le_flags()
+        .to_vec(),
+        node_features: (channel_manager.node_features() | onion_messenger.provided_node_features())
+            .le_flags()
+            .to_vec(),
     };
     let keys = Arc::clone(&base.keys);
     let link_server = Arc::new(LinkServer::new(
@@ -597,10 +624,11 @@ fn new_peer_manager(
                 .map(|secret| secret.secret_bytes())
         }),
     ));
+    link_server.set_onion_handler(Arc::clone(onion_messenger) as _);
     let message_handler = MessageHandler {
         chan_handler: Arc::new(SplitHandler::new(Arc::clone(&link_server))),
         route_handler: Arc::clone(gossip_sync),
-        onion_message_handler: IgnoringMessageHandler {},
+        onion_message_handler: Arc::clone(onion_messenger),
         custom_message_handler: IgnoringMessageHandler {},
         send_only_message_handler: Arc::clone(chain_monitor),
     };
@@ -703,7 +731,7 @@ fn start_tasks(node: &Arc<Node>, parts: TaskParts<'_>) {
             move |event| Arc::clone(&handler).handle(event),
             Arc::clone(&node.chain_monitor),
             Arc::clone(&node.channel_manager),
-            NO_ONION_MESSENGER,
+            Some(Arc::clone(&node.onion_messenger)),
             BpGossipSync::p2p(parts.gossip_sync),
             Arc::clone(&node.peer_manager),
             NO_LIQUIDITY_MANAGER,

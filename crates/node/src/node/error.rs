@@ -29,6 +29,13 @@ pub enum NodeError {
     /// A BOLT11 invoice that cannot be paid.
     #[error("invalid invoice: {0}")]
     InvalidInvoice(String),
+    /// A BOLT12 offer that cannot be paid.
+    #[error("invalid offer: {0}")]
+    InvalidOffer(String),
+    /// LDK could not make the offer (no peer with a channel to reach the node through, or
+    /// the node stopped).
+    #[error("cannot create the offer: {0}")]
+    Offer(String),
     /// The peer is not connected.
     #[error("peer {0} is not connected")]
     PeerNotConnected(PublicKey),

@@ -28,11 +28,12 @@ use lightning::events::bump_transaction::sync::BumpTransactionEventHandlerSync;
 use lightning::ln::channel_state::ChannelDetails;
 use lightning::ln::channelmanager::{
     Bolt11InvoiceParameters, ChainParameters, ChannelManagerReadArgs, OptionalBolt11PaymentParams,
-    PaymentId,
+    OptionalOfferPaymentParams, PaymentId,
 };
 use lightning::ln::outbound_payment::{RecipientOnionFields, Retry};
 use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler};
 use lightning::ln::types::ChannelId;
+use lightning::offers::offer::{Amount as OfferAmount, Offer};
 use lightning::onion_message::messenger::DefaultMessageRouter;
 use lightning::routing::gossip::P2PGossipSync;
 use lightning::routing::router::{DefaultRouter, PaymentParameters, RouteParameters};
@@ -48,7 +49,7 @@ use lightning::util::ser::ReadableArgs;
 use lightning::util::wallet_utils::WalletSync;
 use lightning::{io, util::persist};
 use lightning_background_processor::{
-    GossipSync as BpGossipSync, NO_LIQUIDITY_MANAGER, NO_ONION_MESSENGER, process_events_async,
+    GossipSync as BpGossipSync, NO_LIQUIDITY_MANAGER, process_events_async,
 };
 use lightning_block_sync::poll::{ChainPoller, ValidatedBlockHeader};
 use lightning_block_sync::{SpvClient, init};
@@ -74,8 +75,8 @@ use crate::persist::{FailStop, FailStopPersister};
 use crate::tasks::{Runs, Supervisor};
 use crate::types::{
     BumpHandler, Chain, ChainMonitor, ChannelManager, GossipSync, KvStore, LinkServer, Logger,
-    MessageRouter, MonitorPersister, NetworkGraph, OutputSweeper, PeerManager, Persister, Router,
-    Scorer, SplitHandler,
+    MessageRouter, MonitorPersister, NetworkGraph, OnionMessenger, OutputSweeper, PeerManager,
+    Persister, Router, Scorer, SplitHandler,
 };
 use crate::wallet::{OnchainWallet, WalletBalance, WalletError};
 
@@ -137,6 +138,8 @@ pub struct Node {
     chain_monitor: Arc<ChainMonitor>,
     channel_manager: Arc<ChannelManager>,
     peer_manager: Arc<PeerManager>,
+    /// Onion messages (BOLT 12), for direct peers and peers on fronts.
+    onion_messenger: Arc<OnionMessenger>,
     /// Peers on front servers.
     link_server: Arc<LinkServer>,
     /// Where fronts connect, if the node serves any.

@@ -204,6 +204,106 @@ impl Node {
         Ok(payment_id)
     }
 
+    /// Makes a BOLT12 offer (any amount when `amount_msat` is `None`). Offers are not
+    /// recorded: LDK recognizes its own from their metadata, and each payment to one is
+    /// recorded by its hash when it arrives. Payers reach the node through blinded paths
+    /// over its channels' peers, so the node needs at least one peer with a channel.
+    pub fn create_offer(
+        &self,
+        amount_msat: Option<u64>,
+        description: &str,
+    ) -> Result<Offer, NodeError> {
+        self.check_running()?;
+        if amount_msat == Some(0) {
+            return Err(NodeError::InvalidRequest(
+                "an offer amount must be positive".into(),
+            ));
+        }
+        let mut builder = self
+            .channel_manager
+            .create_offer_builder()
+            .map_err(|err| NodeError::Offer(format!("{err:?}")))?
+            .description(description.to_owned());
+        if let Some(amount) = amount_msat {
+            builder = builder.amount_msats(amount);
+        }
+        builder
+            .build()
+            .map_err(|err| NodeError::Offer(format!("{err:?}")))
+    }
+
+    /// Pays a BOLT12 offer (`amount_msat` for an offer of any amount): asks the offer's
+    /// node for an invoice by onion message, and pays the invoice that comes back. Returns
+    /// the payment id once the payment is recorded and handed to LDK; see
+    /// [`Self::wait_payment`]. Each call is a new payment (an offer may be paid many
+    /// times).
+    pub async fn pay_offer(
+        &self,
+        offer: &str,
+        amount_msat: Option<u64>,
+    ) -> Result<PaymentId, NodeError> {
+        self.check_running()?;
+        let offer = Offer::from_str(offer.trim())
+            .map_err(|err| NodeError::InvalidOffer(format!("{err:?}")))?;
+        if !offer.supports_chain(ChainHash::using_genesis_block(self.network)) {
+            return Err(NodeError::InvalidOffer(format!(
+                "the offer is not for {}, this node's chain",
+                self.network
+            )));
+        }
+        if offer.is_expired() {
+            return Err(NodeError::InvalidOffer("the offer has expired".into()));
+        }
+        // Only an offer without blinded paths names its issuer; ours have paths, and
+        // paying one of them fails as a payment to ourselves.
+        if offer.issuer_signing_pubkey() == Some(self.node_id()) {
+            return Err(NodeError::InvalidOffer("the offer is ours".into()));
+        }
+        let amount = match (offer.amount(), amount_msat) {
+            (Some(OfferAmount::Currency { .. }), _) => {
+                return Err(NodeError::InvalidOffer(
+                    "the offer's amount is in a currency; only bitcoin offers are paid".into(),
+                ));
+            }
+            (Some(OfferAmount::Bitcoin { .. }), Some(_)) => {
+                return Err(NodeError::InvalidRequest(
+                    "the offer has an amount; do not give another".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(NodeError::InvalidRequest(
+                    "the offer has no amount; give amount_msat".into(),
+                ));
+            }
+            (Some(OfferAmount::Bitcoin { amount_msats }), None) => amount_msats,
+            (None, Some(amount)) => amount,
+        };
+        if amount == 0 {
+            return Err(NodeError::InvalidRequest(
+                "the amount must be positive".into(),
+            ));
+        }
+        let payment_id = PaymentId(self.keys.get_secure_random_bytes());
+        let id = hex::encode(payment_id.0);
+        // The hash comes with the invoice; the record learns it when the payment ends.
+        let mut record = PaymentRecord::pending(Direction::Outbound, id.clone(), String::new());
+        record.amount_msat = Some(amount);
+        record.offer = Some(offer.to_string());
+        self.payments.put(record).await.map_err(persist_error)?;
+        let params = OptionalOfferPaymentParams {
+            retry_strategy: Retry::Timeout(PAYMENT_RETRY_TIMEOUT),
+            ..Default::default()
+        };
+        let amount_arg = offer.amount().is_none().then_some(amount);
+        if let Err(err) = self
+            .channel_manager
+            .pay_for_offer(&offer, amount_arg, payment_id, params)
+        {
+            return Err(self.refused_payment(&id, format!("{err:?}")).await);
+        }
+        Ok(payment_id)
+    }
+
     /// Sends `amount_msat` to `node_id` without an invoice (keysend).
     pub async fn keysend(
         &self,
