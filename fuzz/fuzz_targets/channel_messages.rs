@@ -1,15 +1,16 @@
 //! What a front forwards for a peer, as the backend takes it: a BOLT type and a body,
 //! decoded by the link's own table and handed to a channel handler through the session's
-//! inbox (commitment batches assembled). Errors are fine; panics are not.
+//! inbox (commitment batches assembled), or an onion message for the node's onion
+//! messenger. Errors are fine; panics are not.
 
 #![no_main]
 
 use bitcoin::constants::ChainHash;
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use libfuzzer_sys::fuzz_target;
-use lightning::ln::msgs::{BaseMessageHandler, Init, MessageSendEvent};
+use lightning::ln::msgs::{BaseMessageHandler, Init, MessageSendEvent, OnionMessage};
 use lightning::types::features::{InitFeatures, NodeFeatures};
-use phalanx_link::ldk::WireMessage;
+use phalanx_link::ldk::{WireMessage, types};
 use phalanx_link::ldk::inbound::{ChannelMessage, ForwardTarget, Forwarder, Inbox};
 
 /// A channel handler that takes everything and does nothing.
@@ -56,6 +57,13 @@ fuzz_target!(|data: &[u8]| {
         let body = rest[4..4 + length].to_vec();
         rest = &rest[4 + length..];
         let message = WireMessage { message_type, body };
+        if message_type == types::ONION_MESSAGE {
+            // What decodes re-encodes (the backend hands it on, the front queues it).
+            if let Ok(onion) = message.read::<OnionMessage>() {
+                let _ = WireMessage::of(&onion);
+            }
+            continue;
+        }
         if let Ok(Some(decoded)) = ChannelMessage::decode(&message) {
             if inbox.deliver(&handler, peer, decoded).is_err() {
                 inbox = Inbox::default();

@@ -16,10 +16,10 @@ use crate::error::{ApiError, ErrorBody};
 use crate::token::ApiToken;
 use crate::types::{
     BackupCreated, Balance, Channel, CloseChannelRequest, ConnectPeerRequest, CreateBackupRequest,
-    CreateInvoiceRequest, Empty, Invoice, KeysendRequest, ListChannelsResponse,
-    ListPaymentsResponse, ListPeersResponse, NewAddress, NodeInfo, OpenChannelRequest,
-    OpenChannelResponse, PayInvoiceRequest, Payment, Peer, SendOnchainRequest, SendOnchainResponse,
-    ServerState, StateResponse,
+    CreateInvoiceRequest, CreateOfferRequest, Empty, Invoice, KeysendRequest, ListChannelsResponse,
+    ListPaymentsResponse, ListPeersResponse, NewAddress, NodeInfo, Offer, OpenChannelRequest,
+    OpenChannelResponse, PayInvoiceRequest, PayOfferRequest, Payment, Peer, SendOnchainRequest,
+    SendOnchainResponse, ServerState, StateResponse,
 };
 
 /// How long a request may take, connecting included, unless
@@ -230,6 +230,17 @@ impl ApiClient {
     /// `POST /v1/payments`.
     pub async fn pay_invoice(&self, req: &PayInvoiceRequest) -> Result<Payment, ClientError> {
         self.call(Method::POST, "/v1/payments", Some(req)).await
+    }
+
+    /// `POST /v1/offers`.
+    pub async fn create_offer(&self, req: &CreateOfferRequest) -> Result<Offer, ClientError> {
+        self.call(Method::POST, "/v1/offers", Some(req)).await
+    }
+
+    /// `POST /v1/payments/offer`.
+    pub async fn pay_offer(&self, req: &PayOfferRequest) -> Result<Payment, ClientError> {
+        self.call(Method::POST, "/v1/payments/offer", Some(req))
+            .await
     }
 
     /// `POST /v1/backups`.

@@ -5,9 +5,9 @@ use std::future::Future;
 use crate::error::ApiError;
 use crate::types::{
     BackupCreated, Balance, Channel, CloseChannelRequest, ConnectPeerRequest, CreateBackupRequest,
-    CreateInvoiceRequest, Invoice, KeysendRequest, NewAddress, NodeInfo, OpenChannelRequest,
-    OpenChannelResponse, PayInvoiceRequest, Payment, Peer, SendOnchainRequest, SendOnchainResponse,
-    ServerState,
+    CreateInvoiceRequest, CreateOfferRequest, Invoice, KeysendRequest, NewAddress, NodeInfo, Offer,
+    OpenChannelRequest, OpenChannelResponse, PayInvoiceRequest, PayOfferRequest, Payment, Peer,
+    SendOnchainRequest, SendOnchainResponse, ServerState,
 };
 
 /// What the API asks of the node. The node implements it; the API crate knows nothing
@@ -24,8 +24,9 @@ use crate::types::{
 ///   checked): node ids are 66 lowercase hex characters starting `02`/`03`, channel ids
 ///   and payment hashes 64 lowercase hex characters, peer addresses `host:port`,
 ///   amounts that must be positive are. What only the node can judge (an address's
-///   network, an invoice's signature, whether the key is on the curve) it reports with
-///   the matching code (`invalid_address`, `invalid_invoice`, `invalid_request`).
+///   network, an invoice's or offer's signature, whether the key is on the curve) it
+///   reports with the matching code (`invalid_address`, `invalid_invoice`,
+///   `invalid_offer`, `invalid_request`).
 /// - Errors carry the codes of [`ErrorCode`](crate::ErrorCode), each with one meaning:
 ///   `unknown_*` for an id the node does not know, `store_unavailable` /
 ///   `chain_unavailable` when a dependency is down (the client may retry),
@@ -33,13 +34,14 @@ use crate::types::{
 ///   message).
 /// - A method that changes state ([`send_onchain`](Self::send_onchain),
 ///   [`open_channel`](Self::open_channel), [`pay_invoice`](Self::pay_invoice),
-///   [`keysend`](Self::keysend), [`close_channel`](Self::close_channel)) returns `Ok`
+///   [`pay_offer`](Self::pay_offer), [`keysend`](Self::keysend),
+///   [`close_channel`](Self::close_channel)) returns `Ok`
 ///   only once the change is durable in the state store, so that the instance taking
 ///   over after a failover knows of it. Its future may be dropped (client gone,
 ///   server shutting down): that must never leave a half-made change, only a change
 ///   made or not made.
-/// - Payments: with `wait`, [`pay_invoice`](Self::pay_invoice) and
-///   [`keysend`](Self::keysend) return once the payment succeeded or failed, or after
+/// - Payments: with `wait`, [`pay_invoice`](Self::pay_invoice),
+///   [`pay_offer`](Self::pay_offer) and [`keysend`](Self::keysend) return once the payment succeeded or failed, or after
 ///   `timeout_secs` (default [`DEFAULT_PAYMENT_TIMEOUT_SECS`](crate::DEFAULT_PAYMENT_TIMEOUT_SECS))
 ///   with the payment `pending`; without `wait`, once the payment is under way. A
 ///   payment that was sent and failed is `Ok` with status `failed` and a
@@ -117,6 +119,18 @@ pub trait NodeControl: Send + Sync + 'static {
     fn pay_invoice(
         &self,
         req: PayInvoiceRequest,
+    ) -> impl Future<Output = Result<Payment, ApiError>> + Send;
+
+    /// `POST /v1/offers`: a BOLT 12 offer.
+    fn create_offer(
+        &self,
+        req: CreateOfferRequest,
+    ) -> impl Future<Output = Result<Offer, ApiError>> + Send;
+
+    /// `POST /v1/payments/offer`: pay a BOLT 12 offer.
+    fn pay_offer(
+        &self,
+        req: PayOfferRequest,
     ) -> impl Future<Output = Result<Payment, ApiError>> + Send;
 
     /// `POST /v1/payments/keysend`: a spontaneous payment.

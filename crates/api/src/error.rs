@@ -13,6 +13,7 @@ use crate::types::ServerState;
 /// | `unauthorized`        | 401 | no `Authorization: Bearer` token, or the wrong one |
 /// | `invalid_request`     | 400 | malformed JSON, missing or unknown fields, wrong content type, bad hex or node id, out-of-range values |
 /// | `invalid_invoice`     | 400 | the invoice does not parse, is for another network, or is expired |
+/// | `invalid_offer`       | 400 | the BOLT 12 offer does not parse, is for another chain or currency, or is expired |
 /// | `invalid_address`     | 400 | the on-chain address does not parse or is for another network |
 /// | `insufficient_funds`  | 400 | not enough on-chain funds or channel liquidity |
 /// | `not_found`           | 404 | no such route |
@@ -38,6 +39,8 @@ pub enum ErrorCode {
     InvalidRequest,
     /// 400.
     InvalidInvoice,
+    /// 400.
+    InvalidOffer,
     /// 400.
     InvalidAddress,
     /// 400.
@@ -71,10 +74,11 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server sends (not [`ErrorCode::Unknown`]).
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::Unauthorized,
         Self::InvalidRequest,
         Self::InvalidInvoice,
+        Self::InvalidOffer,
         Self::InvalidAddress,
         Self::InsufficientFunds,
         Self::NotFound,
@@ -96,6 +100,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::InvalidRequest
             | Self::InvalidInvoice
+            | Self::InvalidOffer
             | Self::InvalidAddress
             | Self::InsufficientFunds => 400,
             Self::NotFound | Self::UnknownPeer | Self::UnknownChannel | Self::UnknownPayment => 404,
@@ -125,6 +130,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::InvalidRequest => "invalid_request",
             Self::InvalidInvoice => "invalid_invoice",
+            Self::InvalidOffer => "invalid_offer",
             Self::InvalidAddress => "invalid_address",
             Self::InsufficientFunds => "insufficient_funds",
             Self::NotFound => "not_found",

@@ -20,9 +20,10 @@ use crate::control::NodeControl;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::token::AcceptedTokens;
 use crate::types::{
-    CloseChannelRequest, ConnectPeerRequest, CreateInvoiceRequest, Empty, KeysendRequest,
-    ListChannelsResponse, ListPaymentsResponse, ListPeersResponse, OpenChannelRequest,
-    PayInvoiceRequest, SendOnchainRequest, ServerState, StateResponse,
+    CloseChannelRequest, ConnectPeerRequest, CreateInvoiceRequest, CreateOfferRequest, Empty,
+    KeysendRequest, ListChannelsResponse, ListPaymentsResponse, ListPeersResponse,
+    OpenChannelRequest, PayInvoiceRequest, PayOfferRequest, SendOnchainRequest, ServerState,
+    StateResponse,
 };
 use crate::validate;
 
@@ -64,6 +65,8 @@ pub async fn serve<N: NodeControl>(
 /// | `POST /v1/channels/{channel_id}/close` | [`close_channel`](NodeControl::close_channel) |
 /// | `POST /v1/invoices` | [`create_invoice`](NodeControl::create_invoice) |
 /// | `POST /v1/payments` | [`pay_invoice`](NodeControl::pay_invoice) |
+/// | `POST /v1/offers` | [`create_offer`](NodeControl::create_offer) |
+/// | `POST /v1/payments/offer` | [`pay_offer`](NodeControl::pay_offer) |
 /// | `POST /v1/payments/keysend` | [`keysend`](NodeControl::keysend) |
 /// | `POST /v1/backups` | [`create_backup`](NodeControl::create_backup) |
 /// | `GET /v1/payments` | [`list_payments`](NodeControl::list_payments) |
@@ -96,6 +99,8 @@ pub fn router<N: NodeControl>(node: Arc<N>, tokens: impl Into<AcceptedTokens>) -
             "/v1/payments",
             get(list_payments::<N>).post(pay_invoice::<N>),
         )
+        .route("/v1/offers", post(create_offer::<N>))
+        .route("/v1/payments/offer", post(pay_offer::<N>))
         .route("/v1/payments/keysend", post(keysend::<N>))
         .route("/v1/backups", post(create_backup::<N>))
         .route("/v1/payments/{payment_hash}", get(get_payment::<N>))
@@ -464,6 +469,26 @@ async fn pay_invoice<N: NodeControl>(
     let mut req: PayInvoiceRequest = json_body(&headers, body).await?;
     req.validate()?;
     state.node.pay_invoice(req).await.map(JsonOk)
+}
+
+async fn create_offer<N: NodeControl>(
+    State(state): State<AppState<N>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<crate::types::Offer> {
+    let mut req: CreateOfferRequest = json_body(&headers, body).await?;
+    req.validate()?;
+    state.node.create_offer(req).await.map(JsonOk)
+}
+
+async fn pay_offer<N: NodeControl>(
+    State(state): State<AppState<N>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<crate::types::Payment> {
+    let mut req: PayOfferRequest = json_body(&headers, body).await?;
+    req.validate()?;
+    state.node.pay_offer(req).await.map(JsonOk)
 }
 
 async fn keysend<N: NodeControl>(

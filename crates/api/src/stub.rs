@@ -14,9 +14,9 @@ use crate::control::NodeControl;
 use crate::error::ApiError;
 use crate::types::{
     BackupCreated, Balance, Channel, CloseChannelRequest, ConnectPeerRequest, CreateBackupRequest,
-    CreateInvoiceRequest, Invoice, KeysendRequest, NewAddress, NodeInfo, OpenChannelRequest,
-    OpenChannelResponse, PayInvoiceRequest, Payment, Peer, SendOnchainRequest, SendOnchainResponse,
-    ServerState,
+    CreateInvoiceRequest, CreateOfferRequest, Invoice, KeysendRequest, NewAddress, NodeInfo, Offer,
+    OpenChannelRequest, OpenChannelResponse, PayInvoiceRequest, PayOfferRequest, Payment, Peer,
+    SendOnchainRequest, SendOnchainResponse, ServerState,
 };
 
 /// A [`NodeControl`] method (but `state` and `metrics`, which always answer).
@@ -46,6 +46,10 @@ pub enum Method {
     CreateInvoice,
     /// [`NodeControl::pay_invoice`].
     PayInvoice,
+    /// [`NodeControl::create_offer`].
+    CreateOffer,
+    /// [`NodeControl::pay_offer`].
+    PayOffer,
     /// [`NodeControl::keysend`].
     Keysend,
     /// [`NodeControl::list_payments`].
@@ -224,6 +228,14 @@ impl NodeControl for StubNode {
 
     async fn pay_invoice(&self, req: PayInvoiceRequest) -> Result<Payment, ApiError> {
         self.answer(Method::PayInvoice, req)
+    }
+
+    async fn create_offer(&self, req: CreateOfferRequest) -> Result<Offer, ApiError> {
+        self.answer(Method::CreateOffer, req)
+    }
+
+    async fn pay_offer(&self, req: PayOfferRequest) -> Result<Payment, ApiError> {
+        self.answer(Method::PayOffer, req)
     }
 
     async fn keysend(&self, req: KeysendRequest) -> Result<Payment, ApiError> {

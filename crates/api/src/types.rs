@@ -509,12 +509,7 @@ pub struct PayInvoiceRequest {
 impl PayInvoiceRequest {
     /// Checks the request (see the type's docs).
     pub fn validate(&mut self) -> Result<(), ApiError> {
-        let invoice = self.invoice.trim();
-        let invoice = invoice
-            .strip_prefix("lightning:")
-            .or_else(|| invoice.strip_prefix("LIGHTNING:"))
-            .unwrap_or(invoice);
-        self.invoice = invoice.to_owned();
+        self.invoice = strip_lightning_prefix(&self.invoice).to_owned();
         if self.invoice.is_empty() {
             return Err(ApiError::invalid_request("`invoice` is empty"));
         }
@@ -526,6 +521,93 @@ impl PayInvoiceRequest {
         }
         Ok(())
     }
+}
+
+/// `POST /v1/offers`: a BOLT 12 offer, which payers may pay many times.
+///
+/// Validation: `amount_msat`, if given, is non-zero (absent: any amount); `description`
+/// is at most [`MAX_INVOICE_DESCRIPTION_BYTES`] (the same bound as an invoice's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOfferRequest {
+    /// The amount of each payment; absent: the payer chooses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_msat: Option<u64>,
+    /// What the payments are for.
+    #[serde(default)]
+    pub description: String,
+}
+
+impl CreateOfferRequest {
+    /// Checks the request (see the type's docs).
+    pub fn validate(&mut self) -> Result<(), ApiError> {
+        if self.amount_msat == Some(0) {
+            return Err(ApiError::invalid_request(
+                "`amount_msat` is zero (leave it out for an any-amount offer)",
+            ));
+        }
+        if self.description.len() > MAX_INVOICE_DESCRIPTION_BYTES {
+            return Err(ApiError::invalid_request(format!(
+                "`description` is {} bytes, more than the {MAX_INVOICE_DESCRIPTION_BYTES} allowed",
+                self.description.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/offers`: the new offer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The BOLT 12 offer (`lno1...`).
+    pub offer: String,
+}
+
+/// `POST /v1/payments/offer`: pay a BOLT 12 offer (the node asks the offer's node for an
+/// invoice by onion message, then pays it).
+///
+/// Validation: `offer` is not empty (whitespace and a `lightning:` prefix are removed;
+/// parsing it is the node's job: `invalid_offer`); `amount_msat`, if given, is non-zero;
+/// `timeout_secs`, if given, is non-zero. `wait` as in [`PayInvoiceRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayOfferRequest {
+    /// The offer.
+    pub offer: String,
+    /// The amount, for an offer without one (must be absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_msat: Option<u64>,
+    /// Wait for the outcome.
+    #[serde(default = "yes")]
+    pub wait: bool,
+    /// How long to wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+impl PayOfferRequest {
+    /// Checks the request (see the type's docs).
+    pub fn validate(&mut self) -> Result<(), ApiError> {
+        self.offer = strip_lightning_prefix(&self.offer).to_owned();
+        if self.offer.is_empty() {
+            return Err(ApiError::invalid_request("`offer` is empty"));
+        }
+        if self.amount_msat == Some(0) {
+            return Err(ApiError::invalid_request("`amount_msat` is zero"));
+        }
+        if self.timeout_secs == Some(0) {
+            return Err(ApiError::invalid_request("`timeout_secs` is zero"));
+        }
+        Ok(())
+    }
+}
+
+/// `text` without surrounding whitespace and a `lightning:` URI prefix.
+fn strip_lightning_prefix(text: &str) -> &str {
+    let text = text.trim();
+    text.strip_prefix("lightning:")
+        .or_else(|| text.strip_prefix("LIGHTNING:"))
+        .unwrap_or(text)
 }
 
 /// `POST /v1/payments/keysend`: a spontaneous payment.

@@ -34,6 +34,7 @@ const TEMPORARY_CHANNEL_ID: &str =
     "8d1f3b5a7c9e0d2f4a6c8e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d1f";
 const USER_CHANNEL_ID: &str = "146379209481364289471203458349762351617";
 const PAYMENT_HASH: &str = "5b2f8e1d4c7a0b3e6d9f2a5c8b1e4d7a0c3f6b9e2d5a8c1f4b7e0d3a6c9f2b5e";
+const OFFER: &str = "lno1qgsqvgnwgcg35z6ee2h3yczraddm72xrfua9uve2rlrm9deu7xyfzrcgqgn3qzsyvfkx26qkyypvr5hfx60h9w9k934lt8s2n6zc0wwtgqlulw7dythr83dqx8tzumg";
 const PREIMAGE: &str = "c4e7a0d3b6f9c2e5a8d1b4f7e0c3a6d9b2f5e8a1c4d7b0e3f6a9c2d5b8e1f4a7";
 const INVOICE: &str = "lnbcrt210n1pn8xq3ypp5tvhcu8fx8g9n4k0x8f7ryq2v4tuk9pz7nqd3q8j0ww0cxqrrssrzjqgkjyd3q5dv6gllh77kygly9c3kfy0d9xwyjyxsq9nq";
 
@@ -216,6 +217,13 @@ fn authenticated_routes() -> Vec<(&'static str, String, String, stub::Method)> {
             "/v1/payments/keysend".into(),
             format!(r#"{{"node_id":"{PEER}","amount_msat":1000}}"#),
             M::Keysend,
+        ),
+        ("POST", "/v1/offers".into(), "{}".into(), M::CreateOffer),
+        (
+            "POST",
+            "/v1/payments/offer".into(),
+            format!(r#"{{"offer":"{OFFER}"}}"#),
+            M::PayOffer,
         ),
         ("GET", "/v1/payments".into(), String::new(), M::ListPayments),
         (
@@ -404,7 +412,10 @@ fn answer_of(method: stub::Method) -> Value {
         M::OpenChannel => serde_json::to_value(opened()),
         M::ListChannels => serde_json::to_value(vec![ready_channel(), pending_channel()]),
         M::CreateInvoice => serde_json::to_value(invoice()),
-        M::PayInvoice | M::Keysend => serde_json::to_value(pending()),
+        M::CreateOffer => serde_json::to_value(Offer {
+            offer: OFFER.into(),
+        }),
+        M::PayInvoice | M::PayOffer | M::Keysend => serde_json::to_value(pending()),
         M::ListPayments => serde_json::to_value(vec![pending()]),
         M::GetPayment => serde_json::to_value(pending()),
         M::CreateBackup => serde_json::to_value(BackupCreated {
@@ -766,6 +777,7 @@ async fn every_code_has_its_status() {
         ("unauthorized", 401),
         ("invalid_request", 400),
         ("invalid_invoice", 400),
+        ("invalid_offer", 400),
         ("invalid_address", 400),
         ("insufficient_funds", 400),
         ("not_found", 404),
@@ -1492,4 +1504,96 @@ fn the_token_file_is_made_private_and_reused() {
         load_or_create_token(&dir.path().join("no/such/dir/api.token")),
         Err(TokenError::Io { .. })
     ));
+}
+
+#[tokio::test]
+async fn offers_are_made_and_paid_through_the_api() {
+    use stub::Method as M;
+    let h = Harness::start().await;
+    let c = h.client();
+
+    h.script(
+        M::CreateOffer,
+        Offer {
+            offer: OFFER.into(),
+        },
+    );
+    let created = c
+        .create_offer(&CreateOfferRequest {
+            amount_msat: Some(21_000),
+            description: "coffee".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.offer, OFFER);
+    h.assert_called(
+        M::CreateOffer,
+        json!({"amount_msat": 21000, "description": "coffee"}),
+    );
+
+    let paid = payment(
+        PAYMENT_HASH,
+        PaymentDirection::Outbound,
+        PaymentStatus::Succeeded,
+        21_000,
+    );
+    h.script(M::PayOffer, &paid);
+    let got = c
+        .pay_offer(&PayOfferRequest {
+            offer: format!(" lightning:{OFFER} "),
+            amount_msat: None,
+            wait: true,
+            timeout_secs: Some(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, paid);
+    // The URI scheme and whitespace are stripped.
+    h.assert_called(
+        M::PayOffer,
+        json!({"offer": OFFER, "wait": true, "timeout_secs": 30}),
+    );
+
+    // What only the node can judge comes back as `invalid_offer`, a 400.
+    let expired = ApiError::new(
+        ErrorCode::InvalidOffer,
+        "invalid offer: the offer has expired",
+    );
+    h.refuse(M::PayOffer, &expired);
+    let refused = c
+        .pay_offer(&PayOfferRequest {
+            offer: OFFER.into(),
+            amount_msat: None,
+            wait: false,
+            timeout_secs: None,
+        })
+        .await;
+    assert_api_error(refused, 400, &expired);
+
+    // What the API can judge never reaches the node.
+    let calls = h.node.calls().len();
+    for (path, body) in [
+        ("/v1/offers", r#"{"amount_msat":0}"#.to_owned()),
+        (
+            "/v1/offers",
+            format!(r#"{{"description":"{}"}}"#, "x".repeat(700)),
+        ),
+        ("/v1/offers", r#"{"expiry_secs":60}"#.to_owned()),
+        ("/v1/payments/offer", r#"{"offer":"  "}"#.to_owned()),
+        ("/v1/payments/offer", r#"{"offer":"lightning:"}"#.to_owned()),
+        (
+            "/v1/payments/offer",
+            format!(r#"{{"offer":"{OFFER}","amount_msat":0}}"#),
+        ),
+        (
+            "/v1/payments/offer",
+            format!(r#"{{"offer":"{OFFER}","timeout_secs":0}}"#),
+        ),
+        ("/v1/payments/offer", r#"{}"#.to_owned()),
+    ] {
+        let answer = h.authed("POST", path, &body).await;
+        assert_error(&answer, 400, "invalid_request");
+    }
+    assert_eq!(h.node.calls().len(), calls);
+    h.stop().await;
 }

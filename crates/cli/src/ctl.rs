@@ -17,9 +17,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use phalanx_api::{
     ApiClient, ApiToken, ClientError, CloseChannelRequest, ConnectPeerRequest,
-    CreateInvoiceRequest, Empty, ErrorBody, KeysendRequest, ListChannelsResponse,
-    ListPaymentsResponse, ListPeersResponse, OpenChannelRequest, PayInvoiceRequest, Payment,
-    PaymentStatus, SendOnchainRequest, StateResponse,
+    CreateInvoiceRequest, CreateOfferRequest, Empty, ErrorBody, KeysendRequest,
+    ListChannelsResponse, ListPaymentsResponse, ListPeersResponse, OpenChannelRequest,
+    PayInvoiceRequest, PayOfferRequest, Payment, PaymentStatus, SendOnchainRequest, StateResponse,
 };
 use serde::Serialize;
 
@@ -133,6 +133,29 @@ enum CtlCommand {
         /// The invoice.
         invoice: String,
         /// The amount, for an invoice without one.
+        #[arg(long)]
+        amount_msat: Option<u64>,
+        /// Return once the payment is under way instead of waiting for its outcome.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the outcome, in seconds (default: the node's).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Create a BOLT 12 offer (payable many times; reached through blinded paths over
+    /// the node's channels).
+    Offer {
+        /// The amount of each payment in millisatoshis (none: the payer chooses).
+        amount_msat: Option<u64>,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Pay a BOLT 12 offer.
+    Payoffer {
+        /// The offer (`lno1...`).
+        offer: String,
+        /// The amount, for an offer without one.
         #[arg(long)]
         amount_msat: Option<u64>,
         /// Return once the payment is under way instead of waiting for its outcome.
@@ -342,6 +365,31 @@ async fn execute(args: CtlArgs) -> Result<ExitCode, Failure> {
                 timeout_secs: timeout,
             };
             return print_payment(&client.pay_invoice(&req).await?);
+        }
+        CtlCommand::Offer {
+            amount_msat,
+            description,
+        } => {
+            let req = CreateOfferRequest {
+                amount_msat,
+                description,
+            };
+            print(&client.create_offer(&req).await?)?
+        }
+        CtlCommand::Payoffer {
+            offer,
+            amount_msat,
+            no_wait,
+            timeout,
+        } => {
+            let client = payment_timeout(client, timeout, no_wait);
+            let req = PayOfferRequest {
+                offer,
+                amount_msat,
+                wait: !no_wait,
+                timeout_secs: timeout,
+            };
+            return print_payment(&client.pay_offer(&req).await?);
         }
         CtlCommand::Keysend {
             node_id,

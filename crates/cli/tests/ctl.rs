@@ -528,6 +528,38 @@ async fn every_command_works() {
         json!({"invoice": INVOICE, "wait": true}),
     );
 
+    // Offers.
+    let offer = "lno1qgsqvgnwgcg35z6ee2h3yczraddm72xrfua9uve2rlrm9deu7xyfzrcgqgn3qzsyvfkx26qkyypvr5hfx60h9w9k934lt8s2n6zc0wwtgqlulw7dythr83dqx8tzumg";
+    api.script(Method::CreateOffer, json!({ "offer": offer }));
+    assert_eq!(
+        api.ok(&["offer", "21000", "--description", "coffee"]).await,
+        json!({ "offer": offer })
+    );
+    api.assert_called(
+        Method::CreateOffer,
+        json!({"amount_msat": 21000, "description": "coffee"}),
+    );
+    api.script(Method::PayOffer, &paid);
+    assert_eq!(
+        api.ok(&["payoffer", offer, "--timeout", "5"]).await,
+        value(&paid)
+    );
+    api.assert_called(
+        Method::PayOffer,
+        json!({"offer": offer, "wait": true, "timeout_secs": 5}),
+    );
+    let expired = ApiError::new(
+        ErrorCode::InvalidOffer,
+        "invalid offer: the offer has expired",
+    );
+    api.refuse(Method::PayOffer, &expired);
+    api.refused(&["payoffer", offer, "--amount-msat", "7"], &expired)
+        .await;
+    api.assert_called(
+        Method::PayOffer,
+        json!({"offer": offer, "amount_msat": 7, "wait": true}),
+    );
+
     let keysend_hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     let pending = payment(
         keysend_hash,
@@ -574,5 +606,5 @@ async fn every_command_works() {
     );
 
     // One call of the node per command.
-    assert_eq!(api.node.calls().len(), 23, "{:?}", api.node.calls());
+    assert_eq!(api.node.calls().len(), 26, "{:?}", api.node.calls());
 }

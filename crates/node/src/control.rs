@@ -39,9 +39,10 @@ use lightning::types::payment::PaymentHash;
 use lightning::util::errors::APIError;
 use phalanx_api::{
     ApiError, Balance, Channel, ChannelState, CloseChannelRequest, ConnectPeerRequest,
-    CreateInvoiceRequest, DEFAULT_PAYMENT_TIMEOUT_SECS, ErrorCode, Invoice, KeysendRequest,
-    NewAddress, NodeControl, NodeInfo, OpenChannelRequest, OpenChannelResponse, PayInvoiceRequest,
-    Payment, PaymentDirection, Peer, SendOnchainRequest, SendOnchainResponse, ServerState,
+    CreateInvoiceRequest, CreateOfferRequest, DEFAULT_PAYMENT_TIMEOUT_SECS, ErrorCode, Invoice,
+    KeysendRequest, NewAddress, NodeControl, NodeInfo, Offer, OpenChannelRequest,
+    OpenChannelResponse, PayInvoiceRequest, PayOfferRequest, Payment, PaymentDirection, Peer,
+    SendOnchainRequest, SendOnchainResponse, ServerState,
 };
 use phalanx_store::ErrorKind;
 
@@ -213,7 +214,8 @@ fn count(n: usize) -> u32 {
 /// | `InvalidInvoice` | `invalid_invoice` |
 /// | `Wallet(InvalidAddress)` | `invalid_address` |
 /// | `InsufficientFunds`, `Wallet(InsufficientFunds)` | `insufficient_funds` |
-/// | `InvalidRequest`, `InvalidOffer`, `Offer`, `Wallet(Build)`, `Lightning` refusals of the request (LDK's `APIMisuseError`, `FeeRateTooHigh`, `ChannelUnavailable`, `IncompatibleShutdownScript`) | `invalid_request` |
+/// | `InvalidOffer` | `invalid_offer` |
+/// | `InvalidRequest`, `Offer` (no peer with a channel to reach the node through), `Wallet(Build)`, `Lightning` refusals of the request (LDK's `APIMisuseError`, `FeeRateTooHigh`, `ChannelUnavailable`, `IncompatibleShutdownScript`) | `invalid_request` |
 /// | `Lightning(MonitorUpdateInProgress)` | `store_unavailable` |
 /// | `PeerNotConnected` | `unknown_peer` |
 /// | `Peer(Unreachable)` | `peer_unreachable` |
@@ -237,8 +239,8 @@ pub fn error_code(err: &NodeError) -> ErrorCode {
         NodeError::Wallet(WalletError::InvalidAddress(_)) => ErrorCode::InvalidAddress,
         NodeError::InsufficientFunds(_)
         | NodeError::Wallet(WalletError::InsufficientFunds { .. }) => ErrorCode::InsufficientFunds,
+        NodeError::InvalidOffer(_) => ErrorCode::InvalidOffer,
         NodeError::InvalidRequest(_)
-        | NodeError::InvalidOffer(_)
         | NodeError::Offer(_)
         | NodeError::Wallet(WalletError::Build(_)) => ErrorCode::InvalidRequest,
         NodeError::Lightning { err, .. } => lightning_error_code(err),
@@ -585,6 +587,27 @@ impl NodeControl for NodeService {
         let invoice = req.invoice;
         let amount_msat = req.amount_msat;
         let id = detached(async move { task_node.pay_invoice(&invoice, amount_msat).await })
+            .await?
+            .map_err(|err| self.error(err))?;
+        self.outcome(&node, id, req.wait, req.timeout_secs).await
+    }
+
+    async fn create_offer(&self, req: CreateOfferRequest) -> Result<Offer, ApiError> {
+        let node = Arc::clone(self.active()?);
+        let offer = node
+            .create_offer(req.amount_msat, &req.description)
+            .map_err(|err| self.error(err))?;
+        Ok(Offer {
+            offer: offer.to_string(),
+        })
+    }
+
+    async fn pay_offer(&self, req: PayOfferRequest) -> Result<Payment, ApiError> {
+        let node = Arc::clone(self.active()?);
+        let task_node = Arc::clone(&node);
+        let offer = req.offer;
+        let amount_msat = req.amount_msat;
+        let id = detached(async move { task_node.pay_offer(&offer, amount_msat).await })
             .await?
             .map_err(|err| self.error(err))?;
         self.outcome(&node, id, req.wait, req.timeout_secs).await
