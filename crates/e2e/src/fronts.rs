@@ -6,7 +6,9 @@
 //! new one, which Bob reaches again through them), or a peer floods a front with a
 //! synthetic graph's gossip through the balancer (the front checks it and hands the
 //! backend what is new, while payments go on; that peer, gossip only, stays connected
-//! when a later round kills the active backend). Afterwards: nothing lost or doubled,
+//! when a later round kills the active backend). After each round Alice and Bob pay each
+//! other's BOLT 12 offer: the invoice requests and invoices are onion messages, which
+//! cross the fronts to whichever backend is active. Afterwards: nothing lost or doubled,
 //! no force close, never two active, and no front process ever held the node's secret
 //! (in its memory, its log or its environment).
 
@@ -29,6 +31,7 @@ use crate::cluster::{Cluster, Disruption, OwnServer, PAYMENTS_PER_ROUND};
 use crate::nodes::wait_for;
 use crate::process::{ConfigFile, FailureLogs, LogFile, NodeBinary, NodeProcess, spawn};
 use crate::scenario::{STREAM_TIMEOUT, Watched, until_disruption};
+use crate::stream::{Attempt, Outcome, Stream, Way};
 use crate::world::{Backend, Channel, World};
 
 /// What each round does.
@@ -239,6 +242,95 @@ async fn secrets_of(alice_dir: &Path) -> (Vec<Vec<u8>>, PublicKey) {
         seed.ldk_seed().to_vec(),
     ];
     (needles, node_id)
+}
+
+/// How long an offer's payment may take: the invoice request and the invoice are onion
+/// messages, which LDK sends again on its timer if the first are lost.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Alice pays an offer of Bob's and Bob one of Alice's, each once (no retry: a payment
+/// after a recovery must go through), and records both beside the stream, at the amount
+/// the payee received: on a direct channel that is what moved (the payer, introduction
+/// node of the payee's blinded path, takes no fee from itself, so the payee gets the
+/// path's fee budget on top).
+async fn pay_offers_both_ways(
+    stream: &Stream,
+    alice: &phalanx_api::ApiClient,
+    bob: &phalanx_node::Node,
+    round: usize,
+) {
+    let began = Instant::now();
+    let amount_msat = 7_000_000 + round as u64 * 1_000;
+    let offer = bob
+        .create_offer(Some(amount_msat), &format!("round {round}"))
+        .expect("bob makes an offer");
+    let paid = alice
+        .pay_offer(&phalanx_api::PayOfferRequest {
+            offer: offer.to_string(),
+            amount_msat: None,
+            wait: true,
+            timeout_secs: Some(OFFER_TIMEOUT.as_secs()),
+        })
+        .await
+        .expect("alice takes the payment of bob's offer");
+    assert_eq!(
+        paid.status,
+        phalanx_api::PaymentStatus::Succeeded,
+        "round {round}: alice paying bob's offer: {paid:?}"
+    );
+    let hash = hex::decode(&paid.payment_hash)
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .map(lightning::types::payment::PaymentHash)
+        .expect("a payment hash");
+    let received = bob
+        .wait_inbound(hash, OFFER_TIMEOUT)
+        .await
+        .expect("bob received alice's payment");
+    stream.record_beside(Attempt {
+        slot: usize::MAX - 2 * round,
+        way: Way::AliceToBob,
+        payment_hash: paid.payment_hash.clone(),
+        amount_msat: received.amount_msat.expect("an amount received"),
+        outcome: Outcome::Succeeded,
+        began,
+        took: began.elapsed(),
+    });
+
+    let began = Instant::now();
+    let offer = alice
+        .create_offer(&phalanx_api::CreateOfferRequest {
+            amount_msat: Some(amount_msat),
+            description: format!("round {round}"),
+        })
+        .await
+        .expect("alice makes an offer");
+    let id = bob
+        .pay_offer(&offer.offer, None)
+        .await
+        .expect("bob pays alice's offer");
+    let sent = bob
+        .wait_payment(id, OFFER_TIMEOUT)
+        .await
+        .expect("bob's payment is known");
+    assert_eq!(
+        sent.status,
+        phalanx_node::payments::PaymentStatus::Succeeded,
+        "round {round}: bob paying alice's offer: {sent:?}"
+    );
+    let received = alice
+        .get_payment(&sent.payment_hash)
+        .await
+        .expect("alice received bob's payment");
+    stream.record_beside(Attempt {
+        slot: usize::MAX - 2 * round - 1,
+        way: Way::BobToAlice,
+        payment_hash: sent.payment_hash.clone(),
+        amount_msat: received.amount_msat.expect("an amount received"),
+        outcome: Outcome::Succeeded,
+        began,
+        took: began.elapsed(),
+    });
 }
 
 /// Runs `rounds` rounds, alternating `disruptions`, during one payment stream.
@@ -468,6 +560,9 @@ pub async fn fronts_under_disruption(
             reconnected,
             paying: since.elapsed(),
         });
+        // Onion messages reach whichever backend is active, through the fronts: each pays
+        // the other's offer.
+        pay_offers_both_ways(&stream, &alice, &world.bob, round).await;
         // The instance that took over gets the flooded front's whole graph when the
         // front attaches to it (it has only what it last persisted).
         // (Unless that front was killed since: a restarted front's graph is empty.)

@@ -132,6 +132,12 @@ impl Stream {
         (took.get(took.len() / 2).copied(), took.len())
     }
 
+    /// Records a payment a scenario made beside the stream (a BOLT 12 offer paid between
+    /// rounds), so that the invariants count it as one of the stream's.
+    pub fn record_beside(&self, attempt: Attempt) {
+        lock(&self.attempts).push(attempt);
+    }
+
     /// Every try so far.
     pub fn attempts(&self) -> Vec<Attempt> {
         lock(&self.attempts).clone()
