@@ -59,6 +59,10 @@ pub struct FrontArgs {
     /// Channel updates per channel: 0, 1 or 2.
     #[arg(long, default_value_t = 2)]
     gossip_updates_per_channel: u8,
+    /// Payments a peer of the flooded front makes to the backend before the ingest (one
+    /// at a time), as the baseline of the payments made during it (0: no payer).
+    #[arg(long, default_value_t = 0)]
+    gossip_payments_before: usize,
     /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
@@ -118,6 +122,7 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
             args.gossip_nodes,
             args.gossip_channels,
             args.gossip_updates_per_channel,
+            args.gossip_payments_before,
             args.json,
         )
         .await?;

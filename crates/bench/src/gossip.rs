@@ -6,16 +6,25 @@
 //! output through the backend. Measured: messages per second until the front's graph
 //! holds the whole graph and the backend's router has all of it; the CPU time and memory
 //! of the front's process, and the CPU time of the backend's meanwhile (from `/proc`).
+//!
+//! With `--gossip-payments-before N`, a payer (an in-process node) connected to the same
+//! front, with a channel to the backend, pays the backend N times one after another
+//! before the ingest, then keeps paying during it: the backend's payment latency, as the
+//! payer sees it, without and with the flood at its front, in one run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bitcoin::Amount;
+use phalanx_api::{ApiClient, CreateInvoiceRequest};
 use phalanx_e2e::chain::TestChain;
 use phalanx_e2e::fronts::{link_section, metric_value as metric, write_certs};
 use phalanx_e2e::process::{self, ConfigFile, LogFile, NodeBinary};
 use phalanx_gossip_sim::{ReplayPeer, Shape, SyntheticGraph};
+use phalanx_node::Node;
+use phalanx_node::payments::PaymentStatus;
 use phalanx_testkit::process::free_port;
 use serde::Serialize;
 
@@ -46,6 +55,95 @@ struct GossipResult {
     backend_cpu_percent: f64,
     to_backend: u64,
     build_s: f64,
+}
+
+/// The payments made beside an ingest: their latency before it and during it.
+#[derive(Serialize)]
+struct PaymentsBesideResult {
+    bench: &'static str,
+    path: &'static str,
+    channels: usize,
+    payments_before: usize,
+    p50_ms_before: f64,
+    p99_ms_before: f64,
+    payments_during: usize,
+    p50_ms_during: f64,
+    p99_ms_during: f64,
+    failed: usize,
+}
+
+/// The `q` quantile of `latencies` (sorted in place), in milliseconds.
+fn quantile_ms(latencies: &mut [Duration], q: f64) -> f64 {
+    if latencies.is_empty() {
+        return 0.0;
+    }
+    latencies.sort();
+    let index = ((latencies.len() - 1) as f64 * q).round() as usize;
+    latencies[index].as_secs_f64() * 1000.0
+}
+
+/// One payment of the payer to the backend: the invoice asked over the backend's API
+/// (not timed), then from `pay_invoice` to the payer's record of success.
+async fn pay_backend(
+    payer: &Node,
+    backend: &ApiClient,
+    amount_msat: u64,
+) -> anyhow::Result<Duration> {
+    let invoice = backend
+        .create_invoice(&CreateInvoiceRequest {
+            amount_msat: Some(amount_msat),
+            description: String::new(),
+            expiry_secs: None,
+        })
+        .await?;
+    let began = Instant::now();
+    let id = payer.pay_invoice(&invoice.invoice, None).await?;
+    let record = payer.wait_payment(id, Duration::from_secs(60)).await?;
+    anyhow::ensure!(
+        record.status == PaymentStatus::Succeeded,
+        "a payment to the backend did not succeed: {record:?}"
+    );
+    Ok(began.elapsed())
+}
+
+/// A payer node connected to the front at `front`, with a confirmed channel to the
+/// backend `backend_id`.
+async fn payer_through(
+    chain: &TestChain,
+    dir: &std::path::Path,
+    backend_id: bitcoin::secp256k1::PublicKey,
+    front: SocketAddr,
+) -> anyhow::Result<Arc<Node>> {
+    let payer =
+        phalanx_e2e::nodes::start(&phalanx_e2e::nodes::node_config(chain, dir, "payer", None))
+            .await;
+    phalanx_e2e::nodes::fund(chain, &payer, Amount::from_sat(3_000_000)).await;
+    payer
+        .open_channel(backend_id, Some(front), 2_000_000, 0, false)
+        .await?;
+    // The funding reaches the mempool once the backend signed the first commitment.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !payer
+        .list_channels()
+        .iter()
+        .any(|c| c.counterparty.node_id == backend_id && c.funding_txo.is_some())
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the payer's channel was not funded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    phalanx_devnet::harness::mine(chain.control(), &[&payer], 6).await?;
+    while !phalanx_devnet::harness::usable_with(&payer, backend_id) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the payer's channel is not usable"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(payer)
 }
 
 /// CPU seconds (user and system) a process has used, from `/proc/PID/stat`.
@@ -86,6 +184,7 @@ pub async fn ingest(
     nodes: usize,
     channels: usize,
     updates_per_channel: u8,
+    payments_before: usize,
     json: bool,
 ) -> anyhow::Result<()> {
     let dir = phalanx_testkit::process::scratch_dir("bench-gossip")?;
@@ -151,6 +250,38 @@ pub async fn ingest(
         .context("the front's node id")?
         .parse()?;
 
+    // The payer's baseline, before the flood.
+    const PAYMENT_MSAT: u64 = 1_000_000;
+    let payer = if payments_before > 0 {
+        Some(payer_through(&chain, &dir, node_id, listen).await?)
+    } else {
+        None
+    };
+    let mut before = Vec::with_capacity(payments_before);
+    if let Some(payer) = &payer {
+        for _ in 0..payments_before {
+            before.push(pay_backend(payer, &backend_api, PAYMENT_MSAT).await?);
+        }
+    }
+    // During the flood: one payment after another until the ingest is over.
+    let (stop_paying, mut stopped) = tokio::sync::watch::channel(false);
+    let paying = payer.clone().map(|payer| {
+        let backend_api = backend_api.clone();
+        tokio::spawn(async move {
+            let (mut during, mut failed) = (Vec::new(), 0usize);
+            while !*stopped.borrow_and_update() {
+                match pay_backend(&payer, &backend_api, PAYMENT_MSAT).await {
+                    Ok(took) => during.push(took),
+                    Err(err) => {
+                        failed += 1;
+                        eprintln!("a payment during the ingest failed: {err:#}");
+                    }
+                }
+            }
+            (during, failed)
+        })
+    });
+
     let (front_pid, backend_pid) = (front.child.id(), backend.child.id());
     let (front_cpu0, backend_cpu0) = (cpu_seconds(front_pid)?, cpu_seconds(backend_pid)?);
     let peer = ReplayPeer::new(Arc::clone(&graph), rand::random());
@@ -215,6 +346,28 @@ pub async fn ingest(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let (front_cpu1, backend_cpu1) = (cpu_seconds(front_pid)?, cpu_seconds(backend_pid)?);
+    let _ = stop_paying.send(true);
+    let beside = match paying {
+        Some(paying) => {
+            let (mut during, failed) = paying.await?;
+            if failed > 0 {
+                violations.push(format!("{failed} payments failed during the ingest"));
+            }
+            Some(PaymentsBesideResult {
+                bench: "front",
+                path: "payments-during-ingest",
+                channels,
+                payments_before: before.len(),
+                p50_ms_before: quantile_ms(&mut before, 0.5),
+                p99_ms_before: quantile_ms(&mut before, 0.99),
+                payments_during: during.len(),
+                p50_ms_during: quantile_ms(&mut during, 0.5),
+                p99_ms_during: quantile_ms(&mut during, 0.99),
+                failed,
+            })
+        }
+        None => None,
+    };
     let (front_rss_mb, front_peak_rss_mb) = memory_mb(front_pid)?;
     let state = front_state(&front_api).await?;
     let to_backend = state["gossip_to_backend"].as_u64().unwrap_or(0);
@@ -246,6 +399,17 @@ pub async fn ingest(
             "the front handed the backend {to_backend} messages, not {expected_new}"
         ));
     }
+    let (_, front_metrics) = phalanx_testkit::http::get(&front_api, "/metrics").await?;
+    let found_not_taken = metric(
+        &front_metrics,
+        "phalanx_front_funding_found_not_taken_total",
+    );
+    if found_not_taken != 0 {
+        violations.push(format!(
+            "{found_not_taken} channels whose funding output was found did not enter the \
+             front's graph (its log names them)"
+        ));
+    }
     let ignored = metric(
         &backend_text,
         "phalanx_front_gossip_total{outcome=\"ignored\"}",
@@ -272,7 +436,26 @@ pub async fn ingest(
             result.build_s
         );
     }
+    if let Some(beside) = &beside {
+        if json {
+            println!("{}", serde_json::to_string(beside)?);
+        } else {
+            println!(
+                "payments to the backend through the flooded front: p50 {:.1} ms, p99 {:.1} ms                  before ({} payments); p50 {:.1} ms, p99 {:.1} ms during ({} payments, {} failed)",
+                beside.p50_ms_before,
+                beside.p99_ms_before,
+                beside.payments_before,
+                beside.p50_ms_during,
+                beside.p99_ms_during,
+                beside.payments_during,
+                beside.failed
+            );
+        }
+    }
     print_violations(&violations);
+    if let Some(payer) = payer {
+        payer.shutdown().await;
+    }
     let _ = front.terminate().await;
     let _ = backend.terminate().await;
     no_violations(&violations)

@@ -103,9 +103,11 @@ fn front_bench_measures_gossip_ingest_through_a_front_process() {
         "300",
         "--gossip-nodes",
         "100",
+        "--gossip-payments-before",
+        "3",
         "--json",
     ]);
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
     let result = &lines[0];
     assert_eq!(result["path"], "gossip-ingest");
     // 300 channels, two updates each, 100 nodes: each handed to the backend once.
@@ -113,5 +115,13 @@ fn front_bench_measures_gossip_ingest_through_a_front_process() {
     assert_eq!(result["to_backend"], 1000);
     for field in ["messages_per_s", "front_cpu_s", "front_peak_rss_mb"] {
         assert!(result[field].as_f64().unwrap() > 0.0, "{field}: {result}");
+    }
+    // The payer beside the ingest: its baseline, then what it paid during the flood.
+    let beside = &lines[1];
+    assert_eq!(beside["path"], "payments-during-ingest");
+    assert_eq!(beside["payments_before"], 3);
+    assert_eq!(beside["failed"], 0);
+    for field in ["p50_ms_before", "p99_ms_before"] {
+        assert!(beside[field].as_f64().unwrap() > 0.0, "{field}: {beside}");
     }
 }

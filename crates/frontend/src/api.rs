@@ -276,6 +276,11 @@ async fn front_metrics(State(slot): State<FrontSlot>) -> impl IntoResponse {
         "Funding-output checks that found no output, failed or timed out",
         counter(&counters.funding_checks_failed),
     );
+    registry.register(
+        "funding_found_not_taken",
+        "Funding outputs found whose channel did not then enter the front's graph",
+        counter(&counters.funding_found_not_taken),
+    );
     let (channels, nodes) = served.graph_size();
     registry.register(
         "graph_channels",

@@ -194,6 +194,28 @@ impl EdgeGossip {
         self.forward(VerifiedGossip::channel_update(update));
     }
 
+    /// Checks that found their output but whose channel is not in the graph after LDK's
+    /// pass over completed checks: an announcement that does not match its output (the
+    /// wrong script or chain), or one LDK lost. Counted and logged by channel.
+    fn count_found_not_taken(&self, resolved: &[crate::state::ResolvedCheck]) {
+        if !resolved.iter().any(|check| check.found) {
+            return;
+        }
+        let graph = self.graph().read_only();
+        for check in resolved.iter().filter(|check| check.found) {
+            if graph.channel(check.short_channel_id).is_none() {
+                self.state
+                    .counters
+                    .funding_found_not_taken
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    short_channel_id = check.short_channel_id,
+                    "a channel whose funding output was found did not enter the front's graph"
+                );
+            }
+        }
+    }
+
     /// A node announcement, after the announcement of a channel of the node.
     fn forward_node_announcement(&self, announcement: &UnsignedNodeAnnouncement) {
         let a_channel = self
@@ -212,10 +234,14 @@ impl BaseMessageHandler for EdgeGossip {
     /// LDK's gossip events; the announcements whose funding check just completed are new
     /// in the graph, so they go to the backend as they go out to peers.
     fn get_and_clear_pending_msg_events(&self) -> Vec<MessageSendEvent> {
+        // Held across LDK's pass, which collects each of them (see `ResolvedCheck`).
+        let resolved = self.state.take_resolved();
         let events = {
             let _resolving = self.resolving.write().unwrap_or_else(|e| e.into_inner());
             self.sync.get_and_clear_pending_msg_events()
         };
+        self.count_found_not_taken(&resolved);
+        drop(resolved);
         for event in &events {
             match event {
                 MessageSendEvent::BroadcastChannelAnnouncement { msg, update_msg } => {

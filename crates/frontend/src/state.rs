@@ -72,13 +72,38 @@ pub struct FrontState {
     dials: mpsc::UnboundedSender<(PublicKey, String)>,
     /// Funding-output checks asked of the backend: LDK's future for each, and when it
     /// was asked (checks hold LDK's gossip processing back, so they time out).
-    funding_waiting: Mutex<HashMap<u64, (UtxoFuture, Instant)>>,
+    funding_waiting: Mutex<HashMap<u64, FundingCheck>>,
+    /// Checks resolved since LDK last collected completed checks: kept alive until then
+    /// (see [`ResolvedCheck`]).
+    resolved: Mutex<Vec<ResolvedCheck>>,
     next_funding: AtomicU64,
     /// Where peers reach the node through this front: told to each backend attached to.
     pub(crate) public_address: Option<String>,
     /// Onion messages from the backend, per peer, until the front's `PeerManager` pulls
     /// them (as it does from an onion messenger: when the peer's buffer has room).
     onion_out: Mutex<HashMap<PublicKey, VecDeque<OnionMessage>>>,
+}
+
+/// A funding-output check asked of the backend.
+struct FundingCheck {
+    future: UtxoFuture,
+    asked: Instant,
+    short_channel_id: u64,
+}
+
+/// A resolved funding check, kept until LDK's next pass over its completed checks has
+/// begun. LDK 0.3's `PendingChecks::check_resolved_futures` reads a check's result under
+/// its lock, releases it, then takes a check nobody else holds for one that was dropped
+/// unanswered, and throws it away with its announcement and the updates held behind it.
+/// A check resolved, and its last other holder (ours) dropped, between those two reads
+/// was lost that way: one announcement in about six mainnet-size ingests. Holding our
+/// copy across the pass closes the window.
+pub(crate) struct ResolvedCheck {
+    _future: UtxoFuture,
+    pub(crate) short_channel_id: u64,
+    /// The backend found the output (LDK should then have the channel in the graph,
+    /// unless the announcement does not match it).
+    pub(crate) found: bool,
 }
 
 /// At most this many onion messages wait for one peer; more are dropped (onion
@@ -109,6 +134,9 @@ pub struct Counters {
     pub funding_checks: AtomicU64,
     /// Of those, the ones that found no output (or failed, or timed out).
     pub funding_checks_failed: AtomicU64,
+    /// Of those that found an output, the ones whose channel the graph did not then take
+    /// (an announcement that does not match its output, or a check LDK lost).
+    pub funding_found_not_taken: AtomicU64,
     /// Onion messages from peers forwarded to the backend.
     pub onion_to_backend: AtomicU64,
     /// Onion messages from the backend queued for peers.
@@ -141,6 +169,7 @@ impl FrontState {
             counters: Counters::default(),
             dials,
             funding_waiting: Mutex::default(),
+            resolved: Mutex::default(),
             next_funding: AtomicU64::new(1),
             public_address: None,
             onion_out: Mutex::default(),
@@ -202,36 +231,55 @@ impl FrontState {
     /// Fails the funding checks asked before `deadline` (LDK holds the announcement
     /// and its updates meanwhile, and slows gossip intake while many wait).
     pub(crate) fn expire_funding_checks(&self, deadline: Instant) {
-        let expired: Vec<UtxoFuture> = {
+        let expired: Vec<FundingCheck> = {
             let mut waiting = self.lock_funding();
             let old: Vec<u64> = waiting
                 .iter()
-                .filter(|(_, (_, asked))| *asked < deadline)
+                .filter(|(_, check)| check.asked < deadline)
                 .map(|(request, _)| *request)
                 .collect();
             old.into_iter()
-                .filter_map(|request| waiting.remove(&request).map(|(future, _)| future))
+                .filter_map(|request| waiting.remove(&request))
                 .collect()
         };
-        for future in expired {
-            self.resolve_funding(&future, Err(FundingLookupFailure::UnknownTx));
+        for check in expired {
+            self.resolve_funding(check, Err(FundingLookupFailure::UnknownTx));
         }
     }
 
     fn resolve_funding(
         &self,
-        future: &UtxoFuture,
+        check: FundingCheck,
         output: Result<FundingOutput, FundingLookupFailure>,
     ) {
-        if output.is_err() {
+        let found = output.is_ok();
+        if !found {
             self.counters
                 .funding_checks_failed
                 .fetch_add(1, Ordering::Relaxed);
         }
-        future.resolve(output.map(FundingOutput::into_tx_out).map_err(Into::into));
+        check
+            .future
+            .resolve(output.map(FundingOutput::into_tx_out).map_err(Into::into));
+        // After the resolution, so that LDK's next pass over completed checks sees it
+        // complete while we still hold it.
+        self.resolved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ResolvedCheck {
+                _future: check.future,
+                short_channel_id: check.short_channel_id,
+                found,
+            });
     }
 
-    fn lock_funding(&self) -> MutexGuard<'_, HashMap<u64, (UtxoFuture, Instant)>> {
+    /// The checks resolved so far, for the caller to hold across LDK's next pass over
+    /// completed checks (see [`ResolvedCheck`]).
+    pub(crate) fn take_resolved(&self) -> Vec<ResolvedCheck> {
+        std::mem::take(&mut *self.resolved.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn lock_funding(&self) -> MutexGuard<'_, HashMap<u64, FundingCheck>> {
         self.funding_waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -375,8 +423,8 @@ impl FrontState {
             }
             Frame::FundingOutputResponse { request, output } => {
                 let waiting = self.lock_funding().remove(&request);
-                if let Some((future, _)) = waiting {
-                    self.resolve_funding(&future, output);
+                if let Some(check) = waiting {
+                    self.resolve_funding(check, output);
                 }
             }
             Frame::ConnectPeer { peer, address } => {
@@ -697,8 +745,14 @@ impl UtxoLookup for FrontState {
         let request = self.next_funding.fetch_add(1, Ordering::Relaxed);
         let future = UtxoFuture::new(async_completion_notifier);
         // Recorded before asking, so that the answer always finds it.
-        self.lock_funding()
-            .insert(request, (future.clone(), Instant::now()));
+        self.lock_funding().insert(
+            request,
+            FundingCheck {
+                future: future.clone(),
+                asked: Instant::now(),
+                short_channel_id,
+            },
+        );
         self.counters.funding_checks.fetch_add(1, Ordering::Relaxed);
         if !self.send(Frame::FundingOutputRequest {
             request,

@@ -11,7 +11,7 @@ use phalanx_e2e::chain::TestChain;
 use phalanx_frontend::{Front, FrontConfig};
 use phalanx_gossip_sim::{ReplayPeer, Shape, SyntheticGraph};
 use phalanx_link::backend::{FundingAnswer, GossipBackend, LinkServer};
-use phalanx_link::ldk::gossip::{FundingLookupFailure, VerifiedGossip};
+use phalanx_link::ldk::gossip::{FundingLookupFailure, FundingOutput, VerifiedGossip};
 use phalanx_link::{ActiveBackend, Role};
 use phalanx_node::Node;
 
@@ -288,4 +288,73 @@ async fn the_node_announces_its_fronts_public_address() {
             .is_some_and(|info| info.addresses().iter().any(|a| a.to_string() == public))
     })
     .await;
+}
+
+/// A backend that finds every channel's output, but not the one its announcement names
+/// (another script): no channel is taken, and the front counts each as found and not
+/// taken, by channel, which is how a check lost between the backend's answer and the
+/// graph shows too.
+struct WrongOutputs;
+
+impl GossipBackend for WrongOutputs {
+    fn funding_output(&self, _short_channel_id: u64, answer: FundingAnswer) {
+        answer(Ok(FundingOutput {
+            value_sat: 1_000_000,
+            script_pubkey: vec![0x00, 0x20].into_iter().chain([7; 32]).collect(),
+        }));
+    }
+
+    fn verified(&self, _front: &str, _gossip: VerifiedGossip) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_found_output_that_does_not_match_its_announcement_is_counted_and_not_taken() {
+    let regtest = TestChain::start().await;
+    let graph = Arc::new(SyntheticGraph::build(Shape::new(10, 30), &mut regtest.chain()).unwrap());
+    let ca = phalanx_link::pki::LinkCa::generate("wrong-outputs").unwrap();
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let node_secret = bitcoin::secp256k1::SecretKey::from_slice(&[42; 32]).unwrap();
+    let node_id = node_secret.public_key(&secp);
+    let backend = Arc::new(LinkServer::new(
+        Arc::new(ErroringMessageHandler::new()),
+        "backend-1",
+        ActiveBackend {
+            node_id,
+            chain_hash: *bitcoin::constants::ChainHash::REGTEST.as_bytes(),
+            init_features: lightning::types::features::InitFeatures::empty()
+                .le_flags()
+                .to_vec(),
+            node_features: Vec::new(),
+        },
+        Box::new(move |point| {
+            Some(bitcoin::secp256k1::ecdh::SharedSecret::new(point, &node_secret).secret_bytes())
+        }),
+    ));
+    backend.set_gossip(Arc::new(WrongOutputs));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let identity = ca.identity(Role::Backend, "backend-1").unwrap();
+    let serving = Arc::clone(&backend);
+    tokio::spawn(async move { serving.serve(listener, &identity).await });
+    let front = Front::start(FrontConfig {
+        name: "front-1".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        backends: vec![address],
+        identity: ca.identity(Role::Front, "front-1").unwrap(),
+        ecdh_timeout: Duration::from_secs(5),
+        node_key: None,
+        public_address: None,
+    })
+    .await
+    .unwrap();
+    let peer = ReplayPeer::new(Arc::clone(&graph), [3; 32]);
+    assert!(peer.connect(node_id, front.address()).await);
+    let counters = front.state().counters();
+    wait_for("every channel's output to be found and refused", || {
+        counters.funding_found_not_taken.load(Ordering::Relaxed) == 30
+    })
+    .await;
+    assert_eq!(counters.funding_checks.load(Ordering::Relaxed), 30);
+    assert_eq!(counters.funding_checks_failed.load(Ordering::Relaxed), 0);
+    assert_eq!(to_backend(&front), 0);
 }
