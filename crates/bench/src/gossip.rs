@@ -7,10 +7,10 @@
 //! holds the whole graph and the backend's router has all of it; the CPU time and memory
 //! of the front's process, and the CPU time of the backend's meanwhile (from `/proc`).
 //!
-//! With `--gossip-payments-before N`, a payer (an in-process node) connected to the same
-//! front, with a channel to the backend, pays the backend N times one after another
-//! before the ingest, then keeps paying during it: the backend's payment latency, as the
-//! payer sees it, without and with the flood at its front, in one run.
+//! With `--gossip-payments-before N`, two payers (in-process nodes), each with a channel
+//! to the backend, one connected through the flooded front and one to the backend
+//! directly, pay the backend in turn, N times each before the ingest, then on during it:
+//! the payment latency the payers see, without and with the flood, in one run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +62,8 @@ struct GossipResult {
 struct PaymentsBesideResult {
     bench: &'static str,
     path: &'static str,
+    /// `front`: the payer is a peer of the flooded front; `direct`: of the backend.
+    via: &'static str,
     channels: usize,
     payments_before: usize,
     p50_ms_before: f64,
@@ -106,20 +108,20 @@ async fn pay_backend(
     Ok(began.elapsed())
 }
 
-/// A payer node connected to the front at `front`, with a confirmed channel to the
-/// backend `backend_id`.
+/// A payer node `name` connected to the backend `backend_id` at `address` (a front's or
+/// its own), with a confirmed channel to it.
 async fn payer_through(
     chain: &TestChain,
     dir: &std::path::Path,
+    name: &str,
     backend_id: bitcoin::secp256k1::PublicKey,
-    front: SocketAddr,
+    address: SocketAddr,
 ) -> anyhow::Result<Arc<Node>> {
     let payer =
-        phalanx_e2e::nodes::start(&phalanx_e2e::nodes::node_config(chain, dir, "payer", None))
-            .await;
+        phalanx_e2e::nodes::start(&phalanx_e2e::nodes::node_config(chain, dir, name, None)).await;
     phalanx_e2e::nodes::fund(chain, &payer, Amount::from_sat(3_000_000)).await;
     payer
-        .open_channel(backend_id, Some(front), 2_000_000, 0, false)
+        .open_channel(backend_id, Some(address), 2_000_000, 0, false)
         .await?;
     // The funding reaches the mempool once the backend signed the first commitment.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -211,7 +213,13 @@ pub async fn ingest(
     let link = format!("127.0.0.1:{}", free_port());
     let mut backend = process::node(&binary, "alice", &config, &["--link-listen", &link]);
     let (_, backend_api) = backend.api().await;
-    backend.started().await;
+    let backend_peers: SocketAddr = backend
+        .started()
+        .await
+        .peers
+        .first()
+        .context("the backend's peer address")?
+        .parse()?;
 
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let file = |name: &str| certs.join(name).display().to_string();
@@ -250,31 +258,41 @@ pub async fn ingest(
         .context("the front's node id")?
         .parse()?;
 
-    // The payer's baseline, before the flood.
+    // The payers' baseline, before the flood, in turn.
     const PAYMENT_MSAT: u64 = 1_000_000;
-    let payer = if payments_before > 0 {
-        Some(payer_through(&chain, &dir, node_id, listen).await?)
-    } else {
-        None
-    };
-    let mut before = Vec::with_capacity(payments_before);
-    if let Some(payer) = &payer {
-        for _ in 0..payments_before {
-            before.push(pay_backend(payer, &backend_api, PAYMENT_MSAT).await?);
+    let mut payers = Vec::new();
+    if payments_before > 0 {
+        payers.push((
+            "front",
+            payer_through(&chain, &dir, "payer-front", node_id, listen).await?,
+        ));
+        payers.push((
+            "direct",
+            payer_through(&chain, &dir, "payer-direct", node_id, backend_peers).await?,
+        ));
+    }
+    let mut before = vec![Vec::with_capacity(payments_before); payers.len()];
+    for _ in 0..payments_before {
+        for (index, (_, payer)) in payers.iter().enumerate() {
+            before[index].push(pay_backend(payer, &backend_api, PAYMENT_MSAT).await?);
         }
     }
-    // During the flood: one payment after another until the ingest is over.
+    // During the flood: in turn, one payment after another, until the ingest is over.
     let (stop_paying, mut stopped) = tokio::sync::watch::channel(false);
-    let paying = payer.clone().map(|payer| {
+    let paying = (!payers.is_empty()).then(|| {
         let backend_api = backend_api.clone();
+        let payers: Vec<Arc<Node>> = payers.iter().map(|(_, p)| Arc::clone(p)).collect();
         tokio::spawn(async move {
-            let (mut during, mut failed) = (Vec::new(), 0usize);
+            let mut during = vec![Vec::new(); payers.len()];
+            let mut failed = vec![0usize; payers.len()];
             while !*stopped.borrow_and_update() {
-                match pay_backend(&payer, &backend_api, PAYMENT_MSAT).await {
-                    Ok(took) => during.push(took),
-                    Err(err) => {
-                        failed += 1;
-                        eprintln!("a payment during the ingest failed: {err:#}");
+                for (index, payer) in payers.iter().enumerate() {
+                    match pay_backend(payer, &backend_api, PAYMENT_MSAT).await {
+                        Ok(took) => during[index].push(took),
+                        Err(err) => {
+                            failed[index] += 1;
+                            eprintln!("a payment during the ingest failed: {err:#}");
+                        }
                     }
                 }
             }
@@ -347,15 +365,21 @@ pub async fn ingest(
     };
     let (front_cpu1, backend_cpu1) = (cpu_seconds(front_pid)?, cpu_seconds(backend_pid)?);
     let _ = stop_paying.send(true);
-    let beside = match paying {
-        Some(paying) => {
-            let (mut during, failed) = paying.await?;
+    let mut beside = Vec::new();
+    if let Some(paying) = paying {
+        let (during, failed) = paying.await?;
+        for ((((via, _), mut before), mut during), failed) in
+            payers.iter().zip(before).zip(during).zip(failed)
+        {
             if failed > 0 {
-                violations.push(format!("{failed} payments failed during the ingest"));
+                violations.push(format!(
+                    "{failed} payments of the payer {via} failed during the ingest"
+                ));
             }
-            Some(PaymentsBesideResult {
+            beside.push(PaymentsBesideResult {
                 bench: "front",
                 path: "payments-during-ingest",
+                via,
                 channels,
                 payments_before: before.len(),
                 p50_ms_before: quantile_ms(&mut before, 0.5),
@@ -364,10 +388,9 @@ pub async fn ingest(
                 p50_ms_during: quantile_ms(&mut during, 0.5),
                 p99_ms_during: quantile_ms(&mut during, 0.99),
                 failed,
-            })
+            });
         }
-        None => None,
-    };
+    }
     let (front_rss_mb, front_peak_rss_mb) = memory_mb(front_pid)?;
     let state = front_state(&front_api).await?;
     let to_backend = state["gossip_to_backend"].as_u64().unwrap_or(0);
@@ -436,12 +459,14 @@ pub async fn ingest(
             result.build_s
         );
     }
-    if let Some(beside) = &beside {
+    for beside in &beside {
         if json {
             println!("{}", serde_json::to_string(beside)?);
         } else {
             println!(
-                "payments to the backend through the flooded front: p50 {:.1} ms, p99 {:.1} ms                  before ({} payments); p50 {:.1} ms, p99 {:.1} ms during ({} payments, {} failed)",
+                "payments to the backend, payer {}: p50 {:.1} ms, p99 {:.1} ms before ({} \
+                 payments); p50 {:.1} ms, p99 {:.1} ms during ({} payments, {} failed)",
+                beside.via,
                 beside.p50_ms_before,
                 beside.p99_ms_before,
                 beside.payments_before,
@@ -453,7 +478,7 @@ pub async fn ingest(
         }
     }
     print_violations(&violations);
-    if let Some(payer) = payer {
+    for (_, payer) in payers {
         payer.shutdown().await;
     }
     let _ = front.terminate().await;

@@ -107,7 +107,7 @@ fn front_bench_measures_gossip_ingest_through_a_front_process() {
         "3",
         "--json",
     ]);
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
     let result = &lines[0];
     assert_eq!(result["path"], "gossip-ingest");
     // 300 channels, two updates each, 100 nodes: each handed to the backend once.
@@ -116,12 +116,15 @@ fn front_bench_measures_gossip_ingest_through_a_front_process() {
     for field in ["messages_per_s", "front_cpu_s", "front_peak_rss_mb"] {
         assert!(result[field].as_f64().unwrap() > 0.0, "{field}: {result}");
     }
-    // The payer beside the ingest: its baseline, then what it paid during the flood.
-    let beside = &lines[1];
-    assert_eq!(beside["path"], "payments-during-ingest");
-    assert_eq!(beside["payments_before"], 3);
-    assert_eq!(beside["failed"], 0);
-    for field in ["p50_ms_before", "p99_ms_before"] {
-        assert!(beside[field].as_f64().unwrap() > 0.0, "{field}: {beside}");
+    // The payers beside the ingest, through the front and direct: their baselines, then
+    // what they paid during the flood.
+    for (beside, via) in lines[1..].iter().zip(["front", "direct"]) {
+        assert_eq!(beside["path"], "payments-during-ingest");
+        assert_eq!(beside["via"], via);
+        assert_eq!(beside["payments_before"], 3);
+        assert_eq!(beside["failed"], 0);
+        for field in ["p50_ms_before", "p99_ms_before"] {
+            assert!(beside[field].as_f64().unwrap() > 0.0, "{field}: {beside}");
+        }
     }
 }

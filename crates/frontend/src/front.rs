@@ -307,6 +307,7 @@ impl Front {
                 {
                     expiring.expire_funding_checks(deadline);
                 }
+                pruning.settle_missing();
                 if pruned.elapsed() >= GRAPH_PRUNE_EVERY {
                     pruning.graph().remove_stale_channels_and_tracking();
                     pruned = std::time::Instant::now();

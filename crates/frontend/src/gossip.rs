@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::PublicKey;
 use lightning::ln::msgs::{
@@ -48,7 +49,15 @@ pub struct EdgeGossip {
     /// handled in between finds neither, and is dropped (seen: 31 of 100,000 updates in
     /// the ingest benchmark, before this lock).
     resolving: RwLock<()>,
+    /// Channels whose funding output was found and that were not in the graph right
+    /// after LDK's next pass, and since when: LDK adds a channel whose check completed
+    /// before it had registered the check later, in the peer's own thread, so a channel
+    /// is only counted missing once it stays so (see [`Self::settle_missing`]).
+    missing: Mutex<Vec<(u64, Instant)>>,
 }
+
+/// How long a channel whose funding output was found may take to enter the graph.
+const MISSING_AFTER: Duration = Duration::from_secs(2);
 
 impl EdgeGossip {
     /// Gossip over `graph`, funding outputs and new gossip through `state`'s link.
@@ -58,6 +67,7 @@ impl EdgeGossip {
             sync,
             state,
             announced: Mutex::default(),
+            missing: Mutex::default(),
             resolving: RwLock::new(()),
         }
     }
@@ -194,26 +204,49 @@ impl EdgeGossip {
         self.forward(VerifiedGossip::channel_update(update));
     }
 
-    /// Checks that found their output but whose channel is not in the graph after LDK's
-    /// pass over completed checks: an announcement that does not match its output (the
-    /// wrong script or chain), or one LDK lost. Counted and logged by channel.
-    fn count_found_not_taken(&self, resolved: &[crate::state::ResolvedCheck]) {
+    /// Notes the checks that found their output but whose channel is not in the graph
+    /// after LDK's pass over completed checks (see [`Self::settle_missing`]).
+    fn note_found_not_taken(&self, resolved: &[crate::state::ResolvedCheck]) {
         if !resolved.iter().any(|check| check.found) {
             return;
         }
+        let now = Instant::now();
         let graph = self.graph().read_only();
+        let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
         for check in resolved.iter().filter(|check| check.found) {
             if graph.channel(check.short_channel_id).is_none() {
-                self.state
-                    .counters
-                    .funding_found_not_taken
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    short_channel_id = check.short_channel_id,
-                    "a channel whose funding output was found did not enter the front's graph"
-                );
+                missing.push((check.short_channel_id, now));
             }
         }
+    }
+
+    /// Counts and logs, by channel, each channel whose funding output was found and that
+    /// is still not in the graph [`MISSING_AFTER`] later: an announcement that does not
+    /// match its output (another script or value), or a check LDK lost. The front calls
+    /// it every second.
+    pub fn settle_missing(&self) {
+        let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        if missing.is_empty() {
+            return;
+        }
+        let graph = self.graph().read_only();
+        missing.retain(|(short_channel_id, since)| {
+            if graph.channel(*short_channel_id).is_some() {
+                return false;
+            }
+            if since.elapsed() < MISSING_AFTER {
+                return true;
+            }
+            self.state
+                .counters
+                .funding_found_not_taken
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                short_channel_id,
+                "a channel whose funding output was found did not enter the front's graph"
+            );
+            false
+        });
     }
 
     /// A node announcement, after the announcement of a channel of the node.
@@ -240,7 +273,7 @@ impl BaseMessageHandler for EdgeGossip {
             let _resolving = self.resolving.write().unwrap_or_else(|e| e.into_inner());
             self.sync.get_and_clear_pending_msg_events()
         };
-        self.count_found_not_taken(&resolved);
+        self.note_found_not_taken(&resolved);
         drop(resolved);
         for event in &events {
             match event {

@@ -9,9 +9,17 @@ use crate::ldk::gossip::{FundingLookupFailure, FundingOutput, VerifiedGossip};
 use crate::ldk::outbound::{Broadcast, PeerEvent};
 
 /// The link's version. Frames are encoded by `postcard`, which numbers the variants of
-/// [`Frame`] by their order: a variant is only ever added at the end, and any other change
-/// to a frame's fields takes a new version (the tests pin every variant's bytes).
-pub const LINK_VERSION: u16 = 1;
+/// [`Frame`] by their order: a variant is only ever added at the end (the tests pin every
+/// variant's number), so that one version's decoder reads the frames of the versions
+/// before it. An end cannot read a frame added after its version, nor knows a new use
+/// of an old one, so each such change takes a new version, and ends of different
+/// versions refuse each other at the [`Hello`].
+///
+/// - 1: peers' sessions and channel messages, ECDH, link pings, the active backend,
+///   broadcasts and dials.
+/// - 2: gossip at the edge (funding-output checks, verified gossip, the public
+///   address), and onion messages both ways ([`Frame::PeerMessage`] from the backend).
+pub const LINK_VERSION: u16 = 2;
 
 /// Which end of the link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
