@@ -63,6 +63,10 @@ pub struct FrontArgs {
     /// at a time), as the baseline of the payments made during it (0: no payer).
     #[arg(long, default_value_t = 0)]
     gossip_payments_before: usize,
+    /// Runs the front process at the lowest CPU priority (`nice` 19): on a machine it
+    /// shares with the backend, as if it had one of its own.
+    #[arg(long)]
+    gossip_front_nice: bool,
     /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
@@ -123,6 +127,7 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
             args.gossip_channels,
             args.gossip_updates_per_channel,
             args.gossip_payments_before,
+            args.gossip_front_nice,
             args.json,
         )
         .await?;

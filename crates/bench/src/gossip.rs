@@ -72,6 +72,9 @@ struct PaymentsBesideResult {
     p50_ms_during: f64,
     p99_ms_during: f64,
     failed: usize,
+    /// Channels in the payer's own graph afterwards: a peer of the flooded front gets the
+    /// flood rebroadcast (and checks it itself, on this machine).
+    payer_graph_channels: usize,
 }
 
 /// The `q` quantile of `latencies` (sorted in place), in milliseconds.
@@ -187,6 +190,7 @@ pub async fn ingest(
     channels: usize,
     updates_per_channel: u8,
     payments_before: usize,
+    front_nice: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     let dir = phalanx_testkit::process::scratch_dir("bench-gossip")?;
@@ -247,6 +251,20 @@ pub async fn ingest(
         LogFile::Temporary,
     );
     let line = front.wait_line("front started").await;
+    if front_nice {
+        // Each of the front's threads: a nice value is per thread on Linux.
+        let pid = front.child.id();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let tid = task?.file_name();
+            let status = std::process::Command::new("renice")
+                .args(["-n", "19", "-p"])
+                .arg(&tid)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .context("renice")?;
+            anyhow::ensure!(status.success(), "renice of the front's thread {tid:?}");
+        }
+    }
     let front_api = line
         .split_whitespace()
         .find_map(|field| field.strip_prefix("api="))
@@ -368,7 +386,7 @@ pub async fn ingest(
     let mut beside = Vec::new();
     if let Some(paying) = paying {
         let (during, failed) = paying.await?;
-        for ((((via, _), mut before), mut during), failed) in
+        for ((((via, payer), mut before), mut during), failed) in
             payers.iter().zip(before).zip(during).zip(failed)
         {
             if failed > 0 {
@@ -388,6 +406,7 @@ pub async fn ingest(
                 p50_ms_during: quantile_ms(&mut during, 0.5),
                 p99_ms_during: quantile_ms(&mut during, 0.99),
                 failed,
+                payer_graph_channels: payer.network_graph().read_only().channels().len(),
             });
         }
     }
