@@ -484,8 +484,8 @@ async fn run_attached(
     link: LinkStream,
     on_attach: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
-    let (mut sink, mut stream) = link.split();
-    let (frames, mut outgoing) = mpsc::unbounded_channel::<Frame>();
+    let (sink, mut stream) = link.split();
+    let (frames, outgoing) = mpsc::unbounded_channel::<Frame>();
     if let Err(why) = state.attach(backend.clone(), active, frames.clone()) {
         tracing::error!(%backend, why, "refusing a backend");
         return;
@@ -494,13 +494,7 @@ async fn run_attached(
         let _ = on_attach.send(());
     }
     tracing::info!(%backend, "front attached to the active backend");
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = outgoing.recv().await {
-            if sink.send(frame).await.is_err() {
-                break;
-            }
-        }
-    });
+    let writer = tokio::spawn(phalanx_link::write_queued_frames(sink, outgoing));
     let pinger = {
         let state = Arc::clone(state);
         tokio::spawn(async move {

@@ -332,15 +332,9 @@ where
                 return;
             }
         }
-        let (mut sink, mut stream) = link.split();
-        let (frames, mut outgoing) = mpsc::unbounded_channel::<Frame>();
-        let writer = tokio::spawn(async move {
-            while let Some(frame) = outgoing.recv().await {
-                if sink.send(frame).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (sink, mut stream) = link.split();
+        let (frames, outgoing) = mpsc::unbounded_channel::<Frame>();
+        let writer = tokio::spawn(crate::write_queued_frames(sink, outgoing));
         let link_id = {
             let mut state = self.lock();
             if self.is_closed() {

@@ -26,6 +26,6 @@ pub mod pki;
 pub mod runtime;
 pub mod tls;
 
-pub use crate::codec::{LinkCodec, MAX_FRAME_BYTES};
+pub use crate::codec::{LinkCodec, MAX_FRAME_BYTES, write_queued_frames};
 pub use crate::error::LinkError;
 pub use crate::frame::{ActiveBackend, Frame, Hello, LINK_VERSION, Role, SessionId};

@@ -620,3 +620,31 @@ mod garbage {
         }
     }
 }
+
+/// The funding output the backend rebuilds from an announcement's key bytes is the one
+/// LDK's `make_funding_redeemscript` builds from the parsed keys, whichever key sorts
+/// first.
+#[test]
+fn the_funding_output_from_key_bytes_is_ldks() {
+    for seed in 1..=40u8 {
+        let (a, b) = (key(seed), key(seed + 100));
+        for (key_1, key_2) in [(a, b), (b, a)] {
+            let announcement = lightning::ln::msgs::UnsignedChannelAnnouncement {
+                features: lightning::types::features::ChannelFeatures::empty(),
+                chain_hash: ChainHash::using_genesis_block(Network::Regtest),
+                short_channel_id: 42,
+                node_id_1: NodeId::from_pubkey(&key(200)),
+                node_id_2: NodeId::from_pubkey(&key(201)),
+                bitcoin_key_1: NodeId::from_pubkey(&key_1),
+                bitcoin_key_2: NodeId::from_pubkey(&key_2),
+                excess_data: Vec::new(),
+            };
+            let output = phalanx_link::ldk::gossip::funding_output_of(&announcement, 50_000);
+            assert_eq!(
+                output.script_pubkey,
+                lightning::ln::chan_utils::make_funding_redeemscript(&key_1, &key_2).to_p2wsh()
+            );
+            assert_eq!(output.value.to_sat(), 50_000);
+        }
+    }
+}
