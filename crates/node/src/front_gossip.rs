@@ -30,10 +30,64 @@ const MIN_CONFIRMATIONS: u32 = 5;
 /// to the router's graph.
 pub struct FrontGossip {
     chain: Arc<ChainClient>,
-    graph: Arc<NetworkGraph>,
     metrics: Arc<Metrics>,
     blocks: Arc<BlockCache>,
     tip: Arc<Mutex<Option<Tip>>>,
+    /// Fronts' gossip, in the order it came, to the thread that applies it.
+    to_apply: std::sync::mpsc::Sender<(String, VerifiedGossip)>,
+}
+
+/// The nice value of the thread that applies fronts' gossip: the lowest priority, so
+/// that payments (the runtime's threads, at the node's own priority) always go first.
+const GOSSIP_NICE: libc::c_int = 19;
+
+/// Applies fronts' gossip to `graph` in order, on a thread of its own at the lowest CPU
+/// priority: a gossip flood at a front is background work for the backend (a mainnet
+/// sync is about a third of a core for 40 s), and must not take CPU time from payments.
+/// The thread ends when its queue's sender (the `FrontGossip`) is dropped.
+fn spawn_gossip_applier(
+    graph: Arc<NetworkGraph>,
+    metrics: Arc<Metrics>,
+) -> std::sync::mpsc::Sender<(String, VerifiedGossip)> {
+    let (to_apply, queue) = std::sync::mpsc::channel::<(String, VerifiedGossip)>();
+    let spawned = std::thread::Builder::new()
+        .name("phalanx-gossip".into())
+        .spawn(move || {
+            lower_this_threads_priority();
+            while let Ok((front, gossip)) = queue.recv() {
+                apply(&graph, &metrics, &front, &gossip);
+            }
+        });
+    if let Err(err) = spawned {
+        // Without the thread, fronts' gossip is counted dropped (the router keeps what it
+        // has and what direct peers send); the node itself runs on.
+        tracing::error!(error = %err, "cannot start the thread that applies fronts' gossip");
+    }
+    to_apply
+}
+
+/// Sets the calling thread's nice value to [`GOSSIP_NICE`] (Linux's nice is per thread).
+fn lower_this_threads_priority() {
+    let thread = nix::unistd::gettid().as_raw() as libc::id_t;
+    // SAFETY: setpriority reads only its integer arguments.
+    let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, thread, GOSSIP_NICE) };
+    if set != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the priority of the thread that applies fronts' gossip"
+        );
+    }
+}
+
+fn apply(graph: &NetworkGraph, metrics: &Metrics, front: &str, gossip: &VerifiedGossip) {
+    match gossip.apply(graph) {
+        Ok(Applied::New) => metrics.front_gossip("new"),
+        Ok(Applied::Ignored) => metrics.front_gossip("ignored"),
+        Err(err) => {
+            metrics.front_gossip("malformed");
+            tracing::warn!(%front, kind = gossip.kind(), error = %err, "a front's gossip does not decode");
+        }
+    }
 }
 
 /// The chain's tip as last asked, reused for a moment: an initial sync asks about
@@ -67,7 +121,7 @@ impl FrontGossip {
     pub fn new(chain: Arc<ChainClient>, graph: Arc<NetworkGraph>, metrics: Arc<Metrics>) -> Self {
         Self {
             chain,
-            graph,
+            to_apply: spawn_gossip_applier(graph, Arc::clone(&metrics)),
             metrics,
             blocks: Arc::default(),
             tip: Arc::default(),
@@ -91,13 +145,8 @@ impl GossipBackend for FrontGossip {
     }
 
     fn verified(&self, front: &str, gossip: VerifiedGossip) {
-        match gossip.apply(&self.graph) {
-            Ok(Applied::New) => self.metrics.front_gossip("new"),
-            Ok(Applied::Ignored) => self.metrics.front_gossip("ignored"),
-            Err(err) => {
-                self.metrics.front_gossip("malformed");
-                tracing::warn!(%front, kind = gossip.kind(), error = %err, "a front's gossip does not decode");
-            }
+        if self.to_apply.send((front.to_owned(), gossip)).is_err() {
+            self.metrics.front_gossip("dropped");
         }
     }
 }
@@ -210,4 +259,63 @@ async fn fetch(
         cache.push_back(Arc::clone(&cached));
     }
     Ok(cached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nice value of this process's thread named `name`, from `/proc`.
+    fn nice_of_thread(name: &str) -> Option<i64> {
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let path = task.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            if comm.trim() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            // Field 19 of the line; 17th after the command name, which may hold spaces.
+            let (_, after) = stat.rsplit_once(')')?;
+            return after.split_whitespace().nth(16)?.parse().ok();
+        }
+        None
+    }
+
+    #[test]
+    fn fronts_gossip_is_applied_in_order_by_a_thread_at_the_lowest_priority() {
+        let graph = Arc::new(NetworkGraph::new(
+            bitcoin::Network::Regtest,
+            Arc::new(crate::logger::TracingLogger),
+        ));
+        let metrics = Arc::new(Metrics::new());
+        let to_apply = spawn_gossip_applier(Arc::clone(&graph), Arc::clone(&metrics));
+        // Something that does not decode is counted, by the thread.
+        to_apply
+            .send((
+                "front-1".into(),
+                VerifiedGossip::ChannelUpdate {
+                    contents: vec![1, 2, 3],
+                },
+            ))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !metrics
+            .render(phalanx_api::ServerState::ServerActive, None)
+            .contains("phalanx_front_gossip_total{outcome=\"malformed\"} 1")
+        {
+            assert!(Instant::now() < deadline, "the thread applied nothing");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            nice_of_thread("phalanx-gossip"),
+            Some(i64::from(GOSSIP_NICE))
+        );
+        // Its queue's sender gone, the thread ends.
+        drop(to_apply);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nice_of_thread("phalanx-gossip").is_some() {
+            assert!(Instant::now() < deadline, "the thread outlived its queue");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }

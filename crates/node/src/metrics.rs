@@ -195,7 +195,8 @@ impl Metrics {
         }
     }
 
-    /// Records a piece of gossip from a front: `new`, `ignored` or `malformed`.
+    /// Records a piece of gossip from a front: `new`, `ignored`, `malformed`, or `dropped`
+    /// (the thread that applies it is gone).
     pub fn front_gossip(&self, outcome: &'static str) {
         self.front_gossip
             .get_or_create(&vec![("outcome", outcome)])
