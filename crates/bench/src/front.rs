@@ -67,6 +67,10 @@ pub struct FrontArgs {
     /// shares with the backend, as if it had one of its own.
     #[arg(long)]
     gossip_front_nice: bool,
+    /// Which payers run beside the ingest: `front` (a peer of the flooded front, which
+    /// also gets the flood rebroadcast) and `direct` (a peer of the backend).
+    #[arg(long, value_delimiter = ',', default_value = "front,direct")]
+    gossip_payers: Vec<String>,
     /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
@@ -128,6 +132,7 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
             args.gossip_updates_per_channel,
             args.gossip_payments_before,
             args.gossip_front_nice,
+            &args.gossip_payers,
             args.json,
         )
         .await?;

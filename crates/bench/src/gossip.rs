@@ -191,8 +191,15 @@ pub async fn ingest(
     updates_per_channel: u8,
     payments_before: usize,
     front_nice: bool,
+    payers_via: &[String],
     json: bool,
 ) -> anyhow::Result<()> {
+    for via in payers_via {
+        anyhow::ensure!(
+            via == "front" || via == "direct",
+            "--gossip-payers takes front and direct, not {via}"
+        );
+    }
     let dir = phalanx_testkit::process::scratch_dir("bench-gossip")?;
     let chain = TestChain::start().await;
     let built = Instant::now();
@@ -279,11 +286,13 @@ pub async fn ingest(
     // The payers' baseline, before the flood, in turn.
     const PAYMENT_MSAT: u64 = 1_000_000;
     let mut payers = Vec::new();
-    if payments_before > 0 {
+    if payments_before > 0 && payers_via.iter().any(|via| via == "front") {
         payers.push((
             "front",
             payer_through(&chain, &dir, "payer-front", node_id, listen).await?,
         ));
+    }
+    if payments_before > 0 && payers_via.iter().any(|via| via == "direct") {
         payers.push((
             "direct",
             payer_through(&chain, &dir, "payer-direct", node_id, backend_peers).await?,
