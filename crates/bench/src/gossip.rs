@@ -284,7 +284,8 @@ pub async fn ingest(
         .parse()?;
 
     // The payers' baseline, before the flood, in turn.
-    const PAYMENT_MSAT: u64 = 1_000_000;
+    // Small: a payer alone makes thousands of payments in a mainnet-size ingest.
+    const PAYMENT_MSAT: u64 = 100_000;
     let mut payers = Vec::new();
     if payments_before > 0 && payers_via.iter().any(|via| via == "front") {
         payers.push((
