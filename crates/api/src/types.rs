@@ -513,13 +513,7 @@ impl PayInvoiceRequest {
         if self.invoice.is_empty() {
             return Err(ApiError::invalid_request("`invoice` is empty"));
         }
-        if self.amount_msat == Some(0) {
-            return Err(ApiError::invalid_request("`amount_msat` is zero"));
-        }
-        if self.timeout_secs == Some(0) {
-            return Err(ApiError::invalid_request("`timeout_secs` is zero"));
-        }
-        Ok(())
+        check_amount_and_timeout(self.amount_msat, self.timeout_secs)
     }
 }
 
@@ -592,14 +586,22 @@ impl PayOfferRequest {
         if self.offer.is_empty() {
             return Err(ApiError::invalid_request("`offer` is empty"));
         }
-        if self.amount_msat == Some(0) {
-            return Err(ApiError::invalid_request("`amount_msat` is zero"));
-        }
-        if self.timeout_secs == Some(0) {
-            return Err(ApiError::invalid_request("`timeout_secs` is zero"));
-        }
-        Ok(())
+        check_amount_and_timeout(self.amount_msat, self.timeout_secs)
     }
+}
+
+/// A payment's optional amount and wait: neither may be zero.
+fn check_amount_and_timeout(
+    amount_msat: Option<u64>,
+    timeout_secs: Option<u64>,
+) -> Result<(), ApiError> {
+    if amount_msat == Some(0) {
+        return Err(ApiError::invalid_request("`amount_msat` is zero"));
+    }
+    if timeout_secs == Some(0) {
+        return Err(ApiError::invalid_request("`timeout_secs` is zero"));
+    }
+    Ok(())
 }
 
 /// `text` without surrounding whitespace and a `lightning:` URI prefix.
