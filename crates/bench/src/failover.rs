@@ -30,6 +30,7 @@ use phalanx_node::Node;
 use phalanx_node::payments::PaymentStatus;
 use serde::Serialize;
 
+use crate::payments::percentile_ms;
 use crate::store::{Backend, backend_name, start_server};
 
 #[derive(Args, Debug)]
@@ -286,13 +287,6 @@ fn log_path(dir: &Path, id: &str) -> std::path::PathBuf {
 /// 100 ms more per channel.
 fn with_channels(channels: usize) -> Duration {
     STEP_TIMEOUT + Duration::from_millis(100) * channels as u32
-}
-
-/// The nearest-rank percentile, in milliseconds.
-fn percentile_ms(samples: &mut [Duration], quantile: f64) -> f64 {
-    samples.sort();
-    let rank = ((samples.len() as f64 * quantile).ceil() as usize).clamp(1, samples.len());
-    samples[rank - 1].as_secs_f64() * 1000.0
 }
 
 async fn wait_state(api: &ApiClient, state: ServerState) -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ use phalanx_node::payments::PaymentStatus;
 use phalanx_testkit::process::free_port;
 use serde::Serialize;
 
-use crate::payments::{no_violations, print_violations};
+use crate::payments::{no_violations, percentile_ms, print_violations};
 
 /// How long the whole ingest may take.
 const INGEST_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -75,16 +75,6 @@ struct PaymentsBesideResult {
     /// Channels in the payer's own graph afterwards: a peer of the flooded front gets the
     /// flood rebroadcast (and checks it itself, on this machine).
     payer_graph_channels: usize,
-}
-
-/// The `q` quantile of `latencies` (sorted in place), in milliseconds.
-fn quantile_ms(latencies: &mut [Duration], q: f64) -> f64 {
-    if latencies.is_empty() {
-        return 0.0;
-    }
-    latencies.sort();
-    let index = ((latencies.len() - 1) as f64 * q).round() as usize;
-    latencies[index].as_secs_f64() * 1000.0
 }
 
 /// One payment of the payer to the backend: the invoice asked over the backend's API
@@ -410,11 +400,11 @@ pub async fn ingest(
                 via,
                 channels,
                 payments_before: before.len(),
-                p50_ms_before: quantile_ms(&mut before, 0.5),
-                p99_ms_before: quantile_ms(&mut before, 0.99),
+                p50_ms_before: percentile_ms(&mut before, 0.5),
+                p99_ms_before: percentile_ms(&mut before, 0.99),
                 payments_during: during.len(),
-                p50_ms_during: quantile_ms(&mut during, 0.5),
-                p99_ms_during: quantile_ms(&mut during, 0.99),
+                p50_ms_during: percentile_ms(&mut during, 0.5),
+                p99_ms_during: percentile_ms(&mut during, 0.99),
                 failed,
                 payer_graph_channels: payer.network_graph().read_only().channels().len(),
             });

@@ -200,6 +200,17 @@ pub(crate) fn print_violations(violations: &[String]) {
     }
 }
 
+/// The nearest-rank percentile of `samples` (sorted in place), in milliseconds; 0 for
+/// none.
+pub(crate) fn percentile_ms(samples: &mut [std::time::Duration], quantile: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort();
+    let rank = ((samples.len() as f64 * quantile).ceil() as usize).clamp(1, samples.len());
+    samples[rank - 1].as_secs_f64() * 1000.0
+}
+
 /// A run whose invariants did not hold fails, whatever its figures.
 pub(crate) fn no_violations(violations: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(

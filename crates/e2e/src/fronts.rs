@@ -278,9 +278,7 @@ async fn pay_offers_both_ways(
         phalanx_api::PaymentStatus::Succeeded,
         "round {round}: alice paying bob's offer: {paid:?}"
     );
-    let hash = hex::decode(&paid.payment_hash)
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+    let hash = crate::stream::hex32(&paid.payment_hash)
         .map(lightning::types::payment::PaymentHash)
         .expect("a payment hash");
     let received = bob

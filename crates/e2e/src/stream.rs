@@ -340,11 +340,16 @@ async fn bob_pays(stream: &Stream, slot: usize, amount_msat: u64) -> Result<Atte
 /// The payment id of paying the invoice whose hash is `payment_hash` (hex): the node
 /// pays an invoice once, under its hash.
 fn invoice_payment_id(payment_hash: &str) -> Result<PaymentId, String> {
-    hex::decode(payment_hash)
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+    hex32(payment_hash)
         .map(PaymentId)
         .ok_or_else(|| format!("the API gave a payment hash that is not 32 bytes: {payment_hash}"))
+}
+
+/// 32 bytes from their hex (a payment hash or id, as the API gives them).
+pub(crate) fn hex32(hex: &str) -> Option<[u8; 32]> {
+    hex::decode(hex)
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -145,6 +145,40 @@ async fn a_front_checks_gossip_and_hands_the_backend_only_what_is_new() {
     assert_eq!(graph_size(&bob), (90, 30));
 }
 
+/// A link server standing in for a backend of node `node_id`, serving fronts on a
+/// loopback port with `gossip` behind it; its ECDH answers with `ecdh`.
+async fn serve_stand_in(
+    ca: &phalanx_link::pki::LinkCa,
+    name: &str,
+    node_id: bitcoin::secp256k1::PublicKey,
+    ecdh: phalanx_link::backend::EcdhFn,
+    gossip: Arc<dyn GossipBackend>,
+) -> (
+    Arc<LinkServer<Arc<ErroringMessageHandler>>>,
+    std::net::SocketAddr,
+) {
+    let server = Arc::new(LinkServer::new(
+        Arc::new(ErroringMessageHandler::new()),
+        name,
+        ActiveBackend {
+            node_id,
+            chain_hash: *bitcoin::constants::ChainHash::REGTEST.as_bytes(),
+            init_features: lightning::types::features::InitFeatures::empty()
+                .le_flags()
+                .to_vec(),
+            node_features: Vec::new(),
+        },
+        ecdh,
+    ));
+    server.set_gossip(gossip);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let identity = ca.identity(Role::Backend, name).unwrap();
+    let serving = Arc::clone(&server);
+    tokio::spawn(async move { serving.serve(listener, &identity).await });
+    (server, address)
+}
+
 /// A stand-in backend of the same node: it records the gossip it is handed.
 #[derive(Default)]
 struct Recorder(std::sync::Mutex<Vec<&'static str>>);
@@ -182,23 +216,14 @@ async fn a_front_hands_its_graph_to_the_next_backend_and_keeps_its_gossip_peers(
 
     // The next backend: a link server of the same node, recording what it gets.
     let recorder = Arc::new(Recorder::default());
-    let stand_in = Arc::new(LinkServer::new(
-        Arc::new(ErroringMessageHandler::new()),
+    let (stand_in, stand_in_address) = serve_stand_in(
+        &ca,
         "stand-in",
-        ActiveBackend {
-            node_id: bob.node_id(),
-            chain_hash: *bitcoin::constants::ChainHash::REGTEST.as_bytes(),
-            init_features: Vec::new(),
-            node_features: Vec::new(),
-        },
+        bob.node_id(),
         Box::new(|_| None),
-    ));
-    stand_in.set_gossip(Arc::clone(&recorder) as Arc<dyn GossipBackend>);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stand_in_address = listener.local_addr().unwrap();
-    let identity = ca.identity(Role::Backend, "stand-in").unwrap();
-    let serving = Arc::clone(&stand_in);
-    tokio::spawn(async move { serving.serve(listener, &identity).await });
+        Arc::clone(&recorder) as Arc<dyn GossipBackend>,
+    )
+    .await;
 
     let front = Front::start(FrontConfig {
         name: "front-1".into(),
@@ -315,27 +340,16 @@ async fn a_found_output_that_does_not_match_its_announcement_is_counted_and_not_
     let secp = bitcoin::secp256k1::Secp256k1::new();
     let node_secret = bitcoin::secp256k1::SecretKey::from_slice(&[42; 32]).unwrap();
     let node_id = node_secret.public_key(&secp);
-    let backend = Arc::new(LinkServer::new(
-        Arc::new(ErroringMessageHandler::new()),
+    let (_backend, address) = serve_stand_in(
+        &ca,
         "backend-1",
-        ActiveBackend {
-            node_id,
-            chain_hash: *bitcoin::constants::ChainHash::REGTEST.as_bytes(),
-            init_features: lightning::types::features::InitFeatures::empty()
-                .le_flags()
-                .to_vec(),
-            node_features: Vec::new(),
-        },
+        node_id,
         Box::new(move |point| {
             Some(bitcoin::secp256k1::ecdh::SharedSecret::new(point, &node_secret).secret_bytes())
         }),
-    ));
-    backend.set_gossip(Arc::new(WrongOutputs));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let identity = ca.identity(Role::Backend, "backend-1").unwrap();
-    let serving = Arc::clone(&backend);
-    tokio::spawn(async move { serving.serve(listener, &identity).await });
+        Arc::new(WrongOutputs),
+    )
+    .await;
     let front = Front::start(FrontConfig {
         name: "front-1".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
