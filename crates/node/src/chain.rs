@@ -170,11 +170,34 @@ enum Blocks {
     Rest(RestClient),
 }
 
+/// bitcoind's blocks and outputs, over RPC or REST as configured. Its HTTP connections
+/// belong to the tokio runtime that made them, so work on a runtime of its own takes a
+/// reader of its own ([`ChainClient::new_reader`]).
+pub struct ChainReader {
+    rpc: RpcClient,
+    blocks: Blocks,
+}
+
+impl ChainReader {
+    fn new(credentials: &str, rpc_url: &str, rest_url: Option<&str>) -> Self {
+        Self {
+            rpc: RpcClient::new(credentials, rpc_url.to_owned()),
+            blocks: match rest_url {
+                Some(url) => Blocks::Rest(RestClient::new(url.to_owned())),
+                None => Blocks::Rpc,
+            },
+        }
+    }
+}
+
 /// bitcoind as the node's chain source, fee estimator and broadcaster.
 pub struct ChainClient {
     url: String,
-    rpc: RpcClient,
-    blocks: Blocks,
+    /// The RPC credentials as HTTP sends them (base64) and the REST endpoint, to make
+    /// more readers; never logged.
+    credentials: String,
+    rest_url: Option<String>,
+    reader: ChainReader,
     network: Network,
     fees: RwLock<FeeTable>,
     /// What allows a broadcast (see [`crate::broadcast`]).
@@ -204,11 +227,9 @@ impl ChainClient {
             esplora,
             me: me.clone(),
             url: config.rpc_url.clone(),
-            rpc: RpcClient::new(&credentials, config.rpc_url.clone()),
-            blocks: match &config.rest_url {
-                Some(url) => Blocks::Rest(RestClient::new(url.clone())),
-                None => Blocks::Rpc,
-            },
+            reader: ChainReader::new(&credentials, &config.rpc_url, config.rest_url.as_deref()),
+            credentials,
+            rest_url: config.rest_url.clone(),
             network,
             fees: RwLock::new(FeeTable(HashMap::new())),
             gate: BroadcastGate::default(),
@@ -239,6 +260,12 @@ impl ChainClient {
         &self.url
     }
 
+    /// Another reader of the same bitcoind, for a runtime other than the node's: its
+    /// connections are made by the runtime that first uses it.
+    pub fn new_reader(&self) -> ChainReader {
+        ChainReader::new(&self.credentials, &self.url, self.rest_url.as_deref())
+    }
+
     /// The network bitcoind runs.
     pub fn network(&self) -> Network {
         self.network
@@ -246,7 +273,11 @@ impl ChainClient {
 
     /// One JSON-RPC call, bounded by [`RPC_TIMEOUT`].
     pub async fn call(&self, method: &'static str, params: &[Value]) -> Result<Value, ChainError> {
-        match tokio::time::timeout(RPC_TIMEOUT, self.rpc.call_method::<Value>(method, params)).await
+        match tokio::time::timeout(
+            RPC_TIMEOUT,
+            self.reader.rpc.call_method::<Value>(method, params),
+        )
+        .await
         {
             Ok(result) => result.map_err(|err| self.map_error(method, err)),
             Err(_) => Err(ChainError::Unreachable {
@@ -313,7 +344,7 @@ impl FeeEstimator for ChainClient {
 }
 
 /// Blocks, over RPC or REST as configured.
-impl BlockSource for ChainClient {
+impl BlockSource for ChainReader {
     async fn get_header<'a>(
         &'a self,
         header_hash: &'a BlockHash,
@@ -340,7 +371,7 @@ impl BlockSource for ChainClient {
     }
 }
 
-impl UtxoSource for ChainClient {
+impl UtxoSource for ChainReader {
     async fn get_block_hash_by_height(&self, block_height: u32) -> BlockSourceResult<BlockHash> {
         match &self.blocks {
             Blocks::Rpc => self.rpc.get_block_hash_by_height(block_height).await,
@@ -353,5 +384,34 @@ impl UtxoSource for ChainClient {
             Blocks::Rpc => self.rpc.is_output_unspent(outpoint).await,
             Blocks::Rest(rest) => rest.is_output_unspent(outpoint).await,
         }
+    }
+}
+
+/// The node's own reader's blocks, for LDK's chain sync.
+impl BlockSource for ChainClient {
+    async fn get_header<'a>(
+        &'a self,
+        header_hash: &'a BlockHash,
+        height_hint: Option<u32>,
+    ) -> BlockSourceResult<BlockHeaderData> {
+        self.reader.get_header(header_hash, height_hint).await
+    }
+
+    async fn get_block<'a>(&'a self, header_hash: &'a BlockHash) -> BlockSourceResult<BlockData> {
+        self.reader.get_block(header_hash).await
+    }
+
+    async fn get_best_block(&self) -> BlockSourceResult<(BlockHash, Option<u32>)> {
+        self.reader.get_best_block().await
+    }
+}
+
+impl UtxoSource for ChainClient {
+    async fn get_block_hash_by_height(&self, block_height: u32) -> BlockSourceResult<BlockHash> {
+        self.reader.get_block_hash_by_height(block_height).await
+    }
+
+    async fn is_output_unspent(&self, outpoint: bitcoin::OutPoint) -> BlockSourceResult<bool> {
+        self.reader.is_output_unspent(outpoint).await
     }
 }

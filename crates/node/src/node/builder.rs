@@ -163,7 +163,7 @@ impl NodeBuilder {
             &chain_monitor,
         );
         link_server.set_gossip(Arc::new(crate::front_gossip::FrontGossip::new(
-            Arc::clone(&base.chain),
+            &base.chain,
             Arc::clone(&routing.network_graph),
             Arc::clone(&base.metrics),
         )));
