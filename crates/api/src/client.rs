@@ -270,6 +270,12 @@ impl ApiClient {
         self.call(Method::GET, &path, None::<&()>).await
     }
 
+    /// `GET /v1/payments/id/{payment_id}`.
+    pub async fn get_payment_by_id(&self, payment_id: &str) -> Result<Payment, ClientError> {
+        let path = format!("/v1/payments/id/{}", segment(payment_id));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,

@@ -149,6 +149,15 @@ pub trait NodeControl: Send + Sync + 'static {
         payment_hash: String,
     ) -> impl Future<Output = Result<Payment, ApiError>> + Send;
 
+    /// `GET /v1/payments/id/{payment_id}`: the payment with this id, as the payment calls
+    /// return it (an outbound payment's own id; an inbound payment's is its hash). The
+    /// way to follow a payment whose hash is not known yet, such as one to an offer still
+    /// waiting for its invoice. `unknown_payment` if the node has none with that id.
+    fn get_payment_by_id(
+        &self,
+        payment_id: String,
+    ) -> impl Future<Output = Result<Payment, ApiError>> + Send;
+
     /// `POST /v1/backups`: a snapshot backup of the store, taken by the node itself
     /// while it runs, sealed with its backup key, written to `req.to` on its host.
     /// `invalid_request` if the directory is not empty.

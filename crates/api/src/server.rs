@@ -71,6 +71,7 @@ pub async fn serve<N: NodeControl>(
 /// | `POST /v1/backups` | [`create_backup`](NodeControl::create_backup) |
 /// | `GET /v1/payments` | [`list_payments`](NodeControl::list_payments) |
 /// | `GET /v1/payments/{payment_hash}` | [`get_payment`](NodeControl::get_payment) |
+/// | `GET /v1/payments/id/{payment_id}` | [`get_payment_by_id`](NodeControl::get_payment_by_id) |
 ///
 /// An authenticated request is checked in this order: the token (`401
 /// unauthorized`), the instance's state (`503 not_active` unless `SERVER_ACTIVE`), the
@@ -104,6 +105,7 @@ pub fn router<N: NodeControl>(node: Arc<N>, tokens: impl Into<AcceptedTokens>) -
         .route("/v1/payments/keysend", post(keysend::<N>))
         .route("/v1/backups", post(create_backup::<N>))
         .route("/v1/payments/{payment_hash}", get(get_payment::<N>))
+        .route("/v1/payments/id/{payment_id}", get(get_payment_by_id::<N>))
         // The last layer added runs first: the token, then the state.
         .route_layer(from_fn_with_state(state.clone(), require_active::<N>))
         .route_layer(from_fn_with_state(state.clone(), require_token::<N>));
@@ -514,4 +516,12 @@ async fn get_payment<N: NodeControl>(
 ) -> ApiResult<crate::types::Payment> {
     let payment_hash = validate::hex32(&path_param(payment_hash)?, "payment hash")?;
     state.node.get_payment(payment_hash).await.map(JsonOk)
+}
+
+async fn get_payment_by_id<N: NodeControl>(
+    State(state): State<AppState<N>>,
+    payment_id: Result<Path<String>, PathRejection>,
+) -> ApiResult<crate::types::Payment> {
+    let payment_id = validate::hex32(&path_param(payment_id)?, "payment id")?;
+    state.node.get_payment_by_id(payment_id).await.map(JsonOk)
 }

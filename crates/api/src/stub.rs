@@ -56,6 +56,8 @@ pub enum Method {
     ListPayments,
     /// [`NodeControl::get_payment`].
     GetPayment,
+    /// [`NodeControl::get_payment_by_id`].
+    GetPaymentById,
     /// [`NodeControl::create_backup`].
     CreateBackup,
 }
@@ -252,6 +254,10 @@ impl NodeControl for StubNode {
 
     async fn get_payment(&self, payment_hash: String) -> Result<Payment, ApiError> {
         self.answer(Method::GetPayment, payment_hash)
+    }
+
+    async fn get_payment_by_id(&self, payment_id: String) -> Result<Payment, ApiError> {
+        self.answer(Method::GetPaymentById, payment_id)
     }
 }
 

@@ -233,6 +233,12 @@ fn authenticated_routes() -> Vec<(&'static str, String, String, stub::Method)> {
             M::GetPayment,
         ),
         (
+            "GET",
+            format!("/v1/payments/id/{PAYMENT_HASH}"),
+            String::new(),
+            M::GetPaymentById,
+        ),
+        (
             "POST",
             "/v1/backups".into(),
             r#"{"to":"/var/backups/phalanx/1"}"#.into(),
@@ -417,7 +423,7 @@ fn answer_of(method: stub::Method) -> Value {
         }),
         M::PayInvoice | M::PayOffer | M::Keysend => serde_json::to_value(pending()),
         M::ListPayments => serde_json::to_value(vec![pending()]),
-        M::GetPayment => serde_json::to_value(pending()),
+        M::GetPayment | M::GetPaymentById => serde_json::to_value(pending()),
         M::CreateBackup => serde_json::to_value(BackupCreated {
             dir: "/var/backups/phalanx/1".into(),
             node_id: PEER.into(),
@@ -688,6 +694,13 @@ async fn bad_requests_are_invalid_request_json() {
             "not a payment hash",
         ),
         (
+            "GET",
+            format!("/v1/payments/id/{}", &hash[2..]),
+            None,
+            String::new(),
+            "not a payment id",
+        ),
+        (
             "DELETE",
             "/v1/peers/03zz".into(),
             None,
@@ -762,6 +775,12 @@ async fn unknown_routes_and_methods_are_json() {
     }
     // An id cannot change the route: the client encodes path segments.
     match h.client().get_payment("../../v1/info").await {
+        Err(ClientError::Api { status: 400, error }) => {
+            assert_eq!(error.code, ErrorCode::InvalidRequest)
+        }
+        other => panic!("{other:?}"),
+    }
+    match h.client().get_payment_by_id("../../info").await {
         Err(ClientError::Api { status: 400, error }) => {
             assert_eq!(error.code, ErrorCode::InvalidRequest)
         }
@@ -1146,9 +1165,24 @@ async fn every_route_round_trips() {
     h.refuse(M::GetPayment, &unknown);
     assert_api_error(c.get_payment(&"cd".repeat(32)).await, 404, &unknown);
     h.assert_called(M::GetPayment, json!("cd".repeat(32)));
+    // By id: lowercased, and the node's refusal whole.
+    h.script(M::GetPaymentById, &payments[2]);
+    let by_id = c
+        .get_payment_by_id(&PAYMENT_HASH.to_uppercase())
+        .await
+        .unwrap();
+    assert_eq!(by_id, payments[2]);
+    h.assert_called(M::GetPaymentById, json!(PAYMENT_HASH));
+    let unknown = ApiError::new(
+        ErrorCode::UnknownPayment,
+        format!("no payment with id {}", "cd".repeat(32)),
+    );
+    h.refuse(M::GetPaymentById, &unknown);
+    assert_api_error(c.get_payment_by_id(&"cd".repeat(32)).await, 404, &unknown);
+    h.assert_called(M::GetPaymentById, json!("cd".repeat(32)));
 
     // One call of the node per request: the server neither skips nor repeats.
-    assert_eq!(h.node.calls().len(), 25, "{:?}", h.node.calls());
+    assert_eq!(h.node.calls().len(), 27, "{:?}", h.node.calls());
     h.stop().await;
 }
 

@@ -67,6 +67,13 @@ pub struct FrontArgs {
     /// shares with the backend, as if it had one of its own.
     #[arg(long)]
     gossip_front_nice: bool,
+    /// Runs everything the flood needs beside the backend at nice 19: the front, the
+    /// replaying peer and the chain that answers the funding checks, as if each had a
+    /// machine of its own. The payers stay at the bench's priority, so that with the
+    /// backend on a core of its own (`taskset`) what they measure is the backend's share
+    /// of the flood.
+    #[arg(long)]
+    gossip_flood_nice: bool,
     /// Which payers run beside the ingest: `front` (a peer of the flooded front, which
     /// also gets the flood rebroadcast) and `direct` (a peer of the backend).
     #[arg(long, value_delimiter = ',', default_value = "front,direct")]
@@ -131,7 +138,8 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
             args.gossip_channels,
             args.gossip_updates_per_channel,
             args.gossip_payments_before,
-            args.gossip_front_nice,
+            args.gossip_front_nice || args.gossip_flood_nice,
+            args.gossip_flood_nice,
             &args.gossip_payers,
             args.json,
         )

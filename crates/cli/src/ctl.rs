@@ -180,10 +180,15 @@ enum CtlCommand {
     },
     /// Every payment, newest first.
     Payments,
-    /// One payment.
+    /// One payment, by its hash or by its id.
     Payment {
         /// Its payment hash (hex).
-        payment_hash: String,
+        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        payment_hash: Option<String>,
+        /// Its payment id (hex) instead, as the payment commands print it: the way to
+        /// follow a payment to an offer before its invoice gives it a hash.
+        #[arg(long)]
+        id: Option<String>,
     },
 }
 
@@ -409,7 +414,17 @@ async fn execute(args: CtlArgs) -> Result<ExitCode, Failure> {
         CtlCommand::Payments => print(&ListPaymentsResponse {
             payments: client.list_payments().await?,
         })?,
-        CtlCommand::Payment { payment_hash } => print(&client.get_payment(&payment_hash).await?)?,
+        CtlCommand::Payment {
+            payment_hash: Some(payment_hash),
+            ..
+        } => print(&client.get_payment(&payment_hash).await?)?,
+        CtlCommand::Payment {
+            payment_hash: None,
+            id,
+        } => {
+            let id = id.ok_or_else(|| Failure::Usage("a payment hash or --id".into()))?;
+            print(&client.get_payment_by_id(&id).await?)?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

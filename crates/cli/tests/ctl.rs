@@ -311,6 +311,8 @@ async fn usage_errors_exit_2() {
         &["openchannel", PEER],
         &["nosuchcommand"],
         &["keysend", PEER, "lots"],
+        &["payment"],
+        &["payment", PEER, "--id", PEER],
     ] {
         let run = api.ctl(args).await;
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
@@ -578,6 +580,12 @@ async fn every_command_works() {
     api.script(Method::GetPayment, &pending);
     assert_eq!(api.ok(&["payment", keysend_hash]).await, value(&pending));
     api.assert_called(Method::GetPayment, json!(keysend_hash));
+    api.script(Method::GetPaymentById, &pending);
+    assert_eq!(
+        api.ok(&["payment", "--id", &"ab".repeat(32)]).await,
+        value(&pending)
+    );
+    api.assert_called(Method::GetPaymentById, json!("ab".repeat(32)));
     let payments = [pending, failed, paid];
     api.script(Method::ListPayments, &payments);
     assert_eq!(api.ok(&["payments"]).await, json!({ "payments": payments }));
@@ -606,5 +614,5 @@ async fn every_command_works() {
     );
 
     // One call of the node per command.
-    assert_eq!(api.node.calls().len(), 26, "{:?}", api.node.calls());
+    assert_eq!(api.node.calls().len(), 27, "{:?}", api.node.calls());
 }

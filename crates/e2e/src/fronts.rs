@@ -264,20 +264,33 @@ async fn pay_offers_both_ways(
     let offer = bob
         .create_offer(Some(amount_msat), &format!("round {round}"))
         .expect("bob makes an offer");
-    let paid = alice
+    // Without waiting, and then followed by its id: until the invoice comes back, the
+    // payment has no hash to be found by.
+    let under_way = alice
         .pay_offer(&phalanx_api::PayOfferRequest {
             offer: offer.to_string(),
             amount_msat: None,
-            wait: true,
-            timeout_secs: Some(OFFER_TIMEOUT.as_secs()),
+            wait: false,
+            timeout_secs: None,
         })
         .await
         .expect("alice takes the payment of bob's offer");
+    let paid = loop {
+        let paid = alice
+            .get_payment_by_id(&under_way.payment_id)
+            .await
+            .expect("alice knows her payment by its id");
+        if paid.status != phalanx_api::PaymentStatus::Pending || began.elapsed() > OFFER_TIMEOUT {
+            break paid;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
         paid.status,
         phalanx_api::PaymentStatus::Succeeded,
         "round {round}: alice paying bob's offer: {paid:?}"
     );
+    assert_eq!(paid.payment_id, under_way.payment_id);
     let hash = crate::stream::hex32(&paid.payment_hash)
         .map(lightning::types::payment::PaymentHash)
         .expect("a payment hash");
@@ -320,6 +333,11 @@ async fn pay_offers_both_ways(
         .get_payment(&sent.payment_hash)
         .await
         .expect("alice received bob's payment");
+    // An inbound payment's id is its hash.
+    assert_eq!(
+        alice.get_payment_by_id(&sent.payment_hash).await.ok(),
+        Some(received.clone())
+    );
     stream.record_beside(Attempt {
         slot: usize::MAX - 2 * round - 1,
         way: Way::BobToAlice,

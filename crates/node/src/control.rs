@@ -650,6 +650,24 @@ impl NodeControl for NodeService {
             })
     }
 
+    async fn get_payment_by_id(&self, payment_id: String) -> Result<Payment, ApiError> {
+        let node = self.active()?;
+        // Outbound ids are the node's own random ones and inbound ids are hashes: an
+        // id names at most one of each only if a peer reused our id as a hash, which is
+        // not worth a rule; the outbound one is the one its caller made.
+        let id = hex::encode(parse_hex32(&payment_id, "payment id")?);
+        [Direction::Outbound, Direction::Inbound]
+            .into_iter()
+            .find_map(|direction| node.payment_by_id(direction, &id))
+            .map(payment)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UnknownPayment,
+                    format!("no payment with id {payment_id}"),
+                )
+            })
+    }
+
     async fn create_backup(
         &self,
         req: phalanx_api::CreateBackupRequest,

@@ -378,6 +378,11 @@ impl Node {
         self.payments.by_hash(&payment_hash.to_string())
     }
 
+    /// The payment `id` (hex) of `direction`.
+    pub fn payment_by_id(&self, direction: Direction, id: &str) -> Option<PaymentRecord> {
+        self.payments.get(direction, id)
+    }
+
     /// The outbound payment `id`.
     pub fn outbound_payment(&self, id: PaymentId) -> Option<PaymentRecord> {
         self.payments.get(Direction::Outbound, &hex::encode(id.0))
