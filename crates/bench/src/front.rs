@@ -59,8 +59,8 @@ pub struct FrontArgs {
     /// Channel updates per channel: 0, 1 or 2.
     #[arg(long, default_value_t = 2)]
     gossip_updates_per_channel: u8,
-    /// Payments a peer of the flooded front makes to the backend before the ingest (one
-    /// at a time), as the baseline of the payments made during it (0: no payer).
+    /// Payments each payer makes to the backend before the ingest, and again after it
+    /// (one at a time), as the baselines of the payments made during it (0: no payer).
     #[arg(long, default_value_t = 0)]
     gossip_payments_before: usize,
     /// Runs the front process at the lowest CPU priority (`nice` 19): on a machine it

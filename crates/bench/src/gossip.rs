@@ -71,6 +71,13 @@ struct PaymentsBesideResult {
     payments_during: usize,
     p50_ms_during: f64,
     p99_ms_during: f64,
+    /// As many as before, once the flood is over: the baseline that comes as late in the
+    /// run as the payments during it. A channel's monitor and the payer's manager grow
+    /// with every payment, and so does the time to write them: thousands of payments
+    /// later, "before" alone is not the same baseline.
+    payments_after: usize,
+    p50_ms_after: f64,
+    p99_ms_after: f64,
     failed: usize,
     /// Channels in the payer's own graph afterwards: a peer of the flooded front gets the
     /// flood rebroadcast (and checks it itself, on this machine).
@@ -439,8 +446,14 @@ pub async fn ingest(
     let mut beside = Vec::new();
     if let Some(paying) = paying {
         let (during, failed) = paying.await?;
-        for ((((via, payer), mut before), mut during), failed) in
-            payers.iter().zip(before).zip(during).zip(failed)
+        let mut after = vec![Vec::with_capacity(payments_before); payers.len()];
+        for _ in 0..payments_before {
+            for (index, (_, payer)) in payers.iter().enumerate() {
+                after[index].push(pay_backend(payer, &backend_api, PAYMENT_MSAT).await?);
+            }
+        }
+        for (((((via, payer), mut before), mut during), failed), mut after) in
+            payers.iter().zip(before).zip(during).zip(failed).zip(after)
         {
             if failed > 0 {
                 violations.push(format!(
@@ -458,6 +471,9 @@ pub async fn ingest(
                 payments_during: during.len(),
                 p50_ms_during: percentile_ms(&mut during, 0.5),
                 p99_ms_during: percentile_ms(&mut during, 0.99),
+                payments_after: after.len(),
+                p50_ms_after: percentile_ms(&mut after, 0.5),
+                p99_ms_after: percentile_ms(&mut after, 0.99),
                 failed,
                 payer_graph_channels: payer.network_graph().read_only().channels().len(),
             });
@@ -537,7 +553,8 @@ pub async fn ingest(
         } else {
             println!(
                 "payments to the backend, payer {}: p50 {:.1} ms, p99 {:.1} ms before ({} \
-                 payments); p50 {:.1} ms, p99 {:.1} ms during ({} payments, {} failed)",
+                 payments); p50 {:.1} ms, p99 {:.1} ms during ({} payments, {} failed); \
+                 p50 {:.1} ms, p99 {:.1} ms after ({} payments)",
                 beside.via,
                 beside.p50_ms_before,
                 beside.p99_ms_before,
@@ -545,7 +562,10 @@ pub async fn ingest(
                 beside.p50_ms_during,
                 beside.p99_ms_during,
                 beside.payments_during,
-                beside.failed
+                beside.failed,
+                beside.p50_ms_after,
+                beside.p99_ms_after,
+                beside.payments_after
             );
         }
     }
