@@ -138,8 +138,10 @@ pub async fn run(args: FrontArgs) -> anyhow::Result<()> {
             args.gossip_channels,
             args.gossip_updates_per_channel,
             args.gossip_payments_before,
-            args.gossip_front_nice || args.gossip_flood_nice,
-            args.gossip_flood_nice,
+            crate::gossip::LowestPriority {
+                front: args.gossip_front_nice || args.gossip_flood_nice,
+                flood: args.gossip_flood_nice,
+            },
             &args.gossip_payers,
             args.json,
         )

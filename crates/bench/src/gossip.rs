@@ -164,6 +164,15 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / per_second as f64)
 }
 
+/// What of the flood runs at nice 19, as if on a machine of its own.
+#[derive(Clone, Copy)]
+pub struct LowestPriority {
+    /// The front's process.
+    pub front: bool,
+    /// The chain and the replaying peer (in the bench's process).
+    pub flood: bool,
+}
+
 /// A tokio runtime whose threads all run at nice 19, for what stands in for other
 /// machines. Shut down without waiting when dropped: it is dropped inside the bench's
 /// own runtime, where a blocking shutdown is not allowed.
@@ -227,11 +236,14 @@ pub async fn ingest(
     channels: usize,
     updates_per_channel: u8,
     payments_before: usize,
-    front_nice: bool,
-    flood_nice: bool,
+    nice: LowestPriority,
     payers_via: &[String],
     json: bool,
 ) -> anyhow::Result<()> {
+    let LowestPriority {
+        front: front_nice,
+        flood: flood_nice,
+    } = nice;
     for via in payers_via {
         anyhow::ensure!(
             via == "front" || via == "direct",
