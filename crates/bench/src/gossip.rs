@@ -174,27 +174,8 @@ pub struct LowestPriority {
 }
 
 /// A tokio runtime whose threads all run at nice 19, for what stands in for other
-/// machines. Shut down without waiting when dropped: it is dropped inside the bench's
-/// own runtime, where a blocking shutdown is not allowed.
-struct LowestPriorityRuntime(Option<tokio::runtime::Runtime>);
-
-impl std::ops::Deref for LowestPriorityRuntime {
-    type Target = tokio::runtime::Runtime;
-
-    fn deref(&self) -> &Self::Target {
-        self.0.as_ref().expect("taken only on drop")
-    }
-}
-
-impl Drop for LowestPriorityRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-fn lowest_priority_runtime() -> anyhow::Result<LowestPriorityRuntime> {
+/// machines; shut down in the background when dropped (inside the bench's own runtime).
+fn lowest_priority_runtime() -> anyhow::Result<phalanx_link::runtime::OwnRuntime> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bench-flood")
@@ -210,7 +191,7 @@ fn lowest_priority_runtime() -> anyhow::Result<LowestPriorityRuntime> {
         })
         .enable_all()
         .build()?;
-    Ok(LowestPriorityRuntime(Some(runtime)))
+    Ok(runtime.into())
 }
 
 /// A process's resident memory now and at its peak, in MiB, from `/proc/PID/status`.

@@ -13,7 +13,14 @@ impl OwnRuntime {
             .thread_name(name)
             .enable_all()
             .build()?;
-        Ok(Self(Some(runtime)))
+        Ok(Self::from(runtime))
+    }
+}
+
+impl From<tokio::runtime::Runtime> for OwnRuntime {
+    /// A runtime built otherwise, shut down in the background when dropped.
+    fn from(runtime: tokio::runtime::Runtime) -> Self {
+        Self(Some(runtime))
     }
 }
 
