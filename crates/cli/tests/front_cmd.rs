@@ -234,6 +234,102 @@ fn a_front_without_a_backend_says_so_on_its_api_and_stops_on_sigterm() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!stdout.contains("front started"), "{stdout}");
+    // Nothing listening is how a cluster looks during a failover: no warning.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("backend refused"), "{stderr}");
+}
+
+/// A backend the front can never attach to, for a reason the operator must fix, is named
+/// in a warning once (not once a round), with the reason: one whose certificate is of
+/// another CA, and one that speaks another link version. A third, where nothing listens,
+/// is the ordinary absence of a backend and gets no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_warns_once_of_each_backend_it_can_never_attach_to() {
+    use futures::{SinkExt, StreamExt};
+    use phalanx_link::{Frame, Hello, LINK_VERSION, LinkCodec};
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_front_certs(dir.path());
+    let path = |file: &str| dir.path().join(file).display().to_string();
+    // Each fake backend: TLS with its certificate, then a hello of the next link version.
+    let serve = |identity: phalanx_link::tls::LinkIdentity, listener: tokio::net::TcpListener| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut link = tokio_util::codec::Framed::new(tls, LinkCodec::default());
+                    let _ = link.next().await;
+                    let mut hello = Hello::new(Role::Backend, "backend-next");
+                    hello.version = LINK_VERSION + 1;
+                    let _ = link.send(Frame::Hello(hello)).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                });
+            }
+        })
+    };
+    let bind = || async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        (listener, address)
+    };
+    let (listener, foreign) = bind().await;
+    let other_ca = LinkCa::generate("another cluster").unwrap();
+    let _foreign = serve(
+        other_ca.identity(Role::Backend, "backend-1").unwrap(),
+        listener,
+    );
+    let (listener, newer) = bind().await;
+    let _newer = serve(ca.identity(Role::Backend, "backend-2").unwrap(), listener);
+    let (listener, absent) = bind().await;
+    drop(listener);
+
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
+    command
+        .args(["front", "--name", "front-1", "--listen", "127.0.0.1:0"])
+        .args(["--backends", &format!("{foreign},{newer},{absent}")])
+        .args(["--certificate", &path("front-1.crt")])
+        .args(["--key", &path("front-1.key"), "--ca", &path("ca.crt")])
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (variable, _) in std::env::vars() {
+        if variable.starts_with("PHALANX_") {
+            command.env_remove(variable);
+        }
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    // Every line for 3 s: over ten rounds of dialling the three backends.
+    let mut stderr = Vec::new();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(until, lines.next_line()).await {
+        stderr.push(line);
+    }
+    child.kill().await.unwrap();
+    let stderr = stderr.join("\n");
+    let warnings = |backend: &str| {
+        stderr
+            .lines()
+            .filter(|line| line.contains("backend refused") && line.contains(backend))
+            .collect::<Vec<_>>()
+    };
+    let foreign_warnings = warnings(&foreign);
+    assert_eq!(foreign_warnings.len(), 1, "{stderr}");
+    assert!(foreign_warnings[0].contains("WARN"), "{stderr}");
+    assert!(foreign_warnings[0].contains("certificate"), "{stderr}");
+    let newer_warnings = warnings(&newer);
+    assert_eq!(newer_warnings.len(), 1, "{stderr}");
+    assert!(
+        newer_warnings[0].contains(&format!("link version {}", LINK_VERSION + 1)),
+        "{stderr}"
+    );
+    assert!(warnings(&absent).is_empty(), "{stderr}");
 }
 
 /// `--key-provider seed`: the front loads the node's seed, holds the node key (`key=held`)

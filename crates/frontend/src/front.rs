@@ -399,17 +399,63 @@ async fn dial_any(
     name: String,
     backends: Vec<SocketAddr>,
 ) -> (String, ActiveBackend, LinkStream) {
+    let mut refusals = Refusals::default();
     loop {
         for address in &backends {
             match tokio::time::timeout(DIAL_TIMEOUT, dial(&client, &name, *address)).await {
                 Ok(Ok(attached)) => return attached,
-                Ok(Err(err)) => {
-                    tracing::debug!(backend = %address, error = %err, "backend not attachable")
-                }
+                Ok(Err(err)) => refusals.failed(*address, &err),
                 Err(_) => tracing::debug!(backend = %address, "backend did not greet in time"),
             }
         }
         tokio::time::sleep(REDIAL_PAUSE).await;
+    }
+}
+
+/// What the front says of backends it could not attach to, while it looks for the
+/// active one. A backend that is down, stopping or a standby (whose link does not
+/// listen) is how a cluster looks during a failover: debug. Anything else (a certificate
+/// of another CA either way, another link version, a front's address among the
+/// backends) does not heal by dialling again and needs the operator: a warning, once
+/// per backend until its error changes, not every round.
+#[derive(Default)]
+struct Refusals {
+    warned: std::collections::HashMap<SocketAddr, String>,
+}
+
+impl Refusals {
+    fn failed(&mut self, backend: SocketAddr, err: &LinkError) {
+        if is_connection_failure(err) {
+            tracing::debug!(%backend, error = %err, "backend not attachable");
+            return;
+        }
+        let message = err.to_string();
+        if self.warned.get(&backend) != Some(&message) {
+            tracing::warn!(%backend, error = %message, "backend refused: dialling it again will not help until this is fixed");
+            self.warned.insert(backend, message);
+        }
+    }
+}
+
+/// Whether a failed dial is the ordinary absence of a backend: nothing listening, the
+/// connection lost, or the backend closing the link as it stops.
+fn is_connection_failure(err: &LinkError) -> bool {
+    use std::io::ErrorKind;
+    match err {
+        LinkError::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::NotConnected
+                | ErrorKind::BrokenPipe
+                | ErrorKind::UnexpectedEof
+                | ErrorKind::TimedOut
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable
+                | ErrorKind::AddrNotAvailable
+        ),
+        _ => false,
     }
 }
 
@@ -440,7 +486,7 @@ async fn dial(
             )));
         }
         Some(Err(err)) => return Err(err),
-        None => return Err(LinkError::Protocol("the backend closed the link".into())),
+        None => return Err(closed(format!("the backend at {address} closed the link"))),
     };
     match link.next().await {
         Some(Ok(Frame::Active(active))) => Ok((backend, active, link)),
@@ -449,10 +495,17 @@ async fn dial(
             other.kind()
         ))),
         Some(Err(err)) => Err(err),
-        None => Err(LinkError::Protocol(format!(
-            "backend {backend} closed the link"
-        ))),
+        None => Err(closed(format!("backend {backend} closed the link"))),
     }
+}
+
+/// A link the backend ended before it was attached: as any lost connection (it stops, or
+/// it is not the active instance any more).
+fn closed(message: String) -> LinkError {
+    LinkError::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        message,
+    ))
 }
 
 /// Keeps the front attached: runs the link to the active backend until it fails, then
