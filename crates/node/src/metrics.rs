@@ -16,6 +16,7 @@
 //! | `phalanx_lease_renewal_seconds` | histogram | store round trip of a renewal |
 //! | `phalanx_store_transactions_total{outcome}` | counter | fenced store transactions: `committed`, `failed` |
 //! | `phalanx_store_transaction_seconds` | histogram | their latency |
+//! | `phalanx_store_written_bytes_total{kind}` | counter | bytes of values committed, by what they are: the namespace (`monitors`, `monitor_updates`, `payments`, ...) or, for LDK's top-level objects, the key (`manager`, `network_graph`, `scorer`) |
 //! | `phalanx_peers` | gauge | connected peers (directly or through fronts) |
 //! | `phalanx_fronts` | gauge | front servers linked to this instance |
 //! | `phalanx_peers_on_fronts` | gauge | of the peers, those connected through fronts |
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use phalanx_api::ServerState;
 use phalanx_cluster::RenewalObserver;
-use phalanx_store::WriteObserver;
+use phalanx_store::{StoreKey, WriteObserver, WriteReport};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -76,6 +77,7 @@ pub struct Metrics {
     renewal_seconds: Histogram,
     transactions: Family<Labels, Counter>,
     transaction_seconds: Histogram,
+    written_bytes: Family<Vec<(&'static str, String)>, Counter>,
     peers: Gauge,
     fronts: Gauge,
     peers_on_fronts: Gauge,
@@ -147,6 +149,12 @@ impl Metrics {
             "Latency of a fenced store transaction",
             latency(),
         );
+        let written_bytes = register(
+            r,
+            "store_written_bytes",
+            "Bytes of values committed to the store, by what they are",
+            Family::default(),
+        );
         let peers = register(r, "peers", "Connected peers", Gauge::default());
         let fronts = register(r, "fronts", "Front servers linked", Gauge::default());
         let peers_on_fronts = register(
@@ -185,6 +193,7 @@ impl Metrics {
             renewal_seconds,
             transactions,
             transaction_seconds,
+            written_bytes,
             peers,
             fronts,
             peers_on_fronts,
@@ -243,13 +252,27 @@ impl Metrics {
     /// What the store adapter reports transactions to.
     pub fn write_observer(self: &Arc<Self>) -> WriteObserver {
         let metrics = Arc::clone(self);
-        Arc::new(move |took: Duration, committed| {
-            let outcome = if committed { "committed" } else { "failed" };
+        Arc::new(move |report: &WriteReport| {
+            let outcome = if report.committed {
+                "committed"
+            } else {
+                "failed"
+            };
             metrics
                 .transactions
                 .get_or_create(&vec![("outcome", outcome)])
                 .inc();
-            metrics.transaction_seconds.observe(took.as_secs_f64());
+            metrics
+                .transaction_seconds
+                .observe(report.took.as_secs_f64());
+            if report.committed {
+                for (key, bytes) in &report.written {
+                    metrics
+                        .written_bytes
+                        .get_or_create(&vec![("kind", written_kind(key).to_owned())])
+                        .inc_by(*bytes as u64);
+                }
+            }
         })
     }
 
@@ -291,6 +314,16 @@ impl Metrics {
     }
 }
 
+/// What a written key holds, as a label of few values: its namespace, or for the
+/// top-level objects LDK keeps in the empty namespace (the manager, the network graph,
+/// the scorer), its key. Never a channel's or a payment's name.
+fn written_kind(key: &StoreKey) -> &str {
+    match key.primary() {
+        "" => key.key(),
+        primary => primary,
+    }
+}
+
 /// Registers `metric` under `name` and hands it back (the registry keeps a clone that
 /// shares its value).
 fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
@@ -307,8 +340,28 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         metrics.won_lease(7);
         (metrics.renewal_observer())(Duration::from_millis(2), Ok(()));
-        (metrics.write_observer())(Duration::from_millis(1), true);
-        (metrics.write_observer())(Duration::from_millis(1), false);
+        let key = |primary: &str, secondary: &str, key: &str| {
+            StoreKey::new(primary, secondary, key).unwrap()
+        };
+        let report = |committed, written| WriteReport {
+            took: Duration::from_millis(1),
+            committed,
+            written,
+        };
+        (metrics.write_observer())(&report(
+            true,
+            vec![
+                (key("", "", "manager"), 1000),
+                (key("monitors", "", "ab_0"), 700),
+                (key("monitor_updates", "ab_0", "7"), 30),
+            ],
+        ));
+        (metrics.write_observer())(&report(
+            true,
+            vec![(key("monitor_updates", "ab_0", "8"), 20)],
+        ));
+        // A write that failed kept nothing.
+        (metrics.write_observer())(&report(false, vec![(key("", "", "manager"), 5)]));
         let gauges = NodeGauges {
             peers: 2,
             fronts: 2,
@@ -326,9 +379,12 @@ mod tests {
             "phalanx_leaderships_total 1",
             "phalanx_lease_renewals_total{outcome=\"ok\"} 1",
             "phalanx_lease_renewal_seconds_count 1",
-            "phalanx_store_transactions_total{outcome=\"committed\"} 1",
+            "phalanx_store_transactions_total{outcome=\"committed\"} 2",
             "phalanx_store_transactions_total{outcome=\"failed\"} 1",
-            "phalanx_store_transaction_seconds_count 2",
+            "phalanx_store_transaction_seconds_count 3",
+            "phalanx_store_written_bytes_total{kind=\"manager\"} 1000",
+            "phalanx_store_written_bytes_total{kind=\"monitors\"} 700",
+            "phalanx_store_written_bytes_total{kind=\"monitor_updates\"} 50",
             "phalanx_peers 2",
             "phalanx_fronts 2",
             "phalanx_peers_on_fronts 1",

@@ -163,6 +163,21 @@ async fn two_nodes_open_pay_both_ways_keysend_and_close_cooperatively() {
         "{text}"
     );
     assert_eq!(metric(&text, "phalanx_lease_held"), 1, "{text}");
+    // What the store keeps, by kind: the manager, the monitors' updates and the payment
+    // records were all written; no label names a channel or a payment.
+    for kind in ["manager", "monitor_updates", "payments"] {
+        let name = format!("phalanx_store_written_bytes_total{{kind=\"{kind}\"}}");
+        assert!(metric(&text, &name) > 0, "no bytes of {kind}:\n{text}");
+    }
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("phalanx_store_written_bytes_total{kind=\""))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(
+        kinds.iter().all(|kind| kind.len() < 32),
+        "a channel's or a payment's name as a label: {kinds:?}"
+    );
 
     // Cooperative close: the funds come back on chain to both wallets.
     let channel = alice.list_channels().pop().unwrap();

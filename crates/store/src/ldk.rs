@@ -74,9 +74,21 @@ struct Inner {
     failure_observer: Option<FailureObserver>,
 }
 
-/// Told of every transaction the adapter sends to the store: how long it took, and
-/// whether it committed. Called on the store's runtime, so it must be quick (a metric).
-pub type WriteObserver = Arc<dyn Fn(std::time::Duration, bool) + Send + Sync>;
+/// Told of every transaction the adapter sends to the store (see [`WriteReport`]).
+/// Called on the store's runtime, so it must be quick (a metric).
+pub type WriteObserver = Arc<dyn Fn(&WriteReport) + Send + Sync>;
+
+/// One transaction the adapter sent to the store, as its [`WriteObserver`] is told of it.
+#[derive(Debug)]
+pub struct WriteReport {
+    /// How long the store took to answer (or until the adapter gave up on it).
+    pub took: std::time::Duration,
+    /// Whether it committed.
+    pub committed: bool,
+    /// The key and the value's size of each write in it (removals are not listed):
+    /// what the store was asked to keep, to tell which of LDK's objects cost the most.
+    pub written: Vec<(StoreKey, usize)>,
+}
 
 /// Told of every mutation that failed for good: fenced, permanent (a value too large, a
 /// full disk, a refused permission), or transient past the leadership's deadline. LDK's
@@ -245,6 +257,16 @@ impl Inner {
     /// abandoned transaction lands or not, the store checked its epoch, and the caller
     /// sees a failure and stops, as after a crash in the middle of a write.
     async fn apply(&self, token: FencingToken, ops: Vec<BatchOp>) -> Result<(), StoreError> {
+        let written = match self.write_observer {
+            Some(_) => ops
+                .iter()
+                .filter_map(|op| match op {
+                    BatchOp::Put { key, value } => Some((key.clone(), value.len())),
+                    BatchOp::Delete { .. } => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let began = std::time::Instant::now();
         let transaction = self.store.apply(token, ops);
         tokio::pin!(transaction);
@@ -259,7 +281,11 @@ impl Inner {
             }
         };
         if let Some(observer) = &self.write_observer {
-            observer(began.elapsed(), result.is_ok());
+            observer(&WriteReport {
+                took: began.elapsed(),
+                committed: result.is_ok(),
+                written,
+            });
         }
         result
     }

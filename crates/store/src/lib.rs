@@ -36,7 +36,7 @@ pub use error::{BoxError, ErrorKind, StoreError};
 pub use key::{
     ClusterName, HolderId, KEY_ALPHABET, KEY_MAX_LEN, Namespace, StoreKey, validate_component,
 };
-pub use ldk::{FailureObserver, LdkKvStore, WriteObserver};
+pub use ldk::{FailureObserver, LdkKvStore, WriteObserver, WriteReport};
 pub use lease::{Acquisition, EpochRecord, HeldLease, LeaseExpiry, LeaseInfo, LeaseStore};
 pub use options::{DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_OPERATION_TIMEOUT_MS, StoreOptions};
 pub use state::{BatchOp, MAX_VALUE_BYTES, StateStore, Store, check_batch};

@@ -256,18 +256,33 @@ async fn the_observer_sees_every_transaction_and_its_outcome() {
         store.clone(),
         fence,
         tokio::runtime::Handle::current(),
-        Some(Arc::new(move |_took, committed| {
-            record.lock().unwrap().push(committed)
+        Some(Arc::new(move |report: &WriteReport| {
+            let written: Vec<(String, usize)> = report
+                .written
+                .iter()
+                .map(|(key, bytes)| (key.to_string(), *bytes))
+                .collect();
+            record.lock().unwrap().push((report.committed, written))
         })),
         None,
     );
-    KVStore::write(&kv, "ns", "", "a", vec![1]).await.unwrap();
+    KVStore::write(&kv, "ns", "", "a", vec![1; 300])
+        .await
+        .unwrap();
     KVStore::remove(&kv, "ns", "", "a", false).await.unwrap();
     store.current_epoch.store(2, Ordering::SeqCst);
-    KVStore::write(&kv, "ns", "", "b", vec![1])
+    KVStore::write(&kv, "ns", "", "b", vec![1; 7])
         .await
         .unwrap_err();
-    assert_eq!(*seen.lock().unwrap(), [true, true, false]);
+    let key = |key: &str| StoreKey::new("ns", "", key).unwrap().to_string();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (true, vec![(key("a"), 300)]),
+            (true, vec![]),
+            (false, vec![(key("b"), 7)]),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
