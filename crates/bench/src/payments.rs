@@ -62,6 +62,13 @@ struct Result {
     payments_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Bytes the payer committed to its store per payment of this level: all of them,
+    /// and those of its channel manager and of its monitors (full and updates).
+    payer_bytes_per_payment: f64,
+    payer_manager_bytes_per_payment: f64,
+    payer_monitor_bytes_per_payment: f64,
+    /// All the payee committed per payment.
+    payee_bytes_per_payment: f64,
 }
 
 /// Keeps the servers alive until the end.
@@ -79,7 +86,7 @@ pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         println!(
-            "{:<10} {:>6} {:>11} {:>9} {:>7} {:>12} {:>9} {:>9}",
+            "{:<10} {:>6} {:>11} {:>9} {:>7} {:>12} {:>9} {:>9} {:>15}",
             "backend",
             "stream",
             "concurrency",
@@ -87,7 +94,8 @@ pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
             "failed",
             "payments/s",
             "p50 ms",
-            "p99 ms"
+            "p99 ms",
+            "payer KiB/pay"
         );
     }
     for &stream in modes {
@@ -132,6 +140,7 @@ async fn run_once(args: &PaymentsArgs, backup_stream: bool) -> anyhow::Result<()
 
     let name = backend_name(args.backend);
     for &concurrency in &args.concurrency {
+        let (payer_before, payee_before) = (written_bytes(&alice), written_bytes(&bob));
         let stats = Arc::new(Mutex::new(Stats::default()));
         let (_stop_sender, stop) = tokio::sync::watch::channel(false);
         let plan = Plan {
@@ -149,6 +158,11 @@ async fn run_once(args: &PaymentsArgs, backup_stream: bool) -> anyhow::Result<()
         )
         .await;
         let stats = stats.lock().unwrap_or_else(|e| e.into_inner());
+        let (payer, payee) = (
+            written_bytes(&alice).since(&payer_before),
+            written_bytes(&bob).since(&payee_before),
+        );
+        let per_payment = |bytes: u64| bytes as f64 / stats.succeeded.max(1) as f64;
         let result = Result {
             bench: "payments",
             backend: name,
@@ -159,6 +173,12 @@ async fn run_once(args: &PaymentsArgs, backup_stream: bool) -> anyhow::Result<()
             payments_per_s: stats.rate(),
             p50_ms: stats.latency_ms(0.5),
             p99_ms: stats.latency_ms(0.99),
+            payer_bytes_per_payment: per_payment(payer.total()),
+            payer_manager_bytes_per_payment: per_payment(payer.of(&["manager"])),
+            payer_monitor_bytes_per_payment: per_payment(
+                payer.of(&["monitors", "monitor_updates"]),
+            ),
+            payee_bytes_per_payment: per_payment(payee.total()),
         };
         if let Some(failure) = &stats.last_failure {
             eprintln!(
@@ -170,7 +190,7 @@ async fn run_once(args: &PaymentsArgs, backup_stream: bool) -> anyhow::Result<()
             println!("{}", serde_json::to_string(&result)?);
         } else {
             println!(
-                "{:<10} {:>6} {:>11} {:>9} {:>7} {:>12.1} {:>9.2} {:>9.2}",
+                "{:<10} {:>6} {:>11} {:>9} {:>7} {:>12.1} {:>9.2} {:>9.2} {:>15.1}",
                 result.backend,
                 if backup_stream { "on" } else { "off" },
                 result.concurrency,
@@ -178,7 +198,8 @@ async fn run_once(args: &PaymentsArgs, backup_stream: bool) -> anyhow::Result<()
                 result.failed,
                 result.payments_per_s,
                 result.p50_ms,
-                result.p99_ms
+                result.p99_ms,
+                result.payer_bytes_per_payment / 1024.0
             );
         }
     }
@@ -190,6 +211,48 @@ async fn run_once(args: &PaymentsArgs, backup_stream: bool) -> anyhow::Result<()
     no_violations(&violations)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// What a node committed to its store so far, by kind, as its metrics count it
+/// (`phalanx_store_written_bytes_total{kind}`).
+struct WrittenBytes(std::collections::BTreeMap<String, u64>);
+
+fn written_bytes(node: &phalanx_node::Node) -> WrittenBytes {
+    let text = node
+        .metrics()
+        .render(phalanx_api::ServerState::ServerActive, None);
+    WrittenBytes(
+        text.lines()
+            .filter_map(|line| line.strip_prefix("phalanx_store_written_bytes_total{kind=\""))
+            .filter_map(|rest| {
+                let (kind, value) = rest.split_once("\"} ")?;
+                Some((kind.to_owned(), value.trim().parse::<f64>().ok()? as u64))
+            })
+            .collect(),
+    )
+}
+
+impl WrittenBytes {
+    /// What was written since `before`.
+    fn since(&self, before: &WrittenBytes) -> WrittenBytes {
+        WrittenBytes(
+            self.0
+                .iter()
+                .map(|(kind, bytes)| {
+                    let earlier = before.0.get(kind).copied().unwrap_or(0);
+                    (kind.clone(), bytes.saturating_sub(earlier))
+                })
+                .collect(),
+        )
+    }
+
+    fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    fn of(&self, kinds: &[&str]) -> u64 {
+        kinds.iter().filter_map(|kind| self.0.get(*kind)).sum()
+    }
 }
 
 /// Prints the invariants a run violated (on stderr, beside the figures).

@@ -55,6 +55,44 @@ fn store_bench_prints_one_json_object_per_case() {
     }
 }
 
+/// The payments bench: a line per concurrency level, every payment succeeding, and what
+/// each payment made the nodes write to their stores, the manager and the monitors
+/// among it.
+#[test]
+fn payments_bench_prints_a_line_per_level_with_the_bytes_written_per_payment() {
+    let lines = bench_lines(&[
+        "payments",
+        "--backend",
+        "sqlite",
+        "--payments",
+        "15",
+        "--concurrency",
+        "1,5",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (result, concurrency) in lines.iter().zip([1, 5]) {
+        assert_eq!(result["bench"], "payments");
+        assert_eq!(result["concurrency"], concurrency);
+        assert_eq!(
+            (result["payments"].as_u64(), result["failed"].as_u64()),
+            (Some(15), Some(0)),
+            "{result}"
+        );
+        let bytes = |field: &str| result[field].as_f64().unwrap();
+        let (manager, monitor) = (
+            bytes("payer_manager_bytes_per_payment"),
+            bytes("payer_monitor_bytes_per_payment"),
+        );
+        assert!(manager > 0.0 && monitor > 0.0, "{result}");
+        assert!(
+            bytes("payer_bytes_per_payment") >= manager + monitor,
+            "{result}"
+        );
+        assert!(bytes("payee_bytes_per_payment") > 0.0, "{result}");
+    }
+}
+
 #[test]
 fn front_bench_prints_a_line_per_path_and_case() {
     let lines = bench_lines(&[
