@@ -241,8 +241,9 @@ fn a_front_without_a_backend_says_so_on_its_api_and_stops_on_sigterm() {
 
 /// A backend the front can never attach to, for a reason the operator must fix, is named
 /// in a warning once (not once a round), with the reason: one whose certificate is of
-/// another CA, and one that speaks another link version. A third, where nothing listens,
-/// is the ordinary absence of a backend and gets no warning.
+/// another CA, one that speaks another link version, and one that refuses the front's
+/// certificate of another CA. A backend where nothing listens is the ordinary absence
+/// of a backend and gets no warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_front_warns_once_of_each_backend_it_can_never_attach_to() {
     use futures::{SinkExt, StreamExt};
@@ -251,7 +252,8 @@ async fn a_front_warns_once_of_each_backend_it_can_never_attach_to() {
 
     let dir = tempfile::tempdir().unwrap();
     let ca = write_front_certs(dir.path());
-    let path = |file: &str| dir.path().join(file).display().to_string();
+    let root = dir.path().to_owned();
+    let path = move |file: &str| root.join(file).display().to_string();
     // Each fake backend: TLS with its certificate, then a hello of the next link version.
     let serve = |identity: phalanx_link::tls::LinkIdentity, listener: tokio::net::TcpListener| {
         let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config().unwrap());
@@ -289,47 +291,71 @@ async fn a_front_warns_once_of_each_backend_it_can_never_attach_to() {
     let (listener, absent) = bind().await;
     drop(listener);
 
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
-    command
-        .args(["front", "--name", "front-1", "--listen", "127.0.0.1:0"])
-        .args(["--backends", &format!("{foreign},{newer},{absent}")])
-        .args(["--certificate", &path("front-1.crt")])
-        .args(["--key", &path("front-1.key"), "--ca", &path("ca.crt")])
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    for (variable, _) in std::env::vars() {
-        if variable.starts_with("PHALANX_") {
-            command.env_remove(variable);
+    // A front run for 3 s (over ten rounds of dialling), with its stderr's warnings
+    // about `backend`.
+    let run_front = |name: &'static str, backends: String| {
+        let path = path.clone();
+        async move {
+            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
+            command
+                .args(["front", "--name", name, "--listen", "127.0.0.1:0"])
+                .args(["--backends", &backends])
+                .args(["--certificate", &path(&format!("{name}.crt"))])
+                .args([
+                    "--key",
+                    &path(&format!("{name}.key")),
+                    "--ca",
+                    &path("ca.crt"),
+                ])
+                .env("NO_COLOR", "1")
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            for (variable, _) in std::env::vars() {
+                if variable.starts_with("PHALANX_") {
+                    command.env_remove(variable);
+                }
+            }
+            let mut child = command.spawn().unwrap();
+            let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+            let mut stderr = Vec::new();
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            while let Ok(Ok(Some(line))) = tokio::time::timeout_at(until, lines.next_line()).await {
+                stderr.push(line);
+            }
+            child.kill().await.unwrap();
+            stderr.join("\n")
         }
-    }
-    let mut child = command.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    // Every line for 3 s: over ten rounds of dialling the three backends.
-    let mut stderr = Vec::new();
-    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(until, lines.next_line()).await {
-        stderr.push(line);
-    }
-    child.kill().await.unwrap();
-    let stderr = stderr.join("\n");
-    let warnings = |backend: &str| {
+    };
+    let warnings = |stderr: &str, backend: &str| {
         stderr
             .lines()
             .filter(|line| line.contains("backend refused") && line.contains(backend))
+            .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    let foreign_warnings = warnings(&foreign);
+
+    let stderr = run_front("front-1", format!("{foreign},{newer},{absent}")).await;
+    let foreign_warnings = warnings(&stderr, &foreign);
     assert_eq!(foreign_warnings.len(), 1, "{stderr}");
     assert!(foreign_warnings[0].contains("WARN"), "{stderr}");
     assert!(foreign_warnings[0].contains("certificate"), "{stderr}");
-    let newer_warnings = warnings(&newer);
+    let newer_warnings = warnings(&stderr, &newer);
     assert_eq!(newer_warnings.len(), 1, "{stderr}");
     assert!(
         newer_warnings[0].contains(&format!("link version {}", LINK_VERSION + 1)),
         "{stderr}"
     );
-    assert!(warnings(&absent).is_empty(), "{stderr}");
+    assert!(warnings(&stderr, &absent).is_empty(), "{stderr}");
+
+    // The other way round: a front whose own certificate is of another CA, refused by a
+    // backend of the cluster.
+    let issued = other_ca.issue(Role::Front, "front-2").unwrap();
+    std::fs::write(dir.path().join("front-2.crt"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.path().join("front-2.key"), issued.key_pem.as_bytes()).unwrap();
+    let stderr = run_front("front-2", newer.clone()).await;
+    let refused = warnings(&stderr, &newer);
+    assert_eq!(refused.len(), 1, "{stderr}");
+    assert!(refused[0].contains("alert"), "{stderr}");
 }
 
 /// `--key-provider seed`: the front loads the node's seed, holds the node key (`key=held`)
