@@ -415,9 +415,10 @@ async fn dial_any(
 /// What the front says of backends it could not attach to, while it looks for the
 /// active one. A backend that is down, stopping or a standby (whose link does not
 /// listen) is how a cluster looks during a failover: debug. Anything else (a certificate
-/// of another CA either way, another link version, a front's address among the
-/// backends) does not heal by dialling again and needs the operator: a warning, once
-/// per backend until its error changes, not every round.
+/// of another CA either way, another link version, a backend that says it is a front)
+/// does not heal by dialling again and needs the operator: a warning, once per backend
+/// until its error changes, not every round. (An address where something else listens
+/// and hangs up, say a front's peer port, looks like a lost connection: debug.)
 #[derive(Default)]
 struct Refusals {
     warned: std::collections::HashMap<SocketAddr, String>,
