@@ -4,14 +4,21 @@
 use phalanx_link::Role;
 use phalanx_link::pki::LinkCa;
 
-fn front(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+/// `phalanx front`, with none of the test process's own `PHALANX_*` variables.
+fn front_command() -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
-    command.arg("front").args(args);
+    command.arg("front");
     for (variable, _) in std::env::vars() {
         if variable.starts_with("PHALANX_") {
             command.env_remove(variable);
         }
     }
+    command
+}
+
+fn front(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = front_command();
+    command.args(args);
     let output = command
         .envs(env.iter().copied())
         .output()
@@ -181,9 +188,9 @@ fn a_front_without_a_backend_says_so_on_its_api_and_stops_on_sigterm() {
     // Nothing listens where the backend should be.
     let (backend, api) = (free(), free());
     let path = |file: &str| dir.path().join(file).display().to_string();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
+    let mut command = front_command();
     command
-        .args(["front", "--name", "front-1", "--listen", "127.0.0.1:0"])
+        .args(["--name", "front-1", "--listen", "127.0.0.1:0"])
         .args(["--backends", &backend, "--api-listen", &api])
         .args([
             "--certificate",
@@ -194,11 +201,6 @@ fn a_front_without_a_backend_says_so_on_its_api_and_stops_on_sigterm() {
         .args(["--ca", &path("ca.crt")])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    for (variable, _) in std::env::vars() {
-        if variable.starts_with("PHALANX_") {
-            command.env_remove(variable);
-        }
-    }
     let child = command.spawn().unwrap();
     let mut answered = None;
     for _ in 0..200 {
@@ -296,9 +298,9 @@ async fn a_front_warns_once_of_each_backend_it_can_never_attach_to() {
     let run_front = |name: &'static str, backends: String| {
         let path = path.clone();
         async move {
-            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
+            let mut command = tokio::process::Command::from(front_command());
             command
-                .args(["front", "--name", name, "--listen", "127.0.0.1:0"])
+                .args(["--name", name, "--listen", "127.0.0.1:0"])
                 .args(["--backends", &backends])
                 .args(["--certificate", &path(&format!("{name}.crt"))])
                 .args([
@@ -310,11 +312,6 @@ async fn a_front_warns_once_of_each_backend_it_can_never_attach_to() {
                 .env("NO_COLOR", "1")
                 .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true);
-            for (variable, _) in std::env::vars() {
-                if variable.starts_with("PHALANX_") {
-                    command.env_remove(variable);
-                }
-            }
             let mut child = command.spawn().unwrap();
             let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
             let mut stderr = Vec::new();
@@ -400,9 +397,9 @@ async fn a_front_given_the_seed_holds_the_key_of_its_backends_node() {
     tokio::spawn(async move { server.serve(listener, &identity).await });
 
     let run = |seed_file: String| {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
+        let mut command = tokio::process::Command::from(front_command());
         command
-            .args(["front", "--name", "front-1", "--listen", "127.0.0.1:0"])
+            .args(["--name", "front-1", "--listen", "127.0.0.1:0"])
             .args(["--backends", &backend])
             .args(["--certificate", &path("front-1.crt")])
             .args(["--key", &path("front-1.key"), "--ca", &path("ca.crt")])
@@ -410,11 +407,6 @@ async fn a_front_given_the_seed_holds_the_key_of_its_backends_node() {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        for (variable, _) in std::env::vars() {
-            if variable.starts_with("PHALANX_") {
-                command.env_remove(variable);
-            }
-        }
         command.spawn().unwrap()
     };
 
